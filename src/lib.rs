@@ -1,0 +1,3 @@
+//! sluice: an OpenAI-compatible LLM serving engine, built as a pipeline of stages.
+
+pub mod pipeline;

@@ -1,0 +1,123 @@
+//! Bounded channels between stages that remember when each item was sent, so the
+//! receiving stage can record how long it waited in the queue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+
+use super::metrics::StageMetrics;
+
+/// Items that can be routed to a fixed worker, so one key's items stay in order.
+pub trait Keyed {
+    fn key(&self) -> u64;
+}
+
+pub(crate) struct Envelope<T> {
+    item: T,
+    sent: Instant,
+}
+
+/// Why an item could not be handed to the next stage.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The queue is full (only from `try_send`).
+    Full,
+    /// The next stage has shut down.
+    Closed,
+}
+
+/// The sending end towards the next stage: one shared queue, or one queue per worker
+/// when the next stage keeps items of one key in order.
+pub struct Outlet<T> {
+    senders: Vec<Sender<Envelope<T>>>,
+}
+
+impl<T> Clone for Outlet<T> {
+    fn clone(&self) -> Self {
+        Outlet { senders: self.senders.clone() }
+    }
+}
+
+impl<T: Keyed> Outlet<T> {
+    pub(crate) fn new(senders: Vec<Sender<Envelope<T>>>) -> Self {
+        Outlet { senders }
+    }
+
+    /// An outlet that leads nowhere: the last stage delivers its items itself.
+    pub fn terminal() -> Self {
+        Outlet { senders: Vec::new() }
+    }
+
+    fn route(&self, item: &T) -> Option<&Sender<Envelope<T>>> {
+        match self.senders.len() {
+            0 => None,
+            1 => self.senders.first(),
+            n => self.senders.get((item.key() % n as u64) as usize),
+        }
+    }
+
+    /// Sends, waiting while the queue is full (backpressure).
+    pub fn send(&self, item: T) -> Result<(), SendError> {
+        let tx = self.route(&item).ok_or(SendError::Closed)?;
+        tx.send(Envelope { item, sent: Instant::now() }).map_err(|_| SendError::Closed)
+    }
+
+    /// Sends only if there is room now.
+    pub fn try_send(&self, item: T) -> Result<(), (SendError, T)> {
+        let Some(tx) = self.route(&item) else { return Err((SendError::Closed, item)) };
+        tx.try_send(Envelope { item, sent: Instant::now() }).map_err(|e| match e {
+            TrySendError::Full(env) => (SendError::Full, env.item),
+            TrySendError::Disconnected(env) => (SendError::Closed, env.item),
+        })
+    }
+
+    /// Items waiting in the queues.
+    pub fn queued(&self) -> usize {
+        self.senders.iter().map(Sender::len).sum()
+    }
+}
+
+/// The receiving end of one worker. Records queue wait on every receive.
+pub struct Inlet<T> {
+    rx: Receiver<Envelope<T>>,
+    metrics: Arc<StageMetrics>,
+}
+
+impl<T> Inlet<T> {
+    pub(crate) fn new(rx: Receiver<Envelope<T>>, metrics: Arc<StageMetrics>) -> Self {
+        Inlet { rx, metrics }
+    }
+
+    fn open(&self, env: Envelope<T>) -> T {
+        self.metrics.record_queue(env.sent.elapsed());
+        env.item
+    }
+
+    /// Waits for the next item; None once every sender is gone.
+    pub fn recv(&self) -> Option<T> {
+        self.rx.recv().ok().map(|e| self.open(e))
+    }
+
+    /// The next item if one is waiting; `Err(true)` when the channel is closed and empty.
+    pub fn try_recv(&self) -> Result<T, bool> {
+        match self.rx.try_recv() {
+            Ok(e) => Ok(self.open(e)),
+            Err(TryRecvError::Empty) => Err(false),
+            Err(TryRecvError::Disconnected) => Err(true),
+        }
+    }
+
+    /// Waits up to `timeout`; `Err(true)` when the channel is closed and empty.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, bool> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(e) => Ok(self.open(e)),
+            Err(RecvTimeoutError::Timeout) => Err(false),
+            Err(RecvTimeoutError::Disconnected) => Err(true),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<StageMetrics> {
+        &self.metrics
+    }
+}

@@ -1,0 +1,13 @@
+//! A generic staged-dataflow runtime: stages joined by bounded channels, wired from a
+//! TOML file, each recording queue wait and service time. It knows nothing of models or
+//! HTTP; `crate::stages` supplies the stage kinds.
+
+pub mod channel;
+pub mod metrics;
+pub mod runtime;
+pub mod spec;
+
+pub use channel::{Inlet, Keyed, Outlet, SendError};
+pub use metrics::{StageMetrics, Summary};
+pub use runtime::{Pipeline, Registry, Stage, StageShape};
+pub use spec::{PipelineSpec, SpecError, StageSpec};
