@@ -1,3 +1,4 @@
 //! sluice: an OpenAI-compatible LLM serving engine, built as a pipeline of stages.
 
+pub mod model;
 pub mod pipeline;

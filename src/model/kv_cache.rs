@@ -1,0 +1,52 @@
+//! The paged KV cache's storage: per layer, one key and one value tensor of
+//! `[num_blocks · block_size, kv_heads, head_dim]`. Which slots belong to which sequence is
+//! the block manager's business (`engine::blocks`); this only reads and writes them.
+
+use tch::{Device, Kind, Tensor};
+
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    pub block_size: usize,
+    pub num_blocks: usize,
+}
+
+impl KvCache {
+    pub fn new(
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        kind: Kind,
+        device: Device,
+    ) -> Self {
+        let shape = [(num_blocks * block_size) as i64, kv_heads as i64, head_dim as i64];
+        let alloc = || Tensor::zeros(shape, (kind, device));
+        KvCache {
+            keys: (0..layers).map(|_| alloc()).collect(),
+            values: (0..layers).map(|_| alloc()).collect(),
+            block_size,
+            num_blocks,
+        }
+    }
+
+    /// Bytes one block takes across all layers, keys and values.
+    pub fn bytes_per_block(layers: usize, block_size: usize, kv_heads: usize, head_dim: usize, kind: Kind) -> usize {
+        2 * layers * block_size * kv_heads * head_dim * kind.elt_size_in_bytes()
+    }
+
+    /// Stores the new tokens' keys and values `[n, kv_heads, head_dim]` at `slots: [n]`.
+    pub fn write(&mut self, layer: usize, slots: &Tensor, k: &Tensor, v: &Tensor) {
+        let _ = self.keys[layer].index_copy_(0, slots, k);
+        let _ = self.values[layer].index_copy_(0, slots, v);
+    }
+
+    pub fn keys(&self, layer: usize) -> &Tensor {
+        &self.keys[layer]
+    }
+
+    pub fn values(&self, layer: usize) -> &Tensor {
+        &self.values[layer]
+    }
+}

@@ -1,0 +1,252 @@
+//! The Llama-family decoder (Llama 2/3, SmolLM, Mistral, Qwen2) in libtorch.
+//!
+//! One call runs one step for a whole batch: the new tokens of every sequence are laid end
+//! to end (`StepBatch`), projected together, written into the paged KV cache, and attend
+//! to their own sequence's context read back from the cache. The maths follows
+//! transformers' `LlamaForCausalLM` operation for operation (norms in f32, rotary tables in
+//! f32, half-rotation), which is what lets float32 greedy output match it token for token.
+
+use tch::{Device, Kind, Tensor};
+
+use super::LoadError;
+use super::batch::StepBatch;
+use super::config::LlamaConfig;
+use super::kv_cache::KvCache;
+use super::weights::WeightSource;
+
+struct Layer {
+    attn_norm: Tensor,
+    /// Q, K and V projections stacked: `[(H + 2·KVH)·D, hidden]`.
+    qkv: Tensor,
+    qkv_bias: Option<Tensor>,
+    o: Tensor,
+    mlp_norm: Tensor,
+    /// Gate and up projections stacked: `[2·I, hidden]`.
+    gate_up: Tensor,
+    down: Tensor,
+}
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    pub device: Device,
+    pub dtype: Kind,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    /// `[max_positions, head_dim]` cos and sin tables in the compute dtype.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Llama {
+    pub fn load(
+        cfg: LlamaConfig,
+        src: &dyn WeightSource,
+        device: Device,
+        dtype: Kind,
+    ) -> Result<Self, LoadError> {
+        let _guard = tch::no_grad_guard();
+        let get = |name: &str| -> Result<Tensor, LoadError> {
+            src.get(name)?.ok_or_else(|| LoadError::MissingTensor(name.to_string()))
+        };
+        let place = |t: Tensor| t.to_device(device).to_kind(dtype).contiguous();
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let w = |n: &str| get(&format!("{p}.{n}"));
+            let qkv = Tensor::cat(
+                &[w("self_attn.q_proj.weight")?, w("self_attn.k_proj.weight")?, w("self_attn.v_proj.weight")?],
+                0,
+            );
+            let qkv_bias = if cfg.qkv_bias {
+                Some(place(Tensor::cat(
+                    &[w("self_attn.q_proj.bias")?, w("self_attn.k_proj.bias")?, w("self_attn.v_proj.bias")?],
+                    0,
+                )))
+            } else {
+                None
+            };
+            let gate_up = Tensor::cat(&[w("mlp.gate_proj.weight")?, w("mlp.up_proj.weight")?], 0);
+            layers.push(Layer {
+                attn_norm: place(w("input_layernorm.weight")?),
+                qkv: place(qkv),
+                qkv_bias,
+                o: place(w("self_attn.o_proj.weight")?),
+                mlp_norm: place(w("post_attention_layernorm.weight")?),
+                gate_up: place(gate_up),
+                down: place(w("mlp.down_proj.weight")?),
+            });
+        }
+        let embed = place(get("model.embed_tokens.weight")?);
+        let lm_head = match src.get("lm_head.weight")? {
+            Some(t) if !cfg.tie_word_embeddings => place(t),
+            _ => embed.shallow_clone(),
+        };
+        let (cos, sin) = rope_tables(&cfg, device, dtype);
+        Ok(Llama { norm: place(get("model.norm.weight")?), cfg, device, dtype, embed, layers, lm_head, cos, sin })
+    }
+
+    /// Runs one step and returns f32 logits `[batch.logits_rows.len(), vocab]`.
+    pub fn forward(&self, batch: &StepBatch, cache: &mut KvCache) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let dev = self.device;
+        let c = &self.cfg;
+        let (h, kvh, d) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let n = batch.tokens.len() as i64;
+
+        let tokens = Tensor::from_slice(&batch.tokens).to_device(dev);
+        let positions = Tensor::from_slice(&batch.positions).to_device(dev);
+        let slots = Tensor::from_slice(&batch.slots).to_device(dev);
+        let cos = self.cos.index_select(0, &positions).unsqueeze(1); // [n, 1, d]
+        let sin = self.sin.index_select(0, &positions).unsqueeze(1);
+        let plan = AttnPlan::new(batch, dev);
+
+        let mut x = self.embed.index_select(0, &tokens); // [n, hidden]
+        for (li, layer) in self.layers.iter().enumerate() {
+            let hs = self.rms_norm(&x, &layer.attn_norm);
+            let qkv = hs.linear(&layer.qkv, layer.qkv_bias.as_ref());
+            let parts = qkv.split_with_sizes([h * d, kvh * d, kvh * d], -1);
+            let q = apply_rope(&parts[0].view([n, h, d]), &cos, &sin);
+            let k = apply_rope(&parts[1].view([n, kvh, d]), &cos, &sin);
+            let v = parts[2].view([n, kvh, d]);
+            cache.write(li, &slots, &k, &v);
+            let attn = plan.attend(&q, cache.keys(li), cache.values(li), h, kvh, d);
+            let x1 = x + attn.reshape([n, h * d]).linear::<Tensor>(&layer.o, None);
+            let hs = self.rms_norm(&x1, &layer.mlp_norm);
+            let gu = hs.linear::<Tensor>(&layer.gate_up, None).chunk(2, -1);
+            let mlp = (gu[0].silu() * &gu[1]).linear::<Tensor>(&layer.down, None);
+            x = x1 + mlp;
+        }
+        let rows = Tensor::from_slice(&batch.logits_rows).to_device(dev);
+        let last = self.rms_norm(&x.index_select(0, &rows), &self.norm);
+        last.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float)
+    }
+
+    /// RMSNorm as transformers computes it: in f32, scaled by the weight after the cast back.
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        let x32 = x.to_kind(Kind::Float);
+        let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = x32 * (var + self.cfg.rms_norm_eps).rsqrt();
+        w * normed.to_kind(self.dtype)
+    }
+}
+
+fn rope_tables(cfg: &LlamaConfig, device: Device, dtype: Kind) -> (Tensor, Tensor) {
+    let d = cfg.head_dim as i64;
+    let exps = Tensor::arange_start_step(0, d, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float) / d as f64;
+    let inv_freq = Tensor::from(cfg.rope_theta).to_kind(Kind::Float).pow(&exps).reciprocal();
+    let pos = Tensor::arange(cfg.max_position_embeddings as i64, (Kind::Float, Device::Cpu));
+    let freqs = pos.unsqueeze(1) * inv_freq.unsqueeze(0); // [P, d/2]
+    let emb = Tensor::cat(&[&freqs, &freqs], -1);
+    (emb.cos().to_kind(dtype).to_device(device), emb.sin().to_kind(dtype).to_device(device))
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x: [n, heads, d]`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let halves = x.chunk(2, -1);
+    let rotated = Tensor::cat(&[&halves[1].neg(), &halves[0]], -1);
+    x * cos + rotated * sin
+}
+
+/// How each sequence of a step reads its context back from the cache, built once per step
+/// and shared by every layer.
+struct AttnPlan {
+    /// Sequences decoding one token: attended together, padded to the longest context.
+    decode: Option<DecodeGroup>,
+    /// Sequences with several new tokens (prompt chunks): attended one at a time.
+    prefill: Vec<PrefillSeq>,
+}
+
+struct DecodeGroup {
+    rows: Tensor,   // [b] rows of the flat batch
+    gather: Tensor, // [b·lmax] cache slots (padding points at slot 0)
+    mask: Tensor,   // [b, 1, 1, lmax] true where attended
+    b: i64,
+    lmax: i64,
+}
+
+struct PrefillSeq {
+    row: i64,
+    len: i64,
+    gather: Tensor, // [ctx] cache slots
+    ctx: i64,
+    /// None when the chunk is the whole context (plain causal attention).
+    mask: Option<Tensor>,
+}
+
+impl AttnPlan {
+    fn new(batch: &StepBatch, dev: Device) -> Self {
+        let decoding: Vec<_> = batch.seqs.iter().filter(|s| s.len == 1).collect();
+        let decode = (!decoding.is_empty()).then(|| {
+            let b = decoding.len();
+            let lmax = decoding.iter().map(|s| s.context_len).max().unwrap_or(1);
+            let mut gather = vec![0i64; b * lmax];
+            let mut mask = vec![false; b * lmax];
+            for (i, s) in decoding.iter().enumerate() {
+                gather[i * lmax..i * lmax + s.context_len].copy_from_slice(&s.context_slots);
+                mask[i * lmax..i * lmax + s.context_len].iter_mut().for_each(|m| *m = true);
+            }
+            let rows: Vec<i64> = decoding.iter().map(|s| s.row as i64).collect();
+            DecodeGroup {
+                rows: Tensor::from_slice(&rows).to_device(dev),
+                gather: Tensor::from_slice(&gather).to_device(dev),
+                mask: Tensor::from_slice(&mask).view([b as i64, 1, 1, lmax as i64]).to_device(dev),
+                b: b as i64,
+                lmax: lmax as i64,
+            }
+        });
+        let prefill = batch
+            .seqs
+            .iter()
+            .filter(|s| s.len > 1)
+            .map(|s| {
+                let (len, ctx) = (s.len as i64, s.context_len as i64);
+                let mask = (len != ctx).then(|| {
+                    // Row i is at position ctx-len+i and sees keys 0..=that position.
+                    let qpos = Tensor::arange_start(ctx - len, ctx, (Kind::Int64, dev)).unsqueeze(1);
+                    let kpos = Tensor::arange(ctx, (Kind::Int64, dev)).unsqueeze(0);
+                    kpos.le_tensor(&qpos).view([1, 1, len, ctx])
+                });
+                PrefillSeq {
+                    row: s.row as i64,
+                    len,
+                    gather: Tensor::from_slice(&s.context_slots).to_device(dev),
+                    ctx,
+                    mask,
+                }
+            })
+            .collect();
+        AttnPlan { decode, prefill }
+    }
+
+    /// Attention output `[n, h, d]` for queries `q: [n, h, d]`.
+    fn attend(&self, q: &Tensor, kc: &Tensor, vc: &Tensor, h: i64, kvh: i64, d: i64) -> Tensor {
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut out = q.zeros_like();
+        if let Some(g) = &self.decode {
+            let qd = q.index_select(0, &g.rows).view([g.b, h, 1, d]);
+            let kd = kc.index_select(0, &g.gather).view([g.b, g.lmax, kvh, d]).transpose(1, 2);
+            let vd = vc.index_select(0, &g.gather).view([g.b, g.lmax, kvh, d]).transpose(1, 2);
+            let o = Tensor::scaled_dot_product_attention(&qd, &kd, &vd, Some(&g.mask), 0.0, false, scale, true);
+            let _ = out.index_copy_(0, &g.rows, &o.view([g.b, h, d]));
+        }
+        for p in &self.prefill {
+            let qp = q.narrow(0, p.row, p.len).transpose(0, 1).unsqueeze(0); // [1, h, len, d]
+            let kp = kc.index_select(0, &p.gather).view([p.ctx, kvh, d]).transpose(0, 1).unsqueeze(0);
+            let vp = vc.index_select(0, &p.gather).view([p.ctx, kvh, d]).transpose(0, 1).unsqueeze(0);
+            let o = Tensor::scaled_dot_product_attention(
+                &qp,
+                &kp,
+                &vp,
+                p.mask.as_ref(),
+                0.0,
+                p.mask.is_none(),
+                scale,
+                true,
+            );
+            out.narrow(0, p.row, p.len).copy_(&o.squeeze_dim(0).transpose(0, 1));
+        }
+        out
+    }
+}

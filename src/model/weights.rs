@@ -1,0 +1,172 @@
+//! Weights by their Hugging Face names, whatever file they come from.
+//!
+//! GGUF names (`blk.3.attn_q.weight`) are mapped to Hugging Face names
+//! (`model.layers.3.self_attn.q_proj.weight`), quantized tensors are dequantized to f32,
+//! and llama.cpp's row permutation of Q and K is undone, so that the forward pass sees one
+//! layout only.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use tch::{Kind, Tensor};
+
+use super::LoadError;
+use super::config::Arch;
+use super::gguf::GgufFile;
+use super::quant;
+
+/// A store of named tensors in Hugging Face naming and layout, on the CPU.
+pub trait WeightSource {
+    /// The tensor, or None when the file has no such tensor.
+    fn get(&self, name: &str) -> Result<Option<Tensor>, LoadError>;
+}
+
+pub struct GgufWeights<'a> {
+    pub file: &'a GgufFile,
+    pub path: &'a Path,
+    pub arch: Arch,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+}
+
+/// Hugging Face name → GGUF name.
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let short = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{short}.{suffix}"))
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn get(&self, name: &str) -> Result<Option<Tensor>, LoadError> {
+        let Some(gname) = gguf_name(name) else { return Ok(None) };
+        let Some(info) = self.file.tensor(&gname) else { return Ok(None) };
+        let mut data = vec![0f32; info.numel()];
+        quant::dequantize(info.ggml_type, self.file.bytes(info), &mut data);
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let t = Tensor::from_slice(&data).reshape(&shape);
+        // llama.cpp's converter interleaves the two rotary halves of each Q/K head.
+        let heads = match gname.rsplit('.').nth(1) {
+            Some("attn_q") => Some(self.num_heads),
+            Some("attn_k") => Some(self.num_kv_heads),
+            _ => None,
+        };
+        let t = match heads {
+            Some(h) if self.arch != Arch::Qwen2 => unpermute_rows(&t, h),
+            _ => t,
+        };
+        Ok(Some(t))
+    }
+}
+
+/// Inverse of llama.cpp's `permute`: rows `[h][d/2][2]` back to `[h][2][d/2]`.
+fn unpermute_rows(t: &Tensor, heads: usize) -> Tensor {
+    let size = t.size();
+    let h = heads as i64;
+    let rows = size[0];
+    let rest: Vec<i64> = size[1..].to_vec();
+    let mut s = vec![h, rows / h / 2, 2];
+    s.extend(&rest);
+    t.reshape(&s).transpose(1, 2).reshape(&size).contiguous()
+}
+
+/// A Hugging Face folder's safetensors, single file or sharded.
+pub struct SafetensorsWeights {
+    /// Each file with the length of its JSON header.
+    maps: Vec<(PathBuf, Mmap, usize)>,
+    index: HashMap<String, (usize, safetensors::tensor::TensorInfo)>,
+}
+
+impl SafetensorsWeights {
+    pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| LoadError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(LoadError::Format { path: dir.to_owned(), msg: "no *.safetensors files".into() });
+        }
+        let mut maps = Vec::new();
+        let mut index = HashMap::new();
+        for (i, path) in files.into_iter().enumerate() {
+            let f = std::fs::File::open(&path).map_err(|e| LoadError::io(&path, e))?;
+            // SAFETY: read-only mapping of a weights file that is not modified while served.
+            let map = unsafe { Mmap::map(&f) }.map_err(|e| LoadError::io(&path, e))?;
+            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map)
+                .map_err(|e| LoadError::Format { path: path.clone(), msg: e.to_string() })?;
+            for (name, info) in meta.tensors() {
+                index.insert(name, (i, info.clone()));
+            }
+            maps.push((path, map, header_len));
+        }
+        Ok(SafetensorsWeights { maps, index })
+    }
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn get(&self, name: &str) -> Result<Option<Tensor>, LoadError> {
+        let Some((i, info)) = self.index.get(name) else { return Ok(None) };
+        let (path, map, n) = &self.maps[*i];
+        let bad = |msg: String| LoadError::Format { path: path.clone(), msg };
+        let (start, end) = info.data_offsets;
+        let bytes = &map[8 + n + start..8 + n + end];
+        use safetensors::Dtype;
+        let kind = match info.dtype {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            Dtype::I64 => Kind::Int64,
+            other => return Err(bad(format!("tensor {name}: dtype {other:?} is not supported"))),
+        };
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        Ok(Some(Tensor::from_data_size(bytes, &shape, kind)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_gguf() {
+        assert_eq!(gguf_name("model.layers.12.self_attn.k_proj.weight").unwrap(), "blk.12.attn_k.weight");
+        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").unwrap(), "blk.0.ffn_down.weight");
+        assert_eq!(gguf_name("model.layers.0.self_attn.q_proj.bias").unwrap(), "blk.0.attn_q.bias");
+        assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
+        assert!(gguf_name("model.layers.0.unknown.weight").is_none());
+    }
+
+    #[test]
+    fn unpermute_restores_half_rotary_order() {
+        // One head of dim 4: HF rows [a0, a1, b0, b1] are stored by llama.cpp as [a0, b0, a1, b1].
+        let stored = Tensor::from_slice(&[0f32, 2.0, 1.0, 3.0]).reshape([4, 1]);
+        let hf = unpermute_rows(&stored, 1);
+        let v: Vec<f32> = Vec::try_from(hf.reshape([4])).unwrap();
+        assert_eq!(v, vec![0.0, 1.0, 2.0, 3.0]);
+    }
+}
