@@ -1,4 +1,20 @@
 //! sluice: an OpenAI-compatible LLM serving engine, built as a pipeline of stages.
+//!
+//! - `pipeline`: the generic staged-dataflow runtime (channels, wiring, metrics).
+//! - `stages`: the stage kinds (decode, render, tokenize, guide, engine, detokenize, stream).
+//! - `api`: the OpenAI wire format, errors and the HTTP edge.
+//! - `model`: model files, tokenizer, chat template, forward pass.
+//! - `engine`: scheduling, KV blocks, sequences. `sampling`: logits to tokens.
 
+pub mod api;
+pub mod cli;
+pub mod detok;
+pub mod device;
+pub mod engine;
+pub mod job;
 pub mod model;
 pub mod pipeline;
+pub mod sampling;
+pub mod serve;
+pub mod serving;
+pub mod stages;

@@ -1,0 +1,5 @@
+//! The OpenAI-compatible HTTP API.
+
+pub mod error;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,193 @@
+//! The HTTP edge: routes, the API key check, and the hand-off between connections and the
+//! pipeline. A handler only wraps the body into an item, offers it to the first stage (a
+//! full queue is a 503 with Retry-After) and relays what comes back: an error, a whole
+//! JSON body, or a stream of server-sent events. A closed connection cancels the request.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures_util::stream;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::error::ApiError;
+use super::protocol::{ModelCard, ModelList};
+use crate::job::{Endpoint, Item, Payload, Reply, RequestCtx};
+use crate::pipeline::{Outlet, SendError};
+use crate::serving::ServingContext;
+
+pub struct AppState {
+    pub serving: Arc<ServingContext>,
+    pub entry: Outlet<Item>,
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .with_state(state)
+}
+
+/// `--api-key` guards the API routes; health checks stay open.
+async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &app.api_key {
+        if req.uri().path().starts_with("/v1") {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(key.as_str()) {
+                return ApiError::unauthorized().into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("No route for {} {}.", req.method(), req.uri().path()))
+}
+
+async fn models(State(app): State<Arc<AppState>>) -> Json<ModelList> {
+    let s = &app.serving;
+    let data = s
+        .served_names
+        .iter()
+        .map(|name| ModelCard {
+            id: name.clone(),
+            object: "model",
+            created: s.started,
+            owned_by: "sluice",
+            root: s.root.clone(),
+            parent: None,
+            max_model_len: s.max_model_len,
+        })
+        .collect();
+    Json(ModelList { object: "list", data })
+}
+
+async fn completions(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    generate(app, Endpoint::Completions, req).await
+}
+
+async fn chat_completions(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    generate(app, Endpoint::ChatCompletions, req).await
+}
+
+async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !ct.trim_start().to_ascii_lowercase().starts_with("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Type must be application/json, not {ct:?}."),
+            ));
+        }
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("The request body is larger than {limit} bytes."))
+            .with_code("request_too_large")
+    })
+}
+
+async fn generate(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match read_json_body(&parts.headers, body, app.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let (ctx, rx) = RequestCtx::new(endpoint, None);
+    match app.entry.try_send(Item { ctx: ctx.clone(), payload: Payload::Body(body) }) {
+        Ok(()) => {}
+        Err((SendError::Full, _)) => return ApiError::overloaded().into_response(),
+        Err((SendError::Closed, _)) => {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The server is shutting down.").into_response();
+        }
+    }
+    respond(ctx, rx).await
+}
+
+/// Cancels the request when dropped before the answer is complete, i.e. when the
+/// connection goes away.
+struct CancelOnDrop {
+    ctx: Arc<RequestCtx>,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    /// The answer is complete: nothing to cancel.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.ctx.cancel();
+        }
+    }
+}
+
+async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Response {
+    let guard = CancelOnDrop { ctx, armed: true };
+    match rx.recv().await {
+        Some(Reply::Error(e)) => {
+            guard.disarm();
+            e.into_response()
+        }
+        Some(Reply::Body(json)) => {
+            guard.disarm();
+            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response()
+        }
+        Some(Reply::Chunk(first)) => {
+            let events = stream::unfold((Some(first), rx, guard, false), |(first, mut rx, guard, done)| async move {
+                if done {
+                    guard.disarm();
+                    return None;
+                }
+                if let Some(f) = first {
+                    return Some((Ok::<_, std::convert::Infallible>(sse(&f)), (None, rx, guard, false)));
+                }
+                match rx.recv().await {
+                    Some(Reply::Chunk(c)) => Some((Ok(sse(&c)), (None, rx, guard, false))),
+                    Some(Reply::Error(e)) => Some((Ok(sse(&e.to_json())), (None, rx, guard, true))),
+                    Some(Reply::Done) | Some(Reply::Body(_)) | None => {
+                        Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (None, rx, guard, true)))
+                    }
+                }
+            });
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(Body::from_stream(events))
+                .expect("valid SSE response")
+        }
+        Some(Reply::Done) | None => ApiError::internal("The request ended without a response.").into_response(),
+    }
+}
+
+fn sse(json: &str) -> Bytes {
+    let mut b = Vec::with_capacity(json.len() + 8);
+    b.extend_from_slice(b"data: ");
+    b.extend_from_slice(json.as_bytes());
+    b.extend_from_slice(b"\n\n");
+    Bytes::from(b)
+}

@@ -1,0 +1,145 @@
+//! Command line: vLLM's flag names, parsed by clap, then resolved once into ready-to-use
+//! settings (`ServeArgs::resolve`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "An OpenAI-compatible LLM server: a pipeline of stages over libtorch")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a model over the OpenAI API (a drop-in for `vllm serve`).
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContentFormatArg {
+    Auto,
+    String,
+    Openai,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// A GGUF file, a Hugging Face model folder, or the id of a model in the local Hugging
+    /// Face cache. Default: SmolLM2-135M-Instruct as installed by the project's setup.
+    #[arg(value_name = "MODEL")]
+    pub model_tag: Option<String>,
+
+    /// The model, as a flag (same as MODEL).
+    #[arg(long, conflicts_with = "model_tag")]
+    pub model: Option<String>,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// Require `Authorization: Bearer <key>` on /v1 routes.
+    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Names the model answers to (the first is reported in responses).
+    #[arg(long, num_args = 1..)]
+    pub served_model_name: Vec<String>,
+
+    /// Weights and activations dtype: auto, float32, bfloat16, float16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+
+    /// Context length (prompt + output); default: the model's.
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+
+    /// A chat template: a file path, or the template itself.
+    #[arg(long)]
+    pub chat_template: Option<String>,
+
+    /// How message content reaches the template: joined text, or OpenAI's list of parts.
+    #[arg(long, value_enum, default_value_t = ContentFormatArg::Auto)]
+    pub chat_template_content_format: ContentFormatArg,
+
+    /// Pipeline file (default: the built-in stages/serve.toml).
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+
+    /// Tokens per KV-cache block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+
+    /// Memory for the KV cache, e.g. 2GiB or 500MB (CPU, and CUDA when given).
+    #[arg(long, value_parser = parse_bytes, default_value = "2GiB")]
+    pub kv_cache_memory: u64,
+
+    /// Sequences per step at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+
+    /// Tokens per step at most (long prompts are prefilled in chunks of this size).
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+
+    /// Threads for tensor maths (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Largest request body accepted.
+    #[arg(long, value_parser = parse_bytes, default_value = "32MiB")]
+    pub max_request_body: u64,
+}
+
+impl ServeArgs {
+    pub fn model_arg(&self) -> Option<&str> {
+        self.model_tag.as_deref().or(self.model.as_deref())
+    }
+}
+
+/// "2GiB", "500MB", "1048576" → bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 2GiB, 512MB, 1000000)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown size unit {u:?} (use B, KB, MB, GB, KiB, MiB or GiB)")),
+    };
+    Ok((n * mult) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert!(parse_bytes("lots").is_err());
+    }
+}

@@ -1,0 +1,264 @@
+//! The engine: owns the model and the KV cache, and advances every admitted sequence one
+//! step at a time — schedule, one batched forward pass, sample — reporting new tokens as
+//! they come.
+
+pub mod blocks;
+pub mod scheduler;
+pub mod sequence;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::Tensor;
+
+use crate::job::{Finish, Job, RequestCtx, StopReason, TokenEvent};
+use crate::model::batch::{SeqChunk, StepBatch};
+use crate::model::kv_cache::KvCache;
+use crate::model::llama::Llama;
+use crate::sampling::{self, SampleRow};
+use blocks::BlockManager;
+use scheduler::{Scheduler, SchedulerConfig};
+use sequence::{SeqId, Sequence};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub scheduler: SchedulerConfig,
+    pub max_model_len: usize,
+    pub eos_ids: Vec<u32>,
+}
+
+/// Where the engine's output goes; the pipeline stage adapts this to its outlet.
+pub trait Emit {
+    fn emit(&mut self, ctx: &Arc<RequestCtx>, event: TokenEvent);
+}
+
+/// Time spent in each part of a step, for profiles.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StepTimes {
+    pub schedule: Duration,
+    pub forward: Duration,
+    pub sample: Duration,
+    pub tokens: usize,
+    pub seqs: usize,
+}
+
+pub struct Engine {
+    model: Llama,
+    cache: KvCache,
+    blocks: BlockManager,
+    sched: Scheduler,
+    pub cfg: EngineConfig,
+    next_id: SeqId,
+}
+
+impl Engine {
+    pub fn new(model: Llama, cfg: EngineConfig) -> Self {
+        let c = &model.cfg;
+        let cache = KvCache::new(
+            c.num_layers,
+            cfg.num_blocks,
+            cfg.block_size,
+            c.num_kv_heads,
+            c.head_dim,
+            model.dtype,
+            model.device,
+        );
+        Engine {
+            blocks: BlockManager::new(cfg.num_blocks, cfg.block_size),
+            cache,
+            model,
+            sched: Scheduler::default(),
+            cfg,
+            next_id: 1,
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.sched.is_idle()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.sched.num_running()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.sched.num_waiting()
+    }
+
+    /// Fraction of KV blocks in use.
+    pub fn cache_usage(&self) -> f64 {
+        1.0 - self.blocks.num_free() as f64 / self.blocks.num_blocks() as f64
+    }
+
+    pub fn free_blocks(&self) -> usize {
+        self.blocks.num_free()
+    }
+
+    /// Admits a tokenized job: one sequence per prompt and choice.
+    pub fn admit(&mut self, ctx: Arc<RequestCtx>, job: &Job) {
+        let prompts = job.token_prompts().expect("the engine takes tokenized jobs");
+        let choices = prompts.len() * job.n;
+        for (p, ids) in prompts.iter().enumerate() {
+            let prompt = Arc::new(ids.clone());
+            let room = self.cfg.max_model_len.saturating_sub(ids.len());
+            let max_new = job.sampling.max_tokens.map_or(room, |m| m.min(room));
+            for j in 0..job.n {
+                let choice = p * job.n + j;
+                let seed = match job.sampling.seed {
+                    Some(s) => s.wrapping_add(choice as u64),
+                    None => crate::job::splitmix(ctx.key ^ (self.next_id << 20) ^ now_nanos()),
+                };
+                let seq = Sequence {
+                    id: self.next_id,
+                    ctx: ctx.clone(),
+                    choice,
+                    prompt_index: p,
+                    choices,
+                    prompt: prompt.clone(),
+                    output: Vec::new(),
+                    params: job.sampling.clone(),
+                    max_new,
+                    rng: ChaCha8Rng::seed_from_u64(seed),
+                    blocks: Vec::new(),
+                    computed: 0,
+                    priority: 0,
+                    arrival: ctx.arrived,
+                    announced: false,
+                };
+                self.next_id += 1;
+                self.sched.add(seq);
+            }
+        }
+    }
+
+    /// Drops sequences whose client left or whose choice was ended downstream.
+    pub fn reap_cancelled(&mut self, out: &mut dyn Emit) {
+        let gone: Vec<SeqId> = self
+            .sched
+            .ids()
+            .filter(|&id| {
+                let s = self.sched.get(id).expect("listed");
+                s.ctx.is_cancelled() || s.ctx.is_stopped(s.choice)
+            })
+            .collect();
+        for id in gone {
+            if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
+                out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort)));
+            }
+        }
+    }
+
+    /// One step: schedule, forward, sample, report. Returns what it spent its time on.
+    pub fn step(&mut self, out: &mut dyn Emit) -> StepTimes {
+        let mut times = StepTimes::default();
+        let t0 = Instant::now();
+        let plan = self.sched.schedule(&self.cfg.scheduler, &mut self.blocks);
+        if plan.entries.is_empty() {
+            return times;
+        }
+        let mut chunks = Vec::with_capacity(plan.entries.len());
+        let mut sampling = Vec::new(); // (seq id) for rows with logits, in order
+        for &(id, n) in &plan.entries {
+            let seq = self.sched.get(id).expect("planned sequence");
+            let tokens: Vec<u32> = (seq.computed..seq.computed + n).map(|i| seq.token(i)).collect();
+            let completes = seq.computed + n == seq.len();
+            if completes {
+                sampling.push(id);
+            }
+            chunks.push(SeqChunk {
+                tokens,
+                cached: seq.computed,
+                block_table: seq.blocks.clone(),
+                logits_for: if completes { vec![n - 1] } else { vec![] },
+            });
+        }
+        let batch = StepBatch::new(&chunks, self.cfg.block_size);
+        times.tokens = batch.tokens.len();
+        times.seqs = chunks.len();
+        let t1 = Instant::now();
+        times.schedule = t1 - t0;
+        let logits = self.model.forward(&batch, &mut self.cache);
+        let t2 = Instant::now();
+        times.forward = t2 - t1;
+        for &(id, n) in &plan.entries {
+            self.sched.get_mut(id).expect("planned").computed += n;
+        }
+        if !sampling.is_empty() {
+            self.sample_and_report(&logits, &sampling, out);
+        }
+        times.sample = t2.elapsed();
+        times
+    }
+
+    fn sample_and_report(&mut self, logits: &Tensor, ids: &[SeqId], out: &mut dyn Emit) {
+        // Every random row draws exactly one number per step from its own generator,
+        // whatever else is in the batch.
+        let mut uniforms = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let seq = self.sched.get_mut(id).expect("sampled sequence");
+            uniforms.push(if seq.params.is_greedy() { 0.0 } else { seq.rng.random::<f32>() });
+        }
+        let drawn = {
+            let rows: Vec<SampleRow> = ids
+                .iter()
+                .zip(&uniforms)
+                .map(|(&id, &uniform)| SampleRow { params: &self.sched.get(id).expect("sampled").params, uniform })
+                .collect();
+            sampling::sample(logits, &rows)
+        };
+        for (&id, s) in ids.iter().zip(drawn) {
+            let seq = self.sched.get_mut(id).expect("sampled sequence");
+            seq.output.push(s.token);
+            let first = !seq.announced;
+            seq.announced = true;
+            let seq = self.sched.get(id).expect("sampled sequence");
+            let finish = self.finish_of(seq, s.token);
+            let mut ev = event(seq, vec![s.token], s.logprobs.into_iter().collect(), finish.clone());
+            if first {
+                ev.prompt = Some(seq.prompt.clone());
+                ev.first_token_at = Some(Instant::now());
+            }
+            let ctx = seq.ctx.clone();
+            if finish.is_some() {
+                self.sched.remove(id, &mut self.blocks);
+            }
+            out.emit(&ctx, ev);
+        }
+    }
+
+    fn finish_of(&self, seq: &Sequence, token: u32) -> Option<Finish> {
+        let p = &seq.params;
+        if !p.ignore_eos && self.cfg.eos_ids.contains(&token) {
+            return Some(Finish::Stop(None));
+        }
+        if p.stop_token_ids.contains(&token) {
+            return Some(Finish::Stop(Some(StopReason::Token(token))));
+        }
+        if seq.output.len() >= seq.max_new || seq.len() >= self.cfg.max_model_len {
+            return Some(Finish::Length);
+        }
+        None
+    }
+}
+
+fn event(seq: &Sequence, tokens: Vec<u32>, logprobs: Vec<sampling::TokenLogprobs>, finish: Option<Finish>) -> TokenEvent {
+    TokenEvent {
+        choice: seq.choice,
+        prompt_index: seq.prompt_index,
+        tokens,
+        logprobs,
+        finish,
+        prompt_tokens: seq.prompt.len(),
+        choices: seq.choices,
+        prompt: None,
+        first_token_at: None,
+    }
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}

@@ -1,0 +1,62 @@
+//! One sequence being generated: a prompt, the tokens generated so far, and its place in
+//! the KV cache.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand_chacha::ChaCha8Rng;
+
+use crate::job::RequestCtx;
+use crate::sampling::SamplingParams;
+
+pub type SeqId = u64;
+
+pub struct Sequence {
+    pub id: SeqId,
+    pub ctx: Arc<RequestCtx>,
+    /// Index of this choice in the response.
+    pub choice: usize,
+    pub prompt_index: usize,
+    /// Choices in the whole request.
+    pub choices: usize,
+    pub prompt: Arc<Vec<u32>>,
+    pub output: Vec<u32>,
+    pub params: Arc<SamplingParams>,
+    /// New tokens allowed: the request's max_tokens, or what is left of the context.
+    pub max_new: usize,
+    pub rng: ChaCha8Rng,
+    /// Cache blocks, in order.
+    pub blocks: Vec<u32>,
+    /// Tokens whose keys and values are in the cache.
+    pub computed: usize,
+    pub priority: i64,
+    pub arrival: Instant,
+    /// Whether the first event (with the prompt) has gone out.
+    pub announced: bool,
+}
+
+impl Sequence {
+    pub fn len(&self) -> usize {
+        self.prompt.len() + self.output.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Token at position `i` of prompt + output.
+    pub fn token(&self, i: usize) -> u32 {
+        let p = self.prompt.len();
+        if i < p { self.prompt[i] } else { self.output[i - p] }
+    }
+
+    /// Tokens still to be fed to the model before the next one can be sampled.
+    pub fn pending(&self) -> usize {
+        self.len() - self.computed
+    }
+
+    /// Scheduling order: lower priority value first, then earlier arrival.
+    pub fn order_key(&self) -> (i64, Instant, SeqId) {
+        (self.priority, self.arrival, self.id)
+    }
+}

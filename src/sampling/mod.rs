@@ -1,0 +1,61 @@
+//! Turning logits into tokens: per-request parameters, and a sampler that works on the
+//! whole batch's logits at once on the model's device.
+
+mod sampler;
+
+pub use sampler::{SampleRow, Sampled, sample};
+
+/// How one request's tokens are chosen. Built and validated by the decode stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 picks the most likely token (greedy).
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
+    pub top_p: f32,
+    /// Keep only the k most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    pub min_p: f32,
+    pub seed: Option<u64>,
+    /// New tokens at most; None runs to the end of the context.
+    pub max_tokens: Option<usize>,
+    pub ignore_eos: bool,
+    /// Extra ids that end a choice, besides the model's EOS.
+    pub stop_token_ids: Vec<u32>,
+    /// Return the chosen token's logprob and this many alternatives.
+    pub logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            seed: None,
+            max_tokens: None,
+            ignore_eos: false,
+            stop_token_ids: Vec::new(),
+            logprobs: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// vLLM treats temperatures below 1e-5 as greedy.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature < 1e-5
+    }
+}
+
+/// The log-probability of a generated token and of the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// 1 for the most likely token.
+    pub rank: usize,
+    /// The most likely tokens, best first.
+    pub top: Vec<(u32, f32)>,
+}

@@ -1,0 +1,197 @@
+//! The batched sampler. Greedy rows take the argmax; random rows are filtered (top-k,
+//! top-p, min-p) and drawn by inverse CDF with one uniform number that the caller draws
+//! from the sequence's own generator, so a seeded request draws the same tokens alone or
+//! in any batch.
+//! Logprobs are those of the raw model output (vLLM's default `raw_logprobs`).
+
+use tch::{Kind, Tensor};
+
+use super::{SamplingParams, TokenLogprobs};
+
+/// One row of the logits and what it needs.
+pub struct SampleRow<'a> {
+    pub params: &'a SamplingParams,
+    /// Uniform in [0, 1): which point of the distribution a random row takes.
+    pub uniform: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// Samples one token per row of `logits: [rows, vocab]` (f32).
+pub fn sample(logits: &Tensor, rows: &[SampleRow]) -> Vec<Sampled> {
+    let _guard = tch::no_grad_guard();
+    let n = rows.len();
+    assert_eq!(logits.size()[0] as usize, n, "one row of logits per sample row");
+    let dev = logits.device();
+    let mut tokens = vec![0i64; n];
+
+    let greedy: Vec<i64> = (0..n).filter(|&i| rows[i].params.is_greedy()).map(|i| i as i64).collect();
+    if !greedy.is_empty() {
+        let idx = Tensor::from_slice(&greedy).to_device(dev);
+        let best: Vec<i64> = Vec::try_from(logits.index_select(0, &idx).argmax(-1, false)).expect("argmax ids");
+        for (&i, t) in greedy.iter().zip(best) {
+            tokens[i as usize] = t;
+        }
+    }
+
+    let random: Vec<usize> = (0..n).filter(|&i| !rows[i].params.is_greedy()).collect();
+    if !random.is_empty() {
+        let idx = Tensor::from_slice(&random.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
+        let sub: Vec<&SamplingParams> = random.iter().map(|&i| rows[i].params).collect();
+        let uniforms: Vec<f32> = random.iter().map(|&i| rows[i].uniform).collect();
+        let drawn = draw(&logits.index_select(0, &idx), &sub, &uniforms);
+        for (&i, t) in random.iter().zip(drawn) {
+            tokens[i] = t;
+        }
+    }
+
+    let want: Vec<usize> = (0..n).filter(|&i| rows[i].params.logprobs.is_some()).collect();
+    let mut lps: Vec<Option<TokenLogprobs>> = vec![None; n];
+    if !want.is_empty() {
+        let idx = Tensor::from_slice(&want.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
+        let chosen = Tensor::from_slice(&want.iter().map(|&i| tokens[i]).collect::<Vec<_>>()).to_device(dev);
+        let lp = logits.index_select(0, &idx).log_softmax(-1, Kind::Float);
+        let chosen_lp = lp.gather(1, &chosen.unsqueeze(1), false); // [w, 1]
+        let ranks: Vec<i64> = Vec::try_from(lp.gt_tensor(&chosen_lp).sum_dim_intlist(-1, false, Kind::Int64)).expect("ranks");
+        let chosen_lp: Vec<f32> = Vec::try_from(chosen_lp.squeeze_dim(1)).expect("logprobs");
+        let k = want.iter().map(|&i| rows[i].params.logprobs.unwrap_or(0)).max().unwrap_or(0);
+        let (top_v, top_i): (Vec<f32>, Vec<i64>) = if k > 0 {
+            let (v, i) = lp.topk(k as i64, -1, true, true);
+            (Vec::try_from(v.flatten(0, -1)).expect("top"), Vec::try_from(i.flatten(0, -1)).expect("top ids"))
+        } else {
+            (vec![], vec![])
+        };
+        for (j, &i) in want.iter().enumerate() {
+            let ki = rows[i].params.logprobs.unwrap_or(0);
+            let top = (0..ki).map(|t| (top_i[j * k + t] as u32, top_v[j * k + t])).collect();
+            lps[i] = Some(TokenLogprobs {
+                token: tokens[i] as u32,
+                logprob: chosen_lp[j],
+                rank: ranks[j] as usize + 1,
+                top,
+            });
+        }
+    }
+
+    tokens.into_iter().zip(lps).map(|(t, logprobs)| Sampled { token: t as u32, logprobs }).collect()
+}
+
+/// Filters and draws one token per row of `logits: [r, vocab]`, `u` uniform in [0, 1).
+fn draw(logits: &Tensor, params: &[&SamplingParams], u: &[f32]) -> Vec<i64> {
+    let dev = logits.device();
+    let r = params.len() as i64;
+    let col = |f: &dyn Fn(&SamplingParams) -> f32| {
+        Tensor::from_slice(&params.iter().map(|p| f(p)).collect::<Vec<f32>>()).to_device(dev).unsqueeze(1)
+    };
+    let scaled = logits / col(&|p| p.temperature);
+    let filtering = params.iter().any(|p| p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0);
+    let u = Tensor::from_slice(u).to_device(dev).unsqueeze(1);
+    if !filtering {
+        let probs = scaled.softmax(-1, Kind::Float);
+        return pick(&probs, &u, None, r);
+    }
+    // Work in descending order so each filter is a prefix of the row.
+    let (sorted, order) = scaled.sort(-1, true);
+    let vocab = sorted.size()[1];
+    let ranks = Tensor::arange(vocab, (Kind::Int64, dev)).unsqueeze(0);
+    let k = Tensor::from_slice(&params.iter().map(|p| if p.top_k == 0 { vocab } else { p.top_k as i64 }).collect::<Vec<_>>())
+        .to_device(dev)
+        .unsqueeze(1);
+    let mut masked = sorted.masked_fill(&ranks.ge_tensor(&k), f64::NEG_INFINITY);
+    let probs = masked.softmax(-1, Kind::Float);
+    // top-p: drop a token when the mass before it already reaches p (the first always stays).
+    let before = probs.cumsum(-1, Kind::Float) - &probs;
+    masked = masked.masked_fill(&before.ge_tensor(&col(&|p| p.top_p)), f64::NEG_INFINITY);
+    // min-p, relative to the most likely token.
+    let min_p = col(&|p| p.min_p);
+    let probs = masked.softmax(-1, Kind::Float);
+    let max = probs.narrow(1, 0, 1);
+    let masked = masked.masked_fill(&probs.lt_tensor(&(max * min_p)), f64::NEG_INFINITY);
+    let probs = masked.softmax(-1, Kind::Float);
+    pick(&probs, &u, Some(&order), r)
+}
+
+/// Inverse-CDF draw: the first index whose cumulative probability exceeds `u`.
+fn pick(probs: &Tensor, u: &Tensor, order: Option<&Tensor>, r: i64) -> Vec<i64> {
+    let cdf = probs.cumsum(-1, Kind::Float);
+    let vocab = probs.size()[1];
+    // Guard against rounding leaving the total just under u: never step past the last
+    // token with mass.
+    let last = probs.gt(0.0).to_kind(Kind::Int64).cumsum(-1, Kind::Int64).argmax(-1, true);
+    let pos = cdf.le_tensor(u).sum_dim_intlist(-1, true, Kind::Int64).minimum(&last).clamp(0, vocab - 1);
+    let ids = match order {
+        Some(o) => o.gather(1, &pos, false),
+        None => pos,
+    };
+    let v: Vec<i64> = Vec::try_from(ids.view([r])).expect("sampled ids");
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn params(temperature: f32) -> SamplingParams {
+        SamplingParams { temperature, ..Default::default() }
+    }
+
+    fn one(logits: &Tensor, p: &SamplingParams, rng: &mut ChaCha8Rng) -> Sampled {
+        sample(logits, &[SampleRow { params: p, uniform: rng.random() }]).remove(0)
+    }
+
+    #[test]
+    fn greedy_takes_argmax_and_reports_logprobs() {
+        let logits = Tensor::from_slice(&[0.0f32, 3.0, 1.0, 2.0]).view([1, 4]);
+        let p = SamplingParams { logprobs: Some(2), ..params(0.0) };
+        let out = one(&logits, &p, &mut ChaCha8Rng::seed_from_u64(0));
+        assert_eq!(out.token, 1);
+        let lp = out.logprobs.as_ref().unwrap();
+        assert_eq!(lp.rank, 1);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3]);
+        let expected = 3.0 - (0f32.exp() + 3f32.exp() + 1f32.exp() + 2f32.exp()).ln();
+        assert!((lp.logprob - expected).abs() < 1e-5);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_p_keeps_the_head() {
+        let logits = Tensor::from_slice(&[0.0f32, 5.0, 4.9, -1.0]).view([1, 4]);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..20 {
+            assert_eq!(one(&logits, &SamplingParams { top_k: 1, ..params(1.0) }, &mut rng).token, 1);
+            let t = one(&logits, &SamplingParams { top_p: 0.6, ..params(1.0) }, &mut rng).token;
+            assert!(t == 1 || t == 2, "{t}");
+            let t = one(&logits, &SamplingParams { min_p: 0.5, ..params(1.0) }, &mut rng).token;
+            assert!(t == 1 || t == 2, "{t}");
+        }
+    }
+
+    #[test]
+    fn a_row_draws_the_same_alone_or_in_a_batch() {
+        let logits = Tensor::randn([3, 50], (Kind::Float, tch::Device::Cpu));
+        let (p, g) = (SamplingParams { top_p: 0.9, ..params(0.8) }, params(0.0));
+        for u in [0.0f32, 0.3, 0.77, 0.999] {
+            let alone = sample(&logits.narrow(0, 1, 1), &[SampleRow { params: &p, uniform: u }])[0].token;
+            let rows = [
+                SampleRow { params: &g, uniform: 0.5 },
+                SampleRow { params: &p, uniform: u },
+                SampleRow { params: &params(1.0), uniform: 0.1 },
+            ];
+            assert_eq!(sample(&logits, &rows)[1].token, alone);
+        }
+    }
+
+    #[test]
+    fn draws_follow_the_distribution() {
+        let logits = Tensor::from_slice(&[0.0f32, (3.0f32).ln()]).view([1, 2]); // p = 0.25, 0.75
+        let p = params(1.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let ones = (0..4000).filter(|_| one(&logits, &p, &mut rng).token == 1).count();
+        assert!((2850..3150).contains(&ones), "{ones}");
+    }
+}

@@ -1,0 +1,203 @@
+//! `sluice serve`: load the model, start the pipeline, listen.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use tch::{Device, Kind};
+
+use crate::api::server::{AppState, router};
+use crate::cli::{ContentFormatArg, DeviceArg, ServeArgs};
+use crate::engine::scheduler::SchedulerConfig;
+use crate::engine::{Engine, EngineConfig};
+use crate::model::chat_template::ChatTemplate;
+use crate::model::kv_cache::KvCache;
+use crate::model::{self, LoadOptions, resolve};
+use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::serving::{ContentFormat, ServingContext};
+use crate::stages;
+
+pub fn device(arg: DeviceArg) -> Result<Device> {
+    Ok(match arg {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda | DeviceArg::Auto => {
+            crate::device::load_cuda_backend();
+            match (arg, tch::Cuda::is_available()) {
+                (_, true) => Device::Cuda(0),
+                (DeviceArg::Auto, false) => Device::Cpu,
+                _ => bail!("--device cuda was asked for, but no CUDA device is available"),
+            }
+        }
+    })
+}
+
+/// `--chat-template`: a readable file's contents, else the argument itself.
+fn chat_template_arg(arg: &str) -> Result<String> {
+    let path = std::path::Path::new(arg);
+    if !arg.contains("{%") && !arg.contains("{{") {
+        return std::fs::read_to_string(path).with_context(|| format!("--chat-template {arg}: cannot read the file"));
+    }
+    Ok(arg.to_string())
+}
+
+/// Everything `serve` starts, ready to listen.
+pub struct Server {
+    pub app: Arc<AppState>,
+    pub pipeline: Pipeline<crate::job::Item>,
+}
+
+/// Loads the model and starts the pipeline (shared by `serve` and the tests).
+pub fn build(args: &ServeArgs) -> Result<Server> {
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t as i32);
+    }
+    let device = device(args.device)?;
+    let location = resolve::resolve(args.model_arg())?;
+    tracing::info!("loading {} from {}", location.default_name, location.path().display());
+    let t0 = Instant::now();
+    let loaded = model::load(
+        location,
+        &LoadOptions { device, dtype: &args.dtype, max_model_len: args.max_model_len },
+    )?;
+    let llama = loaded.llama;
+    let info = loaded.info;
+    let c = &llama.cfg;
+    tracing::info!(
+        "loaded in {:.1}s: {:?}, {} layers, hidden {}, {} heads ({} KV), vocab {}, dtype {:?}, device {:?}, context {}",
+        t0.elapsed().as_secs_f64(),
+        c.arch,
+        c.num_layers,
+        c.hidden_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.vocab_size,
+        llama.dtype,
+        device,
+        info.max_model_len
+    );
+
+    let template_src = match &args.chat_template {
+        Some(arg) => Some(chat_template_arg(arg)?),
+        None => info.chat_template.clone(),
+    };
+    let template = match template_src {
+        Some(src) => Some(ChatTemplate::new(&src).map_err(|e| anyhow::anyhow!("the chat template does not compile: {e}"))?),
+        None => {
+            tracing::warn!("the model has no chat template: chat requests will be refused (see --chat-template)");
+            None
+        }
+    };
+    let content_format = match args.chat_template_content_format {
+        ContentFormatArg::Auto => None,
+        ContentFormatArg::String => Some(ContentFormat::String),
+        ContentFormatArg::Openai => Some(ContentFormat::OpenAi),
+    };
+    let names = if args.served_model_name.is_empty() {
+        vec![info.location.default_name.clone()]
+    } else {
+        args.served_model_name.clone()
+    };
+    let serving = Arc::new(ServingContext::new(&info, names, template, content_format));
+    if args.chat_template_content_format == ContentFormatArg::Auto && serving.chat_template.is_some() {
+        tracing::info!(
+            "Detected the chat template content format to be '{}'",
+            match serving.content_format {
+                ContentFormat::String => "string",
+                ContentFormat::OpenAi => "openai",
+            }
+        );
+    }
+
+    let engine_cfg = engine_config(args, &llama.cfg, llama.dtype, &info)?;
+    let engine = Engine::new(llama, engine_cfg);
+
+    let spec = match &args.pipeline {
+        Some(path) => PipelineSpec::load(path)?,
+        None => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
+    };
+    let pipeline = Pipeline::start(&spec, &stages::registry(serving.clone(), engine))?;
+    let app = Arc::new(AppState {
+        serving,
+        entry: pipeline.entry().clone(),
+        api_key: args.api_key.clone(),
+        max_body_bytes: args.max_request_body as usize,
+    });
+    Ok(Server { app, pipeline })
+}
+
+fn engine_config(
+    args: &ServeArgs,
+    cfg: &model::config::LlamaConfig,
+    kind: Kind,
+    info: &model::ModelInfo,
+) -> Result<EngineConfig> {
+    if args.block_size == 0 || args.block_size > 1024 {
+        bail!("--block-size must be between 1 and 1024");
+    }
+    let per_block = KvCache::bytes_per_block(cfg.num_layers, args.block_size, cfg.num_kv_heads, cfg.head_dim, kind);
+    let num_blocks = (args.kv_cache_memory as usize) / per_block;
+    let tokens = num_blocks * args.block_size;
+    if tokens < info.max_model_len {
+        bail!(
+            "the KV cache ({} bytes) holds {tokens} tokens, fewer than the context length {}: raise --kv-cache-memory or lower --max-model-len",
+            args.kv_cache_memory,
+            info.max_model_len
+        );
+    }
+    tracing::info!(
+        "KV cache: {num_blocks} blocks of {} tokens = {tokens} tokens ({:.2} GiB)",
+        args.block_size,
+        (num_blocks * per_block) as f64 / (1u64 << 30) as f64
+    );
+    if args.max_num_seqs == 0 || args.max_num_batched_tokens == 0 {
+        bail!("--max-num-seqs and --max-num-batched-tokens must be at least 1");
+    }
+    Ok(EngineConfig {
+        block_size: args.block_size,
+        num_blocks,
+        scheduler: SchedulerConfig {
+            max_num_seqs: args.max_num_seqs,
+            max_batched_tokens: args.max_num_batched_tokens,
+        },
+        max_model_len: info.max_model_len,
+        eos_ids: info.eos_ids.clone(),
+    })
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let server = build(args)?;
+    let addr = format!("{}:{}", args.host, args.port);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(
+            "serving {} on http://{}",
+            server.app.serving.served_names.join(", "),
+            listener.local_addr().map(|a| a.to_string()).unwrap_or(addr.clone())
+        );
+        axum::serve(listener, router(server.app.clone()))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("the HTTP server stopped")
+    })?;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,65 @@
+//! What the request-handling stages share about the served model: names, tokenizer, chat
+//! template, limits and defaults. Built once at start-up from the loaded model and the
+//! resolved flags; read-only afterwards.
+
+use std::sync::Arc;
+
+use crate::model::ModelInfo;
+use crate::model::chat_template::ChatTemplate;
+use crate::model::tokenizer::Tokenizer;
+
+/// How message content is handed to the chat template (vLLM's
+/// `--chat-template-content-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentFormat {
+    /// Text parts joined into one string.
+    String,
+    /// The list of `{"type": "text", "text": …}` parts as sent.
+    OpenAi,
+}
+
+pub struct ServingContext {
+    /// Names clients may use in `model`; the first is reported in responses.
+    pub served_names: Vec<String>,
+    /// What the model was loaded from (`/v1/models`'s `root`).
+    pub root: String,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Option<ChatTemplate>,
+    pub content_format: ContentFormat,
+    pub max_model_len: usize,
+    pub response_role: String,
+    /// Unix seconds when the server started (`created` of `/v1/models`).
+    pub started: u64,
+}
+
+impl ServingContext {
+    pub fn new(
+        info: &ModelInfo,
+        served_names: Vec<String>,
+        chat_template: Option<ChatTemplate>,
+        content_format: Option<ContentFormat>,
+    ) -> Self {
+        let content_format = content_format.unwrap_or_else(|| match &chat_template {
+            Some(t) if t.iterates_content_parts() => ContentFormat::OpenAi,
+            _ => ContentFormat::String,
+        });
+        ServingContext {
+            served_names,
+            root: info.location.path().display().to_string(),
+            tokenizer: info.tokenizer.clone(),
+            chat_template,
+            content_format,
+            max_model_len: info.max_model_len,
+            response_role: "assistant".into(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The name responses report.
+    pub fn model_name(&self) -> &str {
+        &self.served_names[0]
+    }
+}

@@ -1,0 +1,87 @@
+//! engine: the pipeline stage around `crate::engine::Engine`. Its one worker admits new
+//! jobs between steps and runs steps while there is work; each step's duration is the
+//! stage's service time.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::engine::{Emit, Engine};
+use crate::job::{Item, Payload, RequestCtx, TokenEvent};
+use crate::pipeline::{Inlet, Outlet, Stage};
+
+pub struct EngineStage {
+    engine: Mutex<Option<Engine>>,
+}
+
+impl EngineStage {
+    pub fn new(engine: Engine) -> Self {
+        EngineStage { engine: Mutex::new(Some(engine)) }
+    }
+}
+
+struct ToOutlet<'a>(&'a Outlet<Item>);
+
+impl Emit for ToOutlet<'_> {
+    fn emit(&mut self, ctx: &Arc<RequestCtx>, event: TokenEvent) {
+        let _ = self.0.send(Item { ctx: ctx.clone(), payload: Payload::Tokens(event) });
+    }
+}
+
+impl EngineStage {
+    fn admit(engine: &mut Engine, item: Item) {
+        match item.payload {
+            Payload::Job(job) => {
+                if !item.ctx.is_cancelled() {
+                    engine.admit(item.ctx, &job);
+                }
+            }
+            _ => unreachable!("the engine takes tokenized jobs"),
+        }
+    }
+}
+
+impl Stage<Item> for EngineStage {
+    fn process(&self, _item: Item, _out: &Outlet<Item>) {
+        unreachable!("the engine drives its own inlet")
+    }
+
+    fn run(&self, inlet: Inlet<Item>, out: Outlet<Item>) {
+        let Some(mut engine) = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let mut emit = ToOutlet(&out);
+        let mut closed = false;
+        loop {
+            if engine.is_idle() {
+                if closed {
+                    return;
+                }
+                match inlet.recv() {
+                    Some(item) => Self::admit(&mut engine, item),
+                    None => return,
+                }
+            }
+            // Take everything that arrived while the last step ran.
+            while !closed {
+                match inlet.try_recv() {
+                    Ok(item) => Self::admit(&mut engine, item),
+                    Err(is_closed) => {
+                        closed = is_closed;
+                        break;
+                    }
+                }
+            }
+            engine.reap_cancelled(&mut emit);
+            let start = Instant::now();
+            let times = engine.step(&mut emit);
+            if times.tokens > 0 {
+                inlet.metrics().record_service(start.elapsed());
+            } else if !engine.is_idle() {
+                // Nothing could be scheduled (waiting for blocks): wait for news briefly.
+                if let Ok(item) = inlet.recv_timeout(Duration::from_millis(5)) {
+                    Self::admit(&mut engine, item);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The stage kinds that `stages/*.toml` can name, one file each, and the registry that
+//! tells the pipeline runtime how to build them and what each takes and gives.
+
+pub mod decode;
+pub mod detokenize;
+pub mod engine;
+pub mod guide;
+pub mod render;
+pub mod stream;
+pub mod tokenize;
+
+use std::sync::{Arc, Mutex};
+
+use crate::engine::Engine;
+use crate::job::Item;
+use crate::pipeline::{Registry, Stage, StageShape};
+use crate::serving::ServingContext;
+
+/// The built-in pipeline for `sluice serve`; `--pipeline FILE` replaces it.
+pub const SERVE_TOML: &str = include_str!("../../stages/serve.toml");
+
+const fn shape(input: &'static str, output: &'static str, ordered: bool) -> StageShape {
+    StageShape { input, output, ordered }
+}
+
+fn boxed<S: Stage<Item>>(s: S) -> Result<Arc<dyn Stage<Item>>, String> {
+    Ok(Arc::new(s))
+}
+
+/// Every stage kind, bound to the served model. The engine can be built once only.
+pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> {
+    let mut r = Registry::new();
+    r.source("http", "bodies");
+    let s = serving.clone();
+    r.stage("decode", shape("bodies", "requests", false), Box::new(move || boxed(decode::Decode { serving: s.clone() })));
+    let s = serving.clone();
+    r.stage("render", shape("requests", "prompts", false), Box::new(move || boxed(render::Render { serving: s.clone() })));
+    let s = serving.clone();
+    r.stage(
+        "tokenize",
+        shape("prompts", "tokenized requests", false),
+        Box::new(move || boxed(tokenize::Tokenize { serving: s.clone() })),
+    );
+    r.stage("guide", shape("tokenized requests", "ready requests", false), Box::new(|| boxed(guide::Guide)));
+    let engine = Mutex::new(Some(engine));
+    r.stage(
+        "engine",
+        shape("ready requests", "tokens", false),
+        Box::new(move || {
+            let e = engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+            e.map(|e| Arc::new(engine::EngineStage::new(e)) as Arc<dyn Stage<Item>>)
+                .ok_or_else(|| "a pipeline can have only one engine stage".to_string())
+        }),
+    );
+    let tok = serving.tokenizer.clone();
+    r.stage(
+        "detokenize",
+        shape("tokens", "text", true),
+        Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })),
+    );
+    let tok = serving.tokenizer.clone();
+    r.stage("stream", shape("text", "nothing", true), Box::new(move || boxed(stream::Stream { tokenizer: tok.clone() })));
+    r
+}

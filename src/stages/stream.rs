@@ -1,0 +1,320 @@
+//! stream: text events → the OpenAI response for the waiting connection. Streaming
+//! requests get one chunk per event (chat: a first chunk with the role, then content
+//! deltas, then the finish reason; with `include_usage`, a last chunk with usage).
+//! Other requests are gathered here until every choice has finished, then answered whole.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use crate::api::protocol::*;
+use crate::job::{Endpoint, Finish, Item, Payload, Reply, RequestCtx, StopReason, TextEvent};
+use crate::model::tokenizer::Tokenizer;
+use crate::pipeline::{Inlet, Outlet, Stage};
+use crate::sampling::TokenLogprobs;
+
+pub struct Stream {
+    pub tokenizer: Arc<Tokenizer>,
+}
+
+#[derive(Default)]
+struct ChoiceAcc {
+    text: String,
+    completion_tokens: usize,
+    finish: Option<Finish>,
+    /// Completions' logprobs so far.
+    completion_lp: Option<CompletionLogprobs>,
+    chat_lp: Option<ChatLogprobs>,
+    started: bool,
+    /// Bytes of text sent or gathered so far (for completions' `text_offset`).
+    emitted: usize,
+}
+
+struct Pending {
+    choices: Vec<ChoiceAcc>,
+    finished: usize,
+    /// Prompt length per prompt index.
+    prompts: BTreeMap<usize, usize>,
+}
+
+impl Stage<Item> for Stream {
+    fn process(&self, _item: Item, _out: &Outlet<Item>) {
+        unreachable!("stream keeps per-worker state and runs its own loop")
+    }
+
+    fn run(&self, inlet: Inlet<Item>, _out: Outlet<Item>) {
+        let mut pending: HashMap<u64, Pending> = HashMap::new();
+        while let Some(item) = inlet.recv() {
+            let start = Instant::now();
+            let Payload::Text(ev) = item.payload else { unreachable!("stream takes text events") };
+            let ctx = item.ctx;
+            let p = pending.entry(ctx.key).or_insert_with(|| Pending {
+                choices: (0..ev.choices).map(|_| ChoiceAcc::default()).collect(),
+                finished: 0,
+                prompts: BTreeMap::new(),
+            });
+            let done = self.on_event(&ctx, p, ev);
+            if done {
+                pending.remove(&ctx.key);
+            }
+            inlet.metrics().record_service(start.elapsed());
+        }
+    }
+}
+
+fn stop_reason(f: &Option<Finish>) -> Option<Value> {
+    match f {
+        Some(Finish::Stop(Some(StopReason::Token(t)))) => Some(Value::from(*t)),
+        Some(Finish::Stop(Some(StopReason::Text(s)))) => Some(Value::from(s.clone())),
+        _ => None,
+    }
+}
+
+impl Stream {
+    /// Handles one event; true when the request is complete.
+    fn on_event(&self, ctx: &Arc<RequestCtx>, p: &mut Pending, ev: TextEvent) -> bool {
+        let meta = ctx.meta().clone();
+        let chat = ctx.endpoint == Endpoint::ChatCompletions;
+        p.prompts.insert(ev.prompt_index, ev.prompt_tokens);
+        let acc = &mut p.choices[ev.choice];
+        if acc.finish.is_some() {
+            return p.finished == p.choices.len();
+        }
+        let first = !acc.started;
+        acc.started = true;
+        let mut text = ev.text.clone();
+        if let (Some(prompt), false) = (&ev.echo_prompt, chat) {
+            text.insert_str(0, prompt);
+        }
+        acc.completion_tokens = ev.completion_tokens;
+        let lp_delta = meta.logprobs.map(|_| &ev.logprobs);
+        let (c_lp, ch_lp) = match lp_delta {
+            Some(lps) if chat => (None, Some(self.chat_logprobs(lps, meta.tokens_as_ids))),
+            Some(lps) => {
+                let start = acc.emitted + (text.len() - ev.text.len());
+                (Some(self.completion_logprobs(lps, start, meta.tokens_as_ids)), None)
+            }
+            None => (None, None),
+        };
+        acc.emitted += text.len();
+        let finish = ev.finish.clone();
+        if finish.is_some() {
+            p.finished += 1;
+        }
+        let acc = &mut p.choices[ev.choice];
+        acc.finish = finish.clone();
+
+        if meta.output.stream {
+            let finish_reason = finish.as_ref().map(Finish::as_str);
+            if ctx.is_cancelled() {
+                // The client is gone; keep counting so the state is dropped when complete.
+            } else if chat {
+                if first {
+                    let delta = ChatDelta { role: Some(meta.output.response_role.clone()), content: Some(String::new()) };
+                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, None, None);
+                }
+                if !text.is_empty() || finish.is_some() || ch_lp.as_ref().is_some_and(|l| !l.content.is_empty()) {
+                    let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text) };
+                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, finish_reason, stop_reason(&finish));
+                }
+            } else if !text.is_empty() || finish.is_some() || c_lp.is_some() {
+                let chunk = CompletionResponse {
+                    id: ctx.id.clone(),
+                    object: "text_completion",
+                    created: ctx.created,
+                    model: meta.model.clone(),
+                    choices: vec![CompletionChoice {
+                        index: ev.choice,
+                        text,
+                        logprobs: c_lp,
+                        finish_reason,
+                        stop_reason: stop_reason(&finish),
+                    }],
+                    usage: None,
+                };
+                ctx.reply(Reply::Chunk(serde_json::to_string(&chunk).expect("chunks serialize")));
+            }
+            if p.finished == p.choices.len() {
+                if meta.output.include_usage && !ctx.is_cancelled() {
+                    self.send_usage(ctx, &meta.model, p, chat);
+                }
+                ctx.reply(Reply::Done);
+                return true;
+            }
+            return false;
+        }
+
+        // Not streaming: gather.
+        acc.text.push_str(&text);
+        if let Some(l) = c_lp {
+            let all = acc.completion_lp.get_or_insert_with(CompletionLogprobs::default);
+            all.text_offset.extend(l.text_offset);
+            all.token_logprobs.extend(l.token_logprobs);
+            all.tokens.extend(l.tokens);
+            all.top_logprobs.extend(l.top_logprobs);
+        }
+        if let Some(l) = ch_lp {
+            acc.chat_lp.get_or_insert_with(ChatLogprobs::default).content.extend(l.content);
+        }
+        if p.finished < p.choices.len() {
+            return false;
+        }
+        if !ctx.is_cancelled() {
+            let usage = usage(p);
+            let body = if chat {
+                serde_json::to_string(&ChatResponse {
+                    id: ctx.id.clone(),
+                    object: "chat.completion",
+                    created: ctx.created,
+                    model: meta.model.clone(),
+                    choices: p
+                        .choices
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(i, c)| ChatChoice {
+                            index: i,
+                            message: ChatResponseMessage {
+                                role: meta.output.response_role.clone(),
+                                content: std::mem::take(&mut c.text),
+                            },
+                            logprobs: c.chat_lp.take(),
+                            finish_reason: c.finish.as_ref().map(Finish::as_str),
+                            stop_reason: stop_reason(&c.finish),
+                        })
+                        .collect(),
+                    usage,
+                })
+            } else {
+                serde_json::to_string(&CompletionResponse {
+                    id: ctx.id.clone(),
+                    object: "text_completion",
+                    created: ctx.created,
+                    model: meta.model.clone(),
+                    choices: p
+                        .choices
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(i, c)| CompletionChoice {
+                            index: i,
+                            text: std::mem::take(&mut c.text),
+                            logprobs: c.completion_lp.take(),
+                            finish_reason: c.finish.as_ref().map(Finish::as_str),
+                            stop_reason: stop_reason(&c.finish),
+                        })
+                        .collect(),
+                    usage: Some(usage),
+                })
+            };
+            ctx.reply(Reply::Body(body.expect("responses serialize")));
+        }
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_chat_chunk(
+        &self,
+        ctx: &RequestCtx,
+        model: &str,
+        index: usize,
+        delta: ChatDelta,
+        logprobs: Option<ChatLogprobs>,
+        finish_reason: Option<&'static str>,
+        stop_reason: Option<Value>,
+    ) {
+        let chunk = ChatChunk {
+            id: ctx.id.clone(),
+            object: "chat.completion.chunk",
+            created: ctx.created,
+            model: model.to_string(),
+            choices: vec![ChatChunkChoice { index, delta, logprobs, finish_reason, stop_reason }],
+            usage: None,
+        };
+        ctx.reply(Reply::Chunk(serde_json::to_string(&chunk).expect("chunks serialize")));
+    }
+
+    fn send_usage(&self, ctx: &RequestCtx, model: &str, p: &Pending, chat: bool) {
+        let usage = Some(usage(p));
+        let json = if chat {
+            serde_json::to_string(&ChatChunk {
+                id: ctx.id.clone(),
+                object: "chat.completion.chunk",
+                created: ctx.created,
+                model: model.to_string(),
+                choices: vec![],
+                usage,
+            })
+        } else {
+            serde_json::to_string(&CompletionResponse {
+                id: ctx.id.clone(),
+                object: "text_completion",
+                created: ctx.created,
+                model: model.to_string(),
+                choices: vec![],
+                usage,
+            })
+        };
+        ctx.reply(Reply::Chunk(json.expect("chunks serialize")));
+    }
+
+    fn token_text(&self, id: u32, as_id: bool) -> String {
+        if as_id { format!("token_id:{id}") } else { self.tokenizer.decode(&[id], false) }
+    }
+
+    fn chat_logprobs(&self, lps: &[TokenLogprobs], as_ids: bool) -> ChatLogprobs {
+        let entry = |id: u32, lp: f32| {
+            let token = self.token_text(id, as_ids);
+            let bytes = token.as_bytes().to_vec();
+            (token, lp, bytes)
+        };
+        ChatLogprobs {
+            content: lps
+                .iter()
+                .map(|l| {
+                    let (token, logprob, bytes) = entry(l.token, l.logprob);
+                    ChatTokenLogprob {
+                        token,
+                        logprob,
+                        bytes,
+                        top_logprobs: l
+                            .top
+                            .iter()
+                            .map(|&(id, lp)| {
+                                let (token, logprob, bytes) = entry(id, lp);
+                                ChatTopLogprob { token, logprob, bytes }
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// `offset` is where the first token's text starts in the choice's whole text.
+    fn completion_logprobs(&self, lps: &[TokenLogprobs], offset: usize, as_ids: bool) -> CompletionLogprobs {
+        let mut out = CompletionLogprobs::default();
+        let mut at = offset;
+        for l in lps {
+            let token = self.token_text(l.token, as_ids);
+            out.text_offset.push(at);
+            at += token.len();
+            out.token_logprobs.push(Some(l.logprob));
+            let mut top = Map::new();
+            // The chosen token is always listed, as OpenAI does.
+            top.insert(token.clone(), Value::from(l.logprob));
+            for &(id, lp) in &l.top {
+                top.entry(self.token_text(id, as_ids)).or_insert(Value::from(lp));
+            }
+            out.tokens.push(token);
+            out.top_logprobs.push(Some(top));
+        }
+        out
+    }
+}
+
+fn usage(p: &Pending) -> Usage {
+    let prompt: usize = p.prompts.values().sum();
+    let completion: usize = p.choices.iter().map(|c| c.completion_tokens).sum();
+    Usage::new(prompt, completion)
+}
