@@ -1,0 +1,133 @@
+//! Starts the real `sluice` binary on a loopback port and talks HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    /// Everything the server has logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `sluice serve` with `args` on a free port and waits until it answers.
+    pub fn start(args: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("serve").args(args).args(["--port", "0"]);
+        cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        // SAFETY: prctl in the child before exec; the server dies with the test process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start sluice");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push_str(&format!("{line}\n"));
+                if let Some(at) = line.find("on http://") {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(line[at + 3..].trim().to_string());
+                    }
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Server { child, base, log }
+    }
+
+    /// A server whose life is the test process's: started once, shared by a binary's tests.
+    pub fn shared(args: &'static [&'static str]) -> &'static Server {
+        static SERVERS: std::sync::Mutex<Vec<(&'static [&'static str], &'static Server)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut all = SERVERS.lock().unwrap();
+        if let Some((_, s)) = all.iter().find(|(a, _)| *a == args) {
+            return s;
+        }
+        // Started from a thread that lives as long as the process: PDEATHSIG fires when the
+        // spawning thread exits.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let s: &'static Server = Box::leak(Box::new(Server::start(args)));
+            tx.send(s).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        let s = rx.recv().expect("server thread");
+        all.push((args, s));
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn client() -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build().unwrap()
+    }
+
+    /// POSTs JSON and returns (status, body as JSON).
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = Self::client().post(self.url(path)).json(body).send().expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// POSTs a streaming request and returns the `data:` payloads in order.
+    pub fn post_sse(&self, path: &str, body: &Value) -> Vec<String> {
+        let r = Self::client().post(self.url(path)).json(body).send().expect("request");
+        assert_eq!(r.status().as_u16(), 200, "streaming request failed");
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let text = r.text().unwrap();
+        text.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("not an SSE data line: {e:?}")).to_string())
+            .collect()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let r = Self::client().get(self.url(path)).send().expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The project venv's Python (for the openai client).
+pub fn venv_python() -> String {
+    format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(path: &str) -> String {
+    format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
+}
