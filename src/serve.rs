@@ -48,6 +48,11 @@ pub struct Server {
 
 /// Loads the model and starts the pipeline (shared by `serve` and the tests).
 pub fn build(args: &ServeArgs) -> Result<Server> {
+    // The pipeline file first: a wrong one should not wait for the model to load.
+    let spec = match &args.pipeline {
+        Some(path) => PipelineSpec::load(path)?,
+        None => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
+    };
     if let Some(t) = args.threads {
         tch::set_num_threads(t as i32);
     }
@@ -111,10 +116,6 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     let engine_cfg = engine_config(args, &llama.cfg, llama.dtype, &info)?;
     let engine = Engine::new(llama, engine_cfg);
 
-    let spec = match &args.pipeline {
-        Some(path) => PipelineSpec::load(path)?,
-        None => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
-    };
     let pipeline = Pipeline::start(&spec, &stages::registry(serving.clone(), engine))?;
     let app = Arc::new(AppState {
         serving,
@@ -136,7 +137,7 @@ fn engine_config(
     }
     let per_block = KvCache::bytes_per_block(cfg.num_layers, args.block_size, cfg.num_kv_heads, cfg.head_dim, kind);
     let num_blocks = (args.kv_cache_memory as usize) / per_block;
-    let tokens = num_blocks * args.block_size;
+    let tokens = num_blocks.saturating_sub(1) * args.block_size; // block 0 is padding
     if tokens < info.max_model_len {
         bail!(
             "the KV cache ({} bytes) holds {tokens} tokens, fewer than the context length {}: raise --kv-cache-memory or lower --max-model-len",

@@ -1,5 +1,6 @@
-//! The OpenAI wire format: request bodies as clients send them and response bodies as
-//! clients parse them. No engine types here; `stages::decode` maps requests onto jobs.
+//! The OpenAI wire format: the typed parts of request bodies and the response bodies as
+//! clients parse them. No engine types here; `stages::decode` reads requests field by
+//! field (so that every error names its field) and maps them onto jobs.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -32,59 +33,10 @@ pub enum PromptInput {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
-    #[serde(default)]
-    pub continuous_usage_stats: Option<bool>,
-}
-
-/// Fields both generation endpoints share.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct SamplingFields {
-    pub max_tokens: Option<i64>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub top_k: Option<i64>,
-    pub min_p: Option<f64>,
-    pub n: Option<i64>,
-    pub seed: Option<i64>,
-    pub stop: Option<OneOrMany>,
-    pub stop_token_ids: Option<Vec<u32>>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
-    pub ignore_eos: Option<bool>,
-    pub include_stop_str_in_output: Option<bool>,
-    pub skip_special_tokens: Option<bool>,
-    pub add_special_tokens: Option<bool>,
-    pub return_tokens_as_token_ids: Option<bool>,
-    pub user: Option<String>,
-    /// Fields this server knows but does not act on yet; `decode` answers 400 when one is
-    /// set to anything but its neutral value.
-    #[serde(flatten)]
-    pub rest: Map<String, Value>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct CompletionRequest {
-    pub model: Option<String>,
-    pub prompt: Option<PromptInput>,
-    pub echo: Option<bool>,
-    pub logprobs: Option<i64>,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatRequest {
-    pub model: Option<String>,
-    pub messages: Option<Vec<Value>>,
-    pub max_completion_tokens: Option<i64>,
-    pub logprobs: Option<bool>,
-    pub top_logprobs: Option<i64>,
-    pub add_generation_prompt: Option<bool>,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
 }
 
 /// A chat message as the template sees it: the JSON object the client sent, with its

@@ -1,6 +1,7 @@
 //! The block manager: the KV cache is cut into fixed-size blocks; each sequence holds a
 //! table of block ids. Blocks are reference-counted so that sequences can share them
 //! (prefix caching, forks); a block returns to the free list when its count reaches zero.
+//! Block 0 is never handed out: the cache keeps it zeroed as padding.
 
 #[derive(Debug)]
 pub struct BlockManager {
@@ -11,17 +12,20 @@ pub struct BlockManager {
 
 impl BlockManager {
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
-        assert!(block_size > 0 && num_blocks > 0);
+        assert!(block_size > 0 && num_blocks > 1);
+        let mut refs = vec![0; num_blocks];
+        refs[0] = 1; // the padding block
         BlockManager {
             block_size,
             // Pop from the end: low ids are handed out first.
-            free: (0..num_blocks as u32).rev().collect(),
-            refs: vec![0; num_blocks],
+            free: (1..num_blocks as u32).rev().collect(),
+            refs,
         }
     }
 
+    /// Blocks sequences can use.
     pub fn num_blocks(&self) -> usize {
-        self.refs.len()
+        self.refs.len() - 1
     }
 
     pub fn num_free(&self) -> usize {
@@ -78,7 +82,7 @@ mod tests {
 
     #[test]
     fn grow_and_release_balance() {
-        let mut m = BlockManager::new(4, 16);
+        let mut m = BlockManager::new(5, 16);
         let mut a = Vec::new();
         assert!(m.grow(&mut a, 17));
         assert_eq!(a.len(), 2);
@@ -90,7 +94,7 @@ mod tests {
         m.share(a[0]);
         m.release(&mut a);
         assert_eq!(m.num_free(), 3);
-        let mut c = vec![0];
+        let mut c = vec![1];
         m.release(&mut c);
         assert_eq!(m.num_free(), 4);
     }

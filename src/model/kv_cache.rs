@@ -1,6 +1,10 @@
 //! The paged KV cache's storage: per layer, one key and one value tensor of
 //! `[num_blocks · block_size, kv_heads, head_dim]`. Which slots belong to which sequence is
 //! the block manager's business (`engine::blocks`); this only reads and writes them.
+//!
+//! The storage is not cleared (clearing gigabytes costs seconds at start-up and commits the
+//! memory at once): a slot is only read after it was written, except block 0, which is
+//! zeroed here, never handed to a sequence, and serves as padding for batched reads.
 
 use tch::{Device, Kind, Tensor};
 
@@ -12,6 +16,9 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// The slot that always reads as zeros.
+    pub const PAD_SLOT: i64 = 0;
+
     pub fn new(
         layers: usize,
         num_blocks: usize,
@@ -22,7 +29,11 @@ impl KvCache {
         device: Device,
     ) -> Self {
         let shape = [(num_blocks * block_size) as i64, kv_heads as i64, head_dim as i64];
-        let alloc = || Tensor::zeros(shape, (kind, device));
+        let alloc = || {
+            let t = Tensor::empty(shape, (kind, device));
+            let _ = t.narrow(0, 0, block_size as i64).zero_();
+            t
+        };
         KvCache {
             keys: (0..layers).map(|_| alloc()).collect(),
             values: (0..layers).map(|_| alloc()).collect(),

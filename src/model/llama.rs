@@ -160,7 +160,7 @@ struct AttnPlan {
 
 struct DecodeGroup {
     rows: Tensor,   // [b] rows of the flat batch
-    gather: Tensor, // [b·lmax] cache slots (padding points at slot 0)
+    gather: Tensor, // [b·lmax] cache slots (padding reads the zeroed pad slot)
     mask: Tensor,   // [b, 1, 1, lmax] true where attended
     b: i64,
     lmax: i64,
@@ -181,7 +181,7 @@ impl AttnPlan {
         let decode = (!decoding.is_empty()).then(|| {
             let b = decoding.len();
             let lmax = decoding.iter().map(|s| s.context_len).max().unwrap_or(1);
-            let mut gather = vec![0i64; b * lmax];
+            let mut gather = vec![KvCache::PAD_SLOT; b * lmax];
             let mut mask = vec![false; b * lmax];
             for (i, s) in decoding.iter().enumerate() {
                 gather[i * lmax..i * lmax + s.context_len].copy_from_slice(&s.context_slots);

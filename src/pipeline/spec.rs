@@ -57,7 +57,16 @@ impl PipelineSpec {
                 let pointer = err.instance_path().as_str().to_string();
                 let line = span_of(&doc, &pointer).map(|s| line_of(text, s)).unwrap_or(1);
                 let whom = describe_location(&json, &pointer);
-                (line, format!("{origin}:{line}: {whom}{}", err))
+                let what = match err.kind() {
+                    // List every allowed value (the default message names only a few).
+                    jsonschema::error::ValidationErrorKind::Enum { options } => {
+                        let allowed: Vec<String> =
+                            options.as_array().into_iter().flatten().map(|o| o.to_string()).collect();
+                        format!("{} is not one of {}", err.instance(), allowed.join(", "))
+                    }
+                    _ => err.to_string(),
+                };
+                (line, format!("{origin}:{line}: {whom}{what}"))
             })
             .collect();
         if !problems.is_empty() {

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::api::error::ApiError;
-use crate::api::protocol::{ChatMessage, ChatRequest, CompletionRequest, PromptInput, SamplingFields};
+use crate::api::protocol::{ChatMessage, OneOrMany, PromptInput, StreamOptions};
 use crate::job::{ChatPrompt, Endpoint, Item, Job, OutputOptions, Payload, Prompt, RequestMeta};
 use crate::pipeline::{Outlet, Stage};
 use crate::sampling::SamplingParams;
@@ -41,52 +41,75 @@ impl Stage<Item> for Decode {
     }
 }
 
-/// Parses JSON into `T`, naming the offending field on a type error.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request("The request body must be a JSON object."));
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.inner().to_string();
-        if path == "." || path.is_empty() {
-            ApiError::bad_request(format!("Invalid request: {msg}"))
-        } else {
-            ApiError::invalid(path.clone(), format!("Invalid value for `{path}`: {msg}"))
+/// A request body's fields, taken one by one so that every error names its field.
+/// What is left after the known fields are taken is checked against `NOT_YET`.
+pub struct Fields {
+    map: Map<String, Value>,
+}
+
+impl Fields {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        match serde_json::from_slice(body) {
+            Ok(Value::Object(map)) => Ok(Fields { map }),
+            Ok(_) => Err(ApiError::bad_request("The request body must be a JSON object.")),
+            Err(e) => Err(ApiError::bad_request(format!("The request body is not valid JSON: {e}"))),
         }
-    })
+    }
+
+    /// Removes and converts one field; absent or null is None.
+    pub fn take<T: DeserializeOwned>(&mut self, name: &str) -> Result<Option<T>, ApiError> {
+        match self.map.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => serde_path_to_error::deserialize(v).map(Some).map_err(|e| {
+                let inner = e.path().to_string();
+                let param = if inner == "." { name.to_string() } else { format!("{name}.{inner}") };
+                ApiError::invalid(param.clone(), format!("Invalid value for `{param}`: {}.", e.inner()))
+            }),
+        }
+    }
+
+    /// Refuses fields this server knows but does not act on yet, unless they are at
+    /// their neutral value; anything else left is ignored, as OpenAI's API does.
+    fn reject_unsupported(&self) -> Result<(), ApiError> {
+        for (name, neutral) in NOT_YET {
+            if let Some(v) = self.map.get(*name) {
+                if !v.is_null() && !neutral(v) {
+                    return Err(ApiError::invalid(
+                        *name,
+                        format!("`{name}` is not supported by this server yet; leave it out or at its default."),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fields both generation endpoints share, read from the body.
+struct Common {
+    sampling: SamplingParams,
+    n: usize,
+    output: OutputOptions,
+    add_special_tokens: Option<bool>,
+    tokens_as_ids: bool,
 }
 
 impl Decode {
-    fn check_model(&self, model: Option<&str>) -> Result<String, ApiError> {
+    fn check_model(&self, model: Option<String>) -> Result<String, ApiError> {
         let model = model.ok_or_else(|| ApiError::invalid("model", "`model` is required."))?;
-        if self.serving.served_names.iter().any(|n| n == model) {
-            Ok(model.to_string())
+        if self.serving.served_names.contains(&model) {
+            Ok(model)
         } else {
-            Err(ApiError::model_not_found(model, &self.serving.served_names))
+            Err(ApiError::model_not_found(&model, &self.serving.served_names))
         }
     }
 
     fn completion(&self, body: &[u8]) -> Result<(Job, RequestMeta), ApiError> {
-        let req: CompletionRequest = parse_body(body)?;
-        let model = self.check_model(req.model.as_deref())?;
-        let f = &req.sampling;
-        let prompt = match req.prompt {
-            None => return Err(ApiError::invalid("prompt", "`prompt` is required.")),
-            Some(PromptInput::Text(t)) => texts(vec![t], f),
-            Some(PromptInput::Texts(v)) if v.is_empty() => {
-                return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list."));
-            }
-            Some(PromptInput::Texts(v)) => texts(v, f),
-            Some(PromptInput::Tokens(ids)) => Prompt::Tokens(vec![ids]),
-            Some(PromptInput::TokenLists(v)) if v.is_empty() => {
-                return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list."));
-            }
-            Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
-        };
-        let logprobs = match req.logprobs {
+        let mut f = Fields::parse(body)?;
+        let model = self.check_model(f.take("model")?)?;
+        let prompt: Option<PromptInput> = f.take("prompt")?;
+        let echo = f.take::<bool>("echo")?.unwrap_or(false);
+        let logprobs = match f.take::<i64>("logprobs")? {
             None => None,
             Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
             Some(k) => {
@@ -97,19 +120,31 @@ impl Decode {
             }
         };
         // OpenAI's default for completions is 16 tokens.
-        let max_tokens = Some(positive("max_tokens", f.max_tokens)?.unwrap_or(16));
-        let (sampling, n) = sampling_params(f, max_tokens, logprobs)?;
-        let mut output = output_options(f, &self.serving)?;
-        output.echo = req.echo.unwrap_or(false);
-        let meta = RequestMeta { model, output, logprobs, tokens_as_ids: f.return_tokens_as_token_ids.unwrap_or(false) };
-        Ok((Job { prompt, sampling: Arc::new(sampling), n }, meta))
+        let max_tokens = Some(positive("max_tokens", f.take("max_tokens")?)?.unwrap_or(16));
+        let mut c = common(&mut f, max_tokens, logprobs, &self.serving)?;
+        c.output.echo = echo;
+        let add_special_tokens = c.add_special_tokens.unwrap_or(true);
+        let prompt = match prompt {
+            None => return Err(ApiError::invalid("prompt", "`prompt` is required.")),
+            Some(PromptInput::Text(t)) => Prompt::Texts { texts: vec![t], add_special_tokens },
+            Some(PromptInput::Texts(v)) if v.is_empty() => {
+                return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list."));
+            }
+            Some(PromptInput::Texts(v)) => Prompt::Texts { texts: v, add_special_tokens },
+            Some(PromptInput::Tokens(ids)) => Prompt::Tokens(vec![ids]),
+            Some(PromptInput::TokenLists(v)) if v.is_empty() => {
+                return Err(ApiError::invalid("prompt", "`prompt` must not be an empty list."));
+            }
+            Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
+        };
+        let meta = RequestMeta { model, output: c.output, logprobs, tokens_as_ids: c.tokens_as_ids };
+        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n }, meta))
     }
 
     fn chat(&self, body: &[u8]) -> Result<(Job, RequestMeta), ApiError> {
-        let req: ChatRequest = parse_body(body)?;
-        let model = self.check_model(req.model.as_deref())?;
-        let f = &req.sampling;
-        let messages = req.messages.ok_or_else(|| ApiError::invalid("messages", "`messages` is required."))?;
+        let mut f = Fields::parse(body)?;
+        let model = self.check_model(f.take("model")?)?;
+        let messages: Vec<Value> = f.take("messages")?.ok_or_else(|| ApiError::invalid("messages", "`messages` is required."))?;
         if messages.is_empty() {
             return Err(ApiError::invalid("messages", "`messages` must contain at least one message."));
         }
@@ -118,7 +153,7 @@ impl Decode {
             .enumerate()
             .map(|(i, m)| chat_message(i, m, self.serving.content_format))
             .collect::<Result<Vec<_>, _>>()?;
-        let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        let logprobs = match (f.take::<bool>("logprobs")?.unwrap_or(false), f.take::<i64>("top_logprobs")?) {
             (false, Some(k)) if k > 0 => {
                 return Err(ApiError::invalid("top_logprobs", "`top_logprobs` requires `logprobs` to be true."));
             }
@@ -133,24 +168,18 @@ impl Decode {
             }
         };
         // max_completion_tokens is the newer name; without either, the rest of the context.
-        let max_tokens = match positive("max_completion_tokens", req.max_completion_tokens)? {
-            Some(m) => Some(m),
-            None => positive("max_tokens", f.max_tokens)?,
-        };
-        let (sampling, n) = sampling_params(f, max_tokens, logprobs)?;
-        let output = output_options(f, &self.serving)?;
+        let newer = positive("max_completion_tokens", f.take("max_completion_tokens")?)?;
+        let older = positive("max_tokens", f.take("max_tokens")?)?;
+        let add_generation_prompt = f.take::<bool>("add_generation_prompt")?.unwrap_or(true);
+        let c = common(&mut f, newer.or(older), logprobs, &self.serving)?;
         let prompt = Prompt::Chat(ChatPrompt {
             messages,
-            add_generation_prompt: req.add_generation_prompt.unwrap_or(true),
-            add_special_tokens: f.add_special_tokens.unwrap_or(false),
+            add_generation_prompt,
+            add_special_tokens: c.add_special_tokens.unwrap_or(false),
         });
-        let meta = RequestMeta { model, output, logprobs, tokens_as_ids: f.return_tokens_as_token_ids.unwrap_or(false) };
-        Ok((Job { prompt, sampling: Arc::new(sampling), n }, meta))
+        let meta = RequestMeta { model, output: c.output, logprobs, tokens_as_ids: c.tokens_as_ids };
+        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n }, meta))
     }
-}
-
-fn texts(texts: Vec<String>, f: &SamplingFields) -> Prompt {
-    Prompt::Texts { texts, add_special_tokens: f.add_special_tokens.unwrap_or(true) }
 }
 
 fn positive(name: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
@@ -158,13 +187,6 @@ fn positive(name: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
         None => Ok(None),
         Some(v) if v >= 1 => Ok(Some(v as usize)),
         Some(v) => Err(ApiError::invalid(name, format!("`{name}` must be at least 1, got {v}."))),
-    }
-}
-
-fn finite(name: &str, v: Option<f64>) -> Result<Option<f64>, ApiError> {
-    match v {
-        Some(x) if !x.is_finite() => Err(ApiError::invalid(name, format!("`{name}` must be a finite number."))),
-        other => Ok(other),
     }
 }
 
@@ -269,79 +291,71 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("length_penalty", |v| v.as_f64() == Some(1.0)),
 ];
 
-fn reject_unsupported(f: &SamplingFields) -> Result<(), ApiError> {
-    for (name, neutral) in NOT_YET {
-        if let Some(v) = f.rest.get(*name) {
-            if !v.is_null() && !neutral(v) {
-                return Err(ApiError::invalid(
-                    *name,
-                    format!("`{name}` is not supported by this server yet; leave it out or at its default."),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn sampling_params(
-    f: &SamplingFields,
+fn common(
+    f: &mut Fields,
     max_tokens: Option<usize>,
     logprobs: Option<usize>,
-) -> Result<(SamplingParams, usize), ApiError> {
-    reject_unsupported(f)?;
+    serving: &ServingContext,
+) -> Result<Common, ApiError> {
     let mut p = SamplingParams { max_tokens, logprobs, ..Default::default() };
-    if let Some(t) = finite("temperature", f.temperature)? {
-        if t < 0.0 {
+    if let Some(t) = f.take::<f64>("temperature")? {
+        if !(t >= 0.0 && t.is_finite()) {
             return Err(ApiError::invalid("temperature", format!("`temperature` must be at least 0, got {t}.")));
         }
         p.temperature = t as f32;
     }
-    if let Some(t) = finite("top_p", f.top_p)? {
+    if let Some(t) = f.take::<f64>("top_p")? {
         if !(t > 0.0 && t <= 1.0) {
             return Err(ApiError::invalid("top_p", format!("`top_p` must be in (0, 1], got {t}.")));
         }
         p.top_p = t as f32;
     }
-    if let Some(k) = f.top_k {
+    if let Some(k) = f.take::<i64>("top_k")? {
         p.top_k = match k {
             -1 | 0 => 0,
             k if k > 0 => k as usize,
             k => return Err(ApiError::invalid("top_k", format!("`top_k` must be -1 (off) or at least 1, got {k}."))),
         };
     }
-    if let Some(m) = finite("min_p", f.min_p)? {
+    if let Some(m) = f.take::<f64>("min_p")? {
         if !(0.0..=1.0).contains(&m) {
             return Err(ApiError::invalid("min_p", format!("`min_p` must be in [0, 1], got {m}.")));
         }
         p.min_p = m as f32;
     }
-    let n = match f.n {
+    let n = match f.take::<i64>("n")? {
         None => 1,
         Some(n) if (1..=MAX_N).contains(&n) => n as usize,
         Some(n) => return Err(ApiError::invalid("n", format!("`n` must be between 1 and {MAX_N}, got {n}."))),
     };
-    p.seed = f.seed.map(|s| s as u64);
-    p.ignore_eos = f.ignore_eos.unwrap_or(false);
-    p.stop_token_ids = f.stop_token_ids.clone().unwrap_or_default();
-    Ok((p, n))
-}
+    p.seed = f.take::<i64>("seed")?.map(|s| s as u64);
+    p.ignore_eos = f.take("ignore_eos")?.unwrap_or(false);
+    p.stop_token_ids = f.take("stop_token_ids")?.unwrap_or_default();
 
-fn output_options(f: &SamplingFields, serving: &ServingContext) -> Result<OutputOptions, ApiError> {
-    let stop = f.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
+    let stop = f.take::<OneOrMany>("stop")?.map(OneOrMany::into_vec).unwrap_or_default();
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid("stop", "Stop strings must not be empty."));
     }
-    let stream = f.stream.unwrap_or(false);
-    if f.stream_options.is_some() && !stream {
+    let stream = f.take("stream")?.unwrap_or(false);
+    let stream_options: Option<StreamOptions> = f.take("stream_options")?;
+    if stream_options.is_some() && !stream {
         return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed when `stream` is true."));
     }
-    Ok(OutputOptions {
+    let output = OutputOptions {
         stream,
-        include_usage: f.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
+        include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         stop,
-        include_stop_str_in_output: f.include_stop_str_in_output.unwrap_or(false),
-        skip_special_tokens: f.skip_special_tokens.unwrap_or(true),
+        include_stop_str_in_output: f.take("include_stop_str_in_output")?.unwrap_or(false),
+        skip_special_tokens: f.take("skip_special_tokens")?.unwrap_or(true),
         echo: false,
         response_role: serving.response_role.clone(),
-    })
+    };
+    let add_special_tokens = f.take("add_special_tokens")?;
+    let tokens_as_ids = f.take("return_tokens_as_token_ids")?.unwrap_or(false);
+    // OpenAI's own fields that do not change the output.
+    for ignored in ["user", "store", "metadata", "service_tier"] {
+        f.map.remove(ignored);
+    }
+    f.reject_unsupported()?;
+    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids })
 }

@@ -1,0 +1,253 @@
+//! The HTTP API against the real server and model: response and SSE shapes (insta
+//! snapshots in snapshots/), errors, API keys, and the official openai Python client.
+
+mod common;
+
+use common::{MODEL, Server, venv_python};
+use serde_json::{Value, json};
+
+/// Shared by most tests here: float32 so that greedy output is stable, an API key, and a
+/// small body limit to reach 413 cheaply.
+const ARGS: &[&str] = &["--dtype", "float32", "--api-key", "token-abc123", "--max-request-body", "64KiB"];
+const KEY: &str = "token-abc123";
+
+fn server() -> &'static Server {
+    Server::shared(ARGS)
+}
+
+fn post(path: &str, body: &Value) -> (u16, Value) {
+    let r = Server::client().post(server().url(path)).bearer_auth(KEY).json(body).send().unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_str(&r.text().unwrap()).unwrap())
+}
+
+fn post_raw(path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = Server::client()
+        .post(server().url(path))
+        .bearer_auth(KEY)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_str(&r.text().unwrap()).unwrap())
+}
+
+fn sse(path: &str, body: &Value) -> Vec<Value> {
+    let r = Server::client().post(server().url(path)).bearer_auth(KEY).json(body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"), "{text}");
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect()
+}
+
+macro_rules! snap {
+    ($name:expr, $value:expr) => {
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
+            prepend_module_to_snapshot => false,
+        }, {
+            insta::assert_json_snapshot!($name, $value, {
+                ".id" => "[id]", ".created" => "[created]",
+                "[].id" => "[id]", "[].created" => "[created]",
+            });
+        });
+    };
+}
+
+#[test]
+fn completion_shape() {
+    let (status, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}));
+    assert_eq!(status, 200);
+    assert!(body["id"].as_str().unwrap().starts_with("cmpl-"));
+    snap!("completion", body);
+}
+
+#[test]
+fn completion_stream_shape() {
+    let events = sse(
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0,
+                "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let ids: std::collections::HashSet<_> = events.iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids.len(), 1, "one id for the whole stream");
+    snap!("completion_stream", events);
+}
+
+#[test]
+fn chat_shape() {
+    let (status, body) = post("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8, "temperature": 0}));
+    assert_eq!(status, 200);
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    snap!("chat", body);
+}
+
+#[test]
+fn chat_stream_shape() {
+    let events = sse(
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8, "temperature": 0,
+                "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    snap!("chat_stream", events);
+}
+
+#[test]
+fn chat_content_parts_are_joined_for_a_string_template() {
+    let parts = json!([{"type": "text", "text": "Hello!"}]);
+    let (_, a) = post("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user", "content": parts}], "max_tokens": 8, "temperature": 0}));
+    let (_, b) = post("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8, "temperature": 0}));
+    assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+    assert_eq!(a["usage"], b["usage"]);
+}
+
+#[test]
+fn stop_strings_end_the_choice_before_the_stop() {
+    // Greedy continuation is " Paris.\n\nThe answer is: 2018-01-22 12:12:53."
+    let (_, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 30, "temperature": 0, "stop": ["answer"]}));
+    let c = &body["choices"][0];
+    assert_eq!(c["text"], " Paris.\n\nThe ");
+    assert_eq!(c["finish_reason"], "stop");
+    assert_eq!(c["stop_reason"], "answer");
+    // " Paris", ".", "\n", "\n", "The", " answer": counted up to the token that completed the stop.
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+
+    let (_, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 30, "temperature": 0, "stop": ["answer"], "include_stop_str_in_output": true}));
+    assert_eq!(body["choices"][0]["text"], " Paris.\n\nThe answer");
+
+    // Streamed: the same text, in pieces.
+    let events = sse("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 30, "temperature": 0, "stop": ["answer"], "stream": true}));
+    let text: String = events.iter().map(|e| e["choices"][0]["text"].as_str().unwrap()).collect();
+    assert_eq!(text, " Paris.\n\nThe ");
+    assert_eq!(events.last().unwrap()["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn seeded_sampling_repeats_and_n_gives_choices() {
+    let req = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 1.0, "seed": 1234, "n": 3, "ignore_eos": true});
+    let (_, a) = post("/v1/completions", &req);
+    let (_, b) = post("/v1/completions", &req);
+    assert_eq!(a["choices"], b["choices"]);
+    let texts: Vec<&str> = a["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap()).collect();
+    assert_eq!(texts.len(), 3);
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "choices of one request differ: {texts:?}");
+    assert_eq!(a["usage"]["prompt_tokens"], 4);
+    assert_eq!(a["usage"]["completion_tokens"], 36);
+}
+
+#[test]
+fn list_prompts_give_one_choice_each() {
+    let texts = json!(["The capital of France is", "Once upon a time"]);
+    // The first prompt's token ids, and the second's.
+    let ids = json!([[504, 3575, 282, 4649, 314], [6403, 1980, 253, 655]]);
+    let (_, a) = post("/v1/completions", &json!({"model": MODEL, "prompt": texts, "max_tokens": 3, "temperature": 0}));
+    let (_, b) = post("/v1/completions", &json!({"model": MODEL, "prompt": ids, "max_tokens": 3, "temperature": 0}));
+    assert_eq!(a["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(a["choices"], b["choices"]);
+    assert_eq!(a["choices"][0]["text"], " Paris.\n");
+    assert_eq!(a["usage"]["prompt_tokens"], 9);
+}
+
+#[test]
+fn echo_prepends_the_prompt() {
+    let (_, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 2, "temperature": 0, "echo": true}));
+    assert_eq!(body["choices"][0]["text"], "The capital of France is Paris.");
+}
+
+#[test]
+fn errors_are_openai_shaped_and_name_the_field() {
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("error_missing_model", "/v1/completions", json!({"prompt": "hi"})),
+        ("error_unknown_model", "/v1/completions", json!({"model": "gpt-5", "prompt": "hi"})),
+        ("error_temperature", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "temperature": -1})),
+        ("error_top_p", "/v1/chat/completions", json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_p": 1.5})),
+        ("error_max_tokens_type", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "max_tokens": "many"})),
+        ("error_role", "/v1/chat/completions", json!({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]})),
+        ("error_not_supported_yet", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "presence_penalty": 0.5})),
+        ("error_context", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "max_tokens": 100000})),
+        ("error_stream_options", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "stream_options": {"include_usage": true}})),
+    ];
+    for (name, path, body) in cases {
+        let (status, resp) = post(path, &body);
+        snap!(name, json!({"status": status, "body": resp}));
+    }
+    let (status, resp) = post_raw("/v1/completions", "application/json", b"{\"model\": ".to_vec());
+    assert_eq!(status, 400);
+    assert!(resp["error"]["message"].as_str().unwrap().starts_with("The request body is not valid JSON"));
+    let (status, resp) = post_raw("/v1/completions", "text/plain", b"hi".to_vec());
+    snap!("error_content_type", json!({"status": status, "body": resp}));
+    let big = serde_json::to_vec(&json!({"model": MODEL, "prompt": "x".repeat(100_000)})).unwrap();
+    let (status, resp) = post_raw("/v1/completions", "application/json", big);
+    snap!("error_too_large", json!({"status": status, "body": resp}));
+    let r = Server::client().get(server().url("/v1/nothing")).bearer_auth(KEY).send().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let resp: Value = r.json().unwrap();
+    assert_eq!(resp["error"]["type"], "not_found_error");
+    // After all that, still serving.
+    let (status, _) = post("/v1/completions", &json!({"model": MODEL, "prompt": "hi", "max_tokens": 1}));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused() {
+    let prompt = "word ".repeat(9000);
+    let (status, resp) = post("/v1/completions", &json!({"model": MODEL, "prompt": prompt, "max_tokens": 1}));
+    assert_eq!(status, 400);
+    let msg = resp["error"]["message"].as_str().unwrap();
+    assert!(msg.starts_with("This model's maximum context length is 8192 tokens. However, you requested"), "{msg}");
+}
+
+#[test]
+fn api_key_guards_v1_but_not_health() {
+    let c = Server::client();
+    let s = server();
+    let r = c.get(s.url("/v1/models")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let body: Value = r.json().unwrap();
+    snap!("error_unauthorized", body);
+    let r = c.get(s.url("/v1/models")).bearer_auth("wrong").send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = c.get(s.url("/v1/models")).bearer_auth(KEY).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let models: Value = r.json().unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL);
+    assert_eq!(models["data"][0]["max_model_len"], 8192);
+    assert_eq!(c.get(s.url("/health")).send().unwrap().status().as_u16(), 200);
+}
+
+/// The README's example, through the official openai client, streaming and not.
+#[test]
+fn official_openai_client_works() {
+    let script = r#"
+import sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1] + "/v1", api_key="token-abc123")
+model = client.models.list().data[0].id
+r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello!"}], max_tokens=12)
+assert r.choices[0].message.role == "assistant" and r.choices[0].message.content, r
+assert r.usage.completion_tokens > 0
+chunks = list(client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello!"}],
+              max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}))
+streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+whole = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello!"}], max_tokens=12, temperature=0)
+assert streamed == whole.choices[0].message.content, (streamed, whole)
+assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+c = client.completions.create(model=model, prompt="The capital of France is", max_tokens=5, temperature=0)
+assert c.choices[0].text.startswith(" Paris"), c
+try:
+    OpenAI(base_url=sys.argv[1] + "/v1", api_key="nope").models.list()
+    raise SystemExit("a wrong key was accepted")
+except Exception as e:
+    assert getattr(e, "status_code", None) == 401, e
+print("ok")
+"#;
+    let out = std::process::Command::new(venv_python()).args(["-c", script, &server().base]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
