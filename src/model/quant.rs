@@ -202,6 +202,35 @@ mod tests {
         }
     }
 
+    /// Random blocks of every type, dequantized by gguf-py (tests/fixtures/quants/make.py).
+    #[test]
+    fn every_type_matches_gguf_py() {
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/quants/blocks.json")).unwrap();
+        let types = [
+            ("Q4_0", GgmlType::Q4_0),
+            ("Q4_1", GgmlType::Q4_1),
+            ("Q5_0", GgmlType::Q5_0),
+            ("Q5_1", GgmlType::Q5_1),
+            ("Q8_0", GgmlType::Q8_0),
+            ("Q4_K", GgmlType::Q4K),
+            ("Q6_K", GgmlType::Q6K),
+            ("F16", GgmlType::F16),
+            ("BF16", GgmlType::BF16),
+        ];
+        for (name, ty) in types {
+            let case = &fixture[name];
+            let hex = case["hex"].as_str().unwrap();
+            let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+            let want: Vec<f32> = case["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let mut got = vec![0f32; want.len()];
+            dequantize(ty, &bytes, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{name}[{i}]: {g} vs {w}");
+            }
+        }
+    }
+
     #[test]
     fn sizes_must_fill_blocks() {
         assert_eq!(GgmlType::Q8_0.bytes_for(64), Some(68));
