@@ -16,6 +16,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model over the OpenAI API (a drop-in for `vllm serve`).
     Serve(Box<ServeArgs>),
+    /// Drive an OpenAI-compatible server with streaming requests and report its speed.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
