@@ -221,6 +221,8 @@ pub struct OutputOptions {
     pub stop: Vec<String>,
     pub include_stop_str_in_output: bool,
     pub skip_special_tokens: bool,
+    /// Stop strings are not looked for before this many tokens (vLLM's `min_tokens`).
+    pub min_tokens: usize,
     /// Completions: prepend the prompt to the text.
     pub echo: bool,
     /// Chat: the role of the answer.

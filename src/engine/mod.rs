@@ -17,6 +17,7 @@ use crate::job::{Finish, Job, RequestCtx, StopReason, TokenEvent};
 use crate::model::batch::{SeqChunk, StepBatch};
 use crate::model::kv_cache::KvCache;
 use crate::model::llama::Llama;
+use crate::sampling::processors::{self, RowContext};
 use crate::sampling::{self, SampleRow};
 use blocks::BlockManager;
 use scheduler::{Scheduler, SchedulerConfig};
@@ -203,10 +204,19 @@ impl Engine {
             uniforms.push(if seq.params.is_greedy() { 0.0 } else { seq.rng.random::<f32>() });
         }
         let drawn = {
+            let eos = &self.cfg.eos_ids;
             let rows: Vec<SampleRow> = ids
                 .iter()
                 .zip(&uniforms)
-                .map(|(&id, &uniform)| SampleRow { params: &self.sched.get(id).expect("sampled").params, uniform })
+                .map(|(&id, &uniform)| {
+                    let seq = self.sched.get(id).expect("sampled");
+                    let ctx = RowContext {
+                        prompt: &seq.prompt,
+                        output: &seq.output,
+                        banned: processors::banned_tokens(&seq.params, &seq.output, eos),
+                    };
+                    SampleRow { params: &seq.params, uniform, ctx }
+                })
                 .collect();
             sampling::sample(logits, &rows)
         };

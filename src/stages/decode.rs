@@ -256,17 +256,10 @@ fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMessage
 /// Request fields this server recognises but does not act on yet, with the value that
 /// means "off". Setting one to anything else is a 400 rather than being silently ignored.
 const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
-    ("presence_penalty", |v| v.as_f64() == Some(0.0)),
-    ("frequency_penalty", |v| v.as_f64() == Some(0.0)),
-    ("repetition_penalty", |v| v.as_f64() == Some(1.0)),
-    ("logit_bias", |v| v.as_object().is_some_and(|o| o.is_empty())),
     ("best_of", |v| v.as_i64() == Some(1)),
     ("suffix", |v| v.as_str() == Some("")),
-    ("min_tokens", |v| v.as_i64() == Some(0)),
     ("use_beam_search", |v| v.as_bool() == Some(false)),
     ("prompt_logprobs", |_| false),
-    ("allowed_token_ids", |_| false),
-    ("bad_words", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("guided_json", |_| false),
     ("guided_regex", |_| false),
     ("guided_choice", |_| false),
@@ -328,6 +321,60 @@ fn common(
         Some(n) if (1..=MAX_N).contains(&n) => n as usize,
         Some(n) => return Err(ApiError::invalid("n", format!("`n` must be between 1 and {MAX_N}, got {n}."))),
     };
+    for (name, field) in [("presence_penalty", &mut p.presence_penalty), ("frequency_penalty", &mut p.frequency_penalty)] {
+        if let Some(v) = f.take::<f64>(name)? {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(ApiError::invalid(name, format!("`{name}` must be in [-2, 2], got {v}.")));
+            }
+            *field = v as f32;
+        }
+    }
+    if let Some(v) = f.take::<f64>("repetition_penalty")? {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(ApiError::invalid("repetition_penalty", format!("`repetition_penalty` must be above 0, got {v}.")));
+        }
+        p.repetition_penalty = v as f32;
+    }
+    let vocab = serving.tokenizer.vocab_size();
+    let in_vocab = |name: &str, id: i64| -> Result<u32, ApiError> {
+        if (0..vocab as i64).contains(&id) {
+            Ok(id as u32)
+        } else {
+            Err(ApiError::invalid(name, format!("Token id {id} in `{name}` is out of vocabulary (0..{vocab}).")))
+        }
+    };
+    if let Some(bias) = f.take::<Map<String, Value>>("logit_bias")? {
+        for (key, v) in bias {
+            let id = key
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| ApiError::invalid("logit_bias", format!("`logit_bias` keys must be token ids, got {key:?}.")))?;
+            let b = v.as_f64().ok_or_else(|| {
+                ApiError::invalid("logit_bias", format!("`logit_bias` values must be numbers, got {v} for token {key}."))
+            })?;
+            // OpenAI's range; vLLM clamps to it rather than refusing.
+            p.logit_bias.push((in_vocab("logit_bias", id)?, b.clamp(-100.0, 100.0) as f32));
+        }
+    }
+    if let Some(ids) = f.take::<Vec<i64>>("allowed_token_ids")? {
+        if ids.is_empty() {
+            return Err(ApiError::invalid("allowed_token_ids", "`allowed_token_ids` must not be empty."));
+        }
+        p.allowed_token_ids = Some(ids.into_iter().map(|t| in_vocab("allowed_token_ids", t)).collect::<Result<_, _>>()?);
+    }
+    p.bad_words = f.take("bad_words")?.unwrap_or_default();
+    if p.bad_words.iter().any(|w| w.trim().is_empty()) {
+        return Err(ApiError::invalid("bad_words", "`bad_words` must not contain empty words."));
+    }
+    if let Some(m) = f.take::<i64>("min_tokens")? {
+        if m < 0 || max_tokens.is_some_and(|x| m as usize > x) {
+            return Err(ApiError::invalid(
+                "min_tokens",
+                format!("`min_tokens` must be between 0 and max_tokens ({}), got {m}.", max_tokens.map_or("unbounded".into(), |x| x.to_string())),
+            ));
+        }
+        p.min_tokens = m as usize;
+    }
     p.seed = f.take::<i64>("seed")?.map(|s| s as u64);
     p.ignore_eos = f.take("ignore_eos")?.unwrap_or(false);
     p.stop_token_ids = f.take("stop_token_ids")?.unwrap_or_default();
@@ -347,6 +394,7 @@ fn common(
         stop,
         include_stop_str_in_output: f.take("include_stop_str_in_output")?.unwrap_or(false),
         skip_special_tokens: f.take("skip_special_tokens")?.unwrap_or(true),
+        min_tokens: p.min_tokens,
         echo: false,
         response_role: serving.response_role.clone(),
     };

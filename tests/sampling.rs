@@ -1,0 +1,132 @@
+//! The sampler's request fields have their effect, over HTTP against the real model:
+//! penalties, logit_bias, allowed_token_ids, bad_words, min_tokens; and out-of-range
+//! values are 400s that name the field.
+
+mod common;
+
+use common::{MODEL, Server};
+use serde_json::{Value, json};
+
+const ARGS: &[&str] = &["--dtype", "float32"];
+
+fn server() -> &'static Server {
+    Server::shared(ARGS)
+}
+
+/// A greedy completion with `extra` fields merged in; returns (text, token ids, body).
+fn complete(prompt: &str, max_tokens: usize, extra: Value) -> (String, Vec<u32>, Value) {
+    let mut body = json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                          "logprobs": 0, "return_tokens_as_token_ids": true});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let (status, r) = server().post("/v1/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    let choice = &r["choices"][0];
+    let ids = choice["logprobs"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().strip_prefix("token_id:").unwrap().parse().unwrap())
+        .collect();
+    (choice["text"].as_str().unwrap().to_string(), ids, r)
+}
+
+fn most_repeated(ids: &[u32]) -> usize {
+    let mut counts = std::collections::HashMap::new();
+    for id in ids {
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts.into_values().max().unwrap_or(0)
+}
+
+#[test]
+fn bad_words_keep_a_word_out() {
+    let (text, _, _) = complete("The capital of France is", 8, json!({}));
+    assert!(text.contains("Paris"), "{text:?}");
+    let (text, _, _) = complete("The capital of France is", 8, json!({"bad_words": ["Paris"]}));
+    assert!(!text.contains("Paris"), "{text:?}");
+}
+
+#[test]
+fn allowed_token_ids_limit_the_output() {
+    let (_, ids, _) = complete("The capital of France is", 6, json!({"allowed_token_ids": [28, 29]}));
+    assert_eq!(ids.len(), 6);
+    assert!(ids.iter().all(|t| [28, 29].contains(t)), "{ids:?}");
+}
+
+#[test]
+fn logit_bias_forces_and_forbids() {
+    let (_, ids, _) = complete("The capital of France is", 3, json!({"logit_bias": {"28": 100}}));
+    assert_eq!(ids, vec![28, 28, 28]);
+    let (_, plain, _) = complete("The capital of France is", 1, json!({}));
+    let key = plain[0].to_string();
+    let (_, ids, _) = complete("The capital of France is", 1, json!({"logit_bias": {key: -100}}));
+    assert_ne!(ids[0], plain[0], "a -100 bias takes the greedy token out");
+}
+
+#[test]
+fn penalties_break_a_repetitive_continuation() {
+    let prompt = "I like apples. I like apples. I like";
+    let (_, plain, _) = complete(prompt, 24, json!({}));
+    let baseline = most_repeated(&plain);
+    assert!(baseline >= 3, "the plain continuation repeats itself: {plain:?}");
+    for extra in [
+        json!({"frequency_penalty": 1.5}),
+        json!({"presence_penalty": 2.0}),
+        json!({"repetition_penalty": 1.5}),
+    ] {
+        let (_, ids, _) = complete(prompt, 24, extra.clone());
+        assert!(most_repeated(&ids) < baseline, "{extra}: {ids:?} against {plain:?}");
+    }
+}
+
+#[test]
+fn min_tokens_hold_off_eos_and_stop_strings() {
+    let chat = |extra: Value| {
+        let mut body = json!({"model": MODEL, "temperature": 0, "max_tokens": 40,
+            "messages": [{"role": "user", "content": "Reply with one word: yes or no. Is water wet?"}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, r) = server().post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{r}");
+        r
+    };
+    let short = chat(json!({}));
+    assert_eq!(short["choices"][0]["finish_reason"], "stop");
+    assert!(short["usage"]["completion_tokens"].as_u64().unwrap() < 10, "{short}");
+    let long = chat(json!({"min_tokens": 20}));
+    assert!(long["usage"]["completion_tokens"].as_u64().unwrap() >= 20, "{long}");
+
+    // A stop string inside the first min_tokens tokens does not end the choice.
+    let (text, _, r) = complete("The capital of France is", 30, json!({"stop": ["."]}));
+    assert!(!text.contains('.'), "{text:?}");
+    let early = r["usage"]["completion_tokens"].as_u64().unwrap();
+    let (text, _, r) = complete("The capital of France is", 30, json!({"stop": ["."], "min_tokens": early + 3}));
+    assert!(text.contains('.'), "{text:?}");
+    assert!(r["usage"]["completion_tokens"].as_u64().unwrap() >= early + 3, "{r}");
+}
+
+#[test]
+fn out_of_range_values_name_their_field() {
+    let cases = [
+        ("presence_penalty", json!(2.5)),
+        ("frequency_penalty", json!(-3)),
+        ("repetition_penalty", json!(0)),
+        ("logit_bias", json!({"not-a-token": 1})),
+        ("logit_bias", json!({"99999999": 1})),
+        ("logit_bias", json!({"5": "high"})),
+        ("allowed_token_ids", json!([])),
+        ("allowed_token_ids", json!([99999999])),
+        ("bad_words", json!([""])),
+        ("min_tokens", json!(-1)),
+        ("min_tokens", json!(17)),
+    ];
+    for (field, value) in cases {
+        let mut body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 16});
+        body[field] = value.clone();
+        let (status, r) = server().post("/v1/completions", &body);
+        assert_eq!(status, 400, "{field}={value}: {r}");
+        assert_eq!(r["error"]["param"], field, "{r}");
+    }
+    // The server goes on serving.
+    let (_, ids, _) = complete("Hi", 2, json!({}));
+    assert_eq!(ids.len(), 2);
+}
