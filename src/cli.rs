@@ -27,6 +27,16 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// vLLM's `--scheduling-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchedulingPolicy {
+    /// First come, first served.
+    Fcfs,
+    /// By the request's `priority` (lower first), then arrival; a waiting request may
+    /// preempt a running one of lower priority.
+    Priority,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ContentFormatArg {
     Auto,
@@ -98,6 +108,10 @@ pub struct ServeArgs {
     /// Tokens per step at most (long prompts are prefilled in chunks of this size).
     #[arg(long, default_value_t = 2048)]
     pub max_num_batched_tokens: usize,
+
+    /// Order of admission: fcfs, or priority (the request field `priority`, lower first).
+    #[arg(long, value_enum, default_value_t = SchedulingPolicy::Fcfs)]
+    pub scheduling_policy: SchedulingPolicy,
 
     /// Threads for tensor maths (default: all cores).
     #[arg(long)]

@@ -184,6 +184,8 @@ pub struct Job {
     pub sampling: Arc<SamplingParams>,
     /// Choices per prompt.
     pub n: usize,
+    /// Lower runs earlier (with `--scheduling-policy priority`).
+    pub priority: i64,
 }
 
 impl Job {

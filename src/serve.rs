@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use tch::{Device, Kind};
 
 use crate::api::server::{AppState, router};
-use crate::cli::{ContentFormatArg, DeviceArg, ServeArgs};
+use crate::cli::{ContentFormatArg, DeviceArg, SchedulingPolicy, ServeArgs};
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::chat_template::ChatTemplate;
@@ -102,7 +102,9 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     } else {
         args.served_model_name.clone()
     };
-    let serving = Arc::new(ServingContext::new(&info, names, template, content_format));
+    let mut serving = ServingContext::new(&info, names, template, content_format);
+    serving.priority_scheduling = args.scheduling_policy == SchedulingPolicy::Priority;
+    let serving = Arc::new(serving);
     if args.chat_template_content_format == ContentFormatArg::Auto && serving.chat_template.is_some() {
         tracing::info!(
             "Detected the chat template content format to be '{}'",
@@ -159,6 +161,7 @@ fn engine_config(
         scheduler: SchedulerConfig {
             max_num_seqs: args.max_num_seqs,
             max_batched_tokens: args.max_num_batched_tokens,
+            policy: args.scheduling_policy,
         },
         max_model_len: info.max_model_len,
         eos_ids: info.eos_ids.clone(),

@@ -28,6 +28,8 @@ pub struct ServingContext {
     pub content_format: ContentFormat,
     pub max_model_len: usize,
     pub response_role: String,
+    /// `--scheduling-policy priority`: requests may carry a `priority`.
+    pub priority_scheduling: bool,
     /// Unix seconds when the server started (`created` of `/v1/models`).
     pub started: u64,
 }
@@ -51,6 +53,7 @@ impl ServingContext {
             content_format,
             max_model_len: info.max_model_len,
             response_role: "assistant".into(),
+            priority_scheduling: false,
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -126,7 +126,7 @@ impl Engine {
                     rng: ChaCha8Rng::seed_from_u64(seed),
                     blocks: Vec::new(),
                     computed: 0,
-                    priority: 0,
+                    priority: job.priority,
                     arrival: ctx.arrived,
                     announced: false,
                 };
@@ -148,6 +148,21 @@ impl Engine {
             .collect();
         for id in gone {
             if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
+                out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort)));
+            }
+        }
+    }
+
+    /// Ends every sequence with an error (after a failed step, whose state cannot be
+    /// trusted), freeing all blocks, so that the engine can go on with new requests.
+    pub fn fail_all(&mut self, out: &mut dyn Emit, message: &str) {
+        let ids: Vec<SeqId> = self.sched.ids().collect();
+        let mut told = std::collections::HashSet::new();
+        for id in ids {
+            if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
+                if told.insert(seq.ctx.key) {
+                    seq.ctx.fail(crate::api::error::ApiError::internal(message));
+                }
                 out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort)));
             }
         }

@@ -11,11 +11,13 @@ use std::collections::HashMap;
 
 use super::blocks::BlockManager;
 use super::sequence::{SeqId, Sequence};
+pub use crate::cli::SchedulingPolicy;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     pub max_batched_tokens: usize,
+    pub policy: SchedulingPolicy,
 }
 
 #[derive(Default)]
@@ -123,12 +125,25 @@ impl Scheduler {
         }
 
         // Admit waiting sequences, unless this step already had to preempt.
-        while !preempted_now && budget > 0 && self.running.len() < cfg.max_num_seqs {
+        while !preempted_now && budget > 0 {
             let Some(&id) = self.waiting.first() else { break };
             let seq = self.seqs.get_mut(&id).expect("waiting sequence");
             let n = seq.pending().min(budget);
-            if !blocks.grow(&mut seq.blocks, seq.computed + n) {
-                break;
+            let fits = self.running.len() < cfg.max_num_seqs && blocks.grow(&mut seq.blocks, seq.computed + n);
+            if !fits {
+                // Under the priority policy a more urgent request displaces the least
+                // urgent running one (which is recomputed later), as in vLLM.
+                let key = seq.order_key();
+                match self.running.last() {
+                    Some(&victim) if cfg.policy == SchedulingPolicy::Priority && self.seqs[&victim].order_key() > key => {
+                        if let Some(at) = plan.entries.iter().position(|e| e.0 == victim) {
+                            budget += plan.entries.remove(at).1;
+                        }
+                        self.preempt(victim, blocks);
+                        continue;
+                    }
+                    _ => break,
+                }
             }
             self.waiting.remove(0);
             let key = seq.order_key();

@@ -92,6 +92,7 @@ struct Common {
     output: OutputOptions,
     add_special_tokens: Option<bool>,
     tokens_as_ids: bool,
+    priority: i64,
 }
 
 impl Decode {
@@ -138,7 +139,7 @@ impl Decode {
             Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
         };
         let meta = RequestMeta { model, output: c.output, logprobs, tokens_as_ids: c.tokens_as_ids };
-        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n }, meta))
+        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n, priority: c.priority }, meta))
     }
 
     fn chat(&self, body: &[u8]) -> Result<(Job, RequestMeta), ApiError> {
@@ -178,7 +179,7 @@ impl Decode {
             add_special_tokens: c.add_special_tokens.unwrap_or(false),
         });
         let meta = RequestMeta { model, output: c.output, logprobs, tokens_as_ids: c.tokens_as_ids };
-        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n }, meta))
+        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n, priority: c.priority }, meta))
     }
 }
 
@@ -267,7 +268,6 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("structured_outputs", |_| false),
     ("structural_tag", |_| false),
     ("response_format", |v| v.get("type").and_then(Value::as_str) == Some("text")),
-    ("priority", |v| v.as_i64() == Some(0)),
     ("tools", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("tool_choice", |v| v.as_str() == Some("none")),
     ("functions", |_| false),
@@ -400,10 +400,17 @@ fn common(
     };
     let add_special_tokens = f.take("add_special_tokens")?;
     let tokens_as_ids = f.take("return_tokens_as_token_ids")?.unwrap_or(false);
+    let priority = f.take::<i64>("priority")?.unwrap_or(0);
+    if priority != 0 && !serving.priority_scheduling {
+        return Err(ApiError::invalid(
+            "priority",
+            "`priority` needs the server to run with --scheduling-policy priority; leave it out or at 0.",
+        ));
+    }
     // OpenAI's own fields that do not change the output.
     for ignored in ["user", "store", "metadata", "service_tier"] {
         f.map.remove(ignored);
     }
     f.reject_unsupported()?;
-    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids })
+    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids, priority })
 }
