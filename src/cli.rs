@@ -109,6 +109,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 2048)]
     pub max_num_batched_tokens: usize,
 
+    /// Share the KV cache of equal prompt prefixes between requests (on by default).
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+
+    /// Turn prefix caching off.
+    #[arg(long, overrides_with = "enable_prefix_caching")]
+    pub no_enable_prefix_caching: bool,
+
     /// Order of admission: fcfs, or priority (the request field `priority`, lower first).
     #[arg(long, value_enum, default_value_t = SchedulingPolicy::Fcfs)]
     pub scheduling_policy: SchedulingPolicy,

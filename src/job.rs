@@ -186,6 +186,8 @@ pub struct Job {
     pub n: usize,
     /// Lower runs earlier (with `--scheduling-policy priority`).
     pub priority: i64,
+    /// Keeps this request's prefix-cache blocks apart from requests with another salt.
+    pub cache_salt: Option<String>,
 }
 
 impl Job {

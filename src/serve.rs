@@ -117,6 +117,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
 
     let engine_cfg = engine_config(args, &llama.cfg, llama.dtype, &info)?;
     let engine = Engine::new(llama, engine_cfg);
+    let engine_stats = engine.stats();
 
     let pipeline = Pipeline::start(&spec, &stages::registry(serving.clone(), engine))?;
     let app = Arc::new(AppState {
@@ -124,6 +125,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         entry: pipeline.entry().clone(),
         api_key: args.api_key.clone(),
         max_body_bytes: args.max_request_body as usize,
+        engine_stats,
     });
     Ok(Server { app, pipeline })
 }
@@ -162,6 +164,7 @@ fn engine_config(
             max_num_seqs: args.max_num_seqs,
             max_batched_tokens: args.max_num_batched_tokens,
             policy: args.scheduling_policy,
+            prefix_caching: !args.no_enable_prefix_caching,
         },
         max_model_len: info.max_model_len,
         eos_ids: info.eos_ids.clone(),

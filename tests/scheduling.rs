@@ -1,5 +1,6 @@
 //! Scheduling over HTTP against the real model: priorities (a more urgent request
-//! preempts a running one, which then finishes with the same greedy output).
+//! preempts a running one, which then finishes with the same greedy output), the prefix
+//! cache, and cancellation, observed through `/metrics`.
 
 mod common;
 
@@ -79,4 +80,62 @@ fn priority_needs_the_priority_policy() {
     assert_eq!(r["error"]["param"], "priority");
     let (status, _) = s.post("/v1/completions", &completion("Hi", 2, 0));
     assert_eq!(status, 200);
+}
+
+/// A prompt of about 300 tokens that no other test sends.
+fn long_prompt(topic: &str) -> String {
+    let mut p = format!("Notes on {topic}. ");
+    for i in 0..40 {
+        p.push_str(&format!("Point {i}: the {topic} matters for reason {i}. "));
+    }
+    p
+}
+
+fn greedy_ids(s: &Server, prompt: &str, extra: Value) -> Vec<String> {
+    let mut body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0,
+                          "logprobs": 0, "return_tokens_as_token_ids": true});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let (status, r) = s.post("/v1/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    r["choices"][0]["logprobs"]["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_prefix_cache_hit_gives_the_same_greedy_output() {
+    let s = Server::shared(&["--dtype", "float32"]);
+    let prompt = long_prompt("lighthouses");
+    let hits = || s.metric("vllm:prefix_cache_hits_total");
+    let before = hits();
+    let first = greedy_ids(s, &prompt, json!({}));
+    let after_first = hits();
+    let second = greedy_ids(s, &prompt, json!({}));
+    let after_second = hits();
+    assert!(after_second - after_first >= 256.0, "the second request reused the first's blocks ({after_first} -> {after_second})");
+    assert_eq!(first, second, "a prefix-cache hit changed the output");
+    assert!(after_first - before < 256.0, "the first request found its prompt cached already");
+    // Another salt shares nothing, and still gives the same output.
+    let salted = greedy_ids(s, &prompt, json!({"cache_salt": "tenant-a"}));
+    assert_eq!(hits(), after_second, "a salted request hit another salt's blocks");
+    assert_eq!(salted, first);
+    assert!(s.metric("vllm:prefix_cache_queries_total") >= 3.0 * 256.0);
+}
+
+#[test]
+fn a_cancelled_stream_frees_its_blocks() {
+    let s = Server::shared(&["--dtype", "float32", "--no-enable-prefix-caching"]);
+    let body = json!({"model": MODEL, "prompt": long_prompt("tides"), "max_tokens": 2000, "ignore_eos": true,
+                      "temperature": 0, "stream": true});
+    let mut r = Server::client().post(s.url("/v1/completions")).json(&body).send().unwrap();
+    let mut buf = [0u8; 256];
+    assert!(r.read(&mut buf).unwrap() > 0, "the stream started");
+    assert_eq!(s.metric("vllm:num_requests_running"), 1.0);
+    assert!(s.metric("vllm:kv_cache_usage_perc") > 0.0);
+    drop(r); // the client goes away
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while s.metric("vllm:kv_cache_usage_perc") > 0.0 {
+        assert!(Instant::now() < deadline, "the cancelled sequence still holds blocks");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(s.metric("vllm:num_requests_running"), 0.0);
+    assert!(s.metric("vllm:generation_tokens_total") < 2000.0, "it ran to the end instead");
 }

@@ -93,6 +93,7 @@ struct Common {
     add_special_tokens: Option<bool>,
     tokens_as_ids: bool,
     priority: i64,
+    cache_salt: Option<String>,
 }
 
 impl Decode {
@@ -139,7 +140,7 @@ impl Decode {
             Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
         };
         let meta = RequestMeta { model, output: c.output, logprobs, tokens_as_ids: c.tokens_as_ids };
-        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n, priority: c.priority }, meta))
+        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n, priority: c.priority, cache_salt: c.cache_salt }, meta))
     }
 
     fn chat(&self, body: &[u8]) -> Result<(Job, RequestMeta), ApiError> {
@@ -179,7 +180,7 @@ impl Decode {
             add_special_tokens: c.add_special_tokens.unwrap_or(false),
         });
         let meta = RequestMeta { model, output: c.output, logprobs, tokens_as_ids: c.tokens_as_ids };
-        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n, priority: c.priority }, meta))
+        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n, priority: c.priority, cache_salt: c.cache_salt }, meta))
     }
 }
 
@@ -412,5 +413,9 @@ fn common(
         f.map.remove(ignored);
     }
     f.reject_unsupported()?;
-    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids, priority })
+    let cache_salt = f.take::<String>("cache_salt")?;
+    if cache_salt.as_deref() == Some("") {
+        return Err(ApiError::invalid("cache_salt", "`cache_salt` must not be empty."));
+    }
+    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids, priority, cache_salt })
 }
