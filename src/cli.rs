@@ -117,6 +117,11 @@ pub struct ServeArgs {
     #[arg(long, overrides_with = "enable_prefix_caching")]
     pub no_enable_prefix_caching: bool,
 
+    /// Sampling defaults: `auto` takes the model's generation_config.json, `vllm` uses
+    /// none (OpenAI's defaults), a folder takes the generation_config.json in it.
+    #[arg(long, default_value = "auto", value_name = "auto|vllm|FOLDER")]
+    pub generation_config: String,
+
     /// Order of admission: fcfs, or priority (the request field `priority`, lower first).
     #[arg(long, value_enum, default_value_t = SchedulingPolicy::Fcfs)]
     pub scheduling_policy: SchedulingPolicy,

@@ -14,6 +14,7 @@ use crate::model::chat_template::ChatTemplate;
 use crate::model::kv_cache::KvCache;
 use crate::model::{self, LoadOptions, resolve};
 use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::sampling::SamplingDefaults;
 use crate::serving::{ContentFormat, ServingContext};
 use crate::stages;
 
@@ -104,6 +105,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     };
     let mut serving = ServingContext::new(&info, names, template, content_format);
     serving.priority_scheduling = args.scheduling_policy == SchedulingPolicy::Priority;
+    serving.defaults = sampling_defaults(&args.generation_config, &info)?;
     let serving = Arc::new(serving);
     if args.chat_template_content_format == ContentFormatArg::Auto && serving.chat_template.is_some() {
         tracing::info!(
@@ -128,6 +130,28 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         engine_stats,
     });
     Ok(Server { app, pipeline })
+}
+
+/// `--generation-config`: which generation_config.json gives the sampling defaults.
+fn sampling_defaults(arg: &str, info: &model::ModelInfo) -> Result<SamplingDefaults> {
+    let config = match arg {
+        "vllm" => None,
+        "auto" => info.generation_config.clone(),
+        folder => {
+            let path = std::path::Path::new(folder).join("generation_config.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--generation-config {folder}: cannot read {}", path.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("--generation-config: {} is not JSON", path.display()))?)
+        }
+    };
+    let defaults = config.as_ref().map(SamplingDefaults::from_generation_config).unwrap_or_default();
+    if !defaults.is_empty() {
+        tracing::info!(
+            "sampling defaults from the model's generation_config.json (requests override them; \
+             --generation-config vllm turns them off): {defaults:?}"
+        );
+    }
+    Ok(defaults)
 }
 
 fn engine_config(

@@ -130,3 +130,40 @@ fn out_of_range_values_name_their_field() {
     let (_, ids, _) = complete("Hi", 2, json!({}));
     assert_eq!(ids.len(), 2);
 }
+
+/// A copy of the tiny Llama folder whose generation_config.json recommends sampling
+/// settings; returns the folder.
+fn tiny_with_generation_config() -> &'static str {
+    let dir = std::env::temp_dir().join(format!("sluice-genconf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(common::fixture("tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let config = json!({"bos_token_id": 1, "eos_token_id": 2, "max_new_tokens": 5, "repetition_penalty": 1.8, "temperature": 0.0});
+    std::fs::write(dir.join("generation_config.json"), config.to_string()).unwrap();
+    Box::leak(dir.to_str().unwrap().to_string().into_boxed_str())
+}
+
+#[test]
+fn generation_config_gives_defaults_that_requests_override() {
+    let folder = tiny_with_generation_config();
+    let with: &'static [&'static str] = Box::leak(vec![folder, "--served-model-name", "tiny", "--dtype", "float32"].into_boxed_slice());
+    let without: &'static [&'static str] =
+        Box::leak(vec![folder, "--served-model-name", "tiny", "--dtype", "float32", "--generation-config", "vllm"].into_boxed_slice());
+    let ask = |args: &'static [&'static str], extra: Value| {
+        let mut body = json!({"model": "tiny", "prompt": "Once upon a time", "ignore_eos": true,
+                              "logprobs": 0, "return_tokens_as_token_ids": true});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, r) = Server::shared(args).post("/v1/completions", &body);
+        assert_eq!(status, 200, "{r}");
+        r["choices"][0]["logprobs"]["tokens"].clone()
+    };
+    let defaulted = ask(with, json!({}));
+    assert_eq!(defaulted.as_array().unwrap().len(), 5, "max_new_tokens is the default max_tokens");
+    let explicit = ask(without, json!({"max_tokens": 5, "temperature": 0, "repetition_penalty": 1.8}));
+    assert_eq!(defaulted, explicit, "the recommended settings are the ones applied");
+    assert_eq!(ask(without, json!({})).as_array().unwrap().len(), 16, "--generation-config vllm keeps OpenAI's defaults");
+    assert_eq!(ask(with, json!({"max_tokens": 7})).as_array().unwrap().len(), 7, "a request's own value wins");
+    assert!(Server::shared(with).log.lock().unwrap().contains("sampling defaults from the model's generation_config.json"));
+}

@@ -80,6 +80,52 @@ impl SamplingParams {
     }
 }
 
+/// Sampling defaults a model recommends in its generation_config.json, used where a
+/// request leaves the field out (vLLM's behaviour unless `--generation-config vllm`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    /// The default for `max_tokens`.
+    pub max_tokens: Option<usize>,
+}
+
+impl SamplingDefaults {
+    /// The fields vLLM takes from a generation_config.json; others are ignored.
+    pub fn from_generation_config(config: &serde_json::Value) -> Self {
+        let f = |k: &str| config.get(k).and_then(serde_json::Value::as_f64);
+        let u = |k: &str| config.get(k).and_then(serde_json::Value::as_u64).map(|v| v as usize);
+        SamplingDefaults {
+            temperature: f("temperature").map(|v| v as f32),
+            top_p: f("top_p").map(|v| v as f32),
+            top_k: u("top_k"),
+            min_p: f("min_p").map(|v| v as f32),
+            repetition_penalty: f("repetition_penalty").map(|v| v as f32),
+            max_tokens: u("max_new_tokens").filter(|&m| m > 0),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == SamplingDefaults::default()
+    }
+
+    /// Parameters for a request that sets nothing: these defaults over OpenAI's.
+    pub fn params(&self) -> SamplingParams {
+        let d = SamplingParams::default();
+        SamplingParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            ..d
+        }
+    }
+}
+
 /// The log-probability of a generated token and of the most likely alternatives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprobs {

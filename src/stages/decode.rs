@@ -122,7 +122,8 @@ impl Decode {
             }
         };
         // OpenAI's default for completions is 16 tokens.
-        let max_tokens = Some(positive("max_tokens", f.take("max_tokens")?)?.unwrap_or(16));
+        let max_tokens = positive("max_tokens", f.take("max_tokens")?)?;
+        let max_tokens = Some(max_tokens.or(self.serving.defaults.max_tokens).unwrap_or(16));
         let mut c = common(&mut f, max_tokens, logprobs, &self.serving)?;
         c.output.echo = echo;
         let add_special_tokens = c.add_special_tokens.unwrap_or(true);
@@ -173,7 +174,7 @@ impl Decode {
         let newer = positive("max_completion_tokens", f.take("max_completion_tokens")?)?;
         let older = positive("max_tokens", f.take("max_tokens")?)?;
         let add_generation_prompt = f.take::<bool>("add_generation_prompt")?.unwrap_or(true);
-        let c = common(&mut f, newer.or(older), logprobs, &self.serving)?;
+        let c = common(&mut f, newer.or(older).or(self.serving.defaults.max_tokens), logprobs, &self.serving)?;
         let prompt = Prompt::Chat(ChatPrompt {
             messages,
             add_generation_prompt,
@@ -291,7 +292,7 @@ fn common(
     logprobs: Option<usize>,
     serving: &ServingContext,
 ) -> Result<Common, ApiError> {
-    let mut p = SamplingParams { max_tokens, logprobs, ..Default::default() };
+    let mut p = SamplingParams { max_tokens, logprobs, ..serving.defaults.params() };
     if let Some(t) = f.take::<f64>("temperature")? {
         if !(t >= 0.0 && t.is_finite()) {
             return Err(ApiError::invalid("temperature", format!("`temperature` must be at least 0, got {t}.")));
