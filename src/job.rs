@@ -188,6 +188,9 @@ pub struct Job {
     pub priority: i64,
     /// Keeps this request's prefix-cache blocks apart from requests with another salt.
     pub cache_salt: Option<String>,
+    /// Keep only this many tokens from the end of each prompt (vLLM's
+    /// `truncate_prompt_tokens`).
+    pub truncate_prompt_tokens: Option<usize>,
 }
 
 impl Job {

@@ -118,6 +118,7 @@ fn out_of_range_values_name_their_field() {
         ("bad_words", json!([""])),
         ("min_tokens", json!(-1)),
         ("min_tokens", json!(17)),
+        ("truncate_prompt_tokens", json!(0)),
     ];
     for (field, value) in cases {
         let mut body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 16});
@@ -166,4 +167,15 @@ fn generation_config_gives_defaults_that_requests_override() {
     assert_eq!(ask(without, json!({})).as_array().unwrap().len(), 16, "--generation-config vllm keeps OpenAI's defaults");
     assert_eq!(ask(with, json!({"max_tokens": 7})).as_array().unwrap().len(), 7, "a request's own value wins");
     assert!(Server::shared(with).log.lock().unwrap().contains("sampling defaults from the model's generation_config.json"));
+}
+
+#[test]
+fn truncate_prompt_tokens_keeps_the_end_of_the_prompt() {
+    let long: Vec<u32> = vec![504, 3575, 282, 4649, 314, 1345, 28, 216, 2283, 3218];
+    let (_, cut, r) = complete("", 6, json!({"prompt": long, "truncate_prompt_tokens": 4}));
+    assert_eq!(r["usage"]["prompt_tokens"], 4, "{r}");
+    let (_, tail, _) = complete("", 6, json!({"prompt": long[6..].to_vec()}));
+    assert_eq!(cut, tail, "the same as sending the last four tokens");
+    let (_, _, r) = complete("one two three four five six seven", 2, json!({"truncate_prompt_tokens": -1}));
+    assert_eq!(r["usage"]["prompt_tokens"], 7, "-1 keeps the whole prompt");
 }

@@ -94,6 +94,7 @@ struct Common {
     tokens_as_ids: bool,
     priority: i64,
     cache_salt: Option<String>,
+    truncate_prompt_tokens: Option<usize>,
 }
 
 impl Decode {
@@ -140,8 +141,8 @@ impl Decode {
             }
             Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
         };
-        let meta = RequestMeta { model, output: c.output, logprobs, tokens_as_ids: c.tokens_as_ids };
-        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n, priority: c.priority, cache_salt: c.cache_salt }, meta))
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids };
+        Ok((c.job(prompt), meta))
     }
 
     fn chat(&self, body: &[u8]) -> Result<(Job, RequestMeta), ApiError> {
@@ -180,8 +181,21 @@ impl Decode {
             add_generation_prompt,
             add_special_tokens: c.add_special_tokens.unwrap_or(false),
         });
-        let meta = RequestMeta { model, output: c.output, logprobs, tokens_as_ids: c.tokens_as_ids };
-        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n, priority: c.priority, cache_salt: c.cache_salt }, meta))
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids };
+        Ok((c.job(prompt), meta))
+    }
+}
+
+impl Common {
+    fn job(self, prompt: Prompt) -> Job {
+        Job {
+            prompt,
+            sampling: Arc::new(self.sampling),
+            n: self.n,
+            priority: self.priority,
+            cache_salt: self.cache_salt,
+            truncate_prompt_tokens: self.truncate_prompt_tokens,
+        }
     }
 }
 
@@ -275,7 +289,6 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("functions", |_| false),
     ("function_call", |v| v.as_str() == Some("none")),
     ("logits_processors", |v| v.as_array().is_some_and(|a| a.is_empty())),
-    ("truncate_prompt_tokens", |_| false),
     ("spaces_between_special_tokens", |v| v.as_bool() == Some(true)),
     ("chat_template", |_| false),
     ("chat_template_kwargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
@@ -418,5 +431,16 @@ fn common(
     if cache_salt.as_deref() == Some("") {
         return Err(ApiError::invalid("cache_salt", "`cache_salt` must not be empty."));
     }
-    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids, priority, cache_salt })
+    let truncate_prompt_tokens = match f.take::<i64>("truncate_prompt_tokens")? {
+        None => None,
+        Some(-1) => Some(serving.max_model_len),
+        Some(k) if k >= 1 => Some(k as usize),
+        Some(k) => {
+            return Err(ApiError::invalid(
+                "truncate_prompt_tokens",
+                format!("`truncate_prompt_tokens` must be -1 (the context length) or at least 1, got {k}."),
+            ));
+        }
+    };
+    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids, priority, cache_salt, truncate_prompt_tokens })
 }

@@ -28,7 +28,7 @@ impl Stage<Item> for Tokenize {
 impl Tokenize {
     fn tokenize(&self, job: &mut Job) -> Result<(), ApiError> {
         let tok = &self.serving.tokenizer;
-        let ids = match &job.prompt {
+        let mut ids = match &job.prompt {
             Prompt::Texts { texts, add_special_tokens } => texts
                 .iter()
                 .map(|t| tok.encode(t, *add_special_tokens).map_err(|e| ApiError::internal(format!("tokenizer: {e}"))))
@@ -42,6 +42,11 @@ impl Tokenize {
             }
             Prompt::Chat(_) => unreachable!("render runs before tokenize"),
         };
+        if let Some(keep) = job.truncate_prompt_tokens {
+            for p in &mut ids {
+                p.drain(..p.len().saturating_sub(keep));
+            }
+        }
         let limit = self.serving.max_model_len;
         for p in &ids {
             if p.is_empty() {
