@@ -89,6 +89,10 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = ContentFormatArg::Auto)]
     pub chat_template_content_format: ContentFormatArg,
 
+    /// Let requests bring their own `chat_template` (off: a template is code the server runs).
+    #[arg(long)]
+    pub trust_request_chat_template: bool,
+
     /// Pipeline file (default: the built-in stages/serve.toml).
     #[arg(long, value_name = "FILE")]
     pub pipeline: Option<PathBuf>,

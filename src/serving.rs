@@ -31,6 +31,8 @@ pub struct ServingContext {
     pub response_role: String,
     /// `--scheduling-policy priority`: requests may carry a `priority`.
     pub priority_scheduling: bool,
+    /// `--trust-request-chat-template`: requests may bring their own `chat_template`.
+    pub trust_request_chat_template: bool,
     /// What a request that leaves sampling fields out gets (generation_config.json).
     pub defaults: SamplingDefaults,
     /// Unix seconds when the server started (`created` of `/v1/models`).
@@ -57,6 +59,7 @@ impl ServingContext {
             max_model_len: info.max_model_len,
             response_role: "assistant".into(),
             priority_scheduling: false,
+            trust_request_chat_template: false,
             defaults: SamplingDefaults::default(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
