@@ -89,6 +89,14 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = ContentFormatArg::Auto)]
     pub chat_template_content_format: ContentFormatArg,
 
+    /// The role of chat answers (with add_generation_prompt).
+    #[arg(long, default_value = "assistant")]
+    pub response_role: String,
+
+    /// Show tokens in logprobs as `token_id:<id>` unless a request says otherwise.
+    #[arg(long)]
+    pub return_tokens_as_token_ids: bool,
+
     /// Let requests bring their own `chat_template` (off: a template is code the server runs).
     #[arg(long)]
     pub trust_request_chat_template: bool,

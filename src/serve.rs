@@ -106,6 +106,8 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     let mut serving = ServingContext::new(&info, names, template, content_format);
     serving.priority_scheduling = args.scheduling_policy == SchedulingPolicy::Priority;
     serving.trust_request_chat_template = args.trust_request_chat_template;
+    serving.response_role = args.response_role.clone();
+    serving.tokens_as_ids = args.return_tokens_as_token_ids;
     serving.defaults = sampling_defaults(&args.generation_config, &info)?;
     let serving = Arc::new(serving);
     if args.chat_template_content_format == ContentFormatArg::Auto && serving.chat_template.is_some() {

@@ -29,6 +29,8 @@ pub struct ServingContext {
     pub content_format: ContentFormat,
     pub max_model_len: usize,
     pub response_role: String,
+    /// `--return-tokens-as-token-ids`: the default of the request field.
+    pub tokens_as_ids: bool,
     /// `--scheduling-policy priority`: requests may carry a `priority`.
     pub priority_scheduling: bool,
     /// `--trust-request-chat-template`: requests may bring their own `chat_template`.
@@ -58,6 +60,7 @@ impl ServingContext {
             content_format,
             max_model_len: info.max_model_len,
             response_role: "assistant".into(),
+            tokens_as_ids: false,
             priority_scheduling: false,
             trust_request_chat_template: false,
             defaults: SamplingDefaults::default(),

@@ -70,3 +70,15 @@ fn a_trusted_request_template_with_kwargs_and_documents() {
     assert_eq!(r["error"]["param"], "chat_template");
     assert!(r["error"]["message"].as_str().unwrap().contains("does not compile"), "{r}");
 }
+
+#[test]
+fn server_defaults_for_the_response_role_and_token_ids() {
+    let s = Server::shared(&["--dtype", "float32", "--response-role", "bot", "--return-tokens-as-token-ids"]);
+    let (status, r) = chat(s, json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": true}));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["message"]["role"], "bot");
+    assert!(r["choices"][0]["logprobs"]["content"][0]["token"].as_str().unwrap().starts_with("token_id:"), "{r}");
+    let (_, r) = chat(s, json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": true,
+                               "return_tokens_as_token_ids": false}));
+    assert!(!r["choices"][0]["logprobs"]["content"][0]["token"].as_str().unwrap().starts_with("token_id:"), "{r}");
+}

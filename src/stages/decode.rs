@@ -454,7 +454,7 @@ fn common(
         response_role: serving.response_role.clone(),
     };
     let add_special_tokens = f.take("add_special_tokens")?;
-    let tokens_as_ids = f.take("return_tokens_as_token_ids")?.unwrap_or(false);
+    let tokens_as_ids = f.take("return_tokens_as_token_ids")?.unwrap_or(serving.tokens_as_ids);
     let priority = f.take::<i64>("priority")?.unwrap_or(0);
     if priority != 0 && !serving.priority_scheduling {
         return Err(ApiError::invalid(
