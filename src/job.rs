@@ -241,6 +241,9 @@ pub struct OutputOptions {
     pub min_tokens: usize,
     /// Completions: prepend the prompt to the text.
     pub echo: bool,
+    /// Chat with `echo`: the last message's text, prepended to each answer (when that
+    /// message has the answer's role, as vLLM does).
+    pub chat_echo: Option<String>,
     /// Chat: the role of the answer.
     pub response_role: String,
 }

@@ -82,3 +82,32 @@ fn server_defaults_for_the_response_role_and_token_ids() {
                                "return_tokens_as_token_ids": false}));
     assert!(!r["choices"][0]["logprobs"]["content"][0]["token"].as_str().unwrap().starts_with("token_id:"), "{r}");
 }
+
+#[test]
+fn echo_repeats_an_assistant_message_being_continued() {
+    let s = Server::shared(ARGS);
+    let messages = json!([{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "My favorite color is"}]);
+    let ask = |echo: bool, stream: bool| {
+        let body = json!({"messages": messages, "continue_final_message": true, "add_generation_prompt": false,
+                          "echo": echo, "stream": stream});
+        if stream {
+            let mut full = json!({"model": MODEL, "temperature": 0, "max_tokens": 8});
+            full.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+            s.post_sse("/v1/chat/completions", &full)
+                .iter()
+                .filter(|e| *e != "[DONE]")
+                .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().unwrap_or("").to_string())
+                .collect::<String>()
+        } else {
+            let (status, r) = chat(s, body);
+            assert_eq!(status, 200, "{r}");
+            r["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+        }
+    };
+    let plain = ask(false, false);
+    assert_eq!(ask(true, false), format!("My favorite color is{plain}"));
+    assert_eq!(ask(true, true), format!("My favorite color is{plain}"));
+    // A last message from the user is not echoed.
+    let (_, r) = chat(s, json!({"messages": [{"role": "user", "content": "Say hi."}], "echo": true, "max_tokens": 3}));
+    assert!(!r["choices"][0]["message"]["content"].as_str().unwrap().starts_with("Say hi."), "{r}");
+}

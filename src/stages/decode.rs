@@ -203,7 +203,18 @@ impl Decode {
         }
         let template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
         let documents = f.take::<Vec<Value>>("documents")?;
-        let c = common(&mut f, newer.or(older).or(self.serving.defaults.max_tokens), logprobs, &self.serving)?;
+        let echo = f.take::<bool>("echo")?.unwrap_or(false);
+        let mut c = common(&mut f, newer.or(older).or(self.serving.defaults.max_tokens), logprobs, &self.serving)?;
+        if echo {
+            let last = messages.last().expect("checked non-empty");
+            if last.0.get("role").and_then(Value::as_str) == Some(c.output.response_role.as_str()) {
+                c.output.chat_echo = Some(match last.0.get("content") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+                    _ => String::new(),
+                });
+            }
+        }
         let prompt = Prompt::Chat(ChatPrompt {
             messages,
             add_generation_prompt,
@@ -321,7 +332,6 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("function_call", |v| v.as_str() == Some("none")),
     ("logits_processors", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("spaces_between_special_tokens", |v| v.as_bool() == Some(true)),
-    ("echo", |v| v.as_bool() == Some(false)),
     ("mm_processor_kwargs", |_| false),
     ("length_penalty", |v| v.as_f64() == Some(1.0)),
 ];
@@ -451,6 +461,7 @@ fn common(
         skip_special_tokens: f.take("skip_special_tokens")?.unwrap_or(true),
         min_tokens: p.min_tokens,
         echo: false,
+        chat_echo: None,
         response_role: serving.response_role.clone(),
     };
     let add_special_tokens = f.take("add_special_tokens")?;
