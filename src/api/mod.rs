@@ -3,3 +3,4 @@
 pub mod error;
 pub mod protocol;
 pub mod server;
+pub mod tokenize;

@@ -36,17 +36,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(super::tokenize::tokenize))
+        .route("/detokenize", post(super::tokenize::detokenize))
         .route("/health", get(health))
+        .route("/ping", get(health).post(health))
+        .route("/version", get(version))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
         .with_state(state)
 }
 
+/// vLLM's routes outside `/v1` that the key guards too.
+const GUARDED_OUTSIDE_V1: [&str; 2] = ["/tokenize", "/detokenize"];
+
 /// `--api-key` guards the API routes; health checks stay open.
 async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &app.api_key {
-        if req.uri().path().starts_with("/v1") {
+        let path = req.uri().path();
+        if path.starts_with("/v1") || GUARDED_OUTSIDE_V1.contains(&path) {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -62,6 +70,10 @@ async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: N
 
 async fn health() -> StatusCode {
     StatusCode::OK
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"version": env!("CARGO_PKG_VERSION")}))
 }
 
 /// Prometheus text, with vLLM's metric names.
@@ -100,7 +112,7 @@ async fn chat_completions(State(app): State<Arc<AppState>>, req: Request) -> Res
     generate(app, Endpoint::ChatCompletions, req).await
 }
 
-async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         if !ct.trim_start().to_ascii_lowercase().starts_with("application/json") {

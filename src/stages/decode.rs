@@ -253,7 +253,7 @@ fn positive(name: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 /// Checks one message and puts its content in the template's format.
-fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMessage, ApiError> {
+pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMessage, ApiError> {
     let param = format!("messages[{i}]");
     let Value::Object(mut obj) = m else {
         return Err(ApiError::invalid(param, format!("`messages[{i}]` must be an object.")));

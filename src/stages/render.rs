@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::api::error::ApiError;
 use crate::api::protocol::ChatMessage;
-use crate::job::{Item, Payload, Prompt};
+use crate::job::{ChatPrompt, Item, Payload, Prompt};
 use crate::pipeline::{Outlet, Stage};
 use crate::serving::ServingContext;
 
@@ -19,41 +19,44 @@ impl Stage<Item> for Render {
     fn process(&self, item: Item, out: &Outlet<Item>) {
         let Payload::Job(mut job) = item.payload else { unreachable!("render takes jobs") };
         if let Prompt::Chat(chat) = &job.prompt {
-            let Some(template) = chat.template.as_deref().or(self.serving.chat_template.as_ref()) else {
-                item.ctx.fail(ApiError::bad_request(
-                    "This model has no chat template, so it cannot serve chat completions. Start the server with \
-                     `--chat-template` (a file or an inline Jinja template), or use /v1/completions.",
-                ));
-                return;
-            };
-            let tok = &self.serving.tokenizer;
-            let mut context = json!({
-                "messages": chat.messages,
-                "add_generation_prompt": chat.add_generation_prompt,
-                "continue_final_message": chat.continue_final_message,
-                "bos_token": tok.special.bos.as_ref().map(|b| b.1.as_str()).unwrap_or(""),
-                "eos_token": tok.special.eos.as_ref().map(|e| e.1.as_str()).unwrap_or(""),
-            });
-            if let Some(docs) = &chat.documents {
-                context["documents"] = json!(docs);
-            }
-            // As in vLLM, the request's kwargs win over the defaults above.
-            context.as_object_mut().expect("an object").extend(chat.template_kwargs.clone());
-            let rendered = template.render(&context).and_then(|text| {
-                if chat.continue_final_message { cut_after_final_message(text, &chat.messages) } else { Ok(text) }
-            });
-            match rendered {
-                Ok(text) => {
-                    job.prompt = Prompt::Texts { texts: vec![text], add_special_tokens: chat.add_special_tokens };
-                }
-                Err(msg) => {
-                    item.ctx.fail(ApiError::invalid("messages", format!("The chat template could not render these messages: {msg}")));
+            match render_chat(&self.serving, chat) {
+                Ok(text) => job.prompt = Prompt::Texts { texts: vec![text], add_special_tokens: chat.add_special_tokens },
+                Err(e) => {
+                    item.ctx.fail(e);
                     return;
                 }
             }
         }
         let _ = out.send(Item { ctx: item.ctx, payload: Payload::Job(job) });
     }
+}
+
+/// The prompt text of a chat: its own template or the server's, with the messages, the
+/// special tokens, documents and the request's template kwargs.
+pub fn render_chat(serving: &ServingContext, chat: &ChatPrompt) -> Result<String, ApiError> {
+    let Some(template) = chat.template.as_deref().or(serving.chat_template.as_ref()) else {
+        return Err(ApiError::bad_request(
+            "This model has no chat template, so it cannot serve chat completions. Start the server with \
+             `--chat-template` (a file or an inline Jinja template), or use /v1/completions.",
+        ));
+    };
+    let tok = &serving.tokenizer;
+    let mut context = json!({
+        "messages": chat.messages,
+        "add_generation_prompt": chat.add_generation_prompt,
+        "continue_final_message": chat.continue_final_message,
+        "bos_token": tok.special.bos.as_ref().map(|b| b.1.as_str()).unwrap_or(""),
+        "eos_token": tok.special.eos.as_ref().map(|e| e.1.as_str()).unwrap_or(""),
+    });
+    if let Some(docs) = &chat.documents {
+        context["documents"] = json!(docs);
+    }
+    // As in vLLM, the request's kwargs win over the defaults above.
+    context.as_object_mut().expect("an object").extend(chat.template_kwargs.clone());
+    template
+        .render(&context)
+        .and_then(|text| if chat.continue_final_message { cut_after_final_message(text, &chat.messages) } else { Ok(text) })
+        .map_err(|msg| ApiError::invalid("messages", format!("The chat template could not render these messages: {msg}")))
 }
 
 /// `continue_final_message`, as transformers does it: the prompt ends right after the
