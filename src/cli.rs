@@ -89,6 +89,10 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = ContentFormatArg::Auto)]
     pub chat_template_content_format: ContentFormatArg,
 
+    /// Answer with an X-Request-Id header: the client's, or the response id.
+    #[arg(long)]
+    pub enable_request_id_headers: bool,
+
     /// The role of chat answers (with add_generation_prompt).
     #[arg(long, default_value = "assistant")]
     pub response_role: String,

@@ -130,6 +130,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         entry: pipeline.entry().clone(),
         api_key: args.api_key.clone(),
         max_body_bytes: args.max_request_body as usize,
+        request_id_headers: args.enable_request_id_headers,
         engine_stats,
     });
     Ok(Server { app, pipeline })

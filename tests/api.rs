@@ -288,3 +288,19 @@ fn tokenize_and_detokenize() {
     assert_eq!(server().get("/version").1["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(server().get("/ping").0, 200);
 }
+
+#[test]
+fn request_id_headers() {
+    let s = Server::shared(&["--dtype", "float32", "--enable-request-id-headers"]);
+    let body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 1});
+    let r = Server::client().post(s.url("/v1/completions")).header("X-Request-Id", "abc-123").json(&body).send().unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    assert_eq!(r.json::<Value>().unwrap()["id"], "cmpl-abc-123");
+    let r = Server::client().post(s.url("/v1/completions")).json(&body).send().unwrap();
+    let header = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(r.json::<Value>().unwrap()["id"], header.as_str(), "without one, the response id is the header");
+    // Without the flag the id still follows the client's, but no header comes back.
+    let r = Server::client().post(server().url("/v1/completions")).bearer_auth(KEY).header("X-Request-Id", "xyz").json(&body).send().unwrap();
+    assert!(r.headers().get("x-request-id").is_none());
+    assert_eq!(r.json::<Value>().unwrap()["id"], "cmpl-xyz");
+}

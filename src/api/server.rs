@@ -28,6 +28,8 @@ pub struct AppState {
     pub entry: Outlet<Item>,
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
+    /// `--enable-request-id-headers`: answer with an X-Request-Id header.
+    pub request_id_headers: bool,
     pub engine_stats: Arc<EngineStats>,
 }
 
@@ -134,7 +136,14 @@ async fn generate(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respo
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let (ctx, rx) = RequestCtx::new(endpoint, None);
+    // As in vLLM, a client's X-Request-Id becomes the response id's tail.
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|r| !r.is_empty() && r.len() <= 256);
+    let (ctx, rx) = RequestCtx::new(endpoint, request_id);
     match app.entry.try_send(Item { ctx: ctx.clone(), payload: Payload::Body(body) }) {
         Ok(()) => {}
         Err((SendError::Full, _)) => return ApiError::overloaded().into_response(),
@@ -142,7 +151,12 @@ async fn generate(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respo
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The server is shutting down.").into_response();
         }
     }
-    respond(ctx, rx).await
+    let echo = app.request_id_headers.then(|| request_id.map_or_else(|| ctx.id.clone(), str::to_string));
+    let mut response = respond(ctx, rx).await;
+    if let Some(v) = echo.and_then(|r| HeaderValue::from_str(&r).ok()) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
 }
 
 /// Cancels the request when dropped before the answer is complete, i.e. when the
