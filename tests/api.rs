@@ -304,3 +304,26 @@ fn request_id_headers() {
     assert!(r.headers().get("x-request-id").is_none());
     assert_eq!(r.json::<Value>().unwrap()["id"], "cmpl-xyz");
 }
+
+#[test]
+fn cors_as_vllm_answers_it() {
+    // Preflight needs no API key; the default allows any origin.
+    let r = Server::client()
+        .request(reqwest::Method::OPTIONS, server().url("/v1/chat/completions"))
+        .header("Origin", "http://app.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "authorization, content-type")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let r = Server::client().get(server().url("/v1/models")).bearer_auth(KEY).header("Origin", "http://app.example").send().unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+
+    let s = Server::shared(&["--dtype", "float32", "--allowed-origins", r#"["http://app.example"]"#]);
+    let from = |origin: &str| {
+        Server::client().get(s.url("/v1/models")).header("Origin", origin).send().unwrap().headers().get("access-control-allow-origin").cloned()
+    };
+    assert_eq!(from("http://app.example").unwrap(), "http://app.example");
+    assert!(from("http://other.example").is_none());
+}
