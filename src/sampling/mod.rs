@@ -77,6 +77,11 @@ impl SamplingParams {
         self.temperature < 1e-5
     }
 
+    /// Whether top-k, top-p or min-p cut the distribution.
+    pub fn filters(&self) -> bool {
+        self.top_k > 0 || self.top_p < 1.0 || self.min_p > 0.0
+    }
+
     /// Whether any penalty is on (they need the sequence's history).
     pub fn has_penalties(&self) -> bool {
         self.presence_penalty != 0.0 || self.frequency_penalty != 0.0 || self.repetition_penalty != 1.0

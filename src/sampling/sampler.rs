@@ -46,8 +46,15 @@ pub fn sample(logits: &Tensor, rows: &[SampleRow]) -> Vec<Sampled> {
         }
     }
 
-    let random: Vec<usize> = (0..n).filter(|&i| !rows[i].params.is_greedy()).collect();
-    if !random.is_empty() {
+    // A row without filters draws over the vocabulary in id order, a filtered row over its
+    // tokens by descending probability; the two groups are drawn apart, so that which way a
+    // row goes (and so what a seeded row draws) never depends on the rest of the batch.
+    for filtered in [false, true] {
+        let random: Vec<usize> =
+            (0..n).filter(|&i| !rows[i].params.is_greedy() && rows[i].params.filters() == filtered).collect();
+        if random.is_empty() {
+            continue;
+        }
         let idx = Tensor::from_slice(&random.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
         let sub: Vec<&SamplingParams> = random.iter().map(|&i| rows[i].params).collect();
         let uniforms: Vec<f32> = random.iter().map(|&i| rows[i].uniform).collect();
@@ -105,7 +112,7 @@ fn draw(logits: &Tensor, params: &[&SamplingParams], u: &[f32]) -> Vec<i64> {
         Tensor::from_slice(&params.iter().map(|p| f(p)).collect::<Vec<f32>>()).to_device(dev).unsqueeze(1)
     };
     let scaled = logits / col(&|p| p.temperature);
-    let filtering = params.iter().any(|p| p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0);
+    let filtering = params.iter().any(|p| p.filters());
     let u = Tensor::from_slice(u).to_device(dev).unsqueeze(1);
     if !filtering {
         let probs = scaled.softmax(-1, Kind::Float);
@@ -122,7 +129,9 @@ fn draw(logits: &Tensor, params: &[&SamplingParams], u: &[f32]) -> Vec<i64> {
     let probs = masked.softmax(-1, Kind::Float);
     // top-p: drop a token when the mass before it already reaches p (the first always stays).
     let before = probs.cumsum(-1, Kind::Float) - &probs;
-    masked = masked.masked_fill(&before.ge_tensor(&col(&|p| p.top_p)), f64::NEG_INFINITY);
+    // (top_p = 1 keeps everything, even where rounding takes the running sum to 1 early.)
+    let top_p = col(&|p| if p.top_p < 1.0 { p.top_p } else { f32::INFINITY });
+    masked = masked.masked_fill(&before.ge_tensor(&top_p), f64::NEG_INFINITY);
     // min-p, relative to the most likely token.
     let min_p = col(&|p| p.min_p);
     let probs = masked.softmax(-1, Kind::Float);
@@ -199,8 +208,11 @@ mod tests {
         for u in [0.0f32, 0.3, 0.77, 0.999] {
             let alone = sample(&logits.narrow(0, 1, 1), &[row(&p, u)])[0].token;
             let hot = params(1.0);
-            let rows = [row(&g, 0.5), row(&p, u), row(&hot, 0.1)];
-            assert_eq!(sample(&logits, &rows)[1].token, alone);
+            let rows = [row(&g, 0.5), row(&p, u), row(&hot, u)];
+            let batched = sample(&logits, &rows);
+            assert_eq!(batched[1].token, alone);
+            // A row without filters draws the same beside a filtered one as alone.
+            assert_eq!(batched[2].token, sample(&logits.narrow(0, 2, 1), &[row(&hot, u)])[0].token);
         }
     }
 
