@@ -10,6 +10,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// How much to log: critical, error, warning, info, debug, trace (RUST_LOG wins).
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
 }
 
 #[derive(Debug, Subcommand)]
@@ -18,6 +22,29 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Drive an OpenAI-compatible server with streaming requests and report its speed.
     Bench(crate::bench::BenchArgs),
+}
+
+/// How much the server logs (RUST_LOG, when set, wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Critical,
+    Error,
+    Warning,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_filter(self) -> &'static str {
+        match self {
+            LogLevel::Critical | LogLevel::Error => "error",
+            LogLevel::Warning => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -104,6 +131,18 @@ pub struct ServeArgs {
     /// CORS: allow credentials (cookies, authorization) in cross-origin requests.
     #[arg(long)]
     pub allow_credentials: bool,
+
+    /// Log each request as it arrives (its prompt and sampling parameters).
+    #[arg(long, overrides_with = "disable_log_requests")]
+    pub enable_log_requests: bool,
+
+    /// Do not log requests (the default; vLLM's older flag).
+    #[arg(long, overrides_with = "enable_log_requests")]
+    pub disable_log_requests: bool,
+
+    /// Characters of a prompt that a request's log line shows at most.
+    #[arg(long)]
+    pub max_log_len: Option<usize>,
 
     /// Answer with an X-Request-Id header: the client's, or the response id.
     #[arg(long)]

@@ -108,6 +108,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     let mut serving = ServingContext::new(&info, names, template, content_format);
     serving.priority_scheduling = args.scheduling_policy == SchedulingPolicy::Priority;
     serving.trust_request_chat_template = args.trust_request_chat_template;
+    serving.log_requests = (args.enable_log_requests && !args.disable_log_requests).then(|| args.max_log_len.unwrap_or(usize::MAX));
     serving.response_role = args.response_role.clone();
     serving.tokens_as_ids = args.return_tokens_as_token_ids;
     serving.defaults = sampling_defaults(&args.generation_config, &info)?;

@@ -33,6 +33,8 @@ pub struct ServingContext {
     pub tokens_as_ids: bool,
     /// `--scheduling-policy priority`: requests may carry a `priority`.
     pub priority_scheduling: bool,
+    /// `--enable-log-requests`: log each request, its prompt cut to this many characters.
+    pub log_requests: Option<usize>,
     /// `--trust-request-chat-template`: requests may bring their own `chat_template`.
     pub trust_request_chat_template: bool,
     /// What a request that leaves sampling fields out gets (generation_config.json).
@@ -63,6 +65,7 @@ impl ServingContext {
             tokens_as_ids: false,
             priority_scheduling: false,
             trust_request_chat_template: false,
+            log_requests: None,
             defaults: SamplingDefaults::default(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -327,3 +327,35 @@ fn cors_as_vllm_answers_it() {
     assert_eq!(from("http://app.example").unwrap(), "http://app.example");
     assert!(from("http://other.example").is_none());
 }
+
+#[test]
+fn body_request_id_names_the_response_and_the_header_wins() {
+    let body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 1, "request_id": "from-body"});
+    let (status, r) = post("/v1/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["id"], "cmpl-from-body");
+    let r = Server::client().post(server().url("/v1/completions")).bearer_auth(KEY).header("X-Request-Id", "from-header").json(&body).send().unwrap();
+    assert_eq!(r.json::<Value>().unwrap()["id"], "cmpl-from-header");
+}
+
+#[test]
+fn fields_a_text_model_cannot_use_are_refused() {
+    for (field, value) in [("mm_processor_kwargs", json!({"num_crops": 4})), ("vllm_xargs", json!({"custom": 1}))] {
+        let (status, r) = post("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], field: value}));
+        assert_eq!((status, &r["error"]["param"]), (400, &json!(field)), "{r}");
+    }
+    // Accepted and ignored as vLLM does without a connector.
+    let (status, r) = post("/v1/completions", &json!({"model": MODEL, "prompt": "Hi", "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": false}}));
+    assert_eq!(status, 200, "{r}");
+}
+
+#[test]
+fn requests_are_logged_when_asked_and_cut_to_max_log_len() {
+    let s = Server::shared(&["--dtype", "float32", "--enable-log-requests", "--max-log-len", "12"]);
+    let (status, r) = s.post("/v1/completions", &json!({"model": MODEL, "prompt": "A prompt long enough to be cut", "max_tokens": 1}));
+    assert_eq!(status, 200, "{r}");
+    let log = s.log.lock().unwrap().clone();
+    let line = log.lines().find(|l| l.contains("Received request")).unwrap_or_else(|| panic!("no request line in:\n{log}"));
+    assert!(line.contains(r#"["A prompt l…"#), "{line}");
+    assert!(!line.contains("cut"), "{line}");
+}

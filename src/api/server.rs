@@ -136,11 +136,14 @@ async fn generate(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respo
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    // As in vLLM, a client's X-Request-Id becomes the response id's tail.
+    // As in vLLM, a client's X-Request-Id (or else the body's `request_id`) becomes the
+    // response id's tail.
+    let body_id = body_request_id(&body);
     let request_id = parts
         .headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
+        .or(body_id.as_deref())
         .map(str::trim)
         .filter(|r| !r.is_empty() && r.len() <= 256);
     let (ctx, rx) = RequestCtx::new(endpoint, request_id);
@@ -157,6 +160,17 @@ async fn generate(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respo
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// The body's `request_id`, read ahead of decode since it names the response. Bodies that
+/// do not mention it are not parsed here.
+fn body_request_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        request_id: Option<String>,
+    }
+    let mentions = body.windows(b"\"request_id\"".len()).any(|w| w == b"\"request_id\"");
+    mentions.then(|| serde_json::from_slice::<Peek>(body).ok().and_then(|p| p.request_id)).flatten()
 }
 
 /// Cancels the request when dropped before the answer is complete, i.e. when the

@@ -34,12 +34,27 @@ impl Stage<Item> for Decode {
         };
         match parsed {
             Ok((job, meta)) => {
+                if let Some(max_len) = self.serving.log_requests {
+                    log_request(&item.ctx.id, &job, max_len);
+                }
                 item.ctx.set_meta(meta);
                 let _ = out.send(Item { ctx: item.ctx, payload: Payload::Job(Box::new(job)) });
             }
             Err(e) => item.ctx.fail(e),
         }
     }
+}
+
+/// `--enable-log-requests`: one line per request, its prompt cut to `max_len` characters.
+fn log_request(id: &str, job: &Job, max_len: usize) {
+    let prompt = match &job.prompt {
+        Prompt::Texts { texts, .. } => format!("{texts:?}"),
+        Prompt::Tokens(ids) => format!("{ids:?}"),
+        Prompt::Chat(chat) => serde_json::to_string(&chat.messages).unwrap_or_default(),
+    };
+    let shown: String = prompt.chars().take(max_len).collect();
+    let cut = if shown.len() < prompt.len() { "…" } else { "" };
+    tracing::info!("Received request {id}: prompt: {shown}{cut}, n: {}, params: {:?}", job.n, job.sampling);
 }
 
 /// A request body's fields, taken one by one so that every error names its field.
@@ -332,7 +347,7 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("function_call", |v| v.as_str() == Some("none")),
     ("logits_processors", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("spaces_between_special_tokens", |v| v.as_bool() == Some(true)),
-    ("mm_processor_kwargs", |_| false),
+    ("vllm_xargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
     ("length_penalty", |v| v.as_f64() == Some(1.0)),
 ];
 
@@ -473,11 +488,23 @@ fn common(
             "`priority` needs the server to run with --scheduling-policy priority; leave it out or at 0.",
         ));
     }
-    // OpenAI's own fields that do not change the output.
-    for ignored in ["user", "store", "metadata", "service_tier"] {
+    // OpenAI's own fields that do not change the output; `request_id` named the response
+    // at the HTTP edge already.
+    for ignored in ["user", "store", "metadata", "service_tier", "request_id"] {
         f.map.remove(ignored);
     }
     f.reject_unsupported()?;
+    if f.take::<Map<String, Value>>("mm_processor_kwargs")?.is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::invalid(
+            "mm_processor_kwargs",
+            "This model takes text only, so `mm_processor_kwargs` has nothing to act on; leave it out.",
+        ));
+    }
+    // vLLM passes these to a disaggregated-prefill connector; with none configured (as
+    // here, always) it ignores them too.
+    if f.take::<Value>("kv_transfer_params")?.is_some() {
+        tracing::debug!("kv_transfer_params ignored: no KV transfer connector is configured");
+    }
     let cache_salt = f.take::<String>("cache_salt")?;
     if cache_salt.as_deref() == Some("") {
         return Err(ApiError::invalid("cache_salt", "`cache_salt` must not be empty."));
