@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP API.
 
 pub mod error;
+pub mod pooling;
 pub mod protocol;
 pub mod server;
