@@ -1,8 +1,9 @@
 //! BERT encoders in libtorch: `BertModel` (sentence-transformers embedding models such as
 //! all-MiniLM-L6-v2) and `BertForSequenceClassification` (classifiers, cross-encoders).
 //!
-//! One call encodes a padded batch of whole inputs: no KV cache, no causal mask; padded
-//! positions are masked out of attention and out of pooling. The maths follows
+//! One call encodes a batch of whole inputs: no KV cache, no causal mask. The inputs' tokens
+//! are laid end to end for every dense operation and padded only for attention, where
+//! padded positions are masked out (and out of pooling). The maths follows
 //! transformers' `BertModel` operation for operation (post-norm layers, exact GELU), which
 //! is what lets float32 output match it to ~1e-6.
 
@@ -99,6 +100,18 @@ pub struct Bert {
     head: Option<Head>,
 }
 
+/// A batch's real tokens end to end, and where each sits in the padded grid.
+struct Packed {
+    ids: Tensor,
+    types: Tensor,
+    positions: Tensor,
+    /// Row in the flattened `[B·L]` grid of each token.
+    slots: Tensor,
+    mask: Tensor,
+    batch: i64,
+    len: i64,
+}
+
 /// One input of a batch: token ids and their segment (token type) ids.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EncoderInput {
@@ -192,57 +205,70 @@ impl Bert {
         x.layer_norm([self.cfg.hidden_size as i64], Some(&n.weight), Some(&n.bias), self.cfg.layer_norm_eps, false)
     }
 
-    /// Pads a batch: ids, type ids and the mask (1 for real tokens), each `[B, L]`.
-    fn pad(&self, inputs: &[&EncoderInput]) -> (Tensor, Tensor, Tensor) {
+    /// Lays a batch out for `encode`: the real tokens end to end (ids, type ids,
+    /// positions), where each sits in the padded `[B, L]` grid, and the grid's mask.
+    fn pack(&self, inputs: &[&EncoderInput]) -> Packed {
         let len = inputs.iter().map(|i| i.ids.len()).max().unwrap_or(0).max(1);
         let b = inputs.len();
-        let mut ids = vec![0i64; b * len];
-        let mut types = vec![0i64; b * len];
+        let total: usize = inputs.iter().map(|i| i.ids.len()).sum();
+        let (mut ids, mut types, mut positions, mut slots) =
+            (Vec::with_capacity(total), Vec::with_capacity(total), Vec::with_capacity(total), Vec::with_capacity(total));
         let mut mask = vec![0f32; b * len];
         for (r, input) in inputs.iter().enumerate() {
             for (c, &t) in input.ids.iter().enumerate() {
-                ids[r * len + c] = t as i64;
-                types[r * len + c] = input.type_ids.get(c).copied().unwrap_or(0) as i64;
+                ids.push(t as i64);
+                types.push(input.type_ids.get(c).copied().unwrap_or(0) as i64);
+                positions.push(c as i64);
+                slots.push((r * len + c) as i64);
                 mask[r * len + c] = 1.0;
             }
         }
-        let shape = [b as i64, len as i64];
         let dev = self.device;
-        (
-            Tensor::from_slice(&ids).view(shape).to_device(dev),
-            Tensor::from_slice(&types).view(shape).to_device(dev),
-            Tensor::from_slice(&mask).view(shape).to_device(dev),
-        )
+        let t = |v: &[i64]| Tensor::from_slice(v).to_device(dev);
+        Packed {
+            ids: t(&ids),
+            types: t(&types),
+            positions: t(&positions),
+            slots: t(&slots),
+            mask: Tensor::from_slice(&mask).view([b as i64, len as i64]).to_device(dev),
+            batch: b as i64,
+            len: len as i64,
+        }
     }
 
-    /// The last hidden states `[B, L, hidden]` of a padded batch, and its mask `[B, L]`
-    /// (float32, 1 for real tokens).
+    /// The last hidden states `[B, L, hidden]` of a batch (zeros at padded positions),
+    /// and its mask `[B, L]` (float32, 1 for real tokens).
+    ///
+    /// Only attention needs the padded grid: the projections, norms and MLP run on the
+    /// real tokens end to end, so inputs of different lengths waste no work there.
     pub fn encode(&self, inputs: &[&EncoderInput]) -> (Tensor, Tensor) {
         let _guard = tch::no_grad_guard();
-        let (ids, types, mask) = self.pad(inputs);
-        let (b, l) = (ids.size()[0], ids.size()[1]);
+        let p = self.pack(inputs);
+        let (b, l) = (p.batch, p.len);
         let hidden = self.cfg.hidden_size as i64;
         let heads = self.cfg.num_heads as i64;
         let d = hidden / heads;
-        let positions = Tensor::arange(l, (Kind::Int64, self.device));
-        let x = self.word.index_select(0, &ids.view([-1])).view([b, l, hidden])
-            + self.position.index_select(0, &positions).unsqueeze(0)
-            + self.token_type.index_select(0, &types.view([-1])).view([b, l, hidden]);
-        let mut x = self.layer_norm(&x, &self.embed_norm);
-        // Padded keys are masked out; padded queries are ignored downstream.
-        let attend = mask.to_kind(Kind::Bool).view([b, 1, 1, l]);
+        let x = self.word.index_select(0, &p.ids)
+            + self.position.index_select(0, &p.positions)
+            + self.token_type.index_select(0, &p.types);
+        let mut x = self.layer_norm(&x, &self.embed_norm); // [T, hidden]
+        // Padded keys are masked out; padded queries are dropped when gathering back.
+        let attend = p.mask.to_kind(Kind::Bool).view([b, 1, 1, l]);
+        let grid = |t: &Tensor, width: i64| {
+            Tensor::zeros([b * l, width], (t.kind(), t.device())).index_copy(0, &p.slots, t)
+        };
         for layer in &self.layers {
-            let qkv = x.linear(&layer.qkv, Some(&layer.qkv_bias));
+            let qkv = grid(&x.linear(&layer.qkv, Some(&layer.qkv_bias)), 3 * hidden);
             let parts = qkv.split(hidden, -1);
             let split = |t: &Tensor| t.view([b, l, heads, d]).transpose(1, 2);
             let (q, k, v) = (split(&parts[0]), split(&parts[1]), split(&parts[2]));
             let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&attend), 0.0, false, None, false);
-            let ctx = ctx.transpose(1, 2).reshape([b, l, hidden]);
+            let ctx = ctx.transpose(1, 2).reshape([b * l, hidden]).index_select(0, &p.slots);
             let attn = self.layer_norm(&(ctx.linear(&layer.out, Some(&layer.out_bias)) + &x), &layer.attn_norm);
             let up = attn.linear(&layer.up, Some(&layer.up_bias)).gelu("none");
             x = self.layer_norm(&(up.linear(&layer.down, Some(&layer.down_bias)) + &attn), &layer.mlp_norm);
         }
-        (x, mask)
+        (grid(&x, hidden).view([b, l, hidden]), p.mask)
     }
 
     /// Classifier logits `[B, labels]` in float32 (the head must be loaded).
