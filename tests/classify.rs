@@ -155,3 +155,19 @@ fn task_flags_that_do_not_fit_the_model_stop_start_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is a text-generation model"), "{err}");
 }
+
+#[test]
+fn the_api_key_guards_the_pooling_routes_outside_v1() {
+    let s = start("tiny-bert-rerank", &["--api-key", "k3y"]);
+    for path in ["/pooling", "/score", "/rerank", "/v2/rerank", "/v1/score"] {
+        let (status, e) = s.post(path, &json!({"input": "a", "text_1": "a", "text_2": "b", "query": "a", "documents": ["b"]}));
+        assert_eq!(status, 401, "{path}: {e}");
+    }
+    let r = Server::client()
+        .post(s.url("/rerank"))
+        .bearer_auth("k3y")
+        .json(&json!({"query": "a", "documents": ["b"]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

@@ -50,10 +50,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// vLLM's pooling routes outside `/v1`; the key guards them too.
+const POOLING_ROUTES: [&str; 5] = ["/pooling", "/classify", "/score", "/rerank", "/v2/rerank"];
+
 /// `--api-key` guards the API routes; health checks stay open.
 async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &app.api_key {
-        if req.uri().path().starts_with("/v1") {
+        let path = req.uri().path();
+        if path.starts_with("/v1") || POOLING_ROUTES.contains(&path) {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
