@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use tch::{Device, Kind};
 
 use crate::api::server::{AppState, router};
-use crate::cli::{ContentFormatArg, DeviceArg, ServeArgs, TaskArg};
+use crate::cli::{ContentFormatArg, DeviceArg, ServeArgs};
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::chat_template::ChatTemplate;
@@ -50,10 +50,11 @@ pub struct Server {
 /// What `--task` asks for, checked against the model's architectures (vLLM's rules:
 /// `auto` picks generation for `*ForCausalLM` and GGUF files, embeddings for encoders,
 /// classification for `*ForSequenceClassification`).
-pub fn resolve_task(arg: TaskArg, archs: &[String]) -> Result<Task> {
+pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> {
     let encoder = archs.iter().find_map(|a| encoder_arch(a));
     let named = archs.first().map(String::as_str).unwrap_or("(none)");
     let generative = archs.is_empty() || archs.iter().any(|a| a.ends_with("ForCausalLM"));
+    use crate::cli::TaskArg;
     Ok(match (arg, encoder) {
         (TaskArg::Reward, _) => bail!("--task reward is not supported yet (generate, embed, classify, score are)"),
         (TaskArg::Auto | TaskArg::Generate, None) if generative => Task::Generate,
@@ -135,7 +136,11 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         ContentFormatArg::String => Some(ContentFormat::String),
         ContentFormatArg::Openai => Some(ContentFormat::OpenAi),
     };
-    let names = served_names(args, &info);
+    let names = if args.served_model_name.is_empty() {
+        vec![info.location.default_name.clone()]
+    } else {
+        args.served_model_name.clone()
+    };
     let serving = Arc::new(ServingContext::new(&info, names, template, content_format));
     if args.chat_template_content_format == ContentFormatArg::Auto && serving.chat_template.is_some() {
         tracing::info!(
