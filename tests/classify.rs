@@ -171,3 +171,28 @@ fn the_api_key_guards_the_pooling_routes_outside_v1() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+macro_rules! snap {
+    ($name:expr, $value:expr) => {
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
+            prepend_module_to_snapshot => false,
+        }, {
+            insta::assert_json_snapshot!($name, $value, {
+                ".id" => "[id]", ".created" => "[created]",
+                ".data[].probs[]" => "[prob]", ".data[].score" => "[score]",
+                ".results[].relevance_score" => "[score]",
+            });
+        });
+    };
+}
+
+#[test]
+fn response_shapes() {
+    let (_, v) = classifier().post("/classify", &json!({"model": "tiny-cls", "input": ["good", "bad"]}));
+    snap!("classify", v);
+    let (_, v) = reranker().post("/score", &json!({"model": "tiny-rerank", "text_1": "q", "text_2": ["a", "b"]}));
+    snap!("score", v);
+    let (_, v) = reranker().post("/rerank", &json!({"model": "tiny-rerank", "query": "q", "documents": ["a", "b"]}));
+    snap!("rerank", v);
+}
