@@ -4,9 +4,11 @@
 //! requests share one forward pass and one large request is split into several. Each
 //! batch's duration is the stage's service time.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::api::error::ApiError;
 use crate::job::{Item, Payload};
 use crate::model::bert::EncoderInput;
 use crate::model::encoder::EncoderModel;
@@ -94,18 +96,38 @@ impl Stage<Item> for Encode {
             for batch in plan_batches(&lengths, &order, self.max_seqs, self.max_tokens) {
                 let start = Instant::now();
                 let inputs: Vec<&EncoderInput> = batch.iter().map(|&i| input(refs[i])).collect();
-                let outputs = model.run(&inputs);
-                for (&i, v) in batch.iter().zip(outputs) {
-                    results[i] = Some(v);
+                // A failed forward pass (out of memory, a kernel error) fails the requests
+                // it carried, not the stage.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| model.run(&inputs))) {
+                    Ok(outputs) => {
+                        for (&i, v) in batch.iter().zip(outputs) {
+                            results[i] = Some(v);
+                        }
+                    }
+                    Err(e) => {
+                        let why = e
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| e.downcast_ref::<&str>().copied())
+                            .unwrap_or("unknown error");
+                        tracing::error!("a forward pass of {} inputs failed: {why}", inputs.len());
+                    }
                 }
                 inlet.metrics().record_service(start.elapsed());
             }
             let mut results = results.into_iter();
             for mut item in items {
+                let mut complete = true;
                 if let Payload::Pool(job) = &mut item.payload {
-                    job.outputs = results.by_ref().take(job.encoded.len()).map(Option::unwrap_or_default).collect();
+                    let outputs: Vec<Option<Vec<f32>>> = results.by_ref().take(job.encoded.len()).collect();
+                    complete = outputs.iter().all(Option::is_some);
+                    job.outputs = outputs.into_iter().flatten().collect();
                 }
-                let _ = out.send(item);
+                if complete {
+                    let _ = out.send(item);
+                } else {
+                    item.ctx.fail(ApiError::internal("The model failed on this request's inputs; see the server log."));
+                }
             }
         }
     }
