@@ -252,18 +252,25 @@ impl Bert {
             + self.position.index_select(0, &p.positions)
             + self.token_type.index_select(0, &p.types);
         let mut x = self.layer_norm(&x, &self.embed_norm); // [T, hidden]
+        // Inputs of one length (a batch of one, say) need no padding, mask or scatter.
+        let padded = inputs.iter().any(|i| i.ids.len() as i64 != l);
         // Padded keys are masked out; padded queries are dropped when gathering back.
-        let attend = p.mask.to_kind(Kind::Bool).view([b, 1, 1, l]);
+        let attend = padded.then(|| p.mask.to_kind(Kind::Bool).view([b, 1, 1, l]));
         let grid = |t: &Tensor, width: i64| {
-            Tensor::zeros([b * l, width], (t.kind(), t.device())).index_copy(0, &p.slots, t)
+            if padded {
+                Tensor::zeros([b * l, width], (t.kind(), t.device())).index_copy(0, &p.slots, t)
+            } else {
+                t.shallow_clone()
+            }
         };
         for layer in &self.layers {
             let qkv = grid(&x.linear(&layer.qkv, Some(&layer.qkv_bias)), 3 * hidden);
             let parts = qkv.split(hidden, -1);
             let split = |t: &Tensor| t.view([b, l, heads, d]).transpose(1, 2);
             let (q, k, v) = (split(&parts[0]), split(&parts[1]), split(&parts[2]));
-            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&attend), 0.0, false, None, false);
-            let ctx = ctx.transpose(1, 2).reshape([b * l, hidden]).index_select(0, &p.slots);
+            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, attend.as_ref(), 0.0, false, None, false);
+            let ctx = ctx.transpose(1, 2).reshape([b * l, hidden]);
+            let ctx = if padded { ctx.index_select(0, &p.slots) } else { ctx };
             let attn = self.layer_norm(&(ctx.linear(&layer.out, Some(&layer.out_bias)) + &x), &layer.attn_norm);
             let up = attn.linear(&layer.up, Some(&layer.up_bias)).gelu("none");
             x = self.layer_norm(&(up.linear(&layer.down, Some(&layer.down_bias)) + &attn), &layer.mlp_norm);
