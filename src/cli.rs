@@ -16,6 +16,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model over the OpenAI API (a drop-in for `vllm serve`).
     Serve(Box<ServeArgs>),
+    /// Drive an OpenAI-compatible server with streaming requests and report its speed.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -23,6 +25,16 @@ pub enum DeviceArg {
     Auto,
     Cpu,
     Cuda,
+}
+
+/// vLLM's `--scheduling-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchedulingPolicy {
+    /// First come, first served.
+    Fcfs,
+    /// By the request's `priority` (lower first), then arrival; a waiting request may
+    /// preempt a running one of lower priority.
+    Priority,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,6 +124,23 @@ pub struct ServeArgs {
     /// Tokens per step at most (long prompts are prefilled in chunks of this size).
     #[arg(long, default_value_t = 2048)]
     pub max_num_batched_tokens: usize,
+
+    /// Share the KV cache of equal prompt prefixes between requests (on by default).
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+
+    /// Turn prefix caching off.
+    #[arg(long, overrides_with = "enable_prefix_caching")]
+    pub no_enable_prefix_caching: bool,
+
+    /// Sampling defaults: `auto` takes the model's generation_config.json, `vllm` uses
+    /// none (OpenAI's defaults), a folder takes the generation_config.json in it.
+    #[arg(long, default_value = "auto", value_name = "auto|vllm|FOLDER")]
+    pub generation_config: String,
+
+    /// Order of admission: fcfs, or priority (the request field `priority`, lower first).
+    #[arg(long, value_enum, default_value_t = SchedulingPolicy::Fcfs)]
+    pub scheduling_policy: SchedulingPolicy,
 
     /// Threads for tensor maths (default: all cores).
     #[arg(long)]

@@ -221,6 +221,13 @@ pub struct Job {
     pub sampling: Arc<SamplingParams>,
     /// Choices per prompt.
     pub n: usize,
+    /// Lower runs earlier (with `--scheduling-policy priority`).
+    pub priority: i64,
+    /// Keeps this request's prefix-cache blocks apart from requests with another salt.
+    pub cache_salt: Option<String>,
+    /// Keep only this many tokens from the end of each prompt (vLLM's
+    /// `truncate_prompt_tokens`).
+    pub truncate_prompt_tokens: Option<usize>,
 }
 
 impl Job {
@@ -258,6 +265,8 @@ pub struct OutputOptions {
     pub stop: Vec<String>,
     pub include_stop_str_in_output: bool,
     pub skip_special_tokens: bool,
+    /// Stop strings are not looked for before this many tokens (vLLM's `min_tokens`).
+    pub min_tokens: usize,
     /// Completions: prepend the prompt to the text.
     pub echo: bool,
     /// Chat: the role of the answer.

@@ -7,6 +7,7 @@
 //! - `engine`: scheduling, KV blocks, sequences. `sampling`: logits to tokens.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod detok;
 pub mod device;

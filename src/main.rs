@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Serve(args) => sluice::serve::run(args),
+        Command::Bench(args) => sluice::bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

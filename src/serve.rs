@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use tch::{Device, Kind};
 
 use crate::api::server::{AppState, router};
-use crate::cli::{ContentFormatArg, DeviceArg, ServeArgs};
+use crate::cli::{ContentFormatArg, DeviceArg, SchedulingPolicy, ServeArgs};
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::chat_template::ChatTemplate;
@@ -15,6 +15,7 @@ use crate::model::kv_cache::KvCache;
 use crate::model::encoder::{self, encoder_arch};
 use crate::model::{self, LoadOptions, resolve};
 use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::sampling::SamplingDefaults;
 use crate::serving::{ContentFormat, ServingContext, Task};
 use crate::stages;
 
@@ -141,7 +142,10 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     } else {
         args.served_model_name.clone()
     };
-    let serving = Arc::new(ServingContext::new(&info, names, template, content_format));
+    let mut serving = ServingContext::new(&info, names, template, content_format);
+    serving.priority_scheduling = args.scheduling_policy == SchedulingPolicy::Priority;
+    serving.defaults = sampling_defaults(&args.generation_config, &info)?;
+    let serving = Arc::new(serving);
     if args.chat_template_content_format == ContentFormatArg::Auto && serving.chat_template.is_some() {
         tracing::info!(
             "Detected the chat template content format to be '{}'",
@@ -154,6 +158,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
 
     let engine_cfg = engine_config(args, &llama.cfg, llama.dtype, &info)?;
     let engine = Engine::new(llama, engine_cfg);
+    let engine_stats = engine.stats();
 
     let pipeline = Pipeline::start(&spec, &stages::registry(serving.clone(), engine))?;
     let app = Arc::new(AppState {
@@ -161,6 +166,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         entry: pipeline.entry().clone(),
         api_key: args.api_key.clone(),
         max_body_bytes: args.max_request_body as usize,
+        engine_stats,
         task,
     });
     Ok(Server { app, pipeline })
@@ -209,8 +215,31 @@ fn build_pooling(
         api_key: args.api_key.clone(),
         max_body_bytes: args.max_request_body as usize,
         task,
+        engine_stats: Arc::new(crate::engine::stats::EngineStats::default()),
     });
     Ok(Server { app, pipeline })
+}
+
+/// `--generation-config`: which generation_config.json gives the sampling defaults.
+fn sampling_defaults(arg: &str, info: &model::ModelInfo) -> Result<SamplingDefaults> {
+    let config = match arg {
+        "vllm" => None,
+        "auto" => info.generation_config.clone(),
+        folder => {
+            let path = std::path::Path::new(folder).join("generation_config.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--generation-config {folder}: cannot read {}", path.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("--generation-config: {} is not JSON", path.display()))?)
+        }
+    };
+    let defaults = config.as_ref().map(SamplingDefaults::from_generation_config).unwrap_or_default();
+    if !defaults.is_empty() {
+        tracing::info!(
+            "sampling defaults from the model's generation_config.json (requests override them; \
+             --generation-config vllm turns them off): {defaults:?}"
+        );
+    }
+    Ok(defaults)
 }
 
 fn engine_config(
@@ -246,6 +275,8 @@ fn engine_config(
         scheduler: SchedulerConfig {
             max_num_seqs: args.max_num_seqs,
             max_batched_tokens: args.max_num_batched_tokens,
+            policy: args.scheduling_policy,
+            prefix_caching: !args.no_enable_prefix_caching,
         },
         max_model_len: info.max_model_len,
         eos_ids: info.eos_ids.clone(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::model::ModelInfo;
 use crate::model::chat_template::ChatTemplate;
 use crate::model::tokenizer::Tokenizer;
+use crate::sampling::SamplingDefaults;
 
 /// How message content is handed to the chat template (vLLM's
 /// `--chat-template-content-format`).
@@ -28,6 +29,10 @@ pub struct ServingContext {
     pub content_format: ContentFormat,
     pub max_model_len: usize,
     pub response_role: String,
+    /// `--scheduling-policy priority`: requests may carry a `priority`.
+    pub priority_scheduling: bool,
+    /// What a request that leaves sampling fields out gets (generation_config.json).
+    pub defaults: SamplingDefaults,
     /// Unix seconds when the server started (`created` of `/v1/models`).
     pub started: u64,
 }
@@ -51,6 +56,8 @@ impl ServingContext {
             content_format,
             max_model_len: info.max_model_len,
             response_role: "assistant".into(),
+            priority_scheduling: false,
+            defaults: SamplingDefaults::default(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -179,6 +179,23 @@ fn greedy_matches_transformers_concurrently() {
     });
 }
 
+/// A KV cache too small for all prompts at once (sequences are preempted and recomputed)
+/// and prompts read 64 tokens per step: neither may change a greedy result.
+#[test]
+fn greedy_matches_transformers_under_preemption_and_chunked_prefill() {
+    const TIGHT: &[&str] =
+        &["--dtype", "float32", "--max-model-len", "700", "--kv-cache-memory", "34MB", "--max-num-batched-tokens", "64"];
+    let server = Server::shared(TIGHT);
+    let reference = reference();
+    let prompts = prompts();
+    std::thread::scope(|s| {
+        for (prompt, item) in prompts.iter().zip(reference["items"].as_array().unwrap()) {
+            s.spawn(move || check_item(server, prompt, item, false));
+        }
+    });
+    assert!(server.metric("vllm:num_preemptions_total") > 0.0, "the cache was big enough: nothing was preempted");
+}
+
 /// Tiny random-weight models in Hugging Face folders, one per architecture variant.
 fn check_tiny(args: &'static [&'static str], reference: &str) {
     let server = Server::shared(args);

@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::error::ApiError;
 use super::protocol::{ModelCard, ModelList};
+use crate::engine::stats::EngineStats;
 use crate::job::{Endpoint, Item, Payload, Reply, RequestCtx};
 use crate::pipeline::{Outlet, SendError};
 use crate::serving::{ServingContext, Task};
@@ -29,6 +30,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// What the model is served for; other endpoints answer 400.
     pub task: Task,
+    pub engine_stats: Arc<EngineStats>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -45,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/rerank", post(rerank))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
         .with_state(state)
@@ -73,6 +76,12 @@ async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: N
 
 async fn health() -> StatusCode {
     StatusCode::OK
+}
+
+/// Prometheus text, with vLLM's metric names.
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let text = app.engine_stats.prometheus(app.serving.model_name());
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text).into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {

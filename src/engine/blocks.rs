@@ -1,13 +1,26 @@
 //! The block manager: the KV cache is cut into fixed-size blocks; each sequence holds a
-//! table of block ids. Blocks are reference-counted so that sequences can share them
-//! (prefix caching, forks); a block returns to the free list when its count reaches zero.
+//! table of block ids. Blocks are reference-counted so that sequences can share them; a
+//! block returns to the free queue when its count reaches zero.
 //! Block 0 is never handed out: the cache keeps it zeroed as padding.
+//!
+//! Prefix caching: a full block can be registered under the hash of its tokens and of
+//! every token before it (`prefix::block_hash`). Freed blocks keep their content and their
+//! registration until they are handed out again, least recently freed first, so a later
+//! request with the same prefix takes them back instead of recomputing them.
+
+use std::collections::{HashMap, VecDeque};
 
 #[derive(Debug)]
 pub struct BlockManager {
     pub block_size: usize,
-    free: Vec<u32>,
     refs: Vec<u32>,
+    /// Free blocks, least recently freed first. An entry whose block was taken back
+    /// (through the prefix cache) or freed again later is stale and skipped.
+    free: VecDeque<u32>,
+    num_free: usize,
+    /// The prefix-cache key of each registered block.
+    hash: Vec<Option<u64>>,
+    cached: HashMap<u64, u32>,
 }
 
 impl BlockManager {
@@ -17,9 +30,11 @@ impl BlockManager {
         refs[0] = 1; // the padding block
         BlockManager {
             block_size,
-            // Pop from the end: low ids are handed out first.
-            free: (1..num_blocks as u32).rev().collect(),
+            free: (1..num_blocks as u32).collect(),
+            num_free: num_blocks - 1,
             refs,
+            hash: vec![None; num_blocks],
+            cached: HashMap::new(),
         }
     }
 
@@ -29,7 +44,7 @@ impl BlockManager {
     }
 
     pub fn num_free(&self) -> usize {
-        self.free.len()
+        self.num_free
     }
 
     /// Blocks needed to hold `tokens` tokens.
@@ -39,22 +54,37 @@ impl BlockManager {
 
     /// Whether `table` can grow to hold `tokens` tokens.
     pub fn can_grow(&self, table: &[u32], tokens: usize) -> bool {
-        self.blocks_for(tokens).saturating_sub(table.len()) <= self.free.len()
+        self.blocks_for(tokens).saturating_sub(table.len()) <= self.num_free
     }
 
     /// Grows `table` to hold `tokens` tokens; false (and no change) when blocks are short.
     pub fn grow(&mut self, table: &mut Vec<u32>, tokens: usize) -> bool {
         let need = self.blocks_for(tokens).saturating_sub(table.len());
-        if need > self.free.len() {
+        if need > self.num_free {
             return false;
         }
         for _ in 0..need {
-            let b = self.free.pop().expect("checked above");
-            debug_assert_eq!(self.refs[b as usize], 0);
+            let b = self.pop_free();
+            // Its old content is about to be overwritten: it leaves the prefix cache.
+            if let Some(h) = self.hash[b as usize].take() {
+                if self.cached.get(&h) == Some(&b) {
+                    self.cached.remove(&h);
+                }
+            }
             self.refs[b as usize] = 1;
+            self.num_free -= 1;
             table.push(b);
         }
         true
+    }
+
+    fn pop_free(&mut self) -> u32 {
+        loop {
+            let b = self.free.pop_front().expect("num_free counts a free block");
+            if self.refs[b as usize] == 0 {
+                return b;
+            }
+        }
     }
 
     /// Another holder for a block already in use.
@@ -65,13 +95,52 @@ impl BlockManager {
 
     /// Releases every block of `table` and empties it.
     pub fn release(&mut self, table: &mut Vec<u32>) {
-        for b in table.drain(..) {
+        // Freed in reverse, so that a sequence's last blocks are handed out first and its
+        // prefix stays cached longest.
+        for b in table.drain(..).rev() {
             let r = &mut self.refs[b as usize];
             assert!(*r > 0, "double free of block {b}");
             *r -= 1;
             if *r == 0 {
-                self.free.push(b);
+                self.free.push_back(b);
+                self.num_free += 1;
             }
+        }
+        if self.free.len() > 2 * self.refs.len() {
+            self.compact();
+        }
+    }
+
+    /// Drops stale entries of the free queue, keeping each free block's latest place.
+    fn compact(&mut self) {
+        let mut seen = vec![false; self.refs.len()];
+        let mut kept: Vec<u32> = Vec::with_capacity(self.num_free);
+        for &b in self.free.iter().rev() {
+            if self.refs[b as usize] == 0 && !seen[b as usize] {
+                seen[b as usize] = true;
+                kept.push(b);
+            }
+        }
+        self.free = kept.into_iter().rev().collect();
+    }
+
+    /// The block registered under `hash`, taken for one more holder (back from the free
+    /// queue if no one held it).
+    pub fn take_cached(&mut self, hash: u64) -> Option<u32> {
+        let b = *self.cached.get(&hash)?;
+        if self.refs[b as usize] == 0 {
+            self.num_free -= 1;
+        }
+        self.refs[b as usize] += 1;
+        Some(b)
+    }
+
+    /// Registers a full, computed block under `hash`, unless that content is already
+    /// cached in another block.
+    pub fn register(&mut self, block: u32, hash: u64) {
+        if self.hash[block as usize].is_none() && !self.cached.contains_key(&hash) {
+            self.hash[block as usize] = Some(hash);
+            self.cached.insert(hash, block);
         }
     }
 }
@@ -97,5 +166,31 @@ mod tests {
         let mut c = vec![1];
         m.release(&mut c);
         assert_eq!(m.num_free(), 4);
+    }
+
+    #[test]
+    fn cached_blocks_come_back_until_handed_out_again() {
+        let mut m = BlockManager::new(4, 2); // blocks 1..=3
+        let mut a = Vec::new();
+        assert!(m.grow(&mut a, 4));
+        m.register(a[0], 10);
+        m.register(a[1], 11);
+        let (first, second) = (a[0], a[1]);
+        m.release(&mut a);
+        assert_eq!(m.num_free(), 3);
+
+        // Taken back from the free queue: no longer free, and not handed out twice.
+        assert_eq!(m.take_cached(10), Some(first));
+        assert_eq!(m.num_free(), 2);
+        let mut b = vec![first];
+        assert!(m.grow(&mut b, 6));
+        assert!(!b[1..].contains(&first));
+        assert_eq!(m.num_free(), 0);
+        // Growing over the other cached block evicted it.
+        assert!(b.contains(&second));
+        assert_eq!(m.take_cached(11), None);
+        m.release(&mut b);
+        assert_eq!(m.num_free(), 3);
+        assert_eq!(m.take_cached(10), Some(first), "its registration outlives the release");
     }
 }

@@ -3,8 +3,10 @@
 //! they come.
 
 pub mod blocks;
+pub mod prefix;
 pub mod scheduler;
 pub mod sequence;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +19,12 @@ use crate::job::{Finish, Job, RequestCtx, StopReason, TokenEvent};
 use crate::model::batch::{SeqChunk, StepBatch};
 use crate::model::kv_cache::KvCache;
 use crate::model::llama::Llama;
+use crate::sampling::processors::{self, RowContext};
 use crate::sampling::{self, SampleRow};
 use blocks::BlockManager;
 use scheduler::{Scheduler, SchedulerConfig};
 use sequence::{SeqId, Sequence};
+use stats::EngineStats;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -53,6 +57,7 @@ pub struct Engine {
     sched: Scheduler,
     pub cfg: EngineConfig,
     next_id: SeqId,
+    stats: Arc<EngineStats>,
 }
 
 impl Engine {
@@ -74,7 +79,31 @@ impl Engine {
             sched: Scheduler::default(),
             cfg,
             next_id: 1,
+            stats: Arc::default(),
         }
+    }
+
+    /// The figures this engine publishes after every change (for `/metrics`).
+    pub fn stats(&self) -> Arc<EngineStats> {
+        self.stats.clone()
+    }
+
+    fn publish(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let requests = |ids: &[SeqId]| {
+            ids.iter()
+                .filter_map(|id| self.sched.get(*id))
+                .map(|s| s.ctx.key)
+                .collect::<std::collections::HashSet<_>>()
+                .len() as u64
+        };
+        let s = &self.stats;
+        s.requests_running.store(requests(self.sched.running()), Relaxed);
+        s.requests_waiting.store(requests(self.sched.waiting()), Relaxed);
+        s.set_kv_usage(self.cache_usage());
+        s.preemptions.store(self.sched.preemptions, Relaxed);
+        s.prefix_queries.store(self.sched.prefix_queries, Relaxed);
+        s.prefix_hits.store(self.sched.prefix_hits, Relaxed);
     }
 
     pub fn is_idle(&self) -> bool {
@@ -101,6 +130,8 @@ impl Engine {
     /// Admits a tokenized job: one sequence per prompt and choice.
     pub fn admit(&mut self, ctx: Arc<RequestCtx>, job: &Job) {
         let prompts = job.token_prompts().expect("the engine takes tokenized jobs");
+        let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+        self.stats.prompt_tokens.fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
         let choices = prompts.len() * job.n;
         for (p, ids) in prompts.iter().enumerate() {
             let prompt = Arc::new(ids.clone());
@@ -125,7 +156,9 @@ impl Engine {
                     rng: ChaCha8Rng::seed_from_u64(seed),
                     blocks: Vec::new(),
                     computed: 0,
-                    priority: 0,
+                    hashes: Vec::new(),
+                    salt: prefix::chain_start(job.cache_salt.as_deref()),
+                    priority: job.priority,
                     arrival: ctx.arrived,
                     announced: false,
                 };
@@ -133,6 +166,7 @@ impl Engine {
                 self.sched.add(seq);
             }
         }
+        self.publish();
     }
 
     /// Drops sequences whose client left or whose choice was ended downstream.
@@ -145,11 +179,31 @@ impl Engine {
                 s.ctx.is_cancelled() || s.ctx.is_stopped(s.choice)
             })
             .collect();
+        let any = !gone.is_empty();
         for id in gone {
             if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
                 out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort)));
             }
         }
+        if any {
+            self.publish();
+        }
+    }
+
+    /// Ends every sequence with an error (after a failed step, whose state cannot be
+    /// trusted), freeing all blocks, so that the engine can go on with new requests.
+    pub fn fail_all(&mut self, out: &mut dyn Emit, message: &str) {
+        let ids: Vec<SeqId> = self.sched.ids().collect();
+        let mut told = std::collections::HashSet::new();
+        for id in ids {
+            if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
+                if told.insert(seq.ctx.key) {
+                    seq.ctx.fail(crate::api::error::ApiError::internal(message));
+                }
+                out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort)));
+            }
+        }
+        self.publish();
     }
 
     /// One step: schedule, forward, sample, report. Returns what it spent its time on.
@@ -184,29 +238,45 @@ impl Engine {
         let logits = self.model.forward(&batch, &mut self.cache);
         let t2 = Instant::now();
         times.forward = t2 - t1;
+        let caching = self.cfg.scheduler.prefix_caching;
         for &(id, n) in &plan.entries {
-            self.sched.get_mut(id).expect("planned").computed += n;
+            let seq = self.sched.get_mut(id).expect("planned");
+            seq.computed += n;
+            if caching {
+                prefix::register_full_blocks(seq, &mut self.blocks);
+            }
         }
         if !sampling.is_empty() {
             self.sample_and_report(&logits, &sampling, out);
         }
         times.sample = t2.elapsed();
+        self.publish();
         times
     }
 
     fn sample_and_report(&mut self, logits: &Tensor, ids: &[SeqId], out: &mut dyn Emit) {
         // Every random row draws exactly one number per step from its own generator,
         // whatever else is in the batch.
+        self.stats.generation_tokens.fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut uniforms = Vec::with_capacity(ids.len());
         for &id in ids {
             let seq = self.sched.get_mut(id).expect("sampled sequence");
             uniforms.push(if seq.params.is_greedy() { 0.0 } else { seq.rng.random::<f32>() });
         }
         let drawn = {
+            let eos = &self.cfg.eos_ids;
             let rows: Vec<SampleRow> = ids
                 .iter()
                 .zip(&uniforms)
-                .map(|(&id, &uniform)| SampleRow { params: &self.sched.get(id).expect("sampled").params, uniform })
+                .map(|(&id, &uniform)| {
+                    let seq = self.sched.get(id).expect("sampled");
+                    let ctx = RowContext {
+                        prompt: &seq.prompt,
+                        output: &seq.output,
+                        banned: processors::banned_tokens(&seq.params, &seq.output, eos),
+                    };
+                    SampleRow { params: &seq.params, uniform, ctx }
+                })
                 .collect();
             sampling::sample(logits, &rows)
         };

@@ -10,12 +10,17 @@
 use std::collections::HashMap;
 
 use super::blocks::BlockManager;
+use super::prefix;
 use super::sequence::{SeqId, Sequence};
+pub use crate::cli::SchedulingPolicy;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     pub max_batched_tokens: usize,
+    pub policy: SchedulingPolicy,
+    /// Share the KV blocks of equal prompt prefixes (`--enable-prefix-caching`).
+    pub prefix_caching: bool,
 }
 
 #[derive(Default)]
@@ -26,6 +31,9 @@ pub struct Scheduler {
     /// Sorted by `order_key`.
     waiting: Vec<SeqId>,
     pub preemptions: u64,
+    /// Prompt tokens looked up in the prefix cache, and those found there.
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
 }
 
 /// What runs this step: sequences and how many tokens of each.
@@ -49,6 +57,16 @@ impl Scheduler {
 
     pub fn get_mut(&mut self, id: SeqId) -> Option<&mut Sequence> {
         self.seqs.get_mut(&id)
+    }
+
+    /// Running sequences, in scheduling order.
+    pub fn running(&self) -> &[SeqId] {
+        &self.running
+    }
+
+    /// Waiting sequences, in scheduling order.
+    pub fn waiting(&self) -> &[SeqId] {
+        &self.waiting
     }
 
     pub fn num_running(&self) -> usize {
@@ -80,6 +98,7 @@ impl Scheduler {
         let seq = self.seqs.get_mut(&id).expect("preempting a known sequence");
         blocks.release(&mut seq.blocks);
         seq.computed = 0;
+        seq.hashes.clear();
         let key = seq.order_key();
         self.running.retain(|&r| r != id);
         let at = self.waiting.partition_point(|w| self.seqs[w].order_key() < key);
@@ -123,12 +142,34 @@ impl Scheduler {
         }
 
         // Admit waiting sequences, unless this step already had to preempt.
-        while !preempted_now && budget > 0 && self.running.len() < cfg.max_num_seqs {
+        while !preempted_now && budget > 0 {
             let Some(&id) = self.waiting.first() else { break };
             let seq = self.seqs.get_mut(&id).expect("waiting sequence");
+            let hit = if cfg.prefix_caching { prefix::take_cached_prefix(seq, blocks) } else { 0 };
             let n = seq.pending().min(budget);
-            if !blocks.grow(&mut seq.blocks, seq.computed + n) {
-                break;
+            let fits = self.running.len() < cfg.max_num_seqs && blocks.grow(&mut seq.blocks, seq.computed + n);
+            if !fits {
+                // Give back what the prefix cache lent; it is looked up again next time.
+                blocks.release(&mut seq.blocks);
+                seq.computed = 0;
+                seq.hashes.clear();
+                // Under the priority policy a more urgent request displaces the least
+                // urgent running one (which is recomputed later), as in vLLM.
+                let key = seq.order_key();
+                match self.running.last() {
+                    Some(&victim) if cfg.policy == SchedulingPolicy::Priority && self.seqs[&victim].order_key() > key => {
+                        if let Some(at) = plan.entries.iter().position(|e| e.0 == victim) {
+                            budget += plan.entries.remove(at).1;
+                        }
+                        self.preempt(victim, blocks);
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            if cfg.prefix_caching {
+                self.prefix_queries += seq.len() as u64;
+                self.prefix_hits += hit as u64;
             }
             self.waiting.remove(0);
             let key = seq.order_key();

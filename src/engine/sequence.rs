@@ -29,6 +29,10 @@ pub struct Sequence {
     pub blocks: Vec<u32>,
     /// Tokens whose keys and values are in the cache.
     pub computed: usize,
+    /// Prefix-cache keys of the full blocks computed so far, in order.
+    pub hashes: Vec<u64>,
+    /// Where this sequence's chain of keys starts (its `cache_salt`).
+    pub salt: u64,
     pub priority: i64,
     pub arrival: Instant,
     /// Whether the first event (with the prompt) has gone out.

@@ -6,6 +6,8 @@
 //! transformers' `LlamaForCausalLM` operation for operation (norms in f32, rotary tables in
 //! f32, half-rotation), which is what lets float32 greedy output match it token for token.
 
+use std::time::{Duration, Instant};
+
 use tch::{Device, Kind, Tensor};
 
 use super::LoadError;
@@ -89,7 +91,15 @@ impl Llama {
 
     /// Runs one step and returns f32 logits `[batch.logits_rows.len(), vocab]`.
     pub fn forward(&self, batch: &StepBatch, cache: &mut KvCache) -> Tensor {
+        self.forward_timed(batch, cache, &mut None)
+    }
+
+    /// `forward`, adding the time each kind of operation took to `times` when given.
+    /// (CPU operations are synchronous, so wall time per section is what it cost; on CUDA
+    /// the figures only say where work was queued.)
+    pub fn forward_timed(&self, batch: &StepBatch, cache: &mut KvCache, times: &mut Option<&mut OpTimes>) -> Tensor {
         let _guard = tch::no_grad_guard();
+        let mut clock = Clock::new(times);
         let dev = self.device;
         let c = &self.cfg;
         let (h, kvh, d) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
@@ -103,24 +113,38 @@ impl Llama {
         let plan = AttnPlan::new(batch, dev);
 
         let mut x = self.embed.index_select(0, &tokens); // [n, hidden]
+        clock.lap(|t| &mut t.setup);
         for (li, layer) in self.layers.iter().enumerate() {
             let hs = self.rms_norm(&x, &layer.attn_norm);
+            clock.lap(|t| &mut t.norm);
             let qkv = hs.linear(&layer.qkv, layer.qkv_bias.as_ref());
+            clock.lap(|t| &mut t.qkv);
             let parts = qkv.split_with_sizes([h * d, kvh * d, kvh * d], -1);
             let q = apply_rope(&parts[0].view([n, h, d]), &cos, &sin);
             let k = apply_rope(&parts[1].view([n, kvh, d]), &cos, &sin);
             let v = parts[2].view([n, kvh, d]);
             cache.write(li, &slots, &k, &v);
+            clock.lap(|t| &mut t.rope_cache);
             let attn = plan.attend(&q, cache.keys(li), cache.values(li), h, kvh, d);
+            clock.lap(|t| &mut t.attention);
             let x1 = x + attn.reshape([n, h * d]).linear::<Tensor>(&layer.o, None);
+            clock.lap(|t| &mut t.o_proj);
             let hs = self.rms_norm(&x1, &layer.mlp_norm);
+            clock.lap(|t| &mut t.norm);
             let gu = hs.linear::<Tensor>(&layer.gate_up, None).chunk(2, -1);
-            let mlp = (gu[0].silu() * &gu[1]).linear::<Tensor>(&layer.down, None);
+            clock.lap(|t| &mut t.gate_up);
+            let act = gu[0].silu() * &gu[1];
+            clock.lap(|t| &mut t.activation);
+            let mlp = act.linear::<Tensor>(&layer.down, None);
             x = x1 + mlp;
+            clock.lap(|t| &mut t.down);
         }
         let rows = Tensor::from_slice(&batch.logits_rows).to_device(dev);
         let last = self.rms_norm(&x.index_select(0, &rows), &self.norm);
-        last.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float)
+        clock.lap(|t| &mut t.norm);
+        let logits = last.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float);
+        clock.lap(|t| &mut t.lm_head);
+        logits
     }
 
     /// RMSNorm as transformers computes it: in f32, scaled by the weight after the cast back.
@@ -129,6 +153,58 @@ impl Llama {
         let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let normed = x32 * (var + self.cfg.rms_norm_eps).rsqrt();
         w * normed.to_kind(self.dtype)
+    }
+}
+
+/// Time spent per kind of operation in forward passes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpTimes {
+    pub setup: Duration,
+    pub norm: Duration,
+    pub qkv: Duration,
+    pub rope_cache: Duration,
+    pub attention: Duration,
+    pub o_proj: Duration,
+    pub gate_up: Duration,
+    pub activation: Duration,
+    pub down: Duration,
+    pub lm_head: Duration,
+}
+
+impl OpTimes {
+    pub fn rows(&self) -> [(&'static str, Duration); 10] {
+        [
+            ("setup", self.setup),
+            ("rms_norm", self.norm),
+            ("qkv_proj", self.qkv),
+            ("rope+cache_write", self.rope_cache),
+            ("attention", self.attention),
+            ("o_proj+residual", self.o_proj),
+            ("gate_up_proj", self.gate_up),
+            ("silu*up", self.activation),
+            ("down_proj+residual", self.down),
+            ("lm_head", self.lm_head),
+        ]
+    }
+}
+
+/// Adds elapsed time to one field of `OpTimes` per lap; free when not timing.
+struct Clock<'a, 'b> {
+    times: &'a mut Option<&'b mut OpTimes>,
+    last: Instant,
+}
+
+impl<'a, 'b> Clock<'a, 'b> {
+    fn new(times: &'a mut Option<&'b mut OpTimes>) -> Self {
+        Clock { times, last: Instant::now() }
+    }
+
+    fn lap(&mut self, field: impl FnOnce(&mut OpTimes) -> &mut Duration) {
+        if let Some(t) = self.times.as_deref_mut() {
+            let now = Instant::now();
+            *field(t) += now - self.last;
+            self.last = now;
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 use tch::{Kind, Tensor};
 
+use super::processors::{self, RowContext};
 use super::{SamplingParams, TokenLogprobs};
 
 /// One row of the logits and what it needs.
@@ -13,6 +14,8 @@ pub struct SampleRow<'a> {
     pub params: &'a SamplingParams,
     /// Uniform in [0, 1): which point of the distribution a random row takes.
     pub uniform: f32,
+    /// What the logits processors need (history, banned tokens).
+    pub ctx: RowContext<'a>,
 }
 
 #[derive(Debug, Clone)]
@@ -28,6 +31,11 @@ pub fn sample(logits: &Tensor, rows: &[SampleRow]) -> Vec<Sampled> {
     assert_eq!(logits.size()[0] as usize, n, "one row of logits per sample row");
     let dev = logits.device();
     let mut tokens = vec![0i64; n];
+    let raw = logits;
+    let params: Vec<&SamplingParams> = rows.iter().map(|r| r.params).collect();
+    let ctxs: Vec<&RowContext> = rows.iter().map(|r| &r.ctx).collect();
+    let processed = processors::apply(raw, &params, &ctxs);
+    let logits = processed.as_ref().unwrap_or(raw);
 
     let greedy: Vec<i64> = (0..n).filter(|&i| rows[i].params.is_greedy()).map(|i| i as i64).collect();
     if !greedy.is_empty() {
@@ -54,7 +62,7 @@ pub fn sample(logits: &Tensor, rows: &[SampleRow]) -> Vec<Sampled> {
     if !want.is_empty() {
         let idx = Tensor::from_slice(&want.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
         let chosen = Tensor::from_slice(&want.iter().map(|&i| tokens[i]).collect::<Vec<_>>()).to_device(dev);
-        let lp = logits.index_select(0, &idx).log_softmax(-1, Kind::Float);
+        let lp = raw.index_select(0, &idx).log_softmax(-1, Kind::Float);
         let chosen_lp = lp.gather(1, &chosen.unsqueeze(1), false); // [w, 1]
         let ranks: Vec<i64> = Vec::try_from(lp.gt_tensor(&chosen_lp).sum_dim_intlist(-1, false, Kind::Int64)).expect("ranks");
         let chosen_lp: Vec<f32> = Vec::try_from(chosen_lp.squeeze_dim(1)).expect("logprobs");
@@ -142,7 +150,11 @@ mod tests {
     }
 
     fn one(logits: &Tensor, p: &SamplingParams, rng: &mut ChaCha8Rng) -> Sampled {
-        sample(logits, &[SampleRow { params: p, uniform: rng.random() }]).remove(0)
+        sample(logits, &[row(p, rng.random())]).remove(0)
+    }
+
+    fn row(params: &SamplingParams, uniform: f32) -> SampleRow<'_> {
+        SampleRow { params, uniform, ctx: RowContext { prompt: &[], output: &[], banned: vec![] } }
     }
 
     #[test]
@@ -176,12 +188,9 @@ mod tests {
         let logits = Tensor::randn([3, 50], (Kind::Float, tch::Device::Cpu));
         let (p, g) = (SamplingParams { top_p: 0.9, ..params(0.8) }, params(0.0));
         for u in [0.0f32, 0.3, 0.77, 0.999] {
-            let alone = sample(&logits.narrow(0, 1, 1), &[SampleRow { params: &p, uniform: u }])[0].token;
-            let rows = [
-                SampleRow { params: &g, uniform: 0.5 },
-                SampleRow { params: &p, uniform: u },
-                SampleRow { params: &params(1.0), uniform: 0.1 },
-            ];
+            let alone = sample(&logits.narrow(0, 1, 1), &[row(&p, u)])[0].token;
+            let hot = params(1.0);
+            let rows = [row(&g, 0.5), row(&p, u), row(&hot, 0.1)];
             assert_eq!(sample(&logits, &rows)[1].token, alone);
         }
     }

@@ -106,6 +106,9 @@ struct Common {
     output: OutputOptions,
     add_special_tokens: Option<bool>,
     tokens_as_ids: bool,
+    priority: i64,
+    cache_salt: Option<String>,
+    truncate_prompt_tokens: Option<usize>,
 }
 
 impl Decode {
@@ -134,7 +137,8 @@ impl Decode {
             }
         };
         // OpenAI's default for completions is 16 tokens.
-        let max_tokens = Some(positive("max_tokens", f.take("max_tokens")?)?.unwrap_or(16));
+        let max_tokens = positive("max_tokens", f.take("max_tokens")?)?;
+        let max_tokens = Some(max_tokens.or(self.serving.defaults.max_tokens).unwrap_or(16));
         let mut c = common(&mut f, max_tokens, logprobs, &self.serving)?;
         c.output.echo = echo;
         let add_special_tokens = c.add_special_tokens.unwrap_or(true);
@@ -151,8 +155,8 @@ impl Decode {
             }
             Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
         };
-        let meta = RequestMeta { model, output: c.output, logprobs, tokens_as_ids: c.tokens_as_ids };
-        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n }, meta))
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids };
+        Ok((c.job(prompt), meta))
     }
 
     fn chat(&self, body: &[u8]) -> Result<(Job, RequestMeta), ApiError> {
@@ -185,14 +189,27 @@ impl Decode {
         let newer = positive("max_completion_tokens", f.take("max_completion_tokens")?)?;
         let older = positive("max_tokens", f.take("max_tokens")?)?;
         let add_generation_prompt = f.take::<bool>("add_generation_prompt")?.unwrap_or(true);
-        let c = common(&mut f, newer.or(older), logprobs, &self.serving)?;
+        let c = common(&mut f, newer.or(older).or(self.serving.defaults.max_tokens), logprobs, &self.serving)?;
         let prompt = Prompt::Chat(ChatPrompt {
             messages,
             add_generation_prompt,
             add_special_tokens: c.add_special_tokens.unwrap_or(false),
         });
-        let meta = RequestMeta { model, output: c.output, logprobs, tokens_as_ids: c.tokens_as_ids };
-        Ok((Job { prompt, sampling: Arc::new(c.sampling), n: c.n }, meta))
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids };
+        Ok((c.job(prompt), meta))
+    }
+}
+
+impl Common {
+    fn job(self, prompt: Prompt) -> Job {
+        Job {
+            prompt,
+            sampling: Arc::new(self.sampling),
+            n: self.n,
+            priority: self.priority,
+            cache_salt: self.cache_salt,
+            truncate_prompt_tokens: self.truncate_prompt_tokens,
+        }
     }
 }
 
@@ -270,17 +287,10 @@ fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMessage
 /// Request fields this server recognises but does not act on yet, with the value that
 /// means "off". Setting one to anything else is a 400 rather than being silently ignored.
 const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
-    ("presence_penalty", |v| v.as_f64() == Some(0.0)),
-    ("frequency_penalty", |v| v.as_f64() == Some(0.0)),
-    ("repetition_penalty", |v| v.as_f64() == Some(1.0)),
-    ("logit_bias", |v| v.as_object().is_some_and(|o| o.is_empty())),
     ("best_of", |v| v.as_i64() == Some(1)),
     ("suffix", |v| v.as_str() == Some("")),
-    ("min_tokens", |v| v.as_i64() == Some(0)),
     ("use_beam_search", |v| v.as_bool() == Some(false)),
     ("prompt_logprobs", |_| false),
-    ("allowed_token_ids", |_| false),
-    ("bad_words", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("guided_json", |_| false),
     ("guided_regex", |_| false),
     ("guided_choice", |_| false),
@@ -288,13 +298,11 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("structured_outputs", |_| false),
     ("structural_tag", |_| false),
     ("response_format", |v| v.get("type").and_then(Value::as_str) == Some("text")),
-    ("priority", |v| v.as_i64() == Some(0)),
     ("tools", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("tool_choice", |v| v.as_str() == Some("none")),
     ("functions", |_| false),
     ("function_call", |v| v.as_str() == Some("none")),
     ("logits_processors", |v| v.as_array().is_some_and(|a| a.is_empty())),
-    ("truncate_prompt_tokens", |_| false),
     ("spaces_between_special_tokens", |v| v.as_bool() == Some(true)),
     ("chat_template", |_| false),
     ("chat_template_kwargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
@@ -311,7 +319,7 @@ fn common(
     logprobs: Option<usize>,
     serving: &ServingContext,
 ) -> Result<Common, ApiError> {
-    let mut p = SamplingParams { max_tokens, logprobs, ..Default::default() };
+    let mut p = SamplingParams { max_tokens, logprobs, ..serving.defaults.params() };
     if let Some(t) = f.take::<f64>("temperature")? {
         if !(t >= 0.0 && t.is_finite()) {
             return Err(ApiError::invalid("temperature", format!("`temperature` must be at least 0, got {t}.")));
@@ -342,6 +350,60 @@ fn common(
         Some(n) if (1..=MAX_N).contains(&n) => n as usize,
         Some(n) => return Err(ApiError::invalid("n", format!("`n` must be between 1 and {MAX_N}, got {n}."))),
     };
+    for (name, field) in [("presence_penalty", &mut p.presence_penalty), ("frequency_penalty", &mut p.frequency_penalty)] {
+        if let Some(v) = f.take::<f64>(name)? {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(ApiError::invalid(name, format!("`{name}` must be in [-2, 2], got {v}.")));
+            }
+            *field = v as f32;
+        }
+    }
+    if let Some(v) = f.take::<f64>("repetition_penalty")? {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(ApiError::invalid("repetition_penalty", format!("`repetition_penalty` must be above 0, got {v}.")));
+        }
+        p.repetition_penalty = v as f32;
+    }
+    let vocab = serving.tokenizer.vocab_size();
+    let in_vocab = |name: &str, id: i64| -> Result<u32, ApiError> {
+        if (0..vocab as i64).contains(&id) {
+            Ok(id as u32)
+        } else {
+            Err(ApiError::invalid(name, format!("Token id {id} in `{name}` is out of vocabulary (0..{vocab}).")))
+        }
+    };
+    if let Some(bias) = f.take::<Map<String, Value>>("logit_bias")? {
+        for (key, v) in bias {
+            let id = key
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| ApiError::invalid("logit_bias", format!("`logit_bias` keys must be token ids, got {key:?}.")))?;
+            let b = v.as_f64().ok_or_else(|| {
+                ApiError::invalid("logit_bias", format!("`logit_bias` values must be numbers, got {v} for token {key}."))
+            })?;
+            // OpenAI's range; vLLM clamps to it rather than refusing.
+            p.logit_bias.push((in_vocab("logit_bias", id)?, b.clamp(-100.0, 100.0) as f32));
+        }
+    }
+    if let Some(ids) = f.take::<Vec<i64>>("allowed_token_ids")? {
+        if ids.is_empty() {
+            return Err(ApiError::invalid("allowed_token_ids", "`allowed_token_ids` must not be empty."));
+        }
+        p.allowed_token_ids = Some(ids.into_iter().map(|t| in_vocab("allowed_token_ids", t)).collect::<Result<_, _>>()?);
+    }
+    p.bad_words = f.take("bad_words")?.unwrap_or_default();
+    if p.bad_words.iter().any(|w| w.trim().is_empty()) {
+        return Err(ApiError::invalid("bad_words", "`bad_words` must not contain empty words."));
+    }
+    if let Some(m) = f.take::<i64>("min_tokens")? {
+        if m < 0 || max_tokens.is_some_and(|x| m as usize > x) {
+            return Err(ApiError::invalid(
+                "min_tokens",
+                format!("`min_tokens` must be between 0 and max_tokens ({}), got {m}.", max_tokens.map_or("unbounded".into(), |x| x.to_string())),
+            ));
+        }
+        p.min_tokens = m as usize;
+    }
     p.seed = f.take::<i64>("seed")?.map(|s| s as u64);
     p.ignore_eos = f.take("ignore_eos")?.unwrap_or(false);
     p.stop_token_ids = f.take("stop_token_ids")?.unwrap_or_default();
@@ -361,15 +423,38 @@ fn common(
         stop,
         include_stop_str_in_output: f.take("include_stop_str_in_output")?.unwrap_or(false),
         skip_special_tokens: f.take("skip_special_tokens")?.unwrap_or(true),
+        min_tokens: p.min_tokens,
         echo: false,
         response_role: serving.response_role.clone(),
     };
     let add_special_tokens = f.take("add_special_tokens")?;
     let tokens_as_ids = f.take("return_tokens_as_token_ids")?.unwrap_or(false);
+    let priority = f.take::<i64>("priority")?.unwrap_or(0);
+    if priority != 0 && !serving.priority_scheduling {
+        return Err(ApiError::invalid(
+            "priority",
+            "`priority` needs the server to run with --scheduling-policy priority; leave it out or at 0.",
+        ));
+    }
     // OpenAI's own fields that do not change the output.
     for ignored in ["user", "store", "metadata", "service_tier"] {
         f.map.remove(ignored);
     }
     f.reject_unsupported()?;
-    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids })
+    let cache_salt = f.take::<String>("cache_salt")?;
+    if cache_salt.as_deref() == Some("") {
+        return Err(ApiError::invalid("cache_salt", "`cache_salt` must not be empty."));
+    }
+    let truncate_prompt_tokens = match f.take::<i64>("truncate_prompt_tokens")? {
+        None => None,
+        Some(-1) => Some(serving.max_model_len),
+        Some(k) if k >= 1 => Some(k as usize),
+        Some(k) => {
+            return Err(ApiError::invalid(
+                "truncate_prompt_tokens",
+                format!("`truncate_prompt_tokens` must be -1 (the context length) or at least 1, got {k}."),
+            ));
+        }
+    };
+    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids, priority, cache_salt, truncate_prompt_tokens })
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::detok::{IncrementalDecoder, StopMatcher};
+use crate::detok::{IncrementalDecoder, Released, StopMatcher};
 use crate::job::{Finish, Item, Payload, StopReason, TextEvent, TokenEvent};
 use crate::model::tokenizer::Tokenizer;
 use crate::pipeline::{Inlet, Outlet, Stage};
@@ -57,7 +57,7 @@ impl Stage<Item> for Detokenize {
                     (Some(p), true) => Some(self.tokenizer.decode(p, meta.output.skip_special_tokens)),
                     _ => None,
                 };
-                let text_ev = self.advance(state, ev, echo_prompt);
+                let text_ev = self.advance(state, ev, echo_prompt, meta.output.min_tokens);
                 if stopped_by_string(&text_ev) {
                     item.ctx.stop_choice(text_ev.choice);
                 }
@@ -76,7 +76,7 @@ fn stopped_by_string(ev: &TextEvent) -> bool {
 }
 
 impl Detokenize {
-    fn advance(&self, state: &mut ChoiceState, ev: TokenEvent, echo_prompt: Option<String>) -> TextEvent {
+    fn advance(&self, state: &mut ChoiceState, ev: TokenEvent, echo_prompt: Option<String>, min_tokens: usize) -> TextEvent {
         let tok = &self.tokenizer;
         let mut text = String::new();
         let mut used = 0;
@@ -89,7 +89,12 @@ impl Detokenize {
             }
             state.generated += 1;
             used = i + 1;
-            let released = state.stops.push(&piece, last);
+            let released = if state.generated < min_tokens {
+                // Too early for a stop string to end the choice: release the text as is.
+                Released { text: piece, stopped: None }
+            } else {
+                state.stops.push(&piece, last)
+            };
             text.push_str(&released.text);
             if let Some(stop) = released.stopped {
                 state.done = true;

@@ -73,7 +73,20 @@ impl Stage<Item> for EngineStage {
             }
             engine.reap_cancelled(&mut emit);
             let start = Instant::now();
-            let times = engine.step(&mut emit);
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step(&mut emit)));
+            let times = match step {
+                Ok(t) => t,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("unknown error");
+                    tracing::error!("an engine step failed: {what}; failing the requests it held");
+                    engine.fail_all(&mut emit, "The engine failed while running this request; see the server log.");
+                    continue;
+                }
+            };
             if times.tokens > 0 {
                 inlet.metrics().record_service(start.elapsed());
             } else if !engine.is_idle() {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::api::error::ApiError;
 use crate::job::{Item, Job, Payload, Prompt};
+use crate::model::tokenizer::Tokenizer;
 use crate::pipeline::{Outlet, Stage};
 use crate::serving::ServingContext;
 
@@ -27,7 +28,7 @@ impl Stage<Item> for Tokenize {
 impl Tokenize {
     fn tokenize(&self, job: &mut Job) -> Result<(), ApiError> {
         let tok = &self.serving.tokenizer;
-        let ids = match &job.prompt {
+        let mut ids = match &job.prompt {
             Prompt::Texts { texts, add_special_tokens } => texts
                 .iter()
                 .map(|t| tok.encode(t, *add_special_tokens).map_err(|e| ApiError::internal(format!("tokenizer: {e}"))))
@@ -41,6 +42,11 @@ impl Tokenize {
             }
             Prompt::Chat(_) => unreachable!("render runs before tokenize"),
         };
+        if let Some(keep) = job.truncate_prompt_tokens {
+            for p in &mut ids {
+                p.drain(..p.len().saturating_sub(keep));
+            }
+        }
         let limit = self.serving.max_model_len;
         for p in &ids {
             if p.is_empty() {
@@ -64,6 +70,26 @@ impl Tokenize {
             }
         }
         job.prompt = Prompt::Tokens(ids);
+        if !job.sampling.bad_words.is_empty() {
+            let words = bad_words_ids(tok, &job.sampling.bad_words)?;
+            Arc::make_mut(&mut job.sampling).bad_words_ids = words;
+        }
         Ok(())
     }
+}
+
+/// Each bad word as token ids, as vLLM does: as written (without leading spaces) and with
+/// one leading space, since BPE vocabularies spell a word differently after a space.
+fn bad_words_ids(tok: &Tokenizer, words: &[String]) -> Result<Vec<Vec<u32>>, ApiError> {
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for word in words {
+        let word = word.trim_start();
+        for text in [word.to_string(), format!(" {word}")] {
+            let ids = tok.encode(&text, false).map_err(|e| ApiError::internal(format!("tokenizer: {e}")))?;
+            if !ids.is_empty() && !out.contains(&ids) {
+                out.push(ids);
+            }
+        }
+    }
+    Ok(out)
 }

@@ -131,3 +131,15 @@ pub fn venv_python() -> String {
 pub fn fixture(path: &str) -> String {
     format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
 }
+
+impl Server {
+    /// One figure from `/metrics` (the first series of that name).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = Self::client().get(self.url("/metrics")).send().unwrap().text().unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+}

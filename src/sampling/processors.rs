@@ -1,0 +1,168 @@
+//! Logits processors: what changes a row of logits before a token is chosen, in vLLM's
+//! order — the allowed-token mask, banned tokens (bad words, and EOS/stop tokens before
+//! `min_tokens`), `logit_bias`, then the repetition, frequency and presence penalties.
+//! Logprobs are still reported from the raw logits (vLLM's default `raw_logprobs`).
+
+use tch::{Kind, Tensor};
+
+use super::SamplingParams;
+
+/// What one row needs besides its parameters: the tokens it has seen and the tokens that
+/// are banned at this step.
+pub struct RowContext<'a> {
+    pub prompt: &'a [u32],
+    pub output: &'a [u32],
+    pub banned: Vec<u32>,
+}
+
+impl RowContext<'_> {
+    fn is_plain(&self, p: &SamplingParams) -> bool {
+        self.banned.is_empty() && p.allowed_token_ids.is_none() && p.logit_bias.is_empty() && !p.has_penalties()
+    }
+}
+
+/// The tokens a sequence may not produce next: EOS and stop tokens while fewer than
+/// `min_tokens` have been generated, and the last token of every bad word whose other
+/// tokens end the output.
+pub fn banned_tokens(p: &SamplingParams, output: &[u32], eos_ids: &[u32]) -> Vec<u32> {
+    let mut banned = Vec::new();
+    if output.len() < p.min_tokens {
+        if !p.ignore_eos {
+            banned.extend_from_slice(eos_ids);
+        }
+        banned.extend_from_slice(&p.stop_token_ids);
+    }
+    for word in &p.bad_words_ids {
+        if let Some((&last, prefix)) = word.split_last() {
+            if output.ends_with(prefix) {
+                banned.push(last);
+            }
+        }
+    }
+    banned
+}
+
+/// `logits: [rows, vocab]` (f32) with every row's processors applied; None when no row
+/// has any, so that the common case costs nothing.
+pub fn apply(logits: &Tensor, params: &[&SamplingParams], rows: &[&RowContext]) -> Option<Tensor> {
+    if params.iter().zip(rows).all(|(p, r)| r.is_plain(p)) {
+        return None;
+    }
+    let dev = logits.device();
+    let vocab = logits.size()[1];
+    let ids = |v: &[u32]| {
+        let in_vocab: Vec<i64> = v.iter().map(|&t| t as i64).filter(|&t| t < vocab).collect();
+        Tensor::from_slice(&in_vocab).to_device(dev)
+    };
+    let out = logits.copy();
+    for (i, (p, r)) in params.iter().zip(rows).enumerate() {
+        if r.is_plain(p) {
+            continue;
+        }
+        let mut row = out.get(i as i64); // a view: changes land in `out`
+        if let Some(allowed) = &p.allowed_token_ids {
+            let keep = Tensor::zeros([vocab], (Kind::Bool, dev)).index_fill(0, &ids(allowed), 1);
+            let _ = row.masked_fill_(&keep.logical_not(), f64::NEG_INFINITY);
+        }
+        if !r.banned.is_empty() {
+            let _ = row.index_fill_(0, &ids(&r.banned), f64::NEG_INFINITY);
+        }
+        if !p.logit_bias.is_empty() {
+            let (toks, bias): (Vec<u32>, Vec<f32>) =
+                p.logit_bias.iter().filter(|(t, _)| (*t as i64) < vocab).copied().unzip();
+            let _ = row.index_add_(0, &ids(&toks), &Tensor::from_slice(&bias).to_device(dev));
+        }
+        if p.repetition_penalty != 1.0 {
+            let seen = Tensor::zeros([vocab], (Kind::Bool, dev))
+                .index_fill(0, &ids(r.prompt), 1)
+                .index_fill(0, &ids(r.output), 1);
+            let rp = p.repetition_penalty as f64;
+            // (tch's `a.where_self(cond, b)` is `torch.where(cond, a, b)`.)
+            let penalised = (&row / rp).where_self(&row.gt(0.0), &(&row * rp));
+            let _ = row.copy_(&penalised.where_self(&seen, &row));
+        }
+        if (p.frequency_penalty != 0.0 || p.presence_penalty != 0.0) && !r.output.is_empty() {
+            let out_ids = ids(r.output);
+            let counts = Tensor::zeros([vocab], (Kind::Float, dev)).index_add(
+                0,
+                &out_ids,
+                &Tensor::ones([out_ids.size()[0]], (Kind::Float, dev)),
+            );
+            let present = counts.gt(0.0).to_kind(Kind::Float);
+            let _ = row.g_sub_(&(counts * p.frequency_penalty as f64 + present * p.presence_penalty as f64));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(v: &[f32]) -> Tensor {
+        Tensor::from_slice(v).view([1, v.len() as i64])
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        Vec::try_from(t.flatten(0, -1)).unwrap()
+    }
+
+    fn ctx<'a>(prompt: &'a [u32], output: &'a [u32]) -> RowContext<'a> {
+        RowContext { prompt, output, banned: vec![] }
+    }
+
+    #[test]
+    fn plain_rows_cost_nothing() {
+        let p = SamplingParams::default();
+        assert!(apply(&row(&[1.0, 2.0]), &[&p], &[&ctx(&[0], &[1])]).is_none());
+    }
+
+    #[test]
+    fn penalties_follow_their_definitions() {
+        let logits = row(&[2.0, -2.0, 1.0, 0.5]);
+        let p = SamplingParams { repetition_penalty: 2.0, ..Default::default() };
+        // Token 0 in the prompt, 1 in the output: positive logits halve, negative double.
+        let out = apply(&logits, &[&p], &[&ctx(&[0], &[1])]).unwrap();
+        assert_eq!(values(&out), vec![1.0, -4.0, 1.0, 0.5]);
+
+        let p = SamplingParams { frequency_penalty: 0.5, presence_penalty: 0.25, ..Default::default() };
+        // Only the output counts: token 2 twice, token 3 once; the prompt's token 0 is free.
+        let out = apply(&logits, &[&p], &[&ctx(&[0], &[2, 3, 2])]).unwrap();
+        assert_eq!(values(&out), vec![2.0, -2.0, 1.0 - 1.0 - 0.25, 0.5 - 0.5 - 0.25]);
+    }
+
+    #[test]
+    fn masks_and_bias() {
+        let logits = row(&[2.0, -2.0, 1.0, 0.5]);
+        let p = SamplingParams { allowed_token_ids: Some(vec![1, 3]), logit_bias: vec![(1, 10.0)], ..Default::default() };
+        let out = values(&apply(&logits, &[&p], &[&RowContext { prompt: &[], output: &[], banned: vec![3] }]).unwrap());
+        assert_eq!(out[0], f32::NEG_INFINITY);
+        assert_eq!(out[1], 8.0);
+        assert_eq!(out[2], f32::NEG_INFINITY);
+        assert_eq!(out[3], f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn only_rows_that_ask_are_changed() {
+        let logits = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+        let plain = SamplingParams::default();
+        let biased = SamplingParams { logit_bias: vec![(0, -1.0)], ..Default::default() };
+        let out = apply(&logits, &[&plain, &biased], &[&ctx(&[], &[]), &ctx(&[], &[])]).unwrap();
+        assert_eq!(values(&out), vec![1.0, 2.0, 2.0, 4.0]);
+        assert_eq!(values(&logits), vec![1.0, 2.0, 3.0, 4.0], "the raw logits stay as they were");
+    }
+
+    #[test]
+    fn bans_eos_before_min_tokens_and_bad_words_when_they_would_complete() {
+        let p = SamplingParams {
+            min_tokens: 2,
+            stop_token_ids: vec![7],
+            bad_words_ids: vec![vec![5], vec![3, 4]],
+            ..Default::default()
+        };
+        assert_eq!(banned_tokens(&p, &[1], &[2]), vec![2, 7, 5]);
+        assert_eq!(banned_tokens(&p, &[1, 3], &[2]), vec![5, 4]);
+        let p = SamplingParams { ignore_eos: true, ..p };
+        assert_eq!(banned_tokens(&p, &[], &[2]), vec![7, 5]);
+    }
+}

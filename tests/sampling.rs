@@ -1,0 +1,181 @@
+//! The sampler's request fields have their effect, over HTTP against the real model:
+//! penalties, logit_bias, allowed_token_ids, bad_words, min_tokens; and out-of-range
+//! values are 400s that name the field.
+
+mod common;
+
+use common::{MODEL, Server};
+use serde_json::{Value, json};
+
+const ARGS: &[&str] = &["--dtype", "float32"];
+
+fn server() -> &'static Server {
+    Server::shared(ARGS)
+}
+
+/// A greedy completion with `extra` fields merged in; returns (text, token ids, body).
+fn complete(prompt: &str, max_tokens: usize, extra: Value) -> (String, Vec<u32>, Value) {
+    let mut body = json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                          "logprobs": 0, "return_tokens_as_token_ids": true});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let (status, r) = server().post("/v1/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    let choice = &r["choices"][0];
+    let ids = choice["logprobs"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().strip_prefix("token_id:").unwrap().parse().unwrap())
+        .collect();
+    (choice["text"].as_str().unwrap().to_string(), ids, r)
+}
+
+fn most_repeated(ids: &[u32]) -> usize {
+    let mut counts = std::collections::HashMap::new();
+    for id in ids {
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts.into_values().max().unwrap_or(0)
+}
+
+#[test]
+fn bad_words_keep_a_word_out() {
+    let (text, _, _) = complete("The capital of France is", 8, json!({}));
+    assert!(text.contains("Paris"), "{text:?}");
+    let (text, _, _) = complete("The capital of France is", 8, json!({"bad_words": ["Paris"]}));
+    assert!(!text.contains("Paris"), "{text:?}");
+}
+
+#[test]
+fn allowed_token_ids_limit_the_output() {
+    let (_, ids, _) = complete("The capital of France is", 6, json!({"allowed_token_ids": [28, 29]}));
+    assert_eq!(ids.len(), 6);
+    assert!(ids.iter().all(|t| [28, 29].contains(t)), "{ids:?}");
+}
+
+#[test]
+fn logit_bias_forces_and_forbids() {
+    let (_, ids, _) = complete("The capital of France is", 3, json!({"logit_bias": {"28": 100}}));
+    assert_eq!(ids, vec![28, 28, 28]);
+    let (_, plain, _) = complete("The capital of France is", 1, json!({}));
+    let key = plain[0].to_string();
+    let (_, ids, _) = complete("The capital of France is", 1, json!({"logit_bias": {key: -100}}));
+    assert_ne!(ids[0], plain[0], "a -100 bias takes the greedy token out");
+}
+
+#[test]
+fn penalties_break_a_repetitive_continuation() {
+    let prompt = "I like apples. I like apples. I like";
+    let (_, plain, _) = complete(prompt, 24, json!({}));
+    let baseline = most_repeated(&plain);
+    assert!(baseline >= 3, "the plain continuation repeats itself: {plain:?}");
+    for extra in [
+        json!({"frequency_penalty": 1.5}),
+        json!({"presence_penalty": 2.0}),
+        json!({"repetition_penalty": 1.5}),
+    ] {
+        let (_, ids, _) = complete(prompt, 24, extra.clone());
+        assert!(most_repeated(&ids) < baseline, "{extra}: {ids:?} against {plain:?}");
+    }
+}
+
+#[test]
+fn min_tokens_hold_off_eos_and_stop_strings() {
+    let chat = |extra: Value| {
+        let mut body = json!({"model": MODEL, "temperature": 0, "max_tokens": 40,
+            "messages": [{"role": "user", "content": "Reply with one word: yes or no. Is water wet?"}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, r) = server().post("/v1/chat/completions", &body);
+        assert_eq!(status, 200, "{r}");
+        r
+    };
+    let short = chat(json!({}));
+    assert_eq!(short["choices"][0]["finish_reason"], "stop");
+    assert!(short["usage"]["completion_tokens"].as_u64().unwrap() < 10, "{short}");
+    let long = chat(json!({"min_tokens": 20}));
+    assert!(long["usage"]["completion_tokens"].as_u64().unwrap() >= 20, "{long}");
+
+    // A stop string inside the first min_tokens tokens does not end the choice.
+    let (text, _, r) = complete("The capital of France is", 30, json!({"stop": ["."]}));
+    assert!(!text.contains('.'), "{text:?}");
+    let early = r["usage"]["completion_tokens"].as_u64().unwrap();
+    let (text, _, r) = complete("The capital of France is", 30, json!({"stop": ["."], "min_tokens": early + 3}));
+    assert!(text.contains('.'), "{text:?}");
+    assert!(r["usage"]["completion_tokens"].as_u64().unwrap() >= early + 3, "{r}");
+}
+
+#[test]
+fn out_of_range_values_name_their_field() {
+    let cases = [
+        ("presence_penalty", json!(2.5)),
+        ("frequency_penalty", json!(-3)),
+        ("repetition_penalty", json!(0)),
+        ("logit_bias", json!({"not-a-token": 1})),
+        ("logit_bias", json!({"99999999": 1})),
+        ("logit_bias", json!({"5": "high"})),
+        ("allowed_token_ids", json!([])),
+        ("allowed_token_ids", json!([99999999])),
+        ("bad_words", json!([""])),
+        ("min_tokens", json!(-1)),
+        ("min_tokens", json!(17)),
+        ("truncate_prompt_tokens", json!(0)),
+    ];
+    for (field, value) in cases {
+        let mut body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 16});
+        body[field] = value.clone();
+        let (status, r) = server().post("/v1/completions", &body);
+        assert_eq!(status, 400, "{field}={value}: {r}");
+        assert_eq!(r["error"]["param"], field, "{r}");
+    }
+    // The server goes on serving.
+    let (_, ids, _) = complete("Hi", 2, json!({}));
+    assert_eq!(ids.len(), 2);
+}
+
+/// A copy of the tiny Llama folder whose generation_config.json recommends sampling
+/// settings; returns the folder.
+fn tiny_with_generation_config() -> &'static str {
+    let dir = std::env::temp_dir().join(format!("sluice-genconf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(common::fixture("tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let config = json!({"bos_token_id": 1, "eos_token_id": 2, "max_new_tokens": 5, "repetition_penalty": 1.8, "temperature": 0.0});
+    std::fs::write(dir.join("generation_config.json"), config.to_string()).unwrap();
+    Box::leak(dir.to_str().unwrap().to_string().into_boxed_str())
+}
+
+#[test]
+fn generation_config_gives_defaults_that_requests_override() {
+    let folder = tiny_with_generation_config();
+    let with: &'static [&'static str] = Box::leak(vec![folder, "--served-model-name", "tiny", "--dtype", "float32"].into_boxed_slice());
+    let without: &'static [&'static str] =
+        Box::leak(vec![folder, "--served-model-name", "tiny", "--dtype", "float32", "--generation-config", "vllm"].into_boxed_slice());
+    let ask = |args: &'static [&'static str], extra: Value| {
+        let mut body = json!({"model": "tiny", "prompt": "Once upon a time", "ignore_eos": true,
+                              "logprobs": 0, "return_tokens_as_token_ids": true});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, r) = Server::shared(args).post("/v1/completions", &body);
+        assert_eq!(status, 200, "{r}");
+        r["choices"][0]["logprobs"]["tokens"].clone()
+    };
+    let defaulted = ask(with, json!({}));
+    assert_eq!(defaulted.as_array().unwrap().len(), 5, "max_new_tokens is the default max_tokens");
+    let explicit = ask(without, json!({"max_tokens": 5, "temperature": 0, "repetition_penalty": 1.8}));
+    assert_eq!(defaulted, explicit, "the recommended settings are the ones applied");
+    assert_eq!(ask(without, json!({})).as_array().unwrap().len(), 16, "--generation-config vllm keeps OpenAI's defaults");
+    assert_eq!(ask(with, json!({"max_tokens": 7})).as_array().unwrap().len(), 7, "a request's own value wins");
+    assert!(Server::shared(with).log.lock().unwrap().contains("sampling defaults from the model's generation_config.json"));
+}
+
+#[test]
+fn truncate_prompt_tokens_keeps_the_end_of_the_prompt() {
+    let long: Vec<u32> = vec![504, 3575, 282, 4649, 314, 1345, 28, 216, 2283, 3218];
+    let (_, cut, r) = complete("", 6, json!({"prompt": long, "truncate_prompt_tokens": 4}));
+    assert_eq!(r["usage"]["prompt_tokens"], 4, "{r}");
+    let (_, tail, _) = complete("", 6, json!({"prompt": long[6..].to_vec()}));
+    assert_eq!(cut, tail, "the same as sending the last four tokens");
+    let (_, _, r) = complete("one two three four five six seven", 2, json!({"truncate_prompt_tokens": -1}));
+    assert_eq!(r["usage"]["prompt_tokens"], 7, "-1 keeps the whole prompt");
+}

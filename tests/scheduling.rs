@@ -1,0 +1,141 @@
+//! Scheduling over HTTP against the real model: priorities (a more urgent request
+//! preempts a running one, which then finishes with the same greedy output), the prefix
+//! cache, and cancellation, observed through `/metrics`.
+
+mod common;
+
+use std::io::Read;
+use std::time::Instant;
+
+use common::{MODEL, Server};
+use serde_json::{Value, json};
+
+/// One sequence at a time, so that the order of service is visible.
+const PRIORITY: &[&str] = &["--dtype", "float32", "--scheduling-policy", "priority", "--max-num-seqs", "1"];
+
+fn completion(prompt: &str, max_tokens: usize, priority: i64) -> Value {
+    json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+           "ignore_eos": true, "priority": priority})
+}
+
+/// Streams a request to its end and returns the text and when it ended; `started` is told
+/// when the first chunk has arrived.
+fn stream_text(s: &Server, body: &Value, started: std::sync::mpsc::Sender<()>) -> (String, Instant) {
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    let mut r = Server::client().post(s.url("/v1/completions")).json(&body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut told = false;
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if !told {
+            let _ = started.send(());
+            told = true;
+        }
+    }
+    let ended = Instant::now();
+    let text = String::from_utf8(raw).unwrap();
+    let mut out = String::new();
+    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let data = event.strip_prefix("data: ").unwrap();
+        if data != "[DONE]" {
+            let v: Value = serde_json::from_str(data).unwrap();
+            out.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
+        }
+    }
+    (out, ended)
+}
+
+#[test]
+fn an_urgent_request_preempts_and_the_preempted_one_loses_nothing() {
+    let s = Server::shared(PRIORITY);
+    let long_prompt = "Write a long story about a lighthouse keeper.";
+    let (status, alone) = s.post("/v1/completions", &completion(long_prompt, 120, 5));
+    assert_eq!(status, 200, "{alone}");
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let body = completion(long_prompt, 120, 5);
+    let low = std::thread::spawn(move || stream_text(Server::shared(PRIORITY), &body, tx));
+    rx.recv().unwrap(); // the low-priority request is running
+    let (status, urgent) = s.post("/v1/completions", &completion("The capital of France is", 4, -5));
+    let urgent_done = Instant::now();
+    assert_eq!(status, 200, "{urgent}");
+    let (low_text, low_done) = low.join().unwrap();
+
+    assert!(urgent_done < low_done, "the urgent request waited for the running one");
+    assert_eq!(low_text, alone["choices"][0]["text"].as_str().unwrap(), "preemption changed the output");
+}
+
+#[test]
+fn priority_needs_the_priority_policy() {
+    let s = Server::shared(&["--dtype", "float32", "--max-num-seqs", "1"]);
+    let (status, r) = s.post("/v1/completions", &completion("Hi", 2, 1));
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["error"]["param"], "priority");
+    let (status, _) = s.post("/v1/completions", &completion("Hi", 2, 0));
+    assert_eq!(status, 200);
+}
+
+/// A prompt of about 300 tokens that no other test sends.
+fn long_prompt(topic: &str) -> String {
+    let mut p = format!("Notes on {topic}. ");
+    for i in 0..40 {
+        p.push_str(&format!("Point {i}: the {topic} matters for reason {i}. "));
+    }
+    p
+}
+
+fn greedy_ids(s: &Server, prompt: &str, extra: Value) -> Vec<String> {
+    let mut body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0,
+                          "logprobs": 0, "return_tokens_as_token_ids": true});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let (status, r) = s.post("/v1/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    r["choices"][0]["logprobs"]["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_prefix_cache_hit_gives_the_same_greedy_output() {
+    let s = Server::shared(&["--dtype", "float32"]);
+    let prompt = long_prompt("lighthouses");
+    let hits = || s.metric("vllm:prefix_cache_hits_total");
+    let before = hits();
+    let first = greedy_ids(s, &prompt, json!({}));
+    let after_first = hits();
+    let second = greedy_ids(s, &prompt, json!({}));
+    let after_second = hits();
+    assert!(after_second - after_first >= 256.0, "the second request reused the first's blocks ({after_first} -> {after_second})");
+    assert_eq!(first, second, "a prefix-cache hit changed the output");
+    assert!(after_first - before < 256.0, "the first request found its prompt cached already");
+    // Another salt shares nothing, and still gives the same output.
+    let salted = greedy_ids(s, &prompt, json!({"cache_salt": "tenant-a"}));
+    assert_eq!(hits(), after_second, "a salted request hit another salt's blocks");
+    assert_eq!(salted, first);
+    assert!(s.metric("vllm:prefix_cache_queries_total") >= 3.0 * 256.0);
+}
+
+#[test]
+fn a_cancelled_stream_frees_its_blocks() {
+    let s = Server::shared(&["--dtype", "float32", "--no-enable-prefix-caching"]);
+    let body = json!({"model": MODEL, "prompt": long_prompt("tides"), "max_tokens": 2000, "ignore_eos": true,
+                      "temperature": 0, "stream": true});
+    let mut r = Server::client().post(s.url("/v1/completions")).json(&body).send().unwrap();
+    let mut buf = [0u8; 256];
+    assert!(r.read(&mut buf).unwrap() > 0, "the stream started");
+    assert_eq!(s.metric("vllm:num_requests_running"), 1.0);
+    assert!(s.metric("vllm:kv_cache_usage_perc") > 0.0);
+    drop(r); // the client goes away
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while s.metric("vllm:kv_cache_usage_perc") > 0.0 {
+        assert!(Instant::now() < deadline, "the cancelled sequence still holds blocks");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(s.metric("vllm:num_requests_running"), 0.0);
+    assert!(s.metric("vllm:generation_tokens_total") < 2000.0, "it ran to the end instead");
+}
