@@ -313,6 +313,8 @@ pub struct TokenEvent {
     pub choices: usize,
     /// The prompt ids, sent with a choice's first event (for echo).
     pub prompt: Option<Arc<Vec<u32>>>,
+    /// Logprobs of prompt tokens 1.., with the first event when asked for.
+    pub prompt_logprobs: Option<Arc<Vec<TokenLogprobs>>>,
     /// Engine-side timing, sent with the first event of a choice.
     pub first_token_at: Option<Instant>,
 }
@@ -333,6 +335,8 @@ pub struct TextEvent {
     pub choices: usize,
     /// Completions with echo: the prompt text, on the first event.
     pub echo_prompt: Option<String>,
+    /// Logprobs of prompt tokens 1.., on the first event when asked for.
+    pub prompt_logprobs: Option<Arc<Vec<TokenLogprobs>>>,
 }
 
 /// A validated pooling request. The decode stage fills `inputs` and `shape`, tokenize

@@ -225,3 +225,50 @@ fn tiny_mistral_folder_matches_transformers() {
     const A: &[&str] = &[concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-mistral"), "--dtype", "float32", "--served-model-name", "tiny"];
     check_tiny(A, "tiny_mistral_f32_greedy.json");
 }
+
+/// `prompt_logprobs` against transformers: every prompt token's logprob and rank, and the
+/// most likely alternatives, plain and chat; asked twice, since the prefix cache must not
+/// skip positions that are to be scored.
+#[test]
+fn prompt_logprobs_match_transformers() {
+    let server = Server::shared(ARGS);
+    let reference = load("smollm2_f32_prompt_logprobs.json");
+    let prompts: Vec<Value> = serde_json::from_value(load("smollm2_prompt_logprobs_prompts.json")).unwrap();
+    for (prompt, item) in prompts.iter().zip(reference["items"].as_array().unwrap()) {
+        let name = item["id"].as_str().unwrap();
+        let chat = prompt.get("messages").is_some();
+        let mut body = json!({"model": MODEL, "temperature": 0, "max_tokens": 1, "prompt_logprobs": 5});
+        let path = if chat {
+            body["messages"] = prompt["messages"].clone();
+            "/v1/chat/completions"
+        } else {
+            body["prompt"] = prompt["prompt"].clone();
+            "/v1/completions"
+        };
+        for attempt in 0..2 {
+            let (status, r) = server.post(path, &body);
+            assert_eq!(status, 200, "{name}: {r}");
+            let got = if chat { &r["prompt_logprobs"] } else { &r["choices"][0]["prompt_logprobs"] };
+            let got = got.as_array().unwrap_or_else(|| panic!("{name}: no prompt_logprobs in {r}"));
+            let ids = item["prompt_token_ids"].as_array().unwrap();
+            let want = item["prompt_logprobs"].as_array().unwrap();
+            assert_eq!(got.len(), ids.len(), "{name} ({attempt}): one entry per prompt token");
+            assert!(got[0].is_null() && want[0].is_null());
+            for i in 1..ids.len() {
+                let (w, g) = (&want[i], &got[i]);
+                let entry = &g[ids[i].to_string()];
+                let (lp, wlp) = (entry["logprob"].as_f64().unwrap(), w["logprob"].as_f64().unwrap());
+                assert!((lp - wlp).abs() < 2e-4, "{name} ({attempt}) token {i}: {lp} vs {wlp}");
+                let (rank, wrank) = (entry["rank"].as_u64().unwrap(), w["rank"].as_u64().unwrap());
+                let slack = if wrank <= 5 { 0 } else { wrank / 100 + 1 };
+                assert!(rank.abs_diff(wrank) <= slack, "{name} ({attempt}) token {i}: rank {rank} vs {wrank}");
+                // The four most likely alternatives (the fifth may swap with a near-tie).
+                for alt in w["top_logprobs"].as_array().unwrap().iter().take(4) {
+                    let e = &g[alt["token_id"].to_string()];
+                    let (a, wa) = (e["logprob"].as_f64(), alt["logprob"].as_f64().unwrap());
+                    assert!(a.is_some_and(|a| (a - wa).abs() < 2e-4), "{name} ({attempt}) token {i}: {alt} vs {g}");
+                }
+            }
+        }
+    }
+}

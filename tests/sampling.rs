@@ -119,6 +119,7 @@ fn out_of_range_values_name_their_field() {
         ("min_tokens", json!(-1)),
         ("min_tokens", json!(17)),
         ("truncate_prompt_tokens", json!(0)),
+        ("prompt_logprobs", json!(21)),
     ];
     for (field, value) in cases {
         let mut body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 16});
@@ -127,6 +128,11 @@ fn out_of_range_values_name_their_field() {
         assert_eq!(status, 400, "{field}={value}: {r}");
         assert_eq!(r["error"]["param"], field, "{r}");
     }
+    let (status, r) = server().post(
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "Hi", "prompt_logprobs": 1, "stream": true}),
+    );
+    assert_eq!((status, &r["error"]["param"]), (400, &json!("prompt_logprobs")), "{r}");
     // The server goes on serving.
     let (_, ids, _) = complete("Hi", 2, json!({}));
     assert_eq!(ids.len(), 2);

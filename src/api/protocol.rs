@@ -77,7 +77,14 @@ pub struct CompletionChoice {
     pub finish_reason: Option<&'static str>,
     /// vLLM's extra: the stop string or token id that ended the choice.
     pub stop_reason: Option<Value>,
+    /// vLLM's extra, with `prompt_logprobs`: per prompt token (none for the first), its
+    /// logprob and the most likely alternatives, keyed by token id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
+
+/// `prompt_logprobs` as vLLM returns it.
+pub type PromptLogprobs = Vec<Option<Map<String, Value>>>;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CompletionResponse {
@@ -134,6 +141,9 @@ pub struct ChatResponse {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    /// vLLM's extra, with `prompt_logprobs` (see `CompletionChoice`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -160,6 +160,7 @@ impl Engine {
                     salt: prefix::chain_start(job.cache_salt.as_deref()),
                     priority: job.priority,
                     arrival: ctx.arrived,
+                    prompt_logprobs: Vec::new(),
                     announced: false,
                 };
                 self.next_id += 1;
@@ -215,20 +216,36 @@ impl Engine {
             return times;
         }
         let mut chunks = Vec::with_capacity(plan.entries.len());
-        let mut sampling = Vec::new(); // (seq id) for rows with logits, in order
+        // Rows of the returned logits: those to sample from, and those that score a
+        // prompt token (prompt_logprobs), each with its sequence.
+        let mut sampling = Vec::new();
+        let mut sample_rows = Vec::new();
+        let mut prompt_rows: Vec<(SeqId, i64)> = Vec::new();
+        let mut row = 0i64;
         for &(id, n) in &plan.entries {
             let seq = self.sched.get(id).expect("planned sequence");
             let tokens: Vec<u32> = (seq.computed..seq.computed + n).map(|i| seq.token(i)).collect();
             let completes = seq.computed + n == seq.len();
-            if completes {
-                sampling.push(id);
+            let mut logits_for = Vec::new();
+            if seq.params.prompt_logprobs.is_some() {
+                // Position p predicts prompt token p + 1; each is scored once, even when a
+                // preempted sequence computes its prompt again.
+                for i in 0..n {
+                    let next = seq.computed + i + 1;
+                    if next < seq.prompt.len() && next > seq.prompt_logprobs.len() {
+                        logits_for.push(i);
+                        prompt_rows.push((id, row));
+                        row += 1;
+                    }
+                }
             }
-            chunks.push(SeqChunk {
-                tokens,
-                cached: seq.computed,
-                block_table: seq.blocks.clone(),
-                logits_for: if completes { vec![n - 1] } else { vec![] },
-            });
+            if completes {
+                logits_for.push(n - 1);
+                sampling.push(id);
+                sample_rows.push(row);
+                row += 1;
+            }
+            chunks.push(SeqChunk { tokens, cached: seq.computed, block_table: seq.blocks.clone(), logits_for });
         }
         let batch = StepBatch::new(&chunks, self.cfg.block_size);
         times.tokens = batch.tokens.len();
@@ -246,12 +263,38 @@ impl Engine {
                 prefix::register_full_blocks(seq, &mut self.blocks);
             }
         }
-        if !sampling.is_empty() {
+        if !prompt_rows.is_empty() {
+            self.score_prompts(&logits, &prompt_rows);
+            let rows = Tensor::from_slice(&sample_rows).to_device(logits.device());
+            if !sampling.is_empty() {
+                self.sample_and_report(&logits.index_select(0, &rows), &sampling, out);
+            }
+        } else if !sampling.is_empty() {
             self.sample_and_report(&logits, &sampling, out);
         }
         times.sample = t2.elapsed();
         self.publish();
         times
+    }
+
+    /// Logprobs of prompt tokens (`prompt_logprobs`) from the rows that predict them.
+    fn score_prompts(&mut self, logits: &Tensor, rows: &[(SeqId, i64)]) {
+        // Each sequence's rows are consecutive predictions, starting after those it has.
+        let mut next: std::collections::HashMap<SeqId, usize> = std::collections::HashMap::new();
+        let mut targets = Vec::with_capacity(rows.len());
+        let mut ks = Vec::with_capacity(rows.len());
+        for &(id, _) in rows {
+            let seq = self.sched.get(id).expect("scored sequence");
+            let at = next.entry(id).or_insert(seq.prompt_logprobs.len() + 1);
+            targets.push(seq.prompt[*at] as i64);
+            *at += 1;
+            ks.push(seq.params.prompt_logprobs.unwrap_or(0));
+        }
+        let idx = Tensor::from_slice(&rows.iter().map(|r| r.1).collect::<Vec<_>>()).to_device(logits.device());
+        let scored = sampling::logprobs_of(&logits.index_select(0, &idx), &targets, &ks);
+        for (&(id, _), lp) in rows.iter().zip(scored) {
+            self.sched.get_mut(id).expect("scored sequence").prompt_logprobs.push(lp);
+        }
     }
 
     fn sample_and_report(&mut self, logits: &Tensor, ids: &[SeqId], out: &mut dyn Emit) {
@@ -289,6 +332,9 @@ impl Engine {
             let finish = self.finish_of(seq, s.token);
             let mut ev = event(seq, vec![s.token], s.logprobs.into_iter().collect(), finish.clone());
             if first {
+                if seq.params.prompt_logprobs.is_some() {
+                    ev.prompt_logprobs = Some(Arc::new(seq.prompt_logprobs.clone()));
+                }
                 ev.prompt = Some(seq.prompt.clone());
                 ev.first_token_at = Some(Instant::now());
             }
@@ -325,6 +371,7 @@ fn event(seq: &Sequence, tokens: Vec<u32>, logprobs: Vec<sampling::TokenLogprobs
         prompt_tokens: seq.prompt.len(),
         choices: seq.choices,
         prompt: None,
+        prompt_logprobs: None,
         first_token_at: None,
     }
 }

@@ -28,6 +28,9 @@ pub fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
 /// always left to compute, since its logits are needed.
 pub fn take_cached_prefix(seq: &mut Sequence, blocks: &mut BlockManager) -> usize {
     debug_assert!(seq.blocks.is_empty() && seq.hashes.is_empty());
+    if seq.params.prompt_logprobs.is_some() {
+        return 0; // every prompt position must be computed to be scored
+    }
     let bs = blocks.block_size;
     let full = (seq.len() - 1) / bs;
     let mut parent = seq.salt;

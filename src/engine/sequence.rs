@@ -7,7 +7,7 @@ use std::time::Instant;
 use rand_chacha::ChaCha8Rng;
 
 use crate::job::RequestCtx;
-use crate::sampling::SamplingParams;
+use crate::sampling::{SamplingParams, TokenLogprobs};
 
 pub type SeqId = u64;
 
@@ -35,6 +35,8 @@ pub struct Sequence {
     pub salt: u64,
     pub priority: i64,
     pub arrival: Instant,
+    /// Logprobs of prompt tokens 1.. (with `prompt_logprobs`), as they are computed.
+    pub prompt_logprobs: Vec<TokenLogprobs>,
     /// Whether the first event (with the prompt) has gone out.
     pub announced: bool,
 }

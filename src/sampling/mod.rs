@@ -4,7 +4,7 @@
 pub mod processors;
 mod sampler;
 
-pub use sampler::{SampleRow, Sampled, sample};
+pub use sampler::{SampleRow, Sampled, logprobs_of, sample};
 
 /// How one request's tokens are chosen. Built and validated by the decode stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,8 @@ pub struct SamplingParams {
     pub bad_words_ids: Vec<Vec<u32>>,
     /// EOS and stop tokens (and stop strings) cannot end a choice before this many tokens.
     pub min_tokens: usize,
+    /// Score every prompt token, with this many alternatives (vLLM's `prompt_logprobs`).
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -64,6 +66,7 @@ impl Default for SamplingParams {
             bad_words: Vec::new(),
             bad_words_ids: Vec::new(),
             min_tokens: 0,
+            prompt_logprobs: None,
         }
     }
 }

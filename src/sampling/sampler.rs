@@ -61,31 +61,40 @@ pub fn sample(logits: &Tensor, rows: &[SampleRow]) -> Vec<Sampled> {
     let mut lps: Vec<Option<TokenLogprobs>> = vec![None; n];
     if !want.is_empty() {
         let idx = Tensor::from_slice(&want.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
-        let chosen = Tensor::from_slice(&want.iter().map(|&i| tokens[i]).collect::<Vec<_>>()).to_device(dev);
-        let lp = raw.index_select(0, &idx).log_softmax(-1, Kind::Float);
-        let chosen_lp = lp.gather(1, &chosen.unsqueeze(1), false); // [w, 1]
-        let ranks: Vec<i64> = Vec::try_from(lp.gt_tensor(&chosen_lp).sum_dim_intlist(-1, false, Kind::Int64)).expect("ranks");
-        let chosen_lp: Vec<f32> = Vec::try_from(chosen_lp.squeeze_dim(1)).expect("logprobs");
-        let k = want.iter().map(|&i| rows[i].params.logprobs.unwrap_or(0)).max().unwrap_or(0);
-        let (top_v, top_i): (Vec<f32>, Vec<i64>) = if k > 0 {
-            let (v, i) = lp.topk(k as i64, -1, true, true);
-            (Vec::try_from(v.flatten(0, -1)).expect("top"), Vec::try_from(i.flatten(0, -1)).expect("top ids"))
-        } else {
-            (vec![], vec![])
-        };
-        for (j, &i) in want.iter().enumerate() {
-            let ki = rows[i].params.logprobs.unwrap_or(0);
-            let top = (0..ki).map(|t| (top_i[j * k + t] as u32, top_v[j * k + t])).collect();
-            lps[i] = Some(TokenLogprobs {
-                token: tokens[i] as u32,
-                logprob: chosen_lp[j],
-                rank: ranks[j] as usize + 1,
-                top,
-            });
+        let chosen: Vec<i64> = want.iter().map(|&i| tokens[i]).collect();
+        let ks: Vec<usize> = want.iter().map(|&i| rows[i].params.logprobs.unwrap_or(0)).collect();
+        for (&i, lp) in want.iter().zip(logprobs_of(&raw.index_select(0, &idx), &chosen, &ks)) {
+            lps[i] = Some(lp);
         }
     }
 
     tokens.into_iter().zip(lps).map(|(t, logprobs)| Sampled { token: t as u32, logprobs }).collect()
+}
+
+/// The logprob and rank of `tokens[r]` in row `r` of `logits: [rows, vocab]`, with the
+/// `ks[r]` most likely tokens of the row.
+pub fn logprobs_of(logits: &Tensor, tokens: &[i64], ks: &[usize]) -> Vec<TokenLogprobs> {
+    let dev = logits.device();
+    let lp = logits.log_softmax(-1, Kind::Float);
+    let chosen = Tensor::from_slice(tokens).to_device(dev);
+    let chosen_lp = lp.gather(1, &chosen.unsqueeze(1), false); // [rows, 1]
+    let ranks: Vec<i64> = Vec::try_from(lp.gt_tensor(&chosen_lp).sum_dim_intlist(-1, false, Kind::Int64)).expect("ranks");
+    let chosen_lp: Vec<f32> = Vec::try_from(chosen_lp.squeeze_dim(1)).expect("logprobs");
+    let k = ks.iter().copied().max().unwrap_or(0);
+    let (top_v, top_i): (Vec<f32>, Vec<i64>) = if k > 0 {
+        let (v, i) = lp.topk(k as i64, -1, true, true);
+        (Vec::try_from(v.flatten(0, -1)).expect("top"), Vec::try_from(i.flatten(0, -1)).expect("top ids"))
+    } else {
+        (vec![], vec![])
+    };
+    (0..tokens.len())
+        .map(|j| TokenLogprobs {
+            token: tokens[j] as u32,
+            logprob: chosen_lp[j],
+            rank: ranks[j] as usize + 1,
+            top: (0..ks[j]).map(|t| (top_i[j * k + t] as u32, top_v[j * k + t])).collect(),
+        })
+        .collect()
 }
 
 /// Filters and draws one token per row of `logits: [r, vocab]`, `u` uniform in [0, 1).

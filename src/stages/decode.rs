@@ -290,7 +290,6 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("best_of", |v| v.as_i64() == Some(1)),
     ("suffix", |v| v.as_str() == Some("")),
     ("use_beam_search", |v| v.as_bool() == Some(false)),
-    ("prompt_logprobs", |_| false),
     ("guided_json", |_| false),
     ("guided_regex", |_| false),
     ("guided_choice", |_| false),
@@ -413,6 +412,19 @@ fn common(
         return Err(ApiError::invalid("stop", "Stop strings must not be empty."));
     }
     let stream = f.take("stream")?.unwrap_or(false);
+    p.prompt_logprobs = match f.take::<i64>("prompt_logprobs")? {
+        None => None,
+        Some(_) if stream => {
+            return Err(ApiError::invalid("prompt_logprobs", "`prompt_logprobs` is not supported when streaming."));
+        }
+        Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
+        Some(k) => {
+            return Err(ApiError::invalid(
+                "prompt_logprobs",
+                format!("`prompt_logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}."),
+            ));
+        }
+    };
     let stream_options: Option<StreamOptions> = f.take("stream_options")?;
     if stream_options.is_some() && !stream {
         return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed when `stream` is true."));

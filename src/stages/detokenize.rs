@@ -78,6 +78,7 @@ fn stopped_by_string(ev: &TextEvent) -> bool {
 impl Detokenize {
     fn advance(&self, state: &mut ChoiceState, ev: TokenEvent, echo_prompt: Option<String>, min_tokens: usize) -> TextEvent {
         let tok = &self.tokenizer;
+        let prompt_logprobs = ev.prompt_logprobs.clone();
         let mut text = String::new();
         let mut used = 0;
         let mut finish = ev.finish.clone();
@@ -117,6 +118,7 @@ impl Detokenize {
             completion_tokens: state.generated,
             choices: ev.choices,
             echo_prompt,
+            prompt_logprobs,
         }
     }
 }

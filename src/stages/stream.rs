@@ -30,6 +30,7 @@ struct ChoiceAcc {
     started: bool,
     /// Bytes of text sent or gathered so far (for completions' `text_offset`).
     emitted: usize,
+    prompt_logprobs: Option<PromptLogprobs>,
 }
 
 struct Pending {
@@ -78,6 +79,7 @@ impl Stream {
         let meta = ctx.meta().clone();
         let chat = ctx.endpoint == Endpoint::ChatCompletions;
         p.prompts.insert(ev.prompt_index, ev.prompt_tokens);
+        let ev_prompt_logprobs = ev.prompt_logprobs.clone();
         let acc = &mut p.choices[ev.choice];
         if acc.finish.is_some() {
             return p.finished == p.choices.len();
@@ -131,6 +133,7 @@ impl Stream {
                         logprobs: c_lp,
                         finish_reason,
                         stop_reason: stop_reason(&finish),
+                        prompt_logprobs: None, // refused with streaming
                     }],
                     usage: None,
                 };
@@ -148,6 +151,9 @@ impl Stream {
 
         // Not streaming: gather.
         acc.text.push_str(&text);
+        if let Some(lps) = &ev_prompt_logprobs {
+            acc.prompt_logprobs = Some(self.prompt_logprobs(lps, meta.tokens_as_ids));
+        }
         if let Some(l) = c_lp {
             let all = acc.completion_lp.get_or_insert_with(CompletionLogprobs::default);
             all.text_offset.extend(l.text_offset);
@@ -185,6 +191,7 @@ impl Stream {
                         })
                         .collect(),
                     usage,
+                    prompt_logprobs: p.choices.first_mut().and_then(|c| c.prompt_logprobs.take()),
                 })
             } else {
                 serde_json::to_string(&CompletionResponse {
@@ -202,6 +209,7 @@ impl Stream {
                             logprobs: c.completion_lp.take(),
                             finish_reason: c.finish.as_ref().map(Finish::as_str),
                             stop_reason: stop_reason(&c.finish),
+                            prompt_logprobs: c.prompt_logprobs.take(),
                         })
                         .collect(),
                     usage: Some(usage),
@@ -260,6 +268,24 @@ impl Stream {
 
     fn token_text(&self, id: u32, as_id: bool) -> String {
         if as_id { format!("token_id:{id}") } else { self.tokenizer.decode(&[id], false) }
+    }
+
+    /// vLLM's `prompt_logprobs`: nothing for the first prompt token, then each token's
+    /// logprob, rank and text, with the most likely alternatives, keyed by token id.
+    fn prompt_logprobs(&self, lps: &[TokenLogprobs], as_ids: bool) -> PromptLogprobs {
+        let entry = |id: u32, logprob: f32, rank: usize| {
+            serde_json::json!({"logprob": logprob, "rank": rank, "decoded_token": self.token_text(id, as_ids)})
+        };
+        let mut out = vec![None];
+        for l in lps {
+            let mut m = Map::new();
+            m.insert(l.token.to_string(), entry(l.token, l.logprob, l.rank));
+            for (r, &(id, lp)) in l.top.iter().enumerate() {
+                m.entry(id.to_string()).or_insert_with(|| entry(id, lp, r + 1));
+            }
+            out.push(Some(m));
+        }
+        out
     }
 
     fn chat_logprobs(&self, lps: &[TokenLogprobs], as_ids: bool) -> ChatLogprobs {
