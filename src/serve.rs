@@ -207,7 +207,9 @@ fn build_pooling(
         bail!("--max-num-seqs and --max-num-batched-tokens must be at least 1");
     }
     let serving = Arc::new(ServingContext::new(&info, served_names(args, &info), None, None));
-    let registry = stages::pooling_registry(serving.clone(), model, args.max_num_seqs, args.max_num_batched_tokens);
+    let engine_stats = Arc::new(crate::engine::stats::EngineStats::default());
+    let registry =
+        stages::pooling_registry(serving.clone(), model, args.max_num_seqs, args.max_num_batched_tokens, engine_stats.clone());
     let pipeline = Pipeline::start(spec, &registry)?;
     let app = Arc::new(AppState {
         serving,
@@ -215,7 +217,7 @@ fn build_pooling(
         api_key: args.api_key.clone(),
         max_body_bytes: args.max_request_body as usize,
         task,
-        engine_stats: Arc::new(crate::engine::stats::EngineStats::default()),
+        engine_stats,
     });
     Ok(Server { app, pipeline })
 }

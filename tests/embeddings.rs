@@ -265,6 +265,18 @@ fn fields_the_model_cannot_honour_are_400s_that_name_them() {
     assert_eq!((status, &e["error"]["param"]), (404, &json!("model")));
 }
 
+#[test]
+fn metrics_count_the_prompt_tokens_encoded() {
+    let count = || -> u64 {
+        let text = Server::client().get(server().url("/metrics")).send().unwrap().text().unwrap();
+        let line = text.lines().find(|l| l.starts_with("vllm:prompt_tokens_total")).expect("the counter");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let before = count();
+    embed(json!({"input": ["Hello world", "a"]})); // 4 + 3 tokens
+    assert!(count() >= before + 7);
+}
+
 /// The reverse: a generation model refuses pooling requests.
 #[test]
 fn a_generation_model_refuses_embeddings() {

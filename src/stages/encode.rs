@@ -5,10 +5,12 @@
 //! batch's duration is the stage's service time.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::api::error::ApiError;
+use crate::engine::stats::EngineStats;
 use crate::job::{Item, Payload};
 use crate::model::bert::EncoderInput;
 use crate::model::encoder::EncoderModel;
@@ -16,6 +18,8 @@ use crate::pipeline::{Inlet, Outlet, Stage};
 
 pub struct Encode {
     model: Mutex<Option<EncoderModel>>,
+    /// `/metrics`: prompt tokens encoded, and requests in the forward pass.
+    stats: Arc<EngineStats>,
     /// Inputs per forward pass at most.
     pub max_seqs: usize,
     /// Padded tokens (inputs × longest) per forward pass at most.
@@ -23,8 +27,8 @@ pub struct Encode {
 }
 
 impl Encode {
-    pub fn new(model: EncoderModel, max_seqs: usize, max_tokens: usize) -> Self {
-        Encode { model: Mutex::new(Some(model)), max_seqs: max_seqs.max(1), max_tokens: max_tokens.max(1) }
+    pub fn new(model: EncoderModel, max_seqs: usize, max_tokens: usize, stats: Arc<EngineStats>) -> Self {
+        Encode { model: Mutex::new(Some(model)), stats, max_seqs: max_seqs.max(1), max_tokens: max_tokens.max(1) }
     }
 }
 
@@ -90,6 +94,8 @@ impl Stage<Item> for Encode {
                 }
             };
             let lengths: Vec<usize> = refs.iter().map(|&rk| input(rk).ids.len()).collect();
+            self.stats.prompt_tokens.fetch_add(lengths.iter().sum::<usize>() as u64, Ordering::Relaxed);
+            self.stats.requests_running.store(items.len() as u64, Ordering::Relaxed);
             let mut order: Vec<usize> = (0..refs.len()).collect();
             order.sort_by_key(|&i| lengths[i]);
             let mut results: Vec<Option<Vec<f32>>> = vec![None; refs.len()];
@@ -115,6 +121,7 @@ impl Stage<Item> for Encode {
                 }
                 inlet.metrics().record_service(start.elapsed());
             }
+            self.stats.requests_running.store(0, Ordering::Relaxed);
             let mut results = results.into_iter();
             for mut item in items {
                 let mut complete = true;

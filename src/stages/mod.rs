@@ -78,6 +78,7 @@ pub fn pooling_registry(
     model: EncoderModel,
     max_seqs: usize,
     max_tokens: usize,
+    stats: Arc<crate::engine::stats::EngineStats>,
 ) -> Registry<Item> {
     let info = Arc::new(model.info());
     let mut r = Registry::new();
@@ -100,7 +101,7 @@ pub fn pooling_registry(
         shape("tokenized pooling requests", "pooled outputs", false),
         Box::new(move || {
             let m = model.lock().unwrap_or_else(|e| e.into_inner()).take();
-            m.map(|m| Arc::new(encode::Encode::new(m, max_seqs, max_tokens)) as Arc<dyn Stage<Item>>)
+            m.map(|m| Arc::new(encode::Encode::new(m, max_seqs, max_tokens, stats.clone())) as Arc<dyn Stage<Item>>)
                 .ok_or_else(|| "a pipeline can have only one encode stage".to_string())
         }),
     );
