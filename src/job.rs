@@ -14,7 +14,6 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::api::error::ApiError;
 use crate::api::protocol::ChatMessage;
-use crate::model::bert::EncoderInput;
 use crate::pipeline::Keyed;
 use crate::sampling::{SamplingParams, TokenLogprobs};
 
@@ -350,7 +349,7 @@ pub struct PoolJob {
     pub truncate: Option<usize>,
     pub add_special_tokens: bool,
     pub shape: PoolShape,
-    pub encoded: Vec<EncoderInput>,
+    pub encoded: Vec<crate::model::bert::EncoderInput>,
     /// Embedding models: the pooled vector before normalization. Classifiers: logits.
     pub outputs: Vec<Vec<f32>>,
 }
