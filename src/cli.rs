@@ -105,6 +105,38 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = ContentFormatArg::Auto)]
     pub chat_template_content_format: ContentFormatArg,
 
+    /// CORS: origins allowed to call the API from a browser, as a JSON list.
+    #[arg(long, default_value = r#"["*"]"#, value_parser = json_list)]
+    pub allowed_origins: StringList,
+
+    /// CORS: methods allowed, as a JSON list.
+    #[arg(long, default_value = r#"["*"]"#, value_parser = json_list)]
+    pub allowed_methods: StringList,
+
+    /// CORS: request headers allowed, as a JSON list.
+    #[arg(long, default_value = r#"["*"]"#, value_parser = json_list)]
+    pub allowed_headers: StringList,
+
+    /// CORS: allow credentials (cookies, authorization) in cross-origin requests.
+    #[arg(long)]
+    pub allow_credentials: bool,
+
+    /// Answer with an X-Request-Id header: the client's, or the response id.
+    #[arg(long)]
+    pub enable_request_id_headers: bool,
+
+    /// The role of chat answers (with add_generation_prompt).
+    #[arg(long, default_value = "assistant")]
+    pub response_role: String,
+
+    /// Show tokens in logprobs as `token_id:<id>` unless a request says otherwise.
+    #[arg(long)]
+    pub return_tokens_as_token_ids: bool,
+
+    /// Let requests bring their own `chat_template` (off: a template is code the server runs).
+    #[arg(long)]
+    pub trust_request_chat_template: bool,
+
     /// Pipeline file (default: the built-in stages/serve.toml).
     #[arg(long, value_name = "FILE")]
     pub pipeline: Option<PathBuf>,
@@ -155,6 +187,15 @@ impl ServeArgs {
     pub fn model_arg(&self) -> Option<&str> {
         self.model_tag.as_deref().or(self.model.as_deref())
     }
+}
+
+/// A flag's list of strings.
+#[derive(Debug, Clone)]
+pub struct StringList(pub Vec<String>);
+
+/// A JSON list of strings, as vLLM's CORS flags take (`'["*"]'`).
+fn json_list(s: &str) -> Result<StringList, String> {
+    serde_json::from_str::<Vec<String>>(s).map(StringList).map_err(|e| format!("{s:?} is not a JSON list of strings ({e}); e.g. '[\"*\"]'"))
 }
 
 /// "2GiB", "500MB", "1048576" → bytes.

@@ -14,6 +14,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::api::error::ApiError;
 use crate::api::protocol::ChatMessage;
+use crate::model::chat_template::ChatTemplate;
 use crate::pipeline::Keyed;
 use crate::sampling::{SamplingParams, TokenLogprobs};
 
@@ -253,7 +254,15 @@ pub enum Prompt {
 pub struct ChatPrompt {
     pub messages: Vec<ChatMessage>,
     pub add_generation_prompt: bool,
+    /// Leave the last (assistant) message open, to be continued.
+    pub continue_final_message: bool,
     pub add_special_tokens: bool,
+    /// The request's own template (`chat_template`), compiled; else the server's.
+    pub template: Option<Arc<ChatTemplate>>,
+    /// Extra template variables (`chat_template_kwargs`); they win over the defaults.
+    pub template_kwargs: serde_json::Map<String, serde_json::Value>,
+    /// Retrieval documents, for templates that render them.
+    pub documents: Option<Vec<serde_json::Value>>,
 }
 
 /// How the output is shaped, beyond what the engine needs.
@@ -268,6 +277,9 @@ pub struct OutputOptions {
     pub min_tokens: usize,
     /// Completions: prepend the prompt to the text.
     pub echo: bool,
+    /// Chat with `echo`: the last message's text, prepended to each answer (when that
+    /// message has the answer's role, as vLLM does).
+    pub chat_echo: Option<String>,
     /// Chat: the role of the answer.
     pub response_role: String,
 }

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use axum::http::{HeaderName, HeaderValue, Method};
+use tower_http::cors::{self, CorsLayer};
 use tch::{Device, Kind};
 
 use crate::api::server::{AppState, router};
@@ -144,6 +146,9 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     };
     let mut serving = ServingContext::new(&info, names, template, content_format);
     serving.priority_scheduling = args.scheduling_policy == SchedulingPolicy::Priority;
+    serving.trust_request_chat_template = args.trust_request_chat_template;
+    serving.response_role = args.response_role.clone();
+    serving.tokens_as_ids = args.return_tokens_as_token_ids;
     serving.defaults = sampling_defaults(&args.generation_config, &info)?;
     let serving = Arc::new(serving);
     if args.chat_template_content_format == ContentFormatArg::Auto && serving.chat_template.is_some() {
@@ -166,6 +171,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         entry: pipeline.entry().clone(),
         api_key: args.api_key.clone(),
         max_body_bytes: args.max_request_body as usize,
+        request_id_headers: args.enable_request_id_headers,
         engine_stats,
         task,
     });
@@ -217,6 +223,7 @@ fn build_pooling(
         api_key: args.api_key.clone(),
         max_body_bytes: args.max_request_body as usize,
         task,
+        request_id_headers: args.enable_request_id_headers,
         engine_stats,
     });
     Ok(Server { app, pipeline })
@@ -286,6 +293,7 @@ fn engine_config(
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
+    let cors = cors(args)?;
     let server = build(args)?;
     let addr = format!("{}:{}", args.host, args.port);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -300,13 +308,58 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             server.app.serving.served_names.join(", "),
             listener.local_addr().map(|a| a.to_string()).unwrap_or(addr.clone())
         );
-        axum::serve(listener, router(server.app.clone()))
+        axum::serve(listener, router(server.app.clone()).layer(cors))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("the HTTP server stopped")
     })?;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// vLLM's CORS flags as a layer around every route (outside the API key check, so that
+/// browsers' preflight requests are answered).
+fn cors(args: &ServeArgs) -> Result<CorsLayer> {
+    let any = |l: &[String]| l.iter().any(|v| v == "*");
+    let creds = args.allow_credentials;
+    let mut layer = CorsLayer::new().allow_credentials(creds);
+    // With credentials a wildcard is not allowed on the wire: mirror the request instead.
+    layer = match (any(&args.allowed_origins.0), creds) {
+        (true, false) => layer.allow_origin(cors::Any),
+        (true, true) => layer.allow_origin(cors::AllowOrigin::mirror_request()),
+        (false, _) => {
+            let origins = args
+                .allowed_origins
+                .0
+                .iter()
+                .map(|o| HeaderValue::from_str(o).with_context(|| format!("--allowed-origins: {o:?} is not a valid origin")))
+                .collect::<Result<Vec<_>>>()?;
+            layer.allow_origin(origins)
+        }
+    };
+    layer = match (any(&args.allowed_methods.0), creds) {
+        (true, false) => layer.allow_methods(cors::Any),
+        (true, true) => layer.allow_methods(cors::AllowMethods::mirror_request()),
+        (false, _) => layer.allow_methods(
+            args.allowed_methods
+                .0
+                .iter()
+                .map(|m| Method::from_bytes(m.as_bytes()).with_context(|| format!("--allowed-methods: {m:?} is not a method")))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+    };
+    layer = match (any(&args.allowed_headers.0), creds) {
+        (true, false) => layer.allow_headers(cors::Any),
+        (true, true) => layer.allow_headers(cors::AllowHeaders::mirror_request()),
+        (false, _) => layer.allow_headers(
+            args.allowed_headers
+                .0
+                .iter()
+                .map(|h| HeaderName::from_bytes(h.as_bytes()).with_context(|| format!("--allowed-headers: {h:?} is not a header name")))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+    };
+    Ok(layer)
 }
 
 async fn shutdown_signal() {

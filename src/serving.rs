@@ -29,8 +29,12 @@ pub struct ServingContext {
     pub content_format: ContentFormat,
     pub max_model_len: usize,
     pub response_role: String,
+    /// `--return-tokens-as-token-ids`: the default of the request field.
+    pub tokens_as_ids: bool,
     /// `--scheduling-policy priority`: requests may carry a `priority`.
     pub priority_scheduling: bool,
+    /// `--trust-request-chat-template`: requests may bring their own `chat_template`.
+    pub trust_request_chat_template: bool,
     /// What a request that leaves sampling fields out gets (generation_config.json).
     pub defaults: SamplingDefaults,
     /// Unix seconds when the server started (`created` of `/v1/models`).
@@ -56,7 +60,9 @@ impl ServingContext {
             content_format,
             max_model_len: info.max_model_len,
             response_role: "assistant".into(),
+            tokens_as_ids: false,
             priority_scheduling: false,
+            trust_request_chat_template: false,
             defaults: SamplingDefaults::default(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

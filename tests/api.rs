@@ -251,3 +251,79 @@ print("ok")
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
+
+#[test]
+fn tokenize_and_detokenize() {
+    let text = "<|im_start|>user\nHello! ¿Qué tal? 😀<|im_end|>";
+    let ids = json!([1, 4093, 198, 19556, 17, 3351, 140, 6317, 2756, 5252, 47, 40303, 218, 2]);
+    let (status, r) = post("/tokenize", &json!({"model": MODEL, "prompt": text, "return_token_strs": true}));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["tokens"], ids);
+    assert_eq!(r["count"], 14);
+    assert_eq!(r["max_model_len"], 8192);
+    assert_eq!(r["token_strs"][0], "<|im_start|>");
+    assert_eq!(r["token_strs"].as_array().unwrap().len(), 14);
+    let (_, r) = post("/tokenize", &json!({"prompt": "hi"}));
+    assert!(r["token_strs"].is_null(), "the model is optional and token_strs only on request: {r}");
+
+    let (status, r) = post("/detokenize", &json!({"model": MODEL, "tokens": ids}));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["prompt"], text);
+
+    // Messages are rendered with the chat template, as a chat completion would be.
+    let messages = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    let (_, t) = post("/tokenize", &json!({"model": MODEL, "messages": messages}));
+    let (_, c) = post("/v1/chat/completions", &json!({"model": MODEL, "messages": messages, "max_tokens": 1}));
+    assert_eq!(t["count"], c["usage"]["prompt_tokens"], "{t}");
+
+    let (status, r) = post("/detokenize", &json!({"tokens": [99999999]}));
+    assert_eq!((status, &r["error"]["param"]), (400, &json!("tokens")), "{r}");
+    let (status, r) = post("/tokenize", &json!({"model": "gpt-5", "prompt": "hi"}));
+    assert_eq!(status, 404, "{r}");
+    let (status, _) = post("/tokenize", &json!({}));
+    assert_eq!(status, 400);
+    // The key guards them; /version and /ping stay open, like /health.
+    let r = Server::client().post(server().url("/tokenize")).json(&json!({"prompt": "hi"})).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(server().get("/version").1["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(server().get("/ping").0, 200);
+}
+
+#[test]
+fn request_id_headers() {
+    let s = Server::shared(&["--dtype", "float32", "--enable-request-id-headers"]);
+    let body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 1});
+    let r = Server::client().post(s.url("/v1/completions")).header("X-Request-Id", "abc-123").json(&body).send().unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    assert_eq!(r.json::<Value>().unwrap()["id"], "cmpl-abc-123");
+    let r = Server::client().post(s.url("/v1/completions")).json(&body).send().unwrap();
+    let header = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(r.json::<Value>().unwrap()["id"], header.as_str(), "without one, the response id is the header");
+    // Without the flag the id still follows the client's, but no header comes back.
+    let r = Server::client().post(server().url("/v1/completions")).bearer_auth(KEY).header("X-Request-Id", "xyz").json(&body).send().unwrap();
+    assert!(r.headers().get("x-request-id").is_none());
+    assert_eq!(r.json::<Value>().unwrap()["id"], "cmpl-xyz");
+}
+
+#[test]
+fn cors_as_vllm_answers_it() {
+    // Preflight needs no API key; the default allows any origin.
+    let r = Server::client()
+        .request(reqwest::Method::OPTIONS, server().url("/v1/chat/completions"))
+        .header("Origin", "http://app.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "authorization, content-type")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let r = Server::client().get(server().url("/v1/models")).bearer_auth(KEY).header("Origin", "http://app.example").send().unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+
+    let s = Server::shared(&["--dtype", "float32", "--allowed-origins", r#"["http://app.example"]"#]);
+    let from = |origin: &str| {
+        Server::client().get(s.url("/v1/models")).header("Origin", origin).send().unwrap().headers().get("access-control-allow-origin").cloned()
+    };
+    assert_eq!(from("http://app.example").unwrap(), "http://app.example");
+    assert!(from("http://other.example").is_none());
+}

@@ -4,3 +4,4 @@ pub mod error;
 pub mod pooling;
 pub mod protocol;
 pub mod server;
+pub mod tokenize;

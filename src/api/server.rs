@@ -30,6 +30,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// What the model is served for; other endpoints answer 400.
     pub task: Task,
+    /// `--enable-request-id-headers`: answer with an X-Request-Id header.
+    pub request_id_headers: bool,
     pub engine_stats: Arc<EngineStats>,
 }
 
@@ -46,21 +48,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/rerank", post(rerank))
         .route("/v2/rerank", post(rerank))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(super::tokenize::tokenize))
+        .route("/detokenize", post(super::tokenize::detokenize))
         .route("/health", get(health))
+        .route("/ping", get(health).post(health))
+        .route("/version", get(version))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
         .with_state(state)
 }
 
-/// vLLM's pooling routes outside `/v1`; the key guards them too.
-const POOLING_ROUTES: [&str; 5] = ["/pooling", "/classify", "/score", "/rerank", "/v2/rerank"];
+/// vLLM's routes outside `/v1` that the key guards too.
+const GUARDED_OUTSIDE_V1: [&str; 7] = ["/tokenize", "/detokenize", "/pooling", "/classify", "/score", "/rerank", "/v2/rerank"];
 
 /// `--api-key` guards the API routes; health checks stay open.
 async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &app.api_key {
         let path = req.uri().path();
-        if path.starts_with("/v1") || POOLING_ROUTES.contains(&path) {
+        if path.starts_with("/v1") || GUARDED_OUTSIDE_V1.contains(&path) {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -76,6 +82,10 @@ async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: N
 
 async fn health() -> StatusCode {
     StatusCode::OK
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"version": env!("CARGO_PKG_VERSION")}))
 }
 
 /// Prometheus text, with vLLM's metric names.
@@ -134,7 +144,7 @@ async fn rerank(State(app): State<Arc<AppState>>, req: Request) -> Response {
     submit(app, Endpoint::Rerank, req).await
 }
 
-async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         if !ct.trim_start().to_ascii_lowercase().starts_with("application/json") {
@@ -166,7 +176,14 @@ async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respons
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let (ctx, rx) = RequestCtx::new(endpoint, None);
+    // As in vLLM, a client's X-Request-Id becomes the response id's tail.
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|r| !r.is_empty() && r.len() <= 256);
+    let (ctx, rx) = RequestCtx::new(endpoint, request_id);
     match app.entry.try_send(Item { ctx: ctx.clone(), payload: Payload::Body(body) }) {
         Ok(()) => {}
         Err((SendError::Full, _)) => return ApiError::overloaded().into_response(),
@@ -174,7 +191,12 @@ async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respons
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The server is shutting down.").into_response();
         }
     }
-    respond(ctx, rx).await
+    let echo = app.request_id_headers.then(|| request_id.map_or_else(|| ctx.id.clone(), str::to_string));
+    let mut response = respond(ctx, rx).await;
+    if let Some(v) = echo.and_then(|r| HeaderValue::from_str(&r).ok()) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
 }
 
 /// Cancels the request when dropped before the answer is complete, i.e. when the

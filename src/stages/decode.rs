@@ -12,6 +12,7 @@ use crate::api::protocol::{ChatMessage, OneOrMany, PromptInput, StreamOptions};
 use crate::job::{ChatPrompt, Endpoint, Item, Job, OutputOptions, Payload, Prompt, RequestMeta};
 use crate::pipeline::{Outlet, Stage};
 use crate::sampling::SamplingParams;
+use crate::model::chat_template::ChatTemplate;
 use crate::serving::{ContentFormat, ServingContext};
 
 /// The most top logprobs a request may ask for (vLLM's default `--max-logprobs`).
@@ -166,10 +167,28 @@ impl Decode {
         if messages.is_empty() {
             return Err(ApiError::invalid("messages", "`messages` must contain at least one message."));
         }
+        let template = match f.take::<String>("chat_template")? {
+            None => None,
+            Some(_) if !self.serving.trust_request_chat_template => {
+                return Err(ApiError::invalid(
+                    "chat_template",
+                    "A per-request `chat_template` is refused unless the server runs with --trust-request-chat-template.",
+                ));
+            }
+            Some(src) => Some(Arc::new(ChatTemplate::new(&src).map_err(|e| {
+                ApiError::invalid("chat_template", format!("The chat template does not compile: {e}"))
+            })?)),
+        };
+        // A request's own template gets the content format it reads.
+        let format = match &template {
+            Some(t) if t.iterates_content_parts() => ContentFormat::OpenAi,
+            Some(_) => ContentFormat::String,
+            None => self.serving.content_format,
+        };
         let messages = messages
             .into_iter()
             .enumerate()
-            .map(|(i, m)| chat_message(i, m, self.serving.content_format))
+            .map(|(i, m)| chat_message(i, m, format))
             .collect::<Result<Vec<_>, _>>()?;
         let logprobs = match (f.take::<bool>("logprobs")?.unwrap_or(false), f.take::<i64>("top_logprobs")?) {
             (false, Some(k)) if k > 0 => {
@@ -189,11 +208,35 @@ impl Decode {
         let newer = positive("max_completion_tokens", f.take("max_completion_tokens")?)?;
         let older = positive("max_tokens", f.take("max_tokens")?)?;
         let add_generation_prompt = f.take::<bool>("add_generation_prompt")?.unwrap_or(true);
-        let c = common(&mut f, newer.or(older).or(self.serving.defaults.max_tokens), logprobs, &self.serving)?;
+        let continue_final_message = f.take::<bool>("continue_final_message")?.unwrap_or(false);
+        if continue_final_message && add_generation_prompt {
+            return Err(ApiError::invalid(
+                "continue_final_message",
+                "`continue_final_message` and `add_generation_prompt` cannot both be true; set add_generation_prompt to false.",
+            ));
+        }
+        let template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
+        let documents = f.take::<Vec<Value>>("documents")?;
+        let echo = f.take::<bool>("echo")?.unwrap_or(false);
+        let mut c = common(&mut f, newer.or(older).or(self.serving.defaults.max_tokens), logprobs, &self.serving)?;
+        if echo {
+            let last = messages.last().expect("checked non-empty");
+            if last.0.get("role").and_then(Value::as_str) == Some(c.output.response_role.as_str()) {
+                c.output.chat_echo = Some(match last.0.get("content") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+                    _ => String::new(),
+                });
+            }
+        }
         let prompt = Prompt::Chat(ChatPrompt {
             messages,
             add_generation_prompt,
+            continue_final_message,
             add_special_tokens: c.add_special_tokens.unwrap_or(false),
+            template,
+            template_kwargs,
+            documents,
         });
         let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids };
         Ok((c.job(prompt), meta))
@@ -224,7 +267,7 @@ fn positive(name: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 /// Checks one message and puts its content in the template's format.
-fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMessage, ApiError> {
+pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMessage, ApiError> {
     let param = format!("messages[{i}]");
     let Value::Object(mut obj) = m else {
         return Err(ApiError::invalid(param, format!("`messages[{i}]` must be an object.")));
@@ -303,11 +346,6 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("function_call", |v| v.as_str() == Some("none")),
     ("logits_processors", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("spaces_between_special_tokens", |v| v.as_bool() == Some(true)),
-    ("chat_template", |_| false),
-    ("chat_template_kwargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
-    ("documents", |_| false),
-    ("continue_final_message", |v| v.as_bool() == Some(false)),
-    ("echo", |v| v.as_bool() == Some(false)),
     ("mm_processor_kwargs", |_| false),
     ("length_penalty", |v| v.as_f64() == Some(1.0)),
 ];
@@ -437,10 +475,11 @@ fn common(
         skip_special_tokens: f.take("skip_special_tokens")?.unwrap_or(true),
         min_tokens: p.min_tokens,
         echo: false,
+        chat_echo: None,
         response_role: serving.response_role.clone(),
     };
     let add_special_tokens = f.take("add_special_tokens")?;
-    let tokens_as_ids = f.take("return_tokens_as_token_ids")?.unwrap_or(false);
+    let tokens_as_ids = f.take("return_tokens_as_token_ids")?.unwrap_or(serving.tokens_as_ids);
     let priority = f.take::<i64>("priority")?.unwrap_or(0);
     if priority != 0 && !serving.priority_scheduling {
         return Err(ApiError::invalid(

@@ -90,6 +90,9 @@ impl Stream {
         if let (Some(prompt), false) = (&ev.echo_prompt, chat) {
             text.insert_str(0, prompt);
         }
+        if let (Some(echo), true, true) = (&meta.output.chat_echo, chat, first) {
+            text.insert_str(0, echo);
+        }
         acc.completion_tokens = ev.completion_tokens;
         let lp_delta = meta.logprobs.map(|_| &ev.logprobs);
         let (c_lp, ch_lp) = match lp_delta {

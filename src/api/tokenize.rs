@@ -1,0 +1,92 @@
+//! vLLM's `/tokenize` and `/detokenize`: the served model's tokenizer (and chat template)
+//! as a service, answered at the HTTP edge since they need no engine. Bodies are read
+//! field by field like generation requests, so every error names its field.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::error::ApiError;
+use super::server::{AppState, read_json_body};
+use crate::job::ChatPrompt;
+use crate::stages::decode::{Fields, chat_message};
+use crate::stages::render::render_chat;
+
+pub async fn tokenize(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    answer(app, req, tokenize_body).await
+}
+
+pub async fn detokenize(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    answer(app, req, detokenize_body).await
+}
+
+async fn answer(app: Arc<AppState>, req: Request, f: fn(&AppState, Fields) -> Result<Value, ApiError>) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match read_json_body(&parts.headers, body, app.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match Fields::parse(&body).and_then(|fields| f(&app, fields)) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `model` is optional here, but must be one of ours when given.
+fn check_model(app: &AppState, f: &mut Fields) -> Result<(), ApiError> {
+    match f.take::<String>("model")? {
+        Some(m) if !app.serving.served_names.contains(&m) => Err(ApiError::model_not_found(&m, &app.serving.served_names)),
+        _ => Ok(()),
+    }
+}
+
+fn tokenize_body(app: &AppState, mut f: Fields) -> Result<Value, ApiError> {
+    check_model(app, &mut f)?;
+    let s = &app.serving;
+    let prompt = f.take::<String>("prompt")?;
+    let messages = f.take::<Vec<Value>>("messages")?;
+    let add_special_tokens = f.take::<bool>("add_special_tokens")?;
+    let return_token_strs = f.take::<bool>("return_token_strs")?.unwrap_or(false);
+    let (text, add_special_tokens) = match (prompt, messages) {
+        (Some(p), None) => (p, add_special_tokens.unwrap_or(true)),
+        (None, Some(messages)) => {
+            if messages.is_empty() {
+                return Err(ApiError::invalid("messages", "`messages` must contain at least one message."));
+            }
+            let chat = ChatPrompt {
+                messages: messages
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, m)| chat_message(i, m, s.content_format))
+                    .collect::<Result<_, _>>()?,
+                add_generation_prompt: f.take::<bool>("add_generation_prompt")?.unwrap_or(true),
+                continue_final_message: f.take::<bool>("continue_final_message")?.unwrap_or(false),
+                add_special_tokens: add_special_tokens.unwrap_or(false),
+                template: None,
+                template_kwargs: f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default(),
+                documents: None,
+            };
+            (render_chat(s, &chat)?, chat.add_special_tokens)
+        }
+        _ => return Err(ApiError::invalid("prompt", "Give exactly one of `prompt` and `messages`.")),
+    };
+    let tokens = s.tokenizer.encode(&text, add_special_tokens).map_err(|e| ApiError::internal(format!("tokenizer: {e}")))?;
+    let token_strs = return_token_strs
+        .then(|| tokens.iter().map(|&t| s.tokenizer.id_to_token(t).unwrap_or_default()).collect::<Vec<_>>());
+    Ok(json!({"count": tokens.len(), "max_model_len": s.max_model_len, "tokens": tokens, "token_strs": token_strs}))
+}
+
+fn detokenize_body(app: &AppState, mut f: Fields) -> Result<Value, ApiError> {
+    check_model(app, &mut f)?;
+    let tok = &app.serving.tokenizer;
+    let tokens = f.take::<Vec<i64>>("tokens")?.ok_or_else(|| ApiError::invalid("tokens", "`tokens` is required."))?;
+    let vocab = tok.vocab_size() as i64;
+    if let Some(bad) = tokens.iter().find(|&&t| !(0..vocab).contains(&t)) {
+        return Err(ApiError::invalid("tokens", format!("Token id {bad} is out of vocabulary (0..{vocab}).")));
+    }
+    let ids: Vec<u32> = tokens.into_iter().map(|t| t as u32).collect();
+    Ok(json!({"prompt": tok.decode(&ids, false)}))
+}
