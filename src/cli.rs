@@ -71,6 +71,17 @@ pub enum ContentFormatArg {
     Openai,
 }
 
+/// `--task`: vLLM's names. `auto` reads config.json's `architectures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaskArg {
+    Auto,
+    Generate,
+    Embed,
+    Classify,
+    Score,
+    Reward,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// A GGUF file, a Hugging Face model folder, or the id of a model in the local Hugging
@@ -81,6 +92,11 @@ pub struct ServeArgs {
     /// The model, as a flag (same as MODEL).
     #[arg(long, conflicts_with = "model_tag")]
     pub model: Option<String>,
+
+    /// What to serve the model for: text generation, or a pooling task (embed, classify,
+    /// score). auto picks from the model's architecture.
+    #[arg(long, value_enum, default_value_t = TaskArg::Auto)]
+    pub task: TaskArg,
 
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]

@@ -23,6 +23,16 @@ use crate::sampling::{SamplingParams, TokenLogprobs};
 pub enum Endpoint {
     Completions,
     ChatCompletions,
+    /// `/v1/embeddings`
+    Embeddings,
+    /// `/pooling`: the pooler's raw output.
+    Pooling,
+    /// `/classify`
+    Classify,
+    /// `/score`, `/v1/score`
+    Score,
+    /// `/rerank`, `/v1/rerank`, `/v2/rerank`
+    Rerank,
 }
 
 impl Endpoint {
@@ -30,7 +40,30 @@ impl Endpoint {
         match self {
             Endpoint::Completions => "cmpl",
             Endpoint::ChatCompletions => "chatcmpl",
+            Endpoint::Embeddings => "embd",
+            Endpoint::Pooling => "pool",
+            Endpoint::Classify => "classify",
+            Endpoint::Score => "score",
+            Endpoint::Rerank => "rerank",
         }
+    }
+
+    /// The API's name in messages ("the Embeddings API").
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Endpoint::Completions => "Completions",
+            Endpoint::ChatCompletions => "Chat Completions",
+            Endpoint::Embeddings => "Embeddings",
+            Endpoint::Pooling => "Pooling",
+            Endpoint::Classify => "Classification",
+            Endpoint::Score => "Score",
+            Endpoint::Rerank => "Rerank",
+        }
+    }
+
+    /// Whether the endpoint generates text (as opposed to pooling an encoder's states).
+    pub fn generates(self) -> bool {
+        matches!(self, Endpoint::Completions | Endpoint::ChatCompletions)
     }
 }
 
@@ -175,6 +208,9 @@ pub enum Payload {
     Tokens(TokenEvent),
     /// New text of one choice, from the detokenizer.
     Text(TextEvent),
+    /// A pooling request (embeddings, classification, scores): decoded, then tokenized,
+    /// then filled with the encoder's outputs.
+    Pool(Box<PoolJob>),
 }
 
 /// A validated generation request: what the engine needs (output shaping is in
@@ -312,4 +348,41 @@ pub struct TextEvent {
     pub echo_prompt: Option<String>,
     /// Logprobs of prompt tokens 1.., on the first event when asked for.
     pub prompt_logprobs: Option<Arc<Vec<TokenLogprobs>>>,
+}
+
+/// A validated pooling request. The decode stage fills `inputs` and `shape`, tokenize
+/// `encoded`, the encoder `outputs` (one vector per input, in order).
+#[derive(Debug)]
+pub struct PoolJob {
+    /// The model name to echo in responses.
+    pub model: String,
+    pub inputs: Vec<PoolInput>,
+    /// Keep at most this many tokens per input (`truncate_prompt_tokens`).
+    pub truncate: Option<usize>,
+    pub add_special_tokens: bool,
+    pub shape: PoolShape,
+    pub encoded: Vec<crate::model::bert::EncoderInput>,
+    /// Embedding models: the pooled vector before normalization. Classifiers: logits.
+    pub outputs: Vec<Vec<f32>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PoolInput {
+    Text(String),
+    Tokens(Vec<u32>),
+    /// A (query, document) pair for a cross-encoder, tokenized as one input.
+    Pair(String, String),
+}
+
+/// How the answer is shaped, per endpoint.
+#[derive(Debug, Clone)]
+pub enum PoolShape {
+    Embeddings { base64: bool, dimensions: Option<usize>, normalize: Option<bool> },
+    Pooling { base64: bool },
+    Classify,
+    /// Scores of pairs: `Some(pairs)` of input indexes to compare by cosine similarity
+    /// (embedding models); `None` when each input is a pair (cross-encoders).
+    Score { pairs: Option<Vec<(usize, usize)>> },
+    /// As `Score`, with the documents to return, ranked.
+    Rerank { pairs: Option<Vec<(usize, usize)>>, documents: Vec<String>, top_n: usize, return_documents: bool },
 }

@@ -14,10 +14,11 @@ use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::chat_template::ChatTemplate;
 use crate::model::kv_cache::KvCache;
+use crate::model::encoder::{self, encoder_arch};
 use crate::model::{self, LoadOptions, resolve};
 use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::sampling::SamplingDefaults;
-use crate::serving::{ContentFormat, ServingContext};
+use crate::serving::{ContentFormat, ServingContext, Task};
 use crate::stages;
 
 pub fn device(arg: DeviceArg) -> Result<Device> {
@@ -49,20 +50,58 @@ pub struct Server {
     pub pipeline: Pipeline<crate::job::Item>,
 }
 
+/// What `--task` asks for, checked against the model's architectures (vLLM's rules:
+/// `auto` picks generation for `*ForCausalLM` and GGUF files, embeddings for encoders,
+/// classification for `*ForSequenceClassification`).
+pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> {
+    let encoder = archs.iter().find_map(|a| encoder_arch(a));
+    let named = archs.first().map(String::as_str).unwrap_or("(none)");
+    let generative = archs.is_empty() || archs.iter().any(|a| a.ends_with("ForCausalLM"));
+    use crate::cli::TaskArg;
+    Ok(match (arg, encoder) {
+        (TaskArg::Reward, _) => bail!("--task reward is not supported yet (generate, embed, classify, score are)"),
+        (TaskArg::Auto | TaskArg::Generate, None) if generative => Task::Generate,
+        (TaskArg::Auto, Some(false)) | (TaskArg::Embed, Some(false)) | (TaskArg::Score, Some(false)) => Task::Embed,
+        (TaskArg::Auto, Some(true)) | (TaskArg::Classify, Some(true)) | (TaskArg::Score, Some(true)) => Task::Classify,
+        (TaskArg::Generate, Some(_)) => {
+            bail!("--task generate: {named} is a pooling model; serve it with --task embed, classify or score")
+        }
+        (TaskArg::Embed, Some(true)) => {
+            bail!("--task embed: {named} is a classifier; serve it with --task classify or score")
+        }
+        (TaskArg::Classify, Some(false)) => {
+            bail!("--task classify: {named} has no classification head; serve it with --task embed or score")
+        }
+        (TaskArg::Embed | TaskArg::Classify | TaskArg::Score, None) if generative => bail!(
+            "--task {}: {named} is a text-generation model; pooling tasks need BertModel or BertForSequenceClassification",
+            format!("{arg:?}").to_lowercase()
+        ),
+        (_, None) => bail!(
+            "architecture {named} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
+             BertModel, BertForSequenceClassification are)"
+        ),
+    })
+}
+
 /// Loads the model and starts the pipeline (shared by `serve` and the tests).
 pub fn build(args: &ServeArgs) -> Result<Server> {
-    // The pipeline file first: a wrong one should not wait for the model to load.
-    let spec = match &args.pipeline {
-        Some(path) => PipelineSpec::load(path)?,
-        None => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
+    let location = resolve::resolve(args.model_arg())?;
+    let task = resolve_task(args.task, &encoder::architectures(&location)?)?;
+    // The pipeline file before the weights: a wrong one should not wait for the model to load.
+    let spec = match (&args.pipeline, task) {
+        (Some(path), _) => PipelineSpec::load(path)?,
+        (None, Task::Generate) => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
+        (None, _) => PipelineSpec::parse(stages::POOLING_TOML, "stages/pooling.toml (built in)")?,
     };
     if let Some(t) = args.threads {
         tch::set_num_threads(t as i32);
     }
     let device = device(args.device)?;
-    let location = resolve::resolve(args.model_arg())?;
-    tracing::info!("loading {} from {}", location.default_name, location.path().display());
+    tracing::info!("loading {} from {} for --task {}", location.default_name, location.path().display(), task.name());
     let t0 = Instant::now();
+    if task != Task::Generate {
+        return build_pooling(args, location, task, &spec, device, t0);
+    }
     let loaded = model::load(
         location,
         &LoadOptions { device, dtype: &args.dtype, max_model_len: args.max_model_len },
@@ -133,6 +172,58 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         entry: pipeline.entry().clone(),
         api_key: args.api_key.clone(),
         max_body_bytes: args.max_request_body as usize,
+        request_id_headers: args.enable_request_id_headers,
+        engine_stats,
+        task,
+    });
+    Ok(Server { app, pipeline })
+}
+
+fn served_names(args: &ServeArgs, info: &model::ModelInfo) -> Vec<String> {
+    if args.served_model_name.is_empty() {
+        vec![info.location.default_name.clone()]
+    } else {
+        args.served_model_name.clone()
+    }
+}
+
+/// An encoder for embeddings, classification or scores, behind the pooling pipeline.
+fn build_pooling(
+    args: &ServeArgs,
+    location: resolve::ModelLocation,
+    task: Task,
+    spec: &PipelineSpec,
+    device: Device,
+    t0: Instant,
+) -> Result<Server> {
+    let loaded = encoder::load(location, device, &args.dtype, args.max_model_len)?;
+    let (model, info) = (loaded.model, loaded.info);
+    let c = &model.bert.cfg;
+    tracing::info!(
+        "loaded in {:.1}s: BERT, {} layers, hidden {}, {} heads, vocab {}, dtype {:?}, device {:?}, longest input {} tokens",
+        t0.elapsed().as_secs_f64(),
+        c.num_layers,
+        c.hidden_size,
+        c.num_heads,
+        c.vocab_size,
+        model.bert.dtype,
+        device,
+        info.max_model_len
+    );
+    if args.max_num_seqs == 0 || args.max_num_batched_tokens == 0 {
+        bail!("--max-num-seqs and --max-num-batched-tokens must be at least 1");
+    }
+    let serving = Arc::new(ServingContext::new(&info, served_names(args, &info), None, None));
+    let engine_stats = Arc::new(crate::engine::stats::EngineStats::default());
+    let registry =
+        stages::pooling_registry(serving.clone(), model, args.max_num_seqs, args.max_num_batched_tokens, engine_stats.clone());
+    let pipeline = Pipeline::start(spec, &registry)?;
+    let app = Arc::new(AppState {
+        serving,
+        entry: pipeline.entry().clone(),
+        api_key: args.api_key.clone(),
+        max_body_bytes: args.max_request_body as usize,
+        task,
         request_id_headers: args.enable_request_id_headers,
         engine_stats,
     });

@@ -79,3 +79,43 @@ impl ServingContext {
         &self.served_names[0]
     }
 }
+
+/// What the served model does, from `--task` and its architecture (vLLM's task names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Completions and chat.
+    Generate,
+    /// An embedding model: embeddings, pooling, and scores by cosine similarity.
+    Embed,
+    /// A classifier or cross-encoder: classification, pooling, and scores.
+    Classify,
+}
+
+impl Task {
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Generate => "generate",
+            Task::Embed => "embed",
+            Task::Classify => "classify",
+        }
+    }
+
+    /// Whether requests to `endpoint` can be served.
+    pub fn serves(self, endpoint: crate::job::Endpoint) -> bool {
+        use crate::job::Endpoint::*;
+        match self {
+            Task::Generate => endpoint.generates(),
+            Task::Embed => matches!(endpoint, Embeddings | Pooling | Score | Rerank),
+            Task::Classify => matches!(endpoint, Classify | Pooling | Score | Rerank),
+        }
+    }
+
+    /// The routes this task answers, for messages.
+    pub fn routes(self) -> &'static str {
+        match self {
+            Task::Generate => "/v1/completions and /v1/chat/completions",
+            Task::Embed => "/v1/embeddings, /pooling, /score and /rerank",
+            Task::Classify => "/classify, /pooling, /score and /rerank",
+        }
+    }
+}

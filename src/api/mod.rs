@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP API.
 
 pub mod error;
+pub mod pooling;
 pub mod protocol;
 pub mod server;
 pub mod tokenize;

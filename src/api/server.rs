@@ -21,13 +21,15 @@ use super::protocol::{ModelCard, ModelList};
 use crate::engine::stats::EngineStats;
 use crate::job::{Endpoint, Item, Payload, Reply, RequestCtx};
 use crate::pipeline::{Outlet, SendError};
-use crate::serving::ServingContext;
+use crate::serving::{ServingContext, Task};
 
 pub struct AppState {
     pub serving: Arc<ServingContext>,
     pub entry: Outlet<Item>,
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
+    /// What the model is served for; other endpoints answer 400.
+    pub task: Task,
     /// `--enable-request-id-headers`: answer with an X-Request-Id header.
     pub request_id_headers: bool,
     pub engine_stats: Arc<EngineStats>,
@@ -37,6 +39,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/pooling", post(pooling))
+        .route("/classify", post(classify))
+        .route("/score", post(score))
+        .route("/v1/score", post(score))
+        .route("/rerank", post(rerank))
+        .route("/v1/rerank", post(rerank))
+        .route("/v2/rerank", post(rerank))
         .route("/v1/models", get(models))
         .route("/tokenize", post(super::tokenize::tokenize))
         .route("/detokenize", post(super::tokenize::detokenize))
@@ -50,7 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// vLLM's routes outside `/v1` that the key guards too.
-const GUARDED_OUTSIDE_V1: [&str; 2] = ["/tokenize", "/detokenize"];
+const GUARDED_OUTSIDE_V1: [&str; 7] = ["/tokenize", "/detokenize", "/pooling", "/classify", "/score", "/rerank", "/v2/rerank"];
 
 /// `--api-key` guards the API routes; health checks stay open.
 async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -107,11 +117,31 @@ async fn models(State(app): State<Arc<AppState>>) -> Json<ModelList> {
 }
 
 async fn completions(State(app): State<Arc<AppState>>, req: Request) -> Response {
-    generate(app, Endpoint::Completions, req).await
+    submit(app, Endpoint::Completions, req).await
 }
 
 async fn chat_completions(State(app): State<Arc<AppState>>, req: Request) -> Response {
-    generate(app, Endpoint::ChatCompletions, req).await
+    submit(app, Endpoint::ChatCompletions, req).await
+}
+
+async fn embeddings(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    submit(app, Endpoint::Embeddings, req).await
+}
+
+async fn pooling(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    submit(app, Endpoint::Pooling, req).await
+}
+
+async fn classify(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    submit(app, Endpoint::Classify, req).await
+}
+
+async fn score(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    submit(app, Endpoint::Score, req).await
+}
+
+async fn rerank(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    submit(app, Endpoint::Rerank, req).await
 }
 
 pub(super) async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -130,7 +160,17 @@ pub(super) async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize
     })
 }
 
-async fn generate(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
+async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
+    if !app.task.serves(endpoint) {
+        return ApiError::bad_request(format!(
+            "The model `{}` does not support the {} API: it is served for --task {}, which answers {}.",
+            app.serving.model_name(),
+            endpoint.api_name(),
+            app.task.name(),
+            app.task.routes()
+        ))
+        .into_response();
+    }
     let (parts, body) = req.into_parts();
     let body = match read_json_body(&parts.headers, body, app.max_body_bytes).await {
         Ok(b) => b,

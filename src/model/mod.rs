@@ -2,11 +2,14 @@
 //! template, and the forward pass.
 
 pub mod batch;
+pub mod bert;
 pub mod chat_template;
 pub mod config;
+pub mod encoder;
 pub mod gguf;
 pub mod kv_cache;
 pub mod llama;
+pub mod pooling;
 pub mod quant;
 pub mod resolve;
 pub mod tokenizer;
@@ -63,13 +66,18 @@ pub struct LoadedModel {
 
 /// The dtype a `--dtype` value asks for on a device.
 pub fn resolve_dtype(requested: &str, cfg: &LlamaConfig, device: Device) -> Result<Kind, LoadError> {
+    resolve_dtype_named(requested, cfg.torch_dtype.as_deref(), device)
+}
+
+/// As `resolve_dtype`, given the checkpoint's own dtype name.
+pub fn resolve_dtype_named(requested: &str, torch_dtype: Option<&str>, device: Device) -> Result<Kind, LoadError> {
     Ok(match requested {
         "float32" | "float" | "fp32" => Kind::Float,
         "bfloat16" | "bf16" => Kind::BFloat16,
         "float16" | "half" | "fp16" => Kind::Half,
         // vLLM's rule: a float16 checkpoint stays float16 on GPUs; everything else runs in
         // bfloat16, which this engine's CPU path (AVX-512 BF16) and GPUs both do fast.
-        "auto" => match (cfg.torch_dtype.as_deref(), device) {
+        "auto" => match (torch_dtype, device) {
             (Some("float16"), Device::Cuda(_)) => Kind::Half,
             _ => Kind::BFloat16,
         },

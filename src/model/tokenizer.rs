@@ -157,6 +157,45 @@ impl Tokenizer {
             .map_err(|e| e.to_string())
     }
 
+    /// Token ids and segment ids of a text or a (text, pair) input, as an encoder takes
+    /// them. With `max_len`, content is cut from the right (the longer side first for
+    /// pairs) so that the result, special tokens included, has at most `max_len` tokens.
+    pub fn encode_for_encoder(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        add_special_tokens: bool,
+        max_len: Option<usize>,
+    ) -> Result<(Vec<u32>, Vec<u32>), String> {
+        use tokenizers::PostProcessor;
+        use tokenizers::utils::truncation::{TruncationDirection, TruncationParams, TruncationStrategy, truncate_encodings};
+        let err = |e: tokenizers::Error| e.to_string();
+        let enc = match (pair, max_len) {
+            (None, None) => self.inner.encode_fast(text, add_special_tokens).map_err(err)?,
+            (Some(p), None) => self.inner.encode_fast((text, p), add_special_tokens).map_err(err)?,
+            (_, Some(max)) => {
+                let first = self.inner.encode_fast(text, false).map_err(err)?;
+                let second = pair.map(|p| self.inner.encode_fast(p, false)).transpose().map_err(err)?;
+                let added = match (add_special_tokens, self.inner.get_post_processor()) {
+                    (true, Some(pp)) => pp.added_tokens(second.is_some()),
+                    _ => 0,
+                };
+                if max < added + 1 {
+                    return Err(format!("{max} tokens leave no room for the text besides {added} special tokens"));
+                }
+                let params = TruncationParams {
+                    direction: TruncationDirection::Right,
+                    max_length: max - added,
+                    strategy: TruncationStrategy::LongestFirst,
+                    stride: 0,
+                };
+                let (first, second) = truncate_encodings(first, second, &params).map_err(err)?;
+                self.inner.post_process(first, second, add_special_tokens).map_err(err)?
+            }
+        };
+        Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> String {
         self.inner.decode(ids, skip_special_tokens).unwrap_or_default()
     }

@@ -31,6 +31,10 @@ impl Stage<Item> for Decode {
         let parsed = match item.ctx.endpoint {
             Endpoint::Completions => self.completion(&body),
             Endpoint::ChatCompletions => self.chat(&body),
+            other => Err(ApiError::bad_request(format!(
+                "The {} API is not served by this pipeline.",
+                other.api_name()
+            ))),
         };
         match parsed {
             Ok((job, meta)) => {
@@ -82,6 +86,16 @@ impl Fields {
                 ApiError::invalid(param.clone(), format!("Invalid value for `{param}`: {}.", e.inner()))
             }),
         }
+    }
+
+    /// Names of the fields not taken yet.
+    pub fn remaining(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
+    /// Drops a field whether or not it is present.
+    pub fn ignore(&mut self, name: &str) {
+        self.map.remove(name);
     }
 
     /// Refuses fields this server knows but does not act on yet, unless they are at

@@ -3,8 +3,12 @@
 
 pub mod decode;
 pub mod detokenize;
+pub mod encode;
 pub mod engine;
 pub mod guide;
+pub mod pool_decode;
+pub mod pool_stream;
+pub mod pool_tokenize;
 pub mod render;
 pub mod stream;
 pub mod tokenize;
@@ -12,12 +16,16 @@ pub mod tokenize;
 use std::sync::{Arc, Mutex};
 
 use crate::engine::Engine;
+use crate::model::encoder::EncoderModel;
 use crate::job::Item;
 use crate::pipeline::{Registry, Stage, StageShape};
 use crate::serving::ServingContext;
 
 /// The built-in pipeline for `sluice serve`; `--pipeline FILE` replaces it.
 pub const SERVE_TOML: &str = include_str!("../../stages/serve.toml");
+
+/// The built-in pipeline for pooling models (`--task embed|classify|score`).
+pub const POOLING_TOML: &str = include_str!("../../stages/pooling.toml");
 
 const fn shape(input: &'static str, output: &'static str, ordered: bool) -> StageShape {
     StageShape { input, output, ordered }
@@ -60,5 +68,44 @@ pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> 
     );
     let tok = serving.tokenizer.clone();
     r.stage("stream", shape("text", "nothing", true), Box::new(move || boxed(stream::Stream { tokenizer: tok.clone() })));
+    r
+}
+
+/// Every stage kind of a pooling model's pipeline, bound to the served model. The encoder
+/// can be built once only; `max_seqs` and `max_tokens` bound each forward pass.
+pub fn pooling_registry(
+    serving: Arc<ServingContext>,
+    model: EncoderModel,
+    max_seqs: usize,
+    max_tokens: usize,
+    stats: Arc<crate::engine::stats::EngineStats>,
+) -> Registry<Item> {
+    let info = Arc::new(model.info());
+    let mut r = Registry::new();
+    r.source("http", "bodies");
+    let (s, i) = (serving.clone(), info.clone());
+    r.stage(
+        "pool_decode",
+        shape("bodies", "pooling requests", false),
+        Box::new(move || boxed(pool_decode::PoolDecode { serving: s.clone(), model: i.clone() })),
+    );
+    let s = serving.clone();
+    r.stage(
+        "pool_tokenize",
+        shape("pooling requests", "tokenized pooling requests", false),
+        Box::new(move || boxed(pool_tokenize::PoolTokenize { serving: s.clone() })),
+    );
+    let model = Mutex::new(Some(model));
+    r.stage(
+        "encode",
+        shape("tokenized pooling requests", "pooled outputs", false),
+        Box::new(move || {
+            let m = model.lock().unwrap_or_else(|e| e.into_inner()).take();
+            m.map(|m| Arc::new(encode::Encode::new(m, max_seqs, max_tokens, stats.clone())) as Arc<dyn Stage<Item>>)
+                .ok_or_else(|| "a pipeline can have only one encode stage".to_string())
+        }),
+    );
+    let i = info.clone();
+    r.stage("pool_stream", shape("pooled outputs", "nothing", false), Box::new(move || boxed(pool_stream::PoolStream { model: i.clone() })));
     r
 }

@@ -1,0 +1,222 @@
+//! Pooling models: an encoder and what turns its states into one vector per input — a
+//! sentence-transformers pooling (embedding models) or a classification head
+//! (classifiers, cross-encoders). Which kind a folder holds comes from config.json's
+//! `architectures`; `--task` may only pick what the folder can do.
+
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+use tch::{Device, Kind, Tensor};
+
+use super::bert::{Bert, BertConfig, EncoderInput};
+use super::pooling::{self, PoolingConfig};
+use super::resolve::{Format, ModelLocation};
+use super::tokenizer::Tokenizer;
+use super::{LoadError, ModelInfo, read_json, weights};
+
+/// What the encoder's outputs are.
+#[derive(Debug, Clone)]
+pub enum EncoderKind {
+    /// One pooled vector per input (not yet normalized).
+    Embedding(PoolingConfig),
+    /// Logits per input, one per label.
+    Classifier { labels: Vec<String> },
+}
+
+/// Matryoshka embeddings: the vector may be cut to fewer dimensions.
+#[derive(Debug, Clone)]
+pub struct Matryoshka {
+    /// The sizes the model was trained for; empty means any size up to the full one.
+    pub dimensions: Vec<usize>,
+}
+
+pub struct EncoderModel {
+    pub bert: Bert,
+    pub kind: EncoderKind,
+    pub matryoshka: Option<Matryoshka>,
+    /// Vector length of an embedding (hidden size) or the number of labels.
+    pub width: usize,
+}
+
+pub struct LoadedEncoder {
+    pub model: EncoderModel,
+    pub info: ModelInfo,
+}
+
+/// `config.json`'s `architectures` of a folder (empty for a GGUF file or when absent).
+pub fn architectures(location: &ModelLocation) -> Result<Vec<String>, LoadError> {
+    let Format::HfDir(dir) = &location.format else { return Ok(Vec::new()) };
+    let cfg = read_json(&dir.join("config.json"))?;
+    let list = cfg.as_ref().and_then(|c| c.get("architectures")).and_then(Json::as_array);
+    let mut archs: Vec<String> = list.into_iter().flatten().filter_map(Json::as_str).map(str::to_owned).collect();
+    if archs.is_empty() {
+        if let Some(t) = cfg.as_ref().and_then(|c| c.get("model_type")).and_then(Json::as_str) {
+            if t == "bert" {
+                archs.push("BertModel".into());
+            }
+        }
+    }
+    Ok(archs)
+}
+
+/// Architectures this module loads, and whether each has a classification head.
+pub fn encoder_arch(arch: &str) -> Option<bool> {
+    match arch {
+        "BertModel" => Some(false),
+        "BertForSequenceClassification" => Some(true),
+        _ => None,
+    }
+}
+
+pub fn load(
+    location: ModelLocation,
+    device: Device,
+    dtype: &str,
+    max_model_len: Option<usize>,
+) -> Result<LoadedEncoder, LoadError> {
+    let Format::HfDir(dir) = &location.format else {
+        return Err(LoadError::Unsupported("pooling models load from Hugging Face folders, not GGUF files".into()));
+    };
+    let dir = dir.clone();
+    let bad = |msg: String| LoadError::Format { path: dir.clone(), msg };
+    let config = read_json(&dir.join("config.json"))?.ok_or_else(|| bad("no config.json".into()))?;
+    let archs = architectures(&location)?;
+    let (arch, with_head) = archs
+        .iter()
+        .find_map(|a| encoder_arch(a).map(|h| (a.clone(), h)))
+        .ok_or_else(|| {
+            LoadError::Unsupported(format!(
+                "architecture {} is not a supported pooling model (BertModel, BertForSequenceClassification are)",
+                archs.first().map(String::as_str).unwrap_or("(none)")
+            ))
+        })?;
+    let cfg = BertConfig::from_hf(&config).map_err(bad)?;
+    let dtype = super::resolve_dtype_named(dtype, cfg.torch_dtype.as_deref(), device)?;
+    let src = weights::SafetensorsWeights::open(&dir)?;
+    let bert = Bert::load(cfg.clone(), &src, with_head, device, dtype)?;
+
+    let kind = if with_head {
+        let n = bert.num_labels().unwrap_or(0);
+        let labels = (0..n)
+            .map(|i| {
+                config
+                    .get("id2label")
+                    .and_then(|m| m.get(i.to_string()))
+                    .and_then(Json::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect();
+        EncoderKind::Classifier { labels }
+    } else {
+        EncoderKind::Embedding(PoolingConfig::from_dir(&dir)?)
+    };
+    let width = match &kind {
+        EncoderKind::Embedding(_) => cfg.hidden_size,
+        EncoderKind::Classifier { labels } => labels.len(),
+    };
+    let matryoshka = matryoshka(&config);
+
+    // The longest input: the position table, or less where sentence-transformers says so.
+    let mut model_len = cfg.max_position_embeddings;
+    if let EncoderKind::Embedding(p) = &kind {
+        if let Some(m) = p.max_seq_length {
+            model_len = model_len.min(m);
+        }
+    }
+    let max_model_len = match max_model_len {
+        Some(n) if n > cfg.max_position_embeddings => {
+            return Err(LoadError::Unsupported(format!(
+                "--max-model-len {n} is larger than the model's {} positions",
+                cfg.max_position_embeddings
+            )));
+        }
+        Some(0) => return Err(LoadError::Unsupported("--max-model-len must be at least 1".into())),
+        Some(n) => n,
+        None => model_len,
+    };
+    let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
+    let tokenizer = Tokenizer::from_hf_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
+    tracing::info!("pooling model: {arch}, {:?}", kind);
+    Ok(LoadedEncoder {
+        model: EncoderModel { bert, kind, matryoshka, width },
+        info: ModelInfo {
+            tokenizer: Arc::new(tokenizer),
+            chat_template: None,
+            generation_config: None,
+            eos_ids: Vec::new(),
+            max_model_len,
+            location,
+        },
+    })
+}
+
+/// vLLM's reading of Matryoshka support: `is_matryoshka` or `matryoshka_dimensions`.
+fn matryoshka(config: &Json) -> Option<Matryoshka> {
+    let dims: Vec<usize> = config
+        .get("matryoshka_dimensions")
+        .and_then(Json::as_array)
+        .map(|a| a.iter().filter_map(Json::as_u64).map(|d| d as usize).collect())
+        .unwrap_or_default();
+    let flag = config.get("is_matryoshka").and_then(Json::as_bool).unwrap_or(false);
+    (flag || !dims.is_empty()).then_some(Matryoshka { dimensions: dims })
+}
+
+impl EncoderModel {
+    /// One forward pass over a batch: a vector per input (see `EncoderKind`).
+    pub fn run(&self, inputs: &[&EncoderInput]) -> Vec<Vec<f32>> {
+        let _guard = tch::no_grad_guard();
+        let out: Tensor = match &self.kind {
+            EncoderKind::Embedding(p) => {
+                let (hidden, mask) = self.bert.encode(inputs);
+                pooling::pool(&hidden, &mask, p.mode)
+            }
+            EncoderKind::Classifier { .. } => self.bert.classify(inputs),
+        };
+        let out = out.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+        let width = out.size()[1] as usize;
+        let flat: Vec<f32> = Vec::try_from(out.view([-1])).unwrap_or_default();
+        flat.chunks(width.max(1)).map(<[f32]>::to_vec).collect()
+    }
+
+    pub fn is_embedding(&self) -> bool {
+        matches!(self.kind, EncoderKind::Embedding(_))
+    }
+
+    /// Whether the model's own pipeline normalizes embeddings.
+    pub fn normalizes(&self) -> bool {
+        matches!(&self.kind, EncoderKind::Embedding(p) if p.normalize)
+    }
+
+    pub fn labels(&self) -> &[String] {
+        match &self.kind {
+            EncoderKind::Classifier { labels } => labels,
+            EncoderKind::Embedding(_) => &[],
+        }
+    }
+}
+
+/// What the request-handling stages need to know about a pooling model.
+#[derive(Debug, Clone)]
+pub struct PoolingInfo {
+    /// An embedding model (else a classifier).
+    pub embedding: bool,
+    /// Embeddings are normalized unless a request says otherwise.
+    pub normalizes: bool,
+    pub matryoshka: Option<Matryoshka>,
+    /// Length of an embedding, or the number of labels.
+    pub width: usize,
+    pub labels: Vec<String>,
+}
+
+impl EncoderModel {
+    pub fn info(&self) -> PoolingInfo {
+        PoolingInfo {
+            embedding: self.is_embedding(),
+            normalizes: self.normalizes(),
+            matryoshka: self.matryoshka.clone(),
+            width: self.width,
+            labels: self.labels().to_vec(),
+        }
+    }
+}

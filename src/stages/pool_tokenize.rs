@@ -1,0 +1,78 @@
+//! pool_tokenize: a pooling request's texts (or text pairs) → token and segment ids, cut
+//! to `truncate_prompt_tokens` when asked (texts keep their special tokens; token-id
+//! inputs keep their last tokens, as vLLM does). An input longer than the model's context
+//! is a 400, as is a token id outside the vocabulary.
+
+use std::sync::Arc;
+
+use crate::api::error::ApiError;
+use crate::job::{Endpoint, Item, Payload, PoolInput, PoolJob};
+use crate::model::bert::EncoderInput;
+use crate::pipeline::{Outlet, Stage};
+use crate::serving::ServingContext;
+
+pub struct PoolTokenize {
+    pub serving: Arc<ServingContext>,
+}
+
+impl Stage<Item> for PoolTokenize {
+    fn process(&self, item: Item, out: &Outlet<Item>) {
+        let Payload::Pool(mut job) = item.payload else { unreachable!("pool_tokenize takes pooling jobs") };
+        if item.ctx.is_cancelled() {
+            return;
+        }
+        match self.tokenize(&mut job, item.ctx.endpoint) {
+            Ok(()) => {
+                let _ = out.send(Item { ctx: item.ctx, payload: Payload::Pool(job) });
+            }
+            Err(e) => item.ctx.fail(e),
+        }
+    }
+}
+
+impl PoolTokenize {
+    fn tokenize(&self, job: &mut PoolJob, endpoint: Endpoint) -> Result<(), ApiError> {
+        let tok = &self.serving.tokenizer;
+        let limit = self.serving.max_model_len;
+        let param = match endpoint {
+            Endpoint::Score => "text_1",
+            Endpoint::Rerank => "documents",
+            _ => "input",
+        };
+        let mut encoded = Vec::with_capacity(job.inputs.len());
+        for (i, input) in job.inputs.iter().enumerate() {
+            let (ids, type_ids) = match input {
+                PoolInput::Text(t) => tok.encode_for_encoder(t, None, job.add_special_tokens, job.truncate),
+                PoolInput::Pair(a, b) => tok.encode_for_encoder(a, Some(b), job.add_special_tokens, job.truncate),
+                PoolInput::Tokens(ids) => {
+                    let vocab = tok.vocab_size() as u32;
+                    if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+                        return Err(ApiError::invalid(param, format!("Token id {bad} is out of vocabulary (0..{vocab}).")));
+                    }
+                    let keep = job.truncate.map_or(0, |k| ids.len().saturating_sub(k));
+                    Ok((ids[keep..].to_vec(), vec![0; ids.len() - keep]))
+                }
+            }
+            .map_err(|e| match job.truncate {
+                Some(_) => ApiError::invalid("truncate_prompt_tokens", format!("Cannot truncate input {i}: {e}.")),
+                None => ApiError::internal(format!("tokenizer: {e}")),
+            })?;
+            if ids.is_empty() {
+                return Err(ApiError::invalid(param, format!("Input {i} is empty; it must have at least one token.")));
+            }
+            if ids.len() > limit {
+                return Err(ApiError::invalid(
+                    param,
+                    format!(
+                        "This model's maximum context length is {limit} tokens. However, you requested {} tokens \
+                         in input {i}. Please reduce the length of the input, or set `truncate_prompt_tokens`.",
+                        ids.len()
+                    ),
+                ));
+            }
+            encoded.push(EncoderInput { ids, type_ids });
+        }
+        job.encoded = encoded;
+        Ok(())
+    }
+}
