@@ -323,44 +323,31 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 fn cors(args: &ServeArgs) -> Result<CorsLayer> {
     let any = |l: &[String]| l.iter().any(|v| v == "*");
     let creds = args.allow_credentials;
-    let mut layer = CorsLayer::new().allow_credentials(creds);
     // With credentials a wildcard is not allowed on the wire: mirror the request instead.
+    let mut layer = CorsLayer::new().allow_credentials(creds);
     layer = match (any(&args.allowed_origins.0), creds) {
         (true, false) => layer.allow_origin(cors::Any),
         (true, true) => layer.allow_origin(cors::AllowOrigin::mirror_request()),
-        (false, _) => {
-            let origins = args
-                .allowed_origins
-                .0
-                .iter()
-                .map(|o| HeaderValue::from_str(o).with_context(|| format!("--allowed-origins: {o:?} is not a valid origin")))
-                .collect::<Result<Vec<_>>>()?;
-            layer.allow_origin(origins)
-        }
+        (false, _) => layer.allow_origin(parse_all("allowed-origins", &args.allowed_origins.0, |o| HeaderValue::from_str(o).ok())?),
     };
     layer = match (any(&args.allowed_methods.0), creds) {
         (true, false) => layer.allow_methods(cors::Any),
         (true, true) => layer.allow_methods(cors::AllowMethods::mirror_request()),
-        (false, _) => layer.allow_methods(
-            args.allowed_methods
-                .0
-                .iter()
-                .map(|m| Method::from_bytes(m.as_bytes()).with_context(|| format!("--allowed-methods: {m:?} is not a method")))
-                .collect::<Result<Vec<_>>>()?,
-        ),
+        (false, _) => layer.allow_methods(parse_all("allowed-methods", &args.allowed_methods.0, |m| Method::from_bytes(m.as_bytes()).ok())?),
     };
     layer = match (any(&args.allowed_headers.0), creds) {
         (true, false) => layer.allow_headers(cors::Any),
         (true, true) => layer.allow_headers(cors::AllowHeaders::mirror_request()),
-        (false, _) => layer.allow_headers(
-            args.allowed_headers
-                .0
-                .iter()
-                .map(|h| HeaderName::from_bytes(h.as_bytes()).with_context(|| format!("--allowed-headers: {h:?} is not a header name")))
-                .collect::<Result<Vec<_>>>()?,
-        ),
+        (false, _) => {
+            layer.allow_headers(parse_all("allowed-headers", &args.allowed_headers.0, |h| HeaderName::from_bytes(h.as_bytes()).ok())?)
+        }
     };
     Ok(layer)
+}
+
+/// Every value of a list flag, parsed; the error names the flag and the value.
+fn parse_all<T>(flag: &str, values: &[String], parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
+    values.iter().map(|v| parse(v).with_context(|| format!("--{flag}: {v:?} is not valid there"))).collect()
 }
 
 async fn shutdown_signal() {
