@@ -139,12 +139,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         ContentFormatArg::String => Some(ContentFormat::String),
         ContentFormatArg::Openai => Some(ContentFormat::OpenAi),
     };
-    let names = if args.served_model_name.is_empty() {
-        vec![info.location.default_name.clone()]
-    } else {
-        args.served_model_name.clone()
-    };
-    let mut serving = ServingContext::new(&info, names, template, content_format);
+    let mut serving = ServingContext::new(&info, served_names(args, &info), template, content_format);
     serving.priority_scheduling = args.scheduling_policy == SchedulingPolicy::Priority;
     serving.trust_request_chat_template = args.trust_request_chat_template;
     serving.log_requests = (args.enable_log_requests && !args.disable_log_requests).then(|| args.max_log_len.unwrap_or(usize::MAX));
