@@ -1,6 +1,7 @@
 //! The HTTP API against the real server and model: response and SSE shapes (insta
 //! snapshots in snapshots/), errors, API keys, and the official openai Python client.
 
+#[macro_use]
 mod common;
 
 use common::{MODEL, Server, venv_python};
@@ -46,19 +47,6 @@ fn sse(path: &str, body: &Value) -> Vec<Value> {
         .collect()
 }
 
-macro_rules! snap {
-    ($name:expr, $value:expr) => {
-        insta::with_settings!({
-            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
-            prepend_module_to_snapshot => false,
-        }, {
-            insta::assert_json_snapshot!($name, $value, {
-                ".id" => "[id]", ".created" => "[created]",
-                "[].id" => "[id]", "[].created" => "[created]",
-            });
-        });
-    };
-}
 
 #[test]
 fn completion_shape() {

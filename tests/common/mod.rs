@@ -1,5 +1,22 @@
 //! Starts the real `sluice` binary on a loopback port and talks HTTP to it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// An insta JSON snapshot in the top-level snapshots/ folder, with ids and timestamps
+/// redacted (top level, or in a top-level list) and any further redactions given.
+macro_rules! snap {
+    ($name:expr, $value:expr $(, $sel:literal => $rep:literal)* $(,)?) => {
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"),
+            prepend_module_to_snapshot => false,
+        }, {
+            insta::assert_json_snapshot!($name, $value, {
+                ".id" => "[id]", ".created" => "[created]",
+                "[].id" => "[id]", "[].created" => "[created]",
+                $($sel => $rep,)*
+            });
+        });
+    };
+}
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
