@@ -217,10 +217,10 @@ impl Engine {
         }
         let mut chunks = Vec::with_capacity(plan.entries.len());
         // Rows of the returned logits: those to sample from, and those that score a
-        // prompt token (prompt_logprobs), each with its sequence.
+        // prompt token (prompt_logprobs), each with its sequence and the token it scores.
         let mut sampling = Vec::new();
         let mut sample_rows = Vec::new();
-        let mut prompt_rows: Vec<(SeqId, i64)> = Vec::new();
+        let mut prompt_rows: Vec<PromptRow> = Vec::new();
         let mut row = 0i64;
         for &(id, n) in &plan.entries {
             let seq = self.sched.get(id).expect("planned sequence");
@@ -234,7 +234,7 @@ impl Engine {
                     let next = seq.computed + i + 1;
                     if next < seq.prompt.len() && next > seq.prompt_logprobs.len() {
                         logits_for.push(i);
-                        prompt_rows.push((id, row));
+                        prompt_rows.push(PromptRow { seq: id, row, token: seq.prompt[next] as i64 });
                         row += 1;
                     }
                 }
@@ -277,23 +277,18 @@ impl Engine {
         times
     }
 
-    /// Logprobs of prompt tokens (`prompt_logprobs`) from the rows that predict them.
-    fn score_prompts(&mut self, logits: &Tensor, rows: &[(SeqId, i64)]) {
-        // Each sequence's rows are consecutive predictions, starting after those it has.
-        let mut next: std::collections::HashMap<SeqId, usize> = std::collections::HashMap::new();
-        let mut targets = Vec::with_capacity(rows.len());
-        let mut ks = Vec::with_capacity(rows.len());
-        for &(id, _) in rows {
-            let seq = self.sched.get(id).expect("scored sequence");
-            let at = next.entry(id).or_insert(seq.prompt_logprobs.len() + 1);
-            targets.push(seq.prompt[*at] as i64);
-            *at += 1;
-            ks.push(seq.params.prompt_logprobs.unwrap_or(0));
-        }
-        let idx = Tensor::from_slice(&rows.iter().map(|r| r.1).collect::<Vec<_>>()).to_device(logits.device());
+    /// Logprobs of prompt tokens (`prompt_logprobs`) from the rows that predict them; a
+    /// sequence's rows come in prompt order, after the positions it has already scored.
+    fn score_prompts(&mut self, logits: &Tensor, rows: &[PromptRow]) {
+        let idx = Tensor::from_slice(&rows.iter().map(|r| r.row).collect::<Vec<_>>()).to_device(logits.device());
+        let targets: Vec<i64> = rows.iter().map(|r| r.token).collect();
+        let ks: Vec<usize> = rows
+            .iter()
+            .map(|r| self.sched.get(r.seq).and_then(|s| s.params.prompt_logprobs).unwrap_or(0))
+            .collect();
         let scored = sampling::logprobs_of(&logits.index_select(0, &idx), &targets, &ks);
-        for (&(id, _), lp) in rows.iter().zip(scored) {
-            self.sched.get_mut(id).expect("scored sequence").prompt_logprobs.push(lp);
+        for (r, lp) in rows.iter().zip(scored) {
+            self.sched.get_mut(r.seq).expect("scored sequence").prompt_logprobs.push(lp);
         }
     }
 
@@ -359,6 +354,14 @@ impl Engine {
         }
         None
     }
+}
+
+/// A row of a step's logits that scores a prompt token.
+struct PromptRow {
+    seq: SeqId,
+    row: i64,
+    /// The prompt token the row predicts.
+    token: i64,
 }
 
 fn event(seq: &Sequence, tokens: Vec<u32>, logprobs: Vec<sampling::TokenLogprobs>, finish: Option<Finish>) -> TokenEvent {

@@ -145,10 +145,11 @@ impl Scheduler {
         while !preempted_now && budget > 0 {
             let Some(&id) = self.waiting.first() else { break };
             let seq = self.seqs.get_mut(&id).expect("waiting sequence");
-            let hit = if cfg.prefix_caching { prefix::take_cached_prefix(seq, blocks) } else { 0 };
+            let room = self.running.len() < cfg.max_num_seqs;
+            // The prefix cache is asked only when the sequence could run this step.
+            let hit = if room && cfg.prefix_caching { prefix::take_cached_prefix(seq, blocks) } else { 0 };
             let n = seq.pending().min(budget);
-            let fits = self.running.len() < cfg.max_num_seqs && blocks.grow(&mut seq.blocks, seq.computed + n);
-            if !fits {
+            if !(room && blocks.grow(&mut seq.blocks, seq.computed + n)) {
                 // Give back what the prefix cache lent; it is looked up again next time.
                 blocks.release(&mut seq.blocks);
                 seq.computed = 0;
