@@ -20,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model over the OpenAI API (a drop-in for `vllm serve`).
     Serve(Box<ServeArgs>),
+    /// Run a JSONL file of requests through the model, offline (vLLM's batch format).
+    RunBatch(Box<crate::batch::BatchArgs>),
     /// Drive an OpenAI-compatible server with streaming requests and report its speed.
     Bench(crate::bench::BenchArgs),
 }

@@ -61,6 +61,21 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint a request path names (the POST routes the server answers, which are
+    /// also the `url`s a batch file may use).
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/v1/completions" => Endpoint::Completions,
+            "/v1/chat/completions" => Endpoint::ChatCompletions,
+            "/v1/embeddings" => Endpoint::Embeddings,
+            "/pooling" => Endpoint::Pooling,
+            "/classify" => Endpoint::Classify,
+            "/score" | "/v1/score" => Endpoint::Score,
+            "/rerank" | "/v1/rerank" | "/v2/rerank" => Endpoint::Rerank,
+            _ => return None,
+        })
+    }
+
     /// Whether the endpoint generates text (as opposed to pooling an encoder's states).
     pub fn generates(self) -> bool {
         matches!(self, Endpoint::Completions | Endpoint::ChatCompletions)
@@ -174,7 +189,7 @@ impl RequestCtx {
 }
 
 /// 24 hex digits from the key and the clock; unique per process, not guessable by design.
-fn random_hex(key: u64) -> String {
+pub fn random_hex(key: u64) -> String {
     let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let a = splitmix(t ^ key.rotate_left(32));
     let b = splitmix(a ^ key);

@@ -4,9 +4,11 @@
 //! - `stages`: the stage kinds (decode, render, tokenize, guide, engine, detokenize, stream).
 //! - `api`: the OpenAI wire format, errors and the HTTP edge.
 //! - `model`: model files, tokenizer, chat template, forward pass.
+//! - `batch`: `run-batch`, JSONL files through the same pipeline.
 //! - `engine`: scheduling, KV blocks, sequences. `sampling`: logits to tokens.
 
 pub mod api;
+pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod detok;

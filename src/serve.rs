@@ -83,15 +83,42 @@ pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> 
     })
 }
 
-/// Loads the model and starts the pipeline (shared by `serve` and the tests).
+/// Where requests enter the pipeline: HTTP connections (`serve`) or the lines of a JSONL
+/// file (`run-batch`). Everything after the entry is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    Http,
+    Jsonl,
+}
+
+impl Edge {
+    /// The pipeline file's `source` for this edge.
+    pub fn source(self) -> &'static str {
+        match self {
+            Edge::Http => "http",
+            Edge::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// Loads the model and starts the pipeline for HTTP (shared by `serve` and the tests).
 pub fn build(args: &ServeArgs) -> Result<Server> {
+    build_for(args, Edge::Http)
+}
+
+/// Loads the model and starts the pipeline fed by `edge`.
+pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
     let location = resolve::resolve(args.model_arg())?;
     let task = resolve_task(args.task, &encoder::architectures(&location)?)?;
     // The pipeline file before the weights: a wrong one should not wait for the model to load.
-    let spec = match (&args.pipeline, task) {
-        (Some(path), _) => PipelineSpec::load(path)?,
-        (None, Task::Generate) => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
-        (None, _) => PipelineSpec::parse(stages::POOLING_TOML, "stages/pooling.toml (built in)")?,
+    let spec = match (&args.pipeline, task, edge) {
+        (Some(path), _, _) => PipelineSpec::load(path)?,
+        (None, Task::Generate, Edge::Http) => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
+        (None, _, Edge::Http) => PipelineSpec::parse(stages::POOLING_TOML, "stages/pooling.toml (built in)")?,
+        (None, Task::Generate, Edge::Jsonl) => PipelineSpec::parse(stages::BATCH_TOML, "stages/batch.toml (built in)")?,
+        (None, _, Edge::Jsonl) => {
+            PipelineSpec::parse(stages::BATCH_POOLING_TOML, "stages/batch-pooling.toml (built in)")?
+        }
     };
     if let Some(t) = args.threads {
         tch::set_num_threads(t as i32);
@@ -100,7 +127,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     tracing::info!("loading {} from {} for --task {}", location.default_name, location.path().display(), task.name());
     let t0 = Instant::now();
     if task != Task::Generate {
-        return build_pooling(args, location, task, &spec, device, t0);
+        return build_pooling(args, location, task, &spec, device, t0, edge);
     }
     let loaded = model::load(
         location,
@@ -161,7 +188,9 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     let engine = Engine::new(llama, engine_cfg);
     let engine_stats = engine.stats();
 
-    let pipeline = Pipeline::start(&spec, &stages::registry(serving.clone(), engine))?;
+    let mut registry = stages::registry(serving.clone(), engine);
+    registry.source(edge.source(), stages::SOURCE_OUTPUT);
+    let pipeline = Pipeline::start(&spec, &registry)?;
     let app = Arc::new(AppState {
         serving,
         entry: pipeline.entry().clone(),
@@ -190,6 +219,7 @@ fn build_pooling(
     spec: &PipelineSpec,
     device: Device,
     t0: Instant,
+    edge: Edge,
 ) -> Result<Server> {
     let loaded = encoder::load(location, device, &args.dtype, args.max_model_len)?;
     let (model, info) = (loaded.model, loaded.info);
@@ -210,8 +240,9 @@ fn build_pooling(
     }
     let serving = Arc::new(ServingContext::new(&info, served_names(args, &info), None, None));
     let engine_stats = Arc::new(crate::engine::stats::EngineStats::default());
-    let registry =
+    let mut registry =
         stages::pooling_registry(serving.clone(), model, args.max_num_seqs, args.max_num_batched_tokens, engine_stats.clone());
+    registry.source(edge.source(), stages::SOURCE_OUTPUT);
     let pipeline = Pipeline::start(spec, &registry)?;
     let app = Arc::new(AppState {
         serving,

@@ -95,7 +95,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("No route for {} {}.", req.method(), req.uri().path()))
+    no_route(req.method().as_str(), req.uri().path())
 }
 
 async fn models(State(app): State<Arc<AppState>>) -> Json<ModelList> {
@@ -144,6 +144,24 @@ async fn rerank(State(app): State<Arc<AppState>>, req: Request) -> Response {
     submit(app, Endpoint::Rerank, req).await
 }
 
+/// The answer to a request for an API the model is not served for (none when it is).
+pub fn refuse_endpoint(serving: &ServingContext, task: Task, endpoint: Endpoint) -> Option<ApiError> {
+    (!task.serves(endpoint)).then(|| {
+        ApiError::bad_request(format!(
+            "The model `{}` does not support the {} API: it is served for --task {}, which answers {}.",
+            serving.model_name(),
+            endpoint.api_name(),
+            task.name(),
+            task.routes()
+        ))
+    })
+}
+
+/// The answer to a path no route serves.
+pub fn no_route(method: &str, path: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("No route for {method} {path}."))
+}
+
 pub(super) async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
@@ -161,15 +179,8 @@ pub(super) async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize
 }
 
 async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
-    if !app.task.serves(endpoint) {
-        return ApiError::bad_request(format!(
-            "The model `{}` does not support the {} API: it is served for --task {}, which answers {}.",
-            app.serving.model_name(),
-            endpoint.api_name(),
-            app.task.name(),
-            app.task.routes()
-        ))
-        .into_response();
+    if let Some(refusal) = refuse_endpoint(&app.serving, app.task, endpoint) {
+        return refusal.into_response();
     }
     let (parts, body) = req.into_parts();
     let body = match read_json_body(&parts.headers, body, app.max_body_bytes).await {
@@ -184,8 +195,7 @@ async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respons
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .or(body_id.as_deref())
-        .map(str::trim)
-        .filter(|r| !r.is_empty() && r.len() <= 256);
+        .and_then(usable_request_id);
     let (ctx, rx) = RequestCtx::new(endpoint, request_id);
     match app.entry.try_send(Item { ctx: ctx.clone(), payload: Payload::Body(body) }) {
         Ok(()) => {}
@@ -200,6 +210,11 @@ async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respons
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// A client's request id as it may name a response: trimmed, not empty, at most 256 bytes.
+pub fn usable_request_id(r: &str) -> Option<&str> {
+    Some(r.trim()).filter(|r| !r.is_empty() && r.len() <= 256)
 }
 
 /// The body's `request_id`, read ahead of decode since it names the response. Bodies that

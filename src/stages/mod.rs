@@ -27,6 +27,16 @@ pub const SERVE_TOML: &str = include_str!("../../stages/serve.toml");
 /// The built-in pipeline for pooling models (`--task embed|classify|score`).
 pub const POOLING_TOML: &str = include_str!("../../stages/pooling.toml");
 
+/// The built-in pipeline for `sluice run-batch` with a generative model.
+pub const BATCH_TOML: &str = include_str!("../../stages/batch.toml");
+
+/// The built-in pipeline for `sluice run-batch` with a pooling model.
+pub const BATCH_POOLING_TOML: &str = include_str!("../../stages/batch-pooling.toml");
+
+/// What every source (HTTP or JSONL) hands the first stage: request bodies. The caller
+/// registers the source its edge provides.
+pub const SOURCE_OUTPUT: &str = "bodies";
+
 const fn shape(input: &'static str, output: &'static str, ordered: bool) -> StageShape {
     StageShape { input, output, ordered }
 }
@@ -35,10 +45,10 @@ fn boxed<S: Stage<Item>>(s: S) -> Result<Arc<dyn Stage<Item>>, String> {
     Ok(Arc::new(s))
 }
 
-/// Every stage kind, bound to the served model. The engine can be built once only.
+/// Every stage kind, bound to the served model. The engine can be built once only. The
+/// caller adds the source (`Registry::source`).
 pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> {
     let mut r = Registry::new();
-    r.source("http", "bodies");
     let s = serving.clone();
     r.stage("decode", shape("bodies", "requests", false), Box::new(move || boxed(decode::Decode { serving: s.clone() })));
     let s = serving.clone();
@@ -82,7 +92,6 @@ pub fn pooling_registry(
 ) -> Registry<Item> {
     let info = Arc::new(model.info());
     let mut r = Registry::new();
-    r.source("http", "bodies");
     let (s, i) = (serving.clone(), info.clone());
     r.stage(
         "pool_decode",
