@@ -111,6 +111,8 @@ pub struct RequestCtx {
     reply: UnboundedSender<Reply>,
     /// Set once by the decode stage; read by the stages after the engine.
     meta: OnceLock<Arc<RequestMeta>>,
+    /// When the request was first scheduled and produced tokens (for latency metrics).
+    pub timeline: crate::engine::latency::Timeline,
 }
 
 /// What the stages after the engine need to shape the answer.
@@ -138,11 +140,13 @@ impl RequestCtx {
             None => format!("{}-{}", endpoint.id_prefix(), random_hex(key)),
         };
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let arrived = Instant::now();
         let ctx = RequestCtx {
             id,
             key,
             created,
-            arrived: Instant::now(),
+            arrived,
+            timeline: crate::engine::latency::Timeline::new(arrived),
             endpoint,
             cancelled: AtomicBool::new(false),
             stopped: Mutex::new(HashSet::new()),

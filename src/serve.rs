@@ -199,6 +199,7 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
         request_id_headers: args.enable_request_id_headers,
         engine_stats,
         task,
+        stages: pipeline.metrics.clone(),
     });
     Ok(Server { app, pipeline })
 }
@@ -252,6 +253,7 @@ fn build_pooling(
         task,
         request_id_headers: args.enable_request_id_headers,
         engine_stats,
+        stages: pipeline.metrics.clone(),
     });
     Ok(Server { app, pipeline })
 }

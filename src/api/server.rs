@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::protocol::{ModelCard, ModelList};
 use crate::engine::stats::EngineStats;
 use crate::job::{Endpoint, Item, Payload, Reply, RequestCtx};
-use crate::pipeline::{Outlet, SendError};
+use crate::pipeline::{Exposition, Outlet, SendError, StageMetrics};
 use crate::serving::{ServingContext, Task};
 
 pub struct AppState {
@@ -33,6 +33,8 @@ pub struct AppState {
     /// `--enable-request-id-headers`: answer with an X-Request-Id header.
     pub request_id_headers: bool,
     pub engine_stats: Arc<EngineStats>,
+    /// Every stage's queue and service histograms, in pipeline order.
+    pub stages: Vec<Arc<StageMetrics>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -90,8 +92,29 @@ async fn version() -> Json<serde_json::Value> {
 
 /// Prometheus text, with vLLM's metric names.
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let text = app.engine_stats.prometheus(app.serving.model_name());
+    let mut out = Exposition::default();
+    app.engine_stats.write(&mut out, app.serving.model_name());
+    stage_histograms(&mut out, &app.stages);
+    let text = out.finish();
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text).into_response()
+}
+
+/// Buckets of the per-stage histograms: stages take microseconds to seconds.
+const STAGE_BUCKETS: [f64; 18] =
+    [1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// `sluice_stage_queue_seconds` and `sluice_stage_service_seconds`, one series per stage.
+fn stage_histograms(out: &mut Exposition, stages: &[Arc<StageMetrics>]) {
+    let name = "sluice_stage_queue_seconds";
+    out.header(name, "histogram", "Time items waited in a stage's queue.");
+    for s in stages {
+        out.histogram(name, &[("stage", &s.name)], &s.queue, &STAGE_BUCKETS);
+    }
+    let name = "sluice_stage_service_seconds";
+    out.header(name, "histogram", "Time a stage spent on an item (the engine: on a step).");
+    for s in stages {
+        out.histogram(name, &[("stage", &s.name)], &s.service, &STAGE_BUCKETS);
+    }
 }
 
 async fn not_found(req: Request) -> ApiError {

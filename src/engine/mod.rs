@@ -3,6 +3,7 @@
 //! they come.
 
 pub mod blocks;
+pub mod latency;
 pub mod prefix;
 pub mod scheduler;
 pub mod sequence;
@@ -224,6 +225,7 @@ impl Engine {
         let mut row = 0i64;
         for &(id, n) in &plan.entries {
             let seq = self.sched.get(id).expect("planned sequence");
+            seq.ctx.timeline.mark_scheduled(t0);
             let tokens: Vec<u32> = (seq.computed..seq.computed + n).map(|i| seq.token(i)).collect();
             let completes = seq.computed + n == seq.len();
             let mut logits_for = Vec::new();
@@ -318,8 +320,10 @@ impl Engine {
                 .collect();
             sampling::sample(logits, &rows)
         };
+        let now = Instant::now();
         for (&id, s) in ids.iter().zip(drawn) {
             let seq = self.sched.get_mut(id).expect("sampled sequence");
+            self.stats.latency.on_token(&seq.ctx.timeline, now);
             seq.output.push(s.token);
             let first = !seq.announced;
             seq.announced = true;

@@ -221,7 +221,7 @@ mod tests {
         let got = sink.lock().unwrap();
         assert_eq!(got.len(), 100);
         assert!(got.iter().all(|i| i.1 == ["decode", "render"]));
-        assert!(metrics.iter().all(|m| m.service().len() == 100 && m.queue().len() == 100));
+        assert!(metrics.iter().all(|m| m.service.count() == 100 && m.queue.count() == 100));
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> 
         Box::new(move || boxed(tokenize::Tokenize { serving: s.clone() })),
     );
     r.stage("guide", shape("tokenized requests", "ready requests", false), Box::new(|| boxed(guide::Guide)));
+    let stats = engine.stats();
     let engine = Mutex::new(Some(engine));
     r.stage(
         "engine",
@@ -77,7 +78,11 @@ pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> 
         Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })),
     );
     let tok = serving.tokenizer.clone();
-    r.stage("stream", shape("text", "nothing", true), Box::new(move || boxed(stream::Stream { tokenizer: tok.clone() })));
+    r.stage(
+        "stream",
+        shape("text", "nothing", true),
+        Box::new(move || boxed(stream::Stream { tokenizer: tok.clone(), stats: stats.clone() })),
+    );
     r
 }
 
@@ -105,16 +110,22 @@ pub fn pooling_registry(
         Box::new(move || boxed(pool_tokenize::PoolTokenize { serving: s.clone() })),
     );
     let model = Mutex::new(Some(model));
+    let st = stats.clone();
     r.stage(
         "encode",
         shape("tokenized pooling requests", "pooled outputs", false),
         Box::new(move || {
             let m = model.lock().unwrap_or_else(|e| e.into_inner()).take();
-            m.map(|m| Arc::new(encode::Encode::new(m, max_seqs, max_tokens, stats.clone())) as Arc<dyn Stage<Item>>)
+            m.map(|m| Arc::new(encode::Encode::new(m, max_seqs, max_tokens, st.clone())) as Arc<dyn Stage<Item>>)
                 .ok_or_else(|| "a pipeline can have only one encode stage".to_string())
         }),
     );
     let i = info.clone();
-    r.stage("pool_stream", shape("pooled outputs", "nothing", false), Box::new(move || boxed(pool_stream::PoolStream { model: i.clone() })));
+    let st = stats;
+    r.stage(
+        "pool_stream",
+        shape("pooled outputs", "nothing", false),
+        Box::new(move || boxed(pool_stream::PoolStream { model: i.clone(), stats: st.clone() })),
+    );
     r
 }

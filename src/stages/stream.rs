@@ -10,6 +10,8 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use crate::api::protocol::*;
+use crate::engine::latency::FinishedReason;
+use crate::engine::stats::EngineStats;
 use crate::job::{Endpoint, Finish, Item, Payload, Reply, RequestCtx, StopReason, TextEvent};
 use crate::model::tokenizer::Tokenizer;
 use crate::pipeline::{Inlet, Outlet, Stage};
@@ -17,6 +19,8 @@ use crate::sampling::TokenLogprobs;
 
 pub struct Stream {
     pub tokenizer: Arc<Tokenizer>,
+    /// Where finished requests are counted and their latencies recorded.
+    pub stats: Arc<EngineStats>,
 }
 
 #[derive(Default)]
@@ -58,10 +62,25 @@ impl Stage<Item> for Stream {
             });
             let done = self.on_event(&ctx, p, ev);
             if done {
-                pending.remove(&ctx.key);
+                if let Some(p) = pending.remove(&ctx.key) {
+                    self.stats.latency.on_finished(&ctx.timeline, finished_reason(&p), Instant::now());
+                }
             }
             inlet.metrics().record_service(start.elapsed());
         }
+    }
+}
+
+/// A whole request's reason: aborted if any choice was, else cut at the length limit if
+/// any was, else stopped.
+fn finished_reason(p: &Pending) -> FinishedReason {
+    let any = |f: fn(&Finish) -> bool| p.choices.iter().any(|c| c.finish.as_ref().is_some_and(f));
+    if any(|f| matches!(f, Finish::Abort)) {
+        FinishedReason::Abort
+    } else if any(|f| matches!(f, Finish::Length)) {
+        FinishedReason::Length
+    } else {
+        FinishedReason::Stop
     }
 }
 
