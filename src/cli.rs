@@ -22,6 +22,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run a JSONL file of requests through the model, offline (vLLM's batch format).
     RunBatch(Box<crate::batch::BatchArgs>),
+    /// Run a workload through the pipeline in this process and show where the time goes.
+    Profile(Box<crate::profile::ProfileArgs>),
     /// Drive an OpenAI-compatible server with streaming requests and report its speed.
     Bench(crate::bench::BenchArgs),
 }

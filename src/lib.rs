@@ -4,7 +4,7 @@
 //! - `stages`: the stage kinds (decode, render, tokenize, guide, engine, detokenize, stream).
 //! - `api`: the OpenAI wire format, errors and the HTTP edge.
 //! - `model`: model files, tokenizer, chat template, forward pass.
-//! - `batch`: `run-batch`, JSONL files through the same pipeline.
+//! - `batch`: `run-batch`, JSONL files through the same pipeline. `profile`: where time goes.
 //! - `engine`: scheduling, KV blocks, sequences. `sampling`: logits to tokens.
 
 pub mod api;
@@ -17,6 +17,7 @@ pub mod engine;
 pub mod job;
 pub mod model;
 pub mod pipeline;
+pub mod profile;
 pub mod sampling;
 pub mod serve;
 pub mod serving;

@@ -50,6 +50,15 @@ pub struct Server {
     pub pipeline: Pipeline<crate::job::Item>,
 }
 
+impl Server {
+    /// Closes the pipeline's entry and waits for every stage to finish its work.
+    pub fn shutdown(self) {
+        let Server { app, pipeline } = self;
+        drop(app);
+        pipeline.shutdown();
+    }
+}
+
 /// What `--task` asks for, checked against the model's architectures (vLLM's rules:
 /// `auto` picks generation for `*ForCausalLM` and GGUF files, embeddings for encoders,
 /// classification for `*ForSequenceClassification`).

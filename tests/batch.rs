@@ -207,7 +207,7 @@ fn http_only_flags_are_refused() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--port is a flag of `sluice serve`"), "{err}");
+    assert!(err.contains("--port is a flag of `sluice serve`; this command reads a file"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -8,7 +8,7 @@ pub mod output;
 pub mod progress;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ use crate::api::server::{AppState, refuse_endpoint};
 use crate::cli::ServeArgs;
 use crate::job::{Item, Payload, Reply, RequestCtx};
 use crate::pipeline::SendError;
-use crate::serve::{Edge, build_for};
+use crate::serve::{Edge, Server, build_for};
 use input::{Line, SeenIds, parse_line};
 use output::{Answer, Previous, Writer, format_line, open_for_resume};
 use progress::Progress;
@@ -56,7 +56,7 @@ enum Pending {
 }
 
 /// Flags of `serve` that only the HTTP edge uses: refused here rather than ignored.
-fn refuse_http_flags(s: &ServeArgs) -> Result<()> {
+pub fn refuse_http_flags(s: &ServeArgs) -> Result<()> {
     let given = [
         ("--host", s.host != "127.0.0.1"),
         ("--port", s.port != 8000),
@@ -67,7 +67,7 @@ fn refuse_http_flags(s: &ServeArgs) -> Result<()> {
         ("--enable-request-id-headers", s.enable_request_id_headers),
     ];
     if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
-        bail!("{flag} is a flag of `sluice serve`; run-batch reads a file and listens on no port");
+        bail!("{flag} is a flag of `sluice serve`; this command reads a file and listens on no port");
     }
     Ok(())
 }
@@ -100,23 +100,10 @@ pub fn run(args: &BatchArgs) -> Result<()> {
 
     let server = build_for(&args.serve, Edge::Jsonl)?;
     tracing::info!("running the {total} lines of {}", path.display());
-    let (tx, rx) = unbounded_channel();
-    let app = server.app.clone();
-    let input = path.clone();
-    let reader = std::thread::Builder::new()
-        .name("batch-reader".into())
-        .spawn(move || read_lines(&input, &app, previous, tx))
-        .context("starting the batch reader")?;
-
-    let mut progress = Progress::new(total);
-    let mut writer = Writer::new(out_file);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the batch writer")?;
-    let written = rt.block_on(collect(rx, &mut writer, &mut progress));
-    progress.finish();
-    let read = reader.join().map_err(|_| anyhow::anyhow!("the batch reader failed"))?;
-    read?;
-    written.with_context(|| format!("writing {}", args.output_file.display()))?;
-
+    let input = File::open(path).with_context(|| format!("--input-file {}: cannot open it", path.display()))?;
+    let lines = BufReader::new(input).lines();
+    let progress = execute(&server, lines, total, previous, out_file)
+        .with_context(|| format!("{} -> {}", path.display(), args.output_file.display()))?;
     let secs = progress.elapsed().as_secs_f64();
     tracing::info!(
         "done: {} lines answered ({} failed), {} skipped as already answered; {} output tokens in {:.1}s = {:.1} tok/s; wrote {}",
@@ -128,16 +115,40 @@ pub fn run(args: &BatchArgs) -> Result<()> {
         progress.tokens_per_second(),
         args.output_file.display()
     );
-    let crate::serve::Server { app, pipeline } = server;
-    drop(app);
-    pipeline.shutdown();
+    server.shutdown();
     Ok(())
+}
+
+/// Runs request lines through a started pipeline and writes the output lines to `out` in
+/// input order; `previous` names what an earlier run already answered. Returns the tally.
+pub fn execute<L>(server: &Server, lines: L, total: usize, previous: Previous, out: impl Write + Send + 'static) -> Result<Progress>
+where
+    L: Iterator<Item = std::io::Result<String>> + Send + 'static,
+{
+    let (tx, rx) = unbounded_channel();
+    let app = server.app.clone();
+    let reader = std::thread::Builder::new()
+        .name("batch-reader".into())
+        .spawn(move || read_lines(lines, &app, previous, tx))
+        .context("starting the batch reader")?;
+    let mut progress = Progress::new(total);
+    let mut writer = Writer::new(out);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the batch writer")?;
+    let written = rt.block_on(collect(rx, &mut writer, &mut progress));
+    progress.finish();
+    reader.join().map_err(|_| anyhow::anyhow!("the batch reader failed"))??;
+    written.context("writing the output")?;
+    Ok(progress)
 }
 
 /// The reader thread: every line, in order, becomes a pending answer; requests go into the
 /// pipeline, waiting while its first queue is full.
-fn read_lines(path: &PathBuf, app: &Arc<AppState>, previous: Previous, tx: UnboundedSender<(usize, Pending)>) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("--input-file {}: cannot open it", path.display()))?;
+fn read_lines(
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    app: &Arc<AppState>,
+    previous: Previous,
+    tx: UnboundedSender<(usize, Pending)>,
+) -> Result<()> {
     let mut seen = SeenIds::default();
     let mut without_id_to_skip = previous.without_id;
     let mut seq = 0usize;
@@ -146,8 +157,8 @@ fn read_lines(path: &PathBuf, app: &Arc<AppState>, previous: Previous, tx: Unbou
         let _ = tx.send((seq, p));
         seq += 1;
     };
-    for (i, text) in BufReader::new(file).lines().enumerate() {
-        let text = text.with_context(|| format!("--input-file {}: cannot read line {}", path.display(), i + 1))?;
+    for (i, text) in lines.enumerate() {
+        let text = text.with_context(|| format!("cannot read line {}", i + 1))?;
         if text.trim().is_empty() {
             continue;
         }

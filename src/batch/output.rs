@@ -41,14 +41,14 @@ pub fn format_line(a: &Answer, seq: u64) -> String {
 
 /// Writes lines in sequence order, each as soon as all before it are written.
 pub struct Writer {
-    file: BufWriter<File>,
+    file: BufWriter<Box<dyn Write + Send>>,
     next: usize,
     early: BTreeMap<usize, String>,
 }
 
 impl Writer {
-    pub fn new(file: File) -> Self {
-        Writer { file: BufWriter::new(file), next: 0, early: BTreeMap::new() }
+    pub fn new(out: impl Write + Send + 'static) -> Self {
+        Writer { file: BufWriter::new(Box::new(out)), next: 0, early: BTreeMap::new() }
     }
 
     /// Line `seq` is done; writes it and any that waited for it, then flushes so that an

@@ -13,6 +13,7 @@ use crate::pipeline::{Exposition, LatencyHistogram};
 #[derive(Debug)]
 pub struct Timeline {
     arrived: Instant,
+    admitted: AtomicU64,
     scheduled: AtomicU64,
     first_token: AtomicU64,
     last_token: AtomicU64,
@@ -20,7 +21,13 @@ pub struct Timeline {
 
 impl Timeline {
     pub fn new(arrived: Instant) -> Self {
-        Timeline { arrived, scheduled: AtomicU64::new(0), first_token: AtomicU64::new(0), last_token: AtomicU64::new(0) }
+        Timeline {
+            arrived,
+            admitted: AtomicU64::new(0),
+            scheduled: AtomicU64::new(0),
+            first_token: AtomicU64::new(0),
+            last_token: AtomicU64::new(0),
+        }
     }
 
     fn offset(&self, at: Instant) -> u64 {
@@ -32,6 +39,11 @@ impl Timeline {
             0 => None,
             n => Some(Duration::from_nanos(n - 1)),
         }
+    }
+
+    /// The engine took the request in.
+    pub fn mark_admitted(&self, at: Instant) {
+        let _ = self.admitted.compare_exchange(0, self.offset(at), Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// The first time any of the request's sequences is in a step; true if this was it.
@@ -95,6 +107,8 @@ pub struct RequestLatency {
     pub queue: LatencyHistogram,
     pub prefill: LatencyHistogram,
     pub decode: LatencyHistogram,
+    /// From admission by the engine to the last token (profiles; not a vLLM metric).
+    pub in_engine: LatencyHistogram,
     success: [AtomicU64; 3],
 }
 
@@ -124,6 +138,9 @@ impl RequestLatency {
         }
         if let (Some(f), Some(l)) = (first, last) {
             self.decode.record(l.saturating_sub(f));
+        }
+        if let (Some(a), Some(l)) = (timeline.get(&timeline.admitted), last) {
+            self.in_engine.record(l.saturating_sub(a));
         }
         self.success[reason as usize].fetch_add(1, Ordering::Relaxed);
     }

@@ -131,6 +131,7 @@ impl Engine {
     /// Admits a tokenized job: one sequence per prompt and choice.
     pub fn admit(&mut self, ctx: Arc<RequestCtx>, job: &Job) {
         let prompts = job.token_prompts().expect("the engine takes tokenized jobs");
+        ctx.timeline.mark_admitted(Instant::now());
         let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
         self.stats.prompt_tokens.fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
         let choices = prompts.len() * job.n;

@@ -68,6 +68,8 @@ impl LatencyHistogram {
 
 pub struct StageMetrics {
     pub name: String,
+    /// The stage's kind in the pipeline file.
+    pub kind: String,
     pub queue: LatencyHistogram,
     pub service: LatencyHistogram,
 }
@@ -84,8 +86,8 @@ pub struct Summary {
 }
 
 impl StageMetrics {
-    pub fn new(name: &str) -> Self {
-        StageMetrics { name: name.to_string(), queue: LatencyHistogram::default(), service: LatencyHistogram::default() }
+    pub fn new(name: &str, kind: &str) -> Self {
+        StageMetrics { name: name.to_string(), kind: kind.to_string(), queue: LatencyHistogram::default(), service: LatencyHistogram::default() }
     }
 
     pub fn record_queue(&self, d: Duration) {

@@ -124,7 +124,7 @@ impl<T: Send + Keyed + 'static> Pipeline<T> {
             inputs.push((Outlet::new(txs), rxs));
         }
 
-        let metrics: Vec<Arc<StageMetrics>> = spec.stages.iter().map(|s| Arc::new(StageMetrics::new(&s.name))).collect();
+        let metrics: Vec<Arc<StageMetrics>> = spec.stages.iter().map(|s| Arc::new(StageMetrics::new(&s.name, &s.kind))).collect();
         let entry = inputs[0].0.clone();
         let mut handles = Vec::new();
         for (i, s) in spec.stages.iter().enumerate() {

@@ -29,8 +29,9 @@ impl Stage<Item> for PoolStream {
             return;
         }
         let body = self.answer(&item.ctx, *job);
-        item.ctx.reply(Reply::Body(body));
+        // Counted before the reply, so that whoever got the answer sees it counted.
         latency.on_finished(&item.ctx.timeline, FinishedReason::Stop, Instant::now());
+        item.ctx.reply(Reply::Body(body));
     }
 }
 

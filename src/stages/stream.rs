@@ -62,9 +62,7 @@ impl Stage<Item> for Stream {
             });
             let done = self.on_event(&ctx, p, ev);
             if done {
-                if let Some(p) = pending.remove(&ctx.key) {
-                    self.stats.latency.on_finished(&ctx.timeline, finished_reason(&p), Instant::now());
-                }
+                pending.remove(&ctx.key);
             }
             inlet.metrics().record_service(start.elapsed());
         }
@@ -93,6 +91,12 @@ fn stop_reason(f: &Option<Finish>) -> Option<Value> {
 }
 
 impl Stream {
+    /// Counts a complete request in the latency metrics; before its last reply, so that
+    /// whoever got the answer sees it counted.
+    fn finished(&self, ctx: &RequestCtx, p: &Pending) {
+        self.stats.latency.on_finished(&ctx.timeline, finished_reason(p), Instant::now());
+    }
+
     /// Handles one event; true when the request is complete.
     fn on_event(&self, ctx: &Arc<RequestCtx>, p: &mut Pending, ev: TextEvent) -> bool {
         let meta = ctx.meta().clone();
@@ -165,6 +169,7 @@ impl Stream {
                 if meta.output.include_usage && !ctx.is_cancelled() {
                     self.send_usage(ctx, &meta.model, p, chat);
                 }
+                self.finished(ctx, p);
                 ctx.reply(Reply::Done);
                 return true;
             }
@@ -237,7 +242,10 @@ impl Stream {
                     usage: Some(usage),
                 })
             };
+            self.finished(ctx, p);
             ctx.reply(Reply::Body(body.expect("responses serialize")));
+        } else {
+            self.finished(ctx, p);
         }
         true
     }
