@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Write the requests this run would send as a batch file for `run-batch` (same
+    /// prompts and lengths, not streamed) instead of sending them; needs --model.
+    #[arg(long, value_name = "FILE")]
+    pub write_batch: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -79,7 +83,27 @@ fn prompt(i: usize, tokens: usize) -> String {
     s
 }
 
+/// `--write-batch`: the measured requests as batch lines, in the order they are sent.
+fn write_batch(args: &BenchArgs, path: &std::path::Path) -> Result<()> {
+    let model = args.model.as_deref().context("--write-batch needs --model (no server is asked)")?;
+    let total = args.requests.unwrap_or((args.concurrency * 4).max(8));
+    let mut text = String::new();
+    for i in 0..total {
+        let body = json!({
+            "model": model, "prompt": prompt(i, args.prompt_tokens), "max_tokens": args.max_tokens,
+            "temperature": 0, "ignore_eos": true,
+        });
+        let line = json!({"custom_id": format!("request-{i}"), "method": "POST", "url": "/v1/completions", "body": body});
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("--write-batch {}: cannot write it", path.display()))
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(path) = &args.write_batch {
+        return write_batch(args, path);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(run_async(args))
 }
