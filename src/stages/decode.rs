@@ -362,7 +362,6 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("functions", |_| false),
     ("function_call", |v| v.as_str() == Some("none")),
     ("logits_processors", |v| v.as_array().is_some_and(|a| a.is_empty())),
-    ("spaces_between_special_tokens", |v| v.as_bool() == Some(true)),
     ("vllm_xargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
     ("length_penalty", |v| v.as_f64() == Some(1.0)),
 ];
@@ -499,6 +498,10 @@ fn common(
     if stream_options.is_some() && !stream {
         return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed when `stream` is true."));
     }
+    // Only slow (Python) tokenizers put spaces between special tokens; this server's
+    // tokenizers are fast ones (tokenizer.json), which decode the same either way, as in
+    // Hugging Face's and vLLM's fast path. The value is still checked.
+    f.take::<bool>("spaces_between_special_tokens")?;
     let output = OutputOptions {
         stream,
         include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
