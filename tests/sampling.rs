@@ -230,3 +230,29 @@ fn best_of_returns_the_most_likely_choices() {
     let (status, e) = server().post("/v1/completions", &streaming);
     assert_eq!((status, e["error"]["param"].as_str()), (400, Some("best_of")));
 }
+
+/// `logits_processors` by name: no_repeat_ngram keeps every n-gram of prompt and output
+/// unique, where the plain greedy continuation repeats one; unknown names are a 400.
+#[test]
+fn no_repeat_ngram_processor_keeps_ngrams_unique() {
+    let prompt = "I like apples. I like apples. I like";
+    let (status, r) = server().post("/tokenize", &json!({"model": MODEL, "prompt": prompt}));
+    assert_eq!(status, 200);
+    let prompt_ids: Vec<u32> = r["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    let trigrams = |ids: &[u32]| {
+        let all: Vec<u32> = prompt_ids.iter().chain(ids).copied().collect();
+        let grams: Vec<&[u32]> = all.windows(3).collect();
+        let distinct: std::collections::HashSet<&[u32]> = grams.iter().copied().collect();
+        grams.len() - distinct.len()
+    };
+    let (_, plain, _) = complete(prompt, 24, json!({}));
+    assert!(trigrams(&plain) > 0, "the plain continuation repeats a trigram of the prompt: {plain:?}");
+    for spec in [json!({"qualname": "no_repeat_ngram", "args": [3]}), json!({"qualname": "transformers.NoRepeatNGramLogitsProcessor", "kwargs": {"ngram_size": 3}})] {
+        let (_, ids, _) = complete(prompt, 24, json!({"logits_processors": [spec]}));
+        assert_eq!(trigrams(&ids), trigrams(&[]), "{spec}: only the prompt's own repeats remain: {ids:?}");
+    }
+    let (status, e) = server().post("/v1/completions", &json!({"model": MODEL, "prompt": "Hi", "logits_processors": ["my.module.Processor"]}));
+    assert_eq!(status, 400);
+    assert_eq!(e["error"]["param"], "logits_processors[0]");
+    assert!(e["error"]["message"].as_str().unwrap().contains("no_repeat_ngram"), "{e}");
+}

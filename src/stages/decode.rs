@@ -361,7 +361,6 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("tool_choice", |v| v.as_str() == Some("none")),
     ("functions", |_| false),
     ("function_call", |v| v.as_str() == Some("none")),
-    ("logits_processors", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("vllm_xargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
     ("length_penalty", |v| v.as_f64() == Some(1.0)),
 ];
@@ -456,6 +455,11 @@ fn common(
             ));
         }
         p.min_tokens = m as usize;
+    }
+    for (i, entry) in f.take::<Vec<Value>>("logits_processors")?.unwrap_or_default().iter().enumerate() {
+        let b = crate::sampling::processors::Builtin::parse(entry)
+            .map_err(|e| ApiError::invalid(format!("logits_processors[{i}]"), format!("Invalid `logits_processors[{i}]`: {e}.")))?;
+        p.builtin_processors.push(b);
     }
     p.seed = f.take::<i64>("seed")?.map(|s| s as u64);
     p.ignore_eos = f.take("ignore_eos")?.unwrap_or(false);
