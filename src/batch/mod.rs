@@ -65,6 +65,7 @@ pub fn refuse_http_flags(s: &ServeArgs) -> Result<()> {
         ("--allowed-headers", s.allowed_headers.0 != ["*"]),
         ("--allow-credentials", s.allow_credentials),
         ("--enable-request-id-headers", s.enable_request_id_headers),
+        ("--root-path", s.root_path.is_some()),
     ];
     if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
         bail!("{flag} is a flag of `sluice serve`; this command reads a file and listens on no port");

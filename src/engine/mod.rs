@@ -314,7 +314,7 @@ impl Engine {
                     let ctx = RowContext {
                         prompt: &seq.prompt,
                         output: &seq.output,
-                        banned: processors::banned_tokens(&seq.params, &seq.output, eos),
+                        banned: processors::banned_tokens(&seq.params, &seq.prompt, &seq.output, eos),
                     };
                     SampleRow { params: &seq.params, uniform, ctx }
                 })
