@@ -16,8 +16,6 @@ use crate::sampling::SamplingParams;
 use crate::model::chat_template::ChatTemplate;
 use crate::serving::{ContentFormat, ServingContext};
 
-/// The most top logprobs a request may ask for (vLLM's default `--max-logprobs`).
-pub const MAX_LOGPROBS: i64 = 20;
 const MAX_N: i64 = 128;
 
 pub struct Decode {
@@ -147,13 +145,14 @@ impl Decode {
         let model = self.check_model(f.take("model")?)?;
         let prompt: Option<PromptInput> = f.take("prompt")?;
         let echo = f.take::<bool>("echo")?.unwrap_or(false);
+        let max_logprobs = self.serving.max_logprobs as i64;
         let logprobs = match f.take::<i64>("logprobs")? {
             None => None,
-            Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
+            Some(k) if (0..=max_logprobs).contains(&k) => Some(k as usize),
             Some(k) => {
                 return Err(ApiError::invalid(
                     "logprobs",
-                    format!("`logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}."),
+                    format!("`logprobs` must be between 0 and {max_logprobs} (--max-logprobs), got {k}."),
                 ));
             }
         };
@@ -216,11 +215,11 @@ impl Decode {
             }
             (false, _) => None,
             (true, None) => Some(0),
-            (true, Some(k)) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
+            (true, Some(k)) if (0..=self.serving.max_logprobs as i64).contains(&k) => Some(k as usize),
             (true, Some(k)) => {
                 return Err(ApiError::invalid(
                     "top_logprobs",
-                    format!("`top_logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}."),
+                    format!("`top_logprobs` must be between 0 and {} (--max-logprobs), got {k}.", self.serving.max_logprobs),
                 ));
             }
         };
@@ -476,11 +475,11 @@ fn common(
         Some(_) if stream => {
             return Err(ApiError::invalid("prompt_logprobs", "`prompt_logprobs` is not supported when streaming."));
         }
-        Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
+        Some(k) if (0..=serving.max_logprobs as i64).contains(&k) => Some(k as usize),
         Some(k) => {
             return Err(ApiError::invalid(
                 "prompt_logprobs",
-                format!("`prompt_logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}."),
+                format!("`prompt_logprobs` must be between 0 and {} (--max-logprobs), got {k}.", serving.max_logprobs),
             ));
         }
     };
