@@ -250,6 +250,8 @@ pub struct Job {
     /// Keep only this many tokens from the end of each prompt (vLLM's
     /// `truncate_prompt_tokens`).
     pub truncate_prompt_tokens: Option<usize>,
+    /// Beam search instead of sampling (`use_beam_search`; the width is `n`).
+    pub beam: Option<crate::engine::beam::BeamParams>,
 }
 
 impl Job {
