@@ -6,3 +6,4 @@ pub mod pooling;
 pub mod protocol;
 pub mod server;
 pub mod tokenize;
+pub mod tools;
