@@ -5,6 +5,7 @@
 //! - `api`: the OpenAI wire format, errors and the HTTP edge.
 //! - `model`: model files, tokenizer, chat template, forward pass.
 //! - `engine`: scheduling, KV blocks, sequences. `sampling`: logits to tokens.
+//! - `guided`: structured-output constraints compiled to token masks.
 
 pub mod api;
 pub mod bench;
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod detok;
 pub mod device;
 pub mod engine;
+pub mod guided;
 pub mod job;
 pub mod model;
 pub mod pipeline;

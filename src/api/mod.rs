@@ -4,4 +4,5 @@ pub mod error;
 pub mod pooling;
 pub mod protocol;
 pub mod server;
+pub mod structured;
 pub mod tokenize;

@@ -1,11 +1,12 @@
 //! Logits processors: what changes a row of logits before a token is chosen, in vLLM's
-//! order — the allowed-token mask, banned tokens (bad words, and EOS/stop tokens before
+//! order — the structured-output mask, the allowed-token mask, banned tokens (bad words, and EOS/stop tokens before
 //! `min_tokens`), `logit_bias`, then the repetition, frequency and presence penalties.
 //! Logprobs are still reported from the raw logits (vLLM's default `raw_logprobs`).
 
 use tch::{Kind, Tensor};
 
 use super::SamplingParams;
+use crate::guided::TokenMask;
 
 /// What one row needs besides its parameters: the tokens it has seen and the tokens that
 /// are banned at this step.
@@ -13,11 +14,13 @@ pub struct RowContext<'a> {
     pub prompt: &'a [u32],
     pub output: &'a [u32],
     pub banned: Vec<u32>,
+    /// The tokens a structured-output constraint allows at this step.
+    pub mask: Option<&'a TokenMask>,
 }
 
 impl RowContext<'_> {
     fn is_plain(&self, p: &SamplingParams) -> bool {
-        self.banned.is_empty() && p.allowed_token_ids.is_none() && p.logit_bias.is_empty() && !p.has_penalties()
+        self.mask.is_none() && self.banned.is_empty() && p.allowed_token_ids.is_none() && p.logit_bias.is_empty() && !p.has_penalties()
     }
 }
 
@@ -60,6 +63,9 @@ pub fn apply(logits: &Tensor, params: &[&SamplingParams], rows: &[&RowContext]) 
             continue;
         }
         let mut row = out.get(i as i64); // a view: changes land in `out`
+        if let Some(mask) = r.mask {
+            let _ = row.masked_fill_(&mask_tensor(mask, vocab, dev).logical_not(), f64::NEG_INFINITY);
+        }
         if let Some(allowed) = &p.allowed_token_ids {
             let keep = Tensor::zeros([vocab], (Kind::Bool, dev)).index_fill(0, &ids(allowed), 1);
             let _ = row.masked_fill_(&keep.logical_not(), f64::NEG_INFINITY);
@@ -95,6 +101,21 @@ pub fn apply(logits: &Tensor, params: &[&SamplingParams], rows: &[&RowContext]) 
     Some(out)
 }
 
+/// `[vocab]` booleans, true where `mask` allows the token (ids past the mask's end are not
+/// allowed). The bits are unpacked by the tensor library: 32 shifts of the packed words.
+pub fn mask_tensor(mask: &TokenMask, vocab: i64, dev: tch::Device) -> Tensor {
+    let words: Vec<i32> = mask.words().iter().map(|&w| w as i32).collect();
+    let packed = Tensor::from_slice(&words).to_device(dev).unsqueeze(1);
+    let shifts = Tensor::arange(32, (Kind::Int, dev)).unsqueeze(0);
+    let bits = packed.bitwise_right_shift(&shifts).bitwise_and(1).view([-1]).to_kind(Kind::Bool);
+    let have = bits.size()[0];
+    if have >= vocab {
+        bits.narrow(0, 0, vocab)
+    } else {
+        Tensor::cat(&[bits, Tensor::zeros([vocab - have], (Kind::Bool, dev))], 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,7 +129,7 @@ mod tests {
     }
 
     fn ctx<'a>(prompt: &'a [u32], output: &'a [u32]) -> RowContext<'a> {
-        RowContext { prompt, output, banned: vec![] }
+        RowContext { prompt, output, banned: vec![], mask: None }
     }
 
     #[test]
@@ -135,7 +156,7 @@ mod tests {
     fn masks_and_bias() {
         let logits = row(&[2.0, -2.0, 1.0, 0.5]);
         let p = SamplingParams { allowed_token_ids: Some(vec![1, 3]), logit_bias: vec![(1, 10.0)], ..Default::default() };
-        let out = values(&apply(&logits, &[&p], &[&RowContext { prompt: &[], output: &[], banned: vec![3] }]).unwrap());
+        let out = values(&apply(&logits, &[&p], &[&RowContext { prompt: &[], output: &[], banned: vec![3], mask: None }]).unwrap());
         assert_eq!(out[0], f32::NEG_INFINITY);
         assert_eq!(out[1], 8.0);
         assert_eq!(out[2], f32::NEG_INFINITY);

@@ -9,6 +9,8 @@ use serde_json::{Map, Value};
 
 use crate::api::error::ApiError;
 use crate::api::protocol::{ChatMessage, OneOrMany, PromptInput, StreamOptions};
+use crate::api::structured::take_constraint;
+use crate::guided::RequestedConstraint;
 use crate::job::{ChatPrompt, Endpoint, Item, Job, OutputOptions, Payload, Prompt, RequestMeta};
 use crate::pipeline::{Outlet, Stage};
 use crate::sampling::SamplingParams;
@@ -125,6 +127,7 @@ struct Common {
     priority: i64,
     cache_salt: Option<String>,
     truncate_prompt_tokens: Option<usize>,
+    constraint: Option<RequestedConstraint>,
 }
 
 impl Decode {
@@ -267,6 +270,8 @@ impl Common {
             priority: self.priority,
             cache_salt: self.cache_salt,
             truncate_prompt_tokens: self.truncate_prompt_tokens,
+            constraint: self.constraint.map(Arc::new),
+            guide: None,
         }
     }
 }
@@ -348,13 +353,6 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("best_of", |v| v.as_i64() == Some(1)),
     ("suffix", |v| v.as_str() == Some("")),
     ("use_beam_search", |v| v.as_bool() == Some(false)),
-    ("guided_json", |_| false),
-    ("guided_regex", |_| false),
-    ("guided_choice", |_| false),
-    ("guided_grammar", |_| false),
-    ("structured_outputs", |_| false),
-    ("structural_tag", |_| false),
-    ("response_format", |v| v.get("type").and_then(Value::as_str) == Some("text")),
     ("tools", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("tool_choice", |v| v.as_str() == Some("none")),
     ("functions", |_| false),
@@ -507,6 +505,7 @@ fn common(
     for ignored in ["user", "store", "metadata", "service_tier", "request_id"] {
         f.map.remove(ignored);
     }
+    let constraint = take_constraint(f)?;
     f.reject_unsupported()?;
     if f.take::<Map<String, Value>>("mm_processor_kwargs")?.is_some_and(|m| !m.is_empty()) {
         return Err(ApiError::invalid(
@@ -534,5 +533,15 @@ fn common(
             ));
         }
     };
-    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids, priority, cache_salt, truncate_prompt_tokens })
+    Ok(Common {
+        sampling: p,
+        n,
+        output,
+        add_special_tokens,
+        tokens_as_ids,
+        priority,
+        cache_salt,
+        truncate_prompt_tokens,
+        constraint,
+    })
 }
