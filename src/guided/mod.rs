@@ -58,6 +58,16 @@ impl Constraint {
         }
     }
 
+    /// What the constraint is, as an error message names it.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Constraint::Json { .. } => "JSON schema",
+            Constraint::Regex(_) => "regular expression",
+            Constraint::Choice(_) => "choice list",
+            Constraint::Grammar(_) => "grammar",
+        }
+    }
+
     /// A string that two constraints share exactly when they compile to the same guide.
     pub fn cache_key(&self) -> String {
         let json = |v: &Value| serde_json::to_string(v).unwrap_or_default();

@@ -25,10 +25,10 @@ impl Stage<Item> for GuideStage {
                 match self.guides.compile(&req.constraint) {
                     Ok(guide) => job.guide = Some(guide),
                     Err(CompileError::Invalid(msg)) => {
-                        let kind = req.constraint.kind();
+                        let what = req.constraint.describe();
                         item.ctx.fail(ApiError::invalid(
                             req.field.clone(),
-                            format!("The {kind} constraint in `{}` is invalid: {msg}", req.field),
+                            format!("The {what} in `{}` is invalid: {msg}", req.field),
                         ));
                         return;
                     }
