@@ -233,6 +233,13 @@ impl std::fmt::Debug for TokenMask {
 }
 
 impl TokenMask {
+    /// A mask over `vocab` tokens that allows exactly `allowed`.
+    pub fn from_allowed(vocab: usize, allowed: &[u32]) -> Self {
+        let mut bits = SimpleVob::alloc(vocab);
+        allowed.iter().filter(|&&t| (t as usize) < vocab).for_each(|&t| bits.allow_token(t));
+        TokenMask { bits, vocab }
+    }
+
     pub fn allows(&self, token: u32) -> bool {
         (token as usize) < self.bits.len() && self.bits.is_allowed(token)
     }
