@@ -184,9 +184,15 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
 
-    /// Memory for the KV cache, e.g. 2GiB or 500MB (CPU, and CUDA when given).
-    #[arg(long, value_parser = parse_bytes, default_value = "2GiB")]
-    pub kv_cache_memory: u64,
+    /// Memory for the KV cache, e.g. 2GiB or 500MB. Default: 2GiB on CPU; on CUDA, what
+    /// --gpu-memory-utilization leaves once the weights are loaded.
+    #[arg(long, value_parser = parse_bytes)]
+    pub kv_cache_memory: Option<u64>,
+
+    /// Share of the GPU's memory this server may use in all (weights, activations, KV
+    /// cache), as vLLM's flag; sizes the KV cache on CUDA unless --kv-cache-memory is given.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
 
     /// Sequences per step at most.
     #[arg(long, default_value_t = 256)]
@@ -216,6 +222,11 @@ pub struct ServeArgs {
     /// Threads for tensor maths (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// The path prefix a proxy forwards requests under (FastAPI's root_path, as vLLM):
+    /// routes answer with and without it, and /openapi.json names it as the server URL.
+    #[arg(long)]
+    pub root_path: Option<String>,
 
     /// Largest request body accepted.
     #[arg(long, value_parser = parse_bytes, default_value = "32MiB")]

@@ -109,6 +109,9 @@ pub struct RequestMeta {
     pub logprobs: Option<usize>,
     /// Show tokens in logprobs as `token_id:<id>` (vLLM's `return_tokens_as_token_ids`).
     pub tokens_as_ids: bool,
+    /// `best_of` above `n`: the engine samples `best_of` choices per prompt and only this
+    /// many (`n`), those with the highest cumulative logprob, are returned.
+    pub best_of_keep: Option<usize>,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);

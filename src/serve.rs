@@ -157,7 +157,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         );
     }
 
-    let engine_cfg = engine_config(args, &llama.cfg, llama.dtype, &info)?;
+    let engine_cfg = engine_config(args, &llama.cfg, llama.dtype, llama.device, &info)?;
     let engine = Engine::new(llama, engine_cfg);
     let engine_stats = engine.stats();
 
@@ -170,6 +170,8 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         request_id_headers: args.enable_request_id_headers,
         engine_stats,
         task,
+        root_path: root_path(args)?,
+        openapi: crate::api::docs::openapi_document(&root_path(args)?),
     });
     Ok(Server { app, pipeline })
 }
@@ -221,8 +223,14 @@ fn build_pooling(
         task,
         request_id_headers: args.enable_request_id_headers,
         engine_stats,
+        root_path: root_path(args)?,
+        openapi: crate::api::docs::openapi_document(&root_path(args)?),
     });
     Ok(Server { app, pipeline })
+}
+
+fn root_path(args: &ServeArgs) -> Result<String> {
+    crate::api::docs::normalize_root_path(args.root_path.as_deref()).map_err(anyhow::Error::msg)
 }
 
 /// `--generation-config`: which generation_config.json gives the sampling defaults.
@@ -247,29 +255,76 @@ fn sampling_defaults(arg: &str, info: &model::ModelInfo) -> Result<SamplingDefau
     Ok(defaults)
 }
 
+/// Bytes for the KV cache: `--kv-cache-memory` when given; on CUDA, the share of the
+/// device that `--gpu-memory-utilization` allows, less what is in use once the weights are
+/// loaded and an estimate of the largest step's activations; 2 GiB on CPU.
+fn kv_cache_budget(args: &ServeArgs, cfg: &model::config::LlamaConfig, kind: Kind, device: Device) -> Result<u64> {
+    let util = args.gpu_memory_utilization;
+    if !(util > 0.0 && util <= 1.0) {
+        bail!("--gpu-memory-utilization must be in (0, 1], got {util}");
+    }
+    if let Some(bytes) = args.kv_cache_memory {
+        return Ok(bytes);
+    }
+    if device == Device::Cpu {
+        return Ok(2 << 30);
+    }
+    let Some((free, total)) = crate::device::cuda_memory() else {
+        bail!("cannot read the CUDA device's memory to size the KV cache: give --kv-cache-memory");
+    };
+    // A step's transient tensors: per batched token, the residual stream, attention
+    // projections and the MLP's gate/up/act; per sequence, float32 logits and the sampler's
+    // copies of them.
+    let elt = kind.elt_size_in_bytes() as u64;
+    let per_token = (6 * cfg.hidden_size + 3 * cfg.intermediate_size) as u64 * elt;
+    let per_seq = 3 * 4 * cfg.vocab_size as u64;
+    let activations = args.max_num_batched_tokens as u64 * per_token + args.max_num_seqs as u64 * per_seq + (256 << 20);
+    let allowed = (total as f64 * util) as u64;
+    let used = total - free;
+    let budget = allowed.saturating_sub(used).saturating_sub(activations);
+    tracing::info!(
+        "GPU memory: {:.2} GiB total, {:.2} GiB in use after loading, {:.2} GiB allowed (--gpu-memory-utilization {util}), \
+         {:.2} GiB kept for activations",
+        gib(total),
+        gib(used),
+        gib(allowed),
+        gib(activations)
+    );
+    if budget == 0 {
+        bail!("--gpu-memory-utilization {util} leaves no room for the KV cache on this device: raise it or give --kv-cache-memory");
+    }
+    Ok(budget)
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
 fn engine_config(
     args: &ServeArgs,
     cfg: &model::config::LlamaConfig,
     kind: Kind,
+    device: Device,
     info: &model::ModelInfo,
 ) -> Result<EngineConfig> {
     if args.block_size == 0 || args.block_size > 1024 {
         bail!("--block-size must be between 1 and 1024");
     }
+    let budget = kv_cache_budget(args, cfg, kind, device)?;
     let per_block = KvCache::bytes_per_block(cfg.num_layers, args.block_size, cfg.num_kv_heads, cfg.head_dim, kind);
-    let num_blocks = (args.kv_cache_memory as usize) / per_block;
+    let num_blocks = (budget as usize) / per_block;
     let tokens = num_blocks.saturating_sub(1) * args.block_size; // block 0 is padding
     if tokens < info.max_model_len {
         bail!(
-            "the KV cache ({} bytes) holds {tokens} tokens, fewer than the context length {}: raise --kv-cache-memory or lower --max-model-len",
-            args.kv_cache_memory,
+            "the KV cache ({budget} bytes) holds {tokens} tokens, fewer than the context length {}: raise --kv-cache-memory \
+             (or --gpu-memory-utilization on CUDA) or lower --max-model-len",
             info.max_model_len
         );
     }
     tracing::info!(
         "KV cache: {num_blocks} blocks of {} tokens = {tokens} tokens ({:.2} GiB)",
         args.block_size,
-        (num_blocks * per_block) as f64 / (1u64 << 30) as f64
+        gib((num_blocks * per_block) as u64)
     );
     if args.max_num_seqs == 0 || args.max_num_batched_tokens == 0 {
         bail!("--max-num-seqs and --max-num-batched-tokens must be at least 1");
@@ -304,7 +359,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             server.app.serving.served_names.join(", "),
             listener.local_addr().map(|a| a.to_string()).unwrap_or(addr.clone())
         );
-        axum::serve(listener, router(server.app.clone()).layer(cors))
+        let root = server.app.root_path.clone();
+        use tower_layer::Layer as _;
+        let app = axum::middleware::map_request(move |req| {
+            let root = root.clone();
+            async move { crate::api::docs::strip_root_path(&root, req) }
+        })
+        .layer(router(server.app.clone()).layer(cors));
+        axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("the HTTP server stopped")

@@ -185,3 +185,48 @@ fn truncate_prompt_tokens_keeps_the_end_of_the_prompt() {
     let (_, _, r) = complete("one two three four five six seven", 2, json!({"truncate_prompt_tokens": -1}));
     assert_eq!(r["usage"]["prompt_tokens"], 7, "-1 keeps the whole prompt");
 }
+
+/// best_of samples that many choices and returns the n with the highest cumulative
+/// logprob: with a seed, the same choices as asking for all of them with n, ranked.
+#[test]
+fn best_of_returns_the_most_likely_choices() {
+    let body = |n: usize, best_of: usize, logprobs: Option<usize>| {
+        let mut b = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 1.0,
+                           "seed": 7, "n": n, "best_of": best_of});
+        if let Some(k) = logprobs {
+            b["logprobs"] = json!(k);
+        }
+        b
+    };
+    let (status, all) = server().post("/v1/completions", &body(5, 5, Some(0)));
+    assert_eq!(status, 200, "{all}");
+    let mut ranked: Vec<(f64, String)> = all["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let lps = c["logprobs"]["token_logprobs"].as_array().unwrap();
+            (lps.iter().map(|l| l.as_f64().unwrap()).sum(), c["text"].as_str().unwrap().to_string())
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let distinct: std::collections::HashSet<&String> = ranked.iter().map(|(_, t)| t).collect();
+    assert!(distinct.len() >= 3, "temperature 1 should give different choices: {ranked:?}");
+
+    let (status, best) = server().post("/v1/completions", &body(2, 5, None));
+    assert_eq!(status, 200, "{best}");
+    let choices = best["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["text"], ranked[i].1.as_str(), "choice {i} should be the {i}-th most likely of the five");
+        assert!(c["logprobs"].is_null(), "logprobs were not asked for");
+    }
+
+    let (status, e) = server().post("/v1/completions", &body(3, 2, None));
+    assert_eq!((status, e["error"]["param"].as_str()), (400, Some("best_of")));
+    let mut streaming = body(1, 3, None);
+    streaming["stream"] = json!(true);
+    let (status, e) = server().post("/v1/completions", &streaming);
+    assert_eq!((status, e["error"]["param"].as_str()), (400, Some("best_of")));
+}

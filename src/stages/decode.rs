@@ -120,7 +120,10 @@ impl Fields {
 /// The fields both generation endpoints share, read from the body.
 struct Common {
     sampling: SamplingParams,
+    /// Choices sampled per prompt (`best_of`, else `n`).
     n: usize,
+    /// With `best_of` above `n`: how many of them are returned.
+    keep: Option<usize>,
     output: OutputOptions,
     add_special_tokens: Option<bool>,
     tokens_as_ids: bool,
@@ -174,7 +177,7 @@ impl Decode {
             }
             Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
         };
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep };
         Ok((c.job(prompt), meta))
     }
 
@@ -256,7 +259,7 @@ impl Decode {
             template_kwargs,
             documents,
         });
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep };
         Ok((c.job(prompt), meta))
     }
 }
@@ -350,7 +353,6 @@ pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMes
 /// Request fields this server recognises but does not act on yet, with the value that
 /// means "off". Setting one to anything else is a 400 rather than being silently ignored.
 const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
-    ("best_of", |v| v.as_i64() == Some(1)),
     ("suffix", |v| v.as_str() == Some("")),
     ("use_beam_search", |v| v.as_bool() == Some(false)),
     ("tools", |v| v.as_array().is_some_and(|a| a.is_empty())),
@@ -358,7 +360,6 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("functions", |_| false),
     ("function_call", |v| v.as_str() == Some("none")),
     ("logits_processors", |v| v.as_array().is_some_and(|a| a.is_empty())),
-    ("spaces_between_special_tokens", |v| v.as_bool() == Some(true)),
     ("vllm_xargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
     ("length_penalty", |v| v.as_f64() == Some(1.0)),
 ];
@@ -476,10 +477,29 @@ fn common(
             ));
         }
     };
+    // best_of: that many choices are sampled and the n with the highest cumulative
+    // logprob are returned (vLLM's rule), so the sampled tokens' logprobs are needed.
+    let best_of = match f.take::<i64>("best_of")? {
+        None => n,
+        Some(b) if b >= n as i64 && b <= MAX_N => b as usize,
+        Some(b) => {
+            return Err(ApiError::invalid("best_of", format!("`best_of` must be between n ({n}) and {MAX_N}, got {b}.")));
+        }
+    };
+    if best_of > n && stream {
+        return Err(ApiError::invalid("best_of", "`best_of` greater than `n` is not supported when streaming."));
+    }
+    if best_of > n {
+        p.logprobs.get_or_insert(0);
+    }
     let stream_options: Option<StreamOptions> = f.take("stream_options")?;
     if stream_options.is_some() && !stream {
         return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed when `stream` is true."));
     }
+    // Only slow (Python) tokenizers put spaces between special tokens; this server's
+    // tokenizers are fast ones (tokenizer.json), which decode the same either way, as in
+    // Hugging Face's and vLLM's fast path. The value is still checked.
+    f.take::<bool>("spaces_between_special_tokens")?;
     let output = OutputOptions {
         stream,
         include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
@@ -535,7 +555,8 @@ fn common(
     };
     Ok(Common {
         sampling: p,
-        n,
+        n: best_of,
+        keep: (best_of > n).then_some(n),
         output,
         add_special_tokens,
         tokens_as_ids,
