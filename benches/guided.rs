@@ -53,6 +53,10 @@ fn main() {
         ("schema, 256 fields".into(), json(schema_with(256))),
         ("regex (email)".into(), Constraint::Regex(r"[a-z0-9._]{1,20}@[a-z]{2,10}\.(com|org|net)".into())),
         ("choice (4)".into(), Constraint::Choice(vec!["positive".into(), "negative".into(), "neutral".into(), "mixed".into()])),
+        ("structural tag".into(), Constraint::StructuralTag {
+            structures: vec![sluice::guided::TagStructure { begin: "<tool=weather>".into(), schema: schema_with(4), end: "</tool>".into() }],
+            triggers: vec!["<tool".into()],
+        }),
         ("grammar (arithmetic)".into(), Constraint::Grammar(
             "start: expr\nexpr: term ((\"+\" | \"-\") term)*\nterm: factor ((\"*\" | \"/\") factor)*\nfactor: NUM | \"(\" expr \")\"\nNUM: /[0-9]{1,4}/\n".into())),
     ];

@@ -205,6 +205,56 @@ fn grammar_outputs_are_sentences_of_the_grammar() {
     }
 }
 
+/// Checks a structural-tag output: free text, and after every trigger one of the
+/// structures — its begin, JSON valid under its schema, its end; a last one cut by
+/// max_tokens must be a JSON prefix. Returns how many complete tags it held.
+fn check_tags(text: &str, begin: &str, end: &str, validator: &jsonschema::Validator, cut: bool) -> usize {
+    let mut rest = text;
+    let mut tags = 0;
+    while let Some(at) = rest.find("<tool") {
+        let after = &rest[at..];
+        if !after.starts_with(begin) {
+            assert!(cut && begin.starts_with(after), "a trigger not followed by a structure: {text:?}");
+            return tags;
+        }
+        let body = &after[begin.len()..];
+        match body.find(end) {
+            Some(e) => {
+                let v: Value = serde_json::from_str(&body[..e]).unwrap_or_else(|err| panic!("not JSON ({err}) in {text:?}"));
+                assert!(validator.is_valid(&v), "{v} does not match the schema in {text:?}");
+                tags += 1;
+                rest = &body[e + end.len()..];
+            }
+            None => {
+                assert!(cut, "an unclosed tag in a finished output: {text:?}");
+                let prefix_ok = is_json_prefix(body)
+                    || (0..body.len()).rev().any(|i| body.is_char_boundary(i) && serde_json::from_str::<Value>(&body[..i]).is_ok() && end.starts_with(&body[i..]));
+                assert!(prefix_ok, "the cut tag is not a prefix of a structure: {text:?}");
+                return tags;
+            }
+        }
+    }
+    tags
+}
+
+#[test]
+fn structural_tags_wrap_valid_json_after_each_trigger() {
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+                        "required": ["city"], "additionalProperties": false});
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let (begin, end) = ("<tool=weather>", "</tool>");
+    let tag = json!({"type": "structural_tag", "triggers": ["<tool"],
+                     "structures": [{"begin": begin, "schema": schema, "end": end}]});
+    let prompt = "Q: weather in Paris?\nA: <tool=weather>{\"city\": \"Paris\"}</tool>\n\
+                  Q: weather in Rome?\nA: <tool=weather>{\"city\": \"Rome\"}</tool>\nQ: weather in Oslo?\nA:";
+    let outs = samples(|seed| complete(prompt, 16, seed, 40, json!({"response_format": tag})));
+    let mut tags = 0;
+    for (text, finish) in &outs {
+        tags += check_tags(text, begin, end, &validator, finish == "length");
+    }
+    assert!(tags >= 16, "the few-shot prompt should call the tool in most samples: {outs:?}");
+}
+
 #[test]
 fn streaming_choices_each_follow_the_constraint() {
     let schema: Value = serde_json::from_str(PERSON).unwrap();
@@ -272,6 +322,8 @@ fn bad_constraints_are_400s_before_anything_runs() {
         ("error_guided_schema_not_json", chat(json!({"guided_json": "{not json"}))),
         ("error_guided_response_format_type", chat(json!({"response_format": {"type": "yaml"}}))),
         ("error_guided_structural_tag", chat(json!({"response_format": {"type": "structural_tag", "structures": [], "triggers": []}}))),
+        ("error_guided_structural_tag_trigger", chat(json!({"structural_tag": {"triggers": ["<tool"],
+            "structures": [{"begin": "[call]", "schema": {"type": "object"}, "end": "[/call]"}]}}))),
     ];
     for (name, body) in cases {
         let (status, resp) = server().post("/v1/chat/completions", &body);

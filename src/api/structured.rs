@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 use crate::api::error::ApiError;
-use crate::guided::{Constraint, RequestedConstraint, Whitespace};
+use crate::guided::{Constraint, RequestedConstraint, TagStructure, Whitespace};
 use crate::stages::decode::Fields;
 
 /// The names `guided_decoding_backend` accepts; every one is served by the same engine.
@@ -34,8 +34,8 @@ pub fn take_constraint(f: &mut Fields) -> Result<Option<RequestedConstraint>, Ap
     if let Some(g) = f.take::<String>("guided_grammar")? {
         found.push(("guided_grammar".into(), grammar("guided_grammar", g)?));
     }
-    if f.take::<Value>("structural_tag")?.is_some() {
-        return Err(structural_tag_unsupported("structural_tag"));
+    if let Some(v) = f.take::<Value>("structural_tag")? {
+        found.push(("structural_tag".into(), structural_tag("structural_tag", v)?));
     }
     if let Some(so) = f.take::<Map<String, Value>>("structured_outputs")? {
         structured_outputs(so, &mut found, &mut whitespace)?;
@@ -93,14 +93,14 @@ fn response_format(rf: &Map<String, Value>) -> Result<Option<Constraint>, ApiErr
             };
             json_constraint("response_format.json_schema.schema", schema).map(Some)
         }
-        Some("structural_tag") => Err(structural_tag_unsupported("response_format")),
+        Some("structural_tag") => structural_tag("response_format", Value::Object(rf.clone())).map(Some),
         Some(other) => Err(ApiError::invalid(
             "response_format.type",
-            format!("Unknown `response_format` type {other:?}; allowed are text, json_object, json_schema."),
+            format!("Unknown `response_format` type {other:?}; allowed are text, json_object, json_schema, structural_tag."),
         )),
         None => Err(ApiError::invalid(
             "response_format.type",
-            "`response_format` needs a `type`: text, json_object or json_schema.",
+            "`response_format` needs a `type`: text, json_object, json_schema or structural_tag.",
         )),
     }
 }
@@ -135,11 +135,43 @@ fn grammar(param: &str, g: String) -> Result<Constraint, ApiError> {
     Ok(Constraint::Grammar(g))
 }
 
-fn structural_tag_unsupported(param: &str) -> ApiError {
-    ApiError::invalid(
-        param,
-        "Structural tags are not supported by this server yet; use a JSON schema, regex, choice or grammar.",
-    )
+/// A structural tag: `{"structures": [{"begin", "schema", "end"}, …], "triggers": […]}`,
+/// as an object or a string holding one.
+fn structural_tag(param: &str, v: Value) -> Result<Constraint, ApiError> {
+    let bad = |what: &str| ApiError::invalid(param, format!("`{param}` {what}"));
+    let v = match v {
+        Value::String(s) => serde_json::from_str(&s).map_err(|e| bad(&format!("is not valid JSON: {e}.")))?,
+        v => v,
+    };
+    let Value::Object(mut o) = v else {
+        return Err(bad("must be an object with `structures` and `triggers`."));
+    };
+    if o.contains_key("format") {
+        return Err(bad("uses the `format` form of structural tags, which is not supported yet; send `structures` and `triggers`."));
+    }
+    let triggers: Vec<String> = serde_json::from_value(o.remove("triggers").unwrap_or(Value::Null))
+        .map_err(|_| bad("needs `triggers`, a list of strings."))?;
+    let list = match o.remove("structures") {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        _ => return Err(bad("needs `structures`, a non-empty list of {begin, schema, end}.")),
+    };
+    let mut structures = Vec::with_capacity(list.len());
+    for (i, s) in list.into_iter().enumerate() {
+        let text = |k: &str| s.get(k).and_then(Value::as_str).map(str::to_string);
+        let (Some(begin), Some(end)) = (text("begin"), text("end")) else {
+            return Err(bad(&format!("structure {i} needs string `begin` and `end`.")));
+        };
+        let schema = match s.get("schema") {
+            Some(v @ (Value::Object(_) | Value::Bool(true))) => v.clone(),
+            None | Some(Value::Null) => serde_json::json!({}),
+            Some(_) => return Err(bad(&format!("structure {i}: `schema` must be a JSON schema object."))),
+        };
+        structures.push(TagStructure { begin, schema, end });
+    }
+    if triggers.is_empty() {
+        return Err(bad("needs at least one trigger."));
+    }
+    Ok(Constraint::StructuralTag { structures, triggers })
 }
 
 /// Newer vLLM's `structured_outputs: {json, regex, choice, grammar, json_object, ...}`.
@@ -180,7 +212,7 @@ fn structured_outputs(
                     ));
                 }
             }
-            "structural_tag" => return Err(structural_tag_unsupported(&param(&k))),
+            "structural_tag" => found.push((param(&k), structural_tag(&param(&k), v)?)),
             "whitespace_pattern" => *whitespace = Whitespace::Pattern(string(&k, v)?),
             "disable_any_whitespace" => {
                 if flag(&k, &v)? && *whitespace == Whitespace::Flexible {
@@ -203,7 +235,7 @@ fn structured_outputs(
                 return Err(ApiError::invalid(
                     param(other),
                     format!(
-                        "Unknown field `structured_outputs.{other}`; allowed are json, regex, choice, grammar, json_object, whitespace_pattern, disable_any_whitespace, disable_fallback."
+                        "Unknown field `structured_outputs.{other}`; allowed are json, regex, choice, grammar, json_object, structural_tag, whitespace_pattern, disable_any_whitespace, disable_fallback."
                     ),
                 ));
             }

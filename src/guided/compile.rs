@@ -10,7 +10,7 @@ use llguidance::{Matcher, ParserFactory, TokenParser};
 use serde_json::{Value, json};
 use toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 
-use super::{Constraint, Whitespace, gbnf_to_lark};
+use super::{Constraint, TagStructure, Whitespace, gbnf_to_lark};
 use crate::model::tokenizer::Tokenizer;
 
 /// Compiled guides kept at most; the least recently used goes first.
@@ -151,7 +151,50 @@ fn grammar_of(c: &Constraint) -> Result<TopLevelGrammar, CompileError> {
             TopLevelGrammar::from_lark(gbnf_to_lark(g).map_err(CompileError::Invalid)?)
         }
         Constraint::Grammar(g) => TopLevelGrammar::from_lark(g.clone()),
+        Constraint::StructuralTag { structures, triggers } => {
+            TopLevelGrammar::from_lark(structural_tag_lark(structures, triggers).map_err(CompileError::Invalid)?)
+        }
     })
+}
+
+/// The Lark grammar of a structural tag: text free of triggers, where each trigger (the
+/// text up to and including it is one lexeme, so the lexer never has to give bytes back)
+/// is followed by the rest of one of its structures' `begin`, the JSON, and the `end`.
+pub fn structural_tag_lark(structures: &[TagStructure], triggers: &[String]) -> Result<String, String> {
+    if triggers.is_empty() || triggers.iter().any(String::is_empty) {
+        return Err("a structural tag needs at least one trigger, none of them empty".into());
+    }
+    if structures.is_empty() {
+        return Err("a structural tag needs at least one structure".into());
+    }
+    let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let any_trigger = triggers.iter().map(|t| escape_regex(t)).collect::<Vec<_>>().join("|");
+    let mut out = format!(
+        "start: tagged* FREE\nFREE: /(?s:.*)/ & ~/(?s:.*)(?:{any_trigger})(?s:.*)/\n"
+    );
+    let mut alternatives = Vec::new();
+    for (i, t) in triggers.iter().enumerate() {
+        let mine: Vec<&TagStructure> = structures.iter().filter(|s| s.begin.starts_with(t.as_str())).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("UPTO_{i}: FREE {}\n", quote(t)));
+        let bodies: Vec<String> = mine
+            .iter()
+            .map(|s| {
+                let rest = &s.begin[t.len()..];
+                let schema = serde_json::to_string(&s.schema).expect("a value serializes");
+                let open = if rest.is_empty() { String::new() } else { format!("{} ", quote(rest)) };
+                format!("{open}%json {schema} {}", quote(&s.end))
+            })
+            .collect();
+        alternatives.push(format!("UPTO_{i} ({})", bodies.join(" | ")));
+    }
+    if let Some(s) = structures.iter().find(|s| !triggers.iter().any(|t| s.begin.starts_with(t.as_str()))) {
+        return Err(format!("the structure beginning {:?} starts with none of the triggers", s.begin));
+    }
+    out.push_str(&format!("tagged: {}\n", alternatives.join(" | ")));
+    Ok(out)
 }
 
 /// `s` as a regular expression that matches exactly `s`.

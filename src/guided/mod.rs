@@ -5,12 +5,13 @@
 //! One engine serves every kind: llguidance compiles JSON schemas, regular expressions and
 //! Lark grammars to an Earley parser over a lexer, and answers masks over the whole
 //! vocabulary in microseconds. A choice is a regular expression of its alternatives; a GBNF
-//! grammar is rewritten to Lark first (`gbnf`).
+//! grammar is rewritten to Lark first (`gbnf`); a structural tag becomes a Lark grammar of
+//! trigger-free text and tagged JSON.
 
 mod compile;
 mod gbnf;
 
-pub use compile::{CompileError, Guide, GuideState, Guides, TokenMask};
+pub use compile::{structural_tag_lark, CompileError, Guide, GuideState, Guides, TokenMask};
 pub use gbnf::gbnf_to_lark;
 
 use serde_json::Value;
@@ -38,6 +39,18 @@ pub enum Constraint {
     Choice(Vec<String>),
     /// A sentence of this context-free grammar, in Lark syntax or GBNF.
     Grammar(String),
+    /// Free text in which every trigger opens a tagged structure: one of the structures
+    /// whose `begin` starts with that trigger, then JSON valid under its schema, then its
+    /// `end` (vLLM's structural tags, as tool calls use them).
+    StructuralTag { structures: Vec<TagStructure>, triggers: Vec<String> },
+}
+
+/// One kind of tagged section in a structural-tag constraint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TagStructure {
+    pub begin: String,
+    pub schema: Value,
+    pub end: String,
 }
 
 /// A constraint and the request field that set it, which errors name.
@@ -55,6 +68,7 @@ impl Constraint {
             Constraint::Regex(_) => "regex",
             Constraint::Choice(_) => "choice",
             Constraint::Grammar(_) => "grammar",
+            Constraint::StructuralTag { .. } => "structural_tag",
         }
     }
 
@@ -65,6 +79,7 @@ impl Constraint {
             Constraint::Regex(_) => "regular expression",
             Constraint::Choice(_) => "choice list",
             Constraint::Grammar(_) => "grammar",
+            Constraint::StructuralTag { .. } => "structural tag",
         }
     }
 
@@ -76,6 +91,10 @@ impl Constraint {
             Constraint::Regex(r) => format!("regex\0{r}"),
             Constraint::Choice(c) => format!("choice\0{}", json(&Value::from(c.clone()))),
             Constraint::Grammar(g) => format!("grammar\0{g}"),
+            Constraint::StructuralTag { structures, triggers } => {
+                let s = serde_json::to_string(structures).unwrap_or_default();
+                format!("tag\0{}\0{s}", json(&Value::from(triggers.clone())))
+            }
         }
     }
 }
