@@ -255,11 +255,6 @@ impl GuideState {
     pub fn is_finished(&self) -> bool {
         self.matcher.is_stopped() && !self.matcher.is_error()
     }
-
-    /// Whether the text so far is a complete match.
-    pub fn accepts(&mut self) -> bool {
-        self.matcher.is_accepting().unwrap_or(false)
-    }
 }
 
 /// The set of tokens a sequence may produce next.

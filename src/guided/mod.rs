@@ -61,17 +61,6 @@ pub struct RequestedConstraint {
 }
 
 impl Constraint {
-    /// The kind's name, as messages and metrics say it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Constraint::Json { .. } => "json",
-            Constraint::Regex(_) => "regex",
-            Constraint::Choice(_) => "choice",
-            Constraint::Grammar(_) => "grammar",
-            Constraint::StructuralTag { .. } => "structural_tag",
-        }
-    }
-
     /// What the constraint is, as an error message names it.
     pub fn describe(&self) -> &'static str {
         match self {
