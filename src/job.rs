@@ -236,6 +236,8 @@ pub struct Job {
     pub constraint: Option<Arc<RequestedConstraint>>,
     /// The constraint compiled; set by the guide stage, which every constrained job passes.
     pub guide: Option<Arc<Guide>>,
+    /// Beam search instead of sampling (`use_beam_search`; the width is `n`).
+    pub beam: Option<crate::engine::beam::BeamParams>,
 }
 
 impl Job {

@@ -321,6 +321,7 @@ fn bad_constraints_are_400s_before_anything_runs() {
         ("error_guided_two_constraints", chat(json!({"response_format": {"type": "json_object"}, "guided_regex": "a"}))),
         ("error_guided_schema_not_json", chat(json!({"guided_json": "{not json"}))),
         ("error_guided_response_format_type", chat(json!({"response_format": {"type": "yaml"}}))),
+        ("error_guided_with_beam_search", chat(json!({"guided_choice": ["a", "b"], "use_beam_search": true, "n": 2}))),
         ("error_guided_structural_tag", chat(json!({"response_format": {"type": "structural_tag", "structures": [], "triggers": []}}))),
         ("error_guided_structural_tag_trigger", chat(json!({"structural_tag": {"triggers": ["<tool"],
             "structures": [{"begin": "[call]", "schema": {"type": "object"}, "end": "[/call]"}]}}))),
