@@ -224,6 +224,16 @@ pub struct ServeArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
+    /// Read tool calls out of chat answers when a request's `tool_choice` is "auto" (with
+    /// --tool-call-parser), as vLLM's flag.
+    #[arg(long, requires = "tool_call_parser")]
+    pub enable_auto_tool_choice: bool,
+
+    /// The format tool calls are read in: hermes (`<tool_call>{json}</tool_call>`, as
+    /// Qwen2.5 and Hermes models write them).
+    #[arg(long, value_enum)]
+    pub tool_call_parser: Option<crate::api::tools::ToolParser>,
+
     /// Most top logprobs a request may ask for (`logprobs`, `top_logprobs`,
     /// `prompt_logprobs`), as vLLM's flag.
     #[arg(long, default_value_t = 20)]

@@ -112,6 +112,8 @@ pub struct RequestMeta {
     /// `best_of` above `n`: the engine samples `best_of` choices per prompt and only this
     /// many (`n`), those with the highest cumulative logprob, are returned.
     pub best_of_keep: Option<usize>,
+    /// Chat with `tool_choice: "auto"`: tool calls are read out of the answer.
+    pub tool_calls: bool,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
@@ -273,6 +275,8 @@ pub struct ChatPrompt {
     pub template_kwargs: serde_json::Map<String, serde_json::Value>,
     /// Retrieval documents, for templates that render them.
     pub documents: Option<Vec<serde_json::Value>>,
+    /// The request's `tools`, for templates that render them.
+    pub tools: Option<Vec<serde_json::Value>>,
 }
 
 /// How the output is shaped, beyond what the engine needs.

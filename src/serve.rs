@@ -166,6 +166,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     serving.response_role = args.response_role.clone();
     serving.tokens_as_ids = args.return_tokens_as_token_ids;
     serving.max_logprobs = args.max_logprobs;
+    serving.tool_parser = args.tool_call_parser.filter(|_| args.enable_auto_tool_choice);
     serving.defaults = sampling_defaults(&args.generation_config, &info)?;
     let serving = Arc::new(serving);
     if args.chat_template_content_format == ContentFormatArg::Auto && serving.chat_template.is_some() {

@@ -7,3 +7,4 @@ pub mod protocol;
 pub mod server;
 pub mod structured;
 pub mod tokenize;
+pub mod tools;

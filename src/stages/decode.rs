@@ -178,7 +178,7 @@ impl Decode {
             }
             Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
         };
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, tool_calls: false };
         Ok((c.job(prompt), meta))
     }
 
@@ -239,6 +239,9 @@ impl Decode {
         }
         let template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
         let documents = f.take::<Vec<Value>>("documents")?;
+        let (tools, tool_use) = crate::api::tools::tool_use(f.take("tools")?, f.take("tool_choice")?, self.serving.tool_parser)
+            .map_err(|(param, msg)| ApiError::invalid(param, msg))?;
+        f.take::<bool>("parallel_tool_calls")?; // several calls in one answer are read either way
         let echo = f.take::<bool>("echo")?.unwrap_or(false);
         let mut c = common(&mut f, newer.or(older).or(self.serving.defaults.max_tokens), logprobs, &self.serving)?;
         if echo {
@@ -259,8 +262,9 @@ impl Decode {
             template,
             template_kwargs,
             documents,
+            tools,
         });
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, tool_calls: tool_use == crate::api::tools::ToolUse::Auto };
         Ok((c.job(prompt), meta))
     }
 }
@@ -356,8 +360,6 @@ pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMes
 /// means "off". Setting one to anything else is a 400 rather than being silently ignored.
 const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("suffix", |v| v.as_str() == Some("")),
-    ("tools", |v| v.as_array().is_some_and(|a| a.is_empty())),
-    ("tool_choice", |v| v.as_str() == Some("none")),
     ("functions", |_| false),
     ("function_call", |v| v.as_str() == Some("none")),
     ("vllm_xargs", |v| v.as_object().is_some_and(|o| o.is_empty())),

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use crate::api::protocol::*;
+use crate::api::tools::{self, StreamSplit, ToolCallDelta};
 use crate::job::{Endpoint, Finish, Item, Payload, Reply, RequestCtx, StopReason, TextEvent};
 use crate::model::tokenizer::Tokenizer;
 use crate::pipeline::{Inlet, Outlet, Stage};
@@ -33,6 +34,8 @@ struct ChoiceAcc {
     prompt_logprobs: Option<PromptLogprobs>,
     /// Sum of the sampled tokens' logprobs (ranks choices for `best_of`).
     cumulative_logprob: f64,
+    /// Streaming chat with tool calls read: what is held back from the first call on.
+    tool_split: Option<StreamSplit>,
 }
 
 struct Pending {
@@ -114,17 +117,38 @@ impl Stream {
         let acc = &mut p.choices[ev.choice];
         acc.finish = finish.clone();
 
+        // Streaming chat that reads tool calls: content streams up to the first call, and
+        // the calls go out whole at the end.
+        let mut calls = Vec::new();
+        if chat && meta.tool_calls && meta.output.stream {
+            let split = acc.tool_split.get_or_insert_with(StreamSplit::default);
+            text = split.push(&text, finish.is_some());
+            if finish.is_some() {
+                let (rest, found) = split.finish();
+                text.push_str(&rest);
+                calls = found;
+            }
+        }
+
         if meta.output.stream {
             let finish_reason = finish.as_ref().map(Finish::as_str);
             if ctx.is_cancelled() {
                 // The client is gone; keep counting so the state is dropped when complete.
             } else if chat {
                 if first {
-                    let delta = ChatDelta { role: Some(meta.output.response_role.clone()), content: Some(String::new()) };
+                    let delta = ChatDelta { role: Some(meta.output.response_role.clone()), content: Some(String::new()), tool_calls: None };
                     self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, None, None);
                 }
-                if !text.is_empty() || finish.is_some() || ch_lp.as_ref().is_some_and(|l| !l.content.is_empty()) {
-                    let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text) };
+                if !calls.is_empty() {
+                    if !text.is_empty() {
+                        let delta = ChatDelta { content: Some(text), ..Default::default() };
+                        self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, None, None);
+                    }
+                    let deltas = calls.into_iter().enumerate().map(|(index, call)| ToolCallDelta { index, call }).collect();
+                    let delta = ChatDelta { tool_calls: Some(deltas), ..Default::default() };
+                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, Some("tool_calls"), None);
+                } else if !text.is_empty() || finish.is_some() || ch_lp.as_ref().is_some_and(|l| !l.content.is_empty()) {
+                    let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text), tool_calls: None };
                     self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, finish_reason, stop_reason(&finish));
                 }
             } else if !text.is_empty() || finish.is_some() || c_lp.is_some() {
@@ -188,15 +212,25 @@ impl Stream {
                         .choices
                         .iter_mut()
                         .enumerate()
-                        .map(|(i, c)| ChatChoice {
-                            index: i,
-                            message: ChatResponseMessage {
-                                role: meta.output.response_role.clone(),
-                                content: std::mem::take(&mut c.text),
-                            },
-                            logprobs: c.chat_lp.take(),
-                            finish_reason: c.finish.as_ref().map(Finish::as_str),
-                            stop_reason: stop_reason(&c.finish),
+                        .map(|(i, c)| {
+                            let text = std::mem::take(&mut c.text);
+                            let parsed = if meta.tool_calls {
+                                tools::parse(&text)
+                            } else {
+                                tools::Parsed { content: Some(text), calls: Vec::new() }
+                            };
+                            let called = !parsed.calls.is_empty();
+                            ChatChoice {
+                                index: i,
+                                message: ChatResponseMessage {
+                                    role: meta.output.response_role.clone(),
+                                    content: parsed.content,
+                                    tool_calls: parsed.calls,
+                                },
+                                logprobs: c.chat_lp.take(),
+                                finish_reason: if called { Some("tool_calls") } else { c.finish.as_ref().map(Finish::as_str) },
+                                stop_reason: if called { None } else { stop_reason(&c.finish) },
+                            }
                         })
                         .collect(),
                     usage,
