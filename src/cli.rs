@@ -187,7 +187,7 @@ pub struct ServeArgs {
 
     /// Memory for the KV cache, e.g. 2GiB or 500MB. Default: 2GiB on CPU; on CUDA, what
     /// --gpu-memory-utilization leaves once the weights are loaded.
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, value_parser = parse_bytes, env = "SLUICE_KV_CACHE_MEMORY")]
     pub kv_cache_memory: Option<u64>,
 
     /// Share of the GPU's memory this server may use in all (weights, activations, KV
