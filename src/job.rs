@@ -14,6 +14,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::api::error::ApiError;
 use crate::api::protocol::ChatMessage;
+use crate::guided::{Guide, RequestedConstraint};
 use crate::model::chat_template::ChatTemplate;
 use crate::pipeline::Keyed;
 use crate::sampling::{SamplingParams, TokenLogprobs};
@@ -252,6 +253,10 @@ pub struct Job {
     /// Keep only this many tokens from the end of each prompt (vLLM's
     /// `truncate_prompt_tokens`).
     pub truncate_prompt_tokens: Option<usize>,
+    /// What the output must match (`response_format`, `guided_*`, `structured_outputs`).
+    pub constraint: Option<Arc<RequestedConstraint>>,
+    /// The constraint compiled; set by the guide stage, which every constrained job passes.
+    pub guide: Option<Arc<Guide>>,
     /// Beam search instead of sampling (`use_beam_search`; the width is `n`).
     pub beam: Option<crate::engine::beam::BeamParams>,
 }

@@ -6,6 +6,7 @@
 //! - `model`: model files, tokenizer, chat template, forward pass.
 //! - `batch`: `run-batch`, JSONL files through the same pipeline. `profile`: where time goes.
 //! - `engine`: scheduling, KV blocks, sequences. `sampling`: logits to tokens.
+//! - `guided`: structured-output constraints compiled to token masks.
 
 pub mod api;
 pub mod batch;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod detok;
 pub mod device;
 pub mod engine;
+pub mod guided;
 pub mod job;
 pub mod model;
 pub mod pipeline;

@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 use crate::api::error::ApiError;
 use crate::engine::beam::BeamParams;
 use crate::api::protocol::{ChatMessage, OneOrMany, PromptInput, StreamOptions};
+use crate::api::structured::take_constraint;
+use crate::guided::RequestedConstraint;
 use crate::job::{ChatPrompt, Endpoint, Item, Job, OutputOptions, Payload, Prompt, RequestMeta};
 use crate::pipeline::{Outlet, Stage};
 use crate::sampling::SamplingParams;
@@ -128,6 +130,7 @@ struct Common {
     priority: i64,
     cache_salt: Option<String>,
     truncate_prompt_tokens: Option<usize>,
+    constraint: Option<RequestedConstraint>,
 }
 
 impl Decode {
@@ -275,6 +278,8 @@ impl Common {
             priority: self.priority,
             cache_salt: self.cache_salt,
             truncate_prompt_tokens: self.truncate_prompt_tokens,
+            constraint: self.constraint.map(Arc::new),
+            guide: None,
             beam: self.beam,
         }
     }
@@ -355,13 +360,6 @@ pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMes
 /// means "off". Setting one to anything else is a 400 rather than being silently ignored.
 const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("suffix", |v| v.as_str() == Some("")),
-    ("guided_json", |_| false),
-    ("guided_regex", |_| false),
-    ("guided_choice", |_| false),
-    ("guided_grammar", |_| false),
-    ("structured_outputs", |_| false),
-    ("structural_tag", |_| false),
-    ("response_format", |v| v.get("type").and_then(Value::as_str) == Some("text")),
     ("functions", |_| false),
     ("function_call", |v| v.as_str() == Some("none")),
     ("vllm_xargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
@@ -534,6 +532,13 @@ fn common(
     for ignored in ["user", "store", "metadata", "service_tier", "request_id"] {
         f.map.remove(ignored);
     }
+    let constraint = take_constraint(f)?;
+    if let (Some(c), Some(_)) = (&constraint, &beam) {
+        return Err(ApiError::invalid(
+            "use_beam_search",
+            format!("`use_beam_search` cannot be combined with a structured-output constraint (`{}`) yet.", c.field),
+        ));
+    }
     f.reject_unsupported()?;
     if f.take::<Map<String, Value>>("mm_processor_kwargs")?.is_some_and(|m| !m.is_empty()) {
         return Err(ApiError::invalid(
@@ -571,6 +576,7 @@ fn common(
         priority,
         cache_salt,
         truncate_prompt_tokens,
+        constraint,
         beam,
     })
 }

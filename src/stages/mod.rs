@@ -59,7 +59,12 @@ pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> 
         shape("prompts", "tokenized requests", false),
         Box::new(move || boxed(tokenize::Tokenize { serving: s.clone() })),
     );
-    r.stage("guide", shape("tokenized requests", "ready requests", false), Box::new(|| boxed(guide::Guide)));
+    let guides = Arc::new(crate::guided::Guides::new(serving.tokenizer.clone(), engine.cfg.eos_ids.clone()));
+    r.stage(
+        "guide",
+        shape("tokenized requests", "ready requests", false),
+        Box::new(move || boxed(guide::GuideStage { guides: guides.clone() })),
+    );
     let stats = engine.stats();
     let engine = Mutex::new(Some(engine));
     r.stage(
