@@ -129,8 +129,8 @@ pub struct RequestMeta {
     /// `best_of` above `n`: the engine samples `best_of` choices per prompt and only this
     /// many (`n`), those with the highest cumulative logprob, are returned.
     pub best_of_keep: Option<usize>,
-    /// Chat with `tool_choice: "auto"`: tool calls are read out of the answer.
-    pub tool_calls: bool,
+    /// Chat with tools: how tool calls are read out of the answer.
+    pub tool_use: crate::api::tools::ToolUse,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);

@@ -171,11 +171,62 @@ fn tool_calls_are_read_from_the_answer() {
     let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert!(!streamed.contains("<tool_call>"), "the call is not streamed as content: {streamed:?}");
 
-    let (status, e) = chat(s, json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tools(), "tool_choice": "required"}));
+    let (status, e) = chat(s, json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tools(),
+                                     "tool_choice": {"type": "function", "function": {"name": "nope"}}}));
     assert_eq!((status, e["error"]["param"].as_str()), (400, Some("tool_choice")));
     // Without the parser flags, "auto" (the default with tools) is refused, as vLLM does.
     let (status, e) = chat(Server::shared(ARGS), json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tools()}));
     assert_eq!((status, e["error"]["param"].as_str()), (400, Some("tool_choice")), "{e}");
     let (status, _) = chat(Server::shared(ARGS), json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tools(), "tool_choice": "none"}));
     assert_eq!(status, 200);
+}
+
+/// A forced call (`required`, or a named function) constrains the answer to the tool's
+/// parameters, as vLLM does, so even a model that never calls tools answers with a call
+/// whose arguments fit the schema; no parser flags are needed.
+#[test]
+fn forced_tool_calls_fit_the_parameters() {
+    let s = Server::shared(ARGS);
+    let messages = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"], "additionalProperties": false}}}]);
+    for stream in [false, true] {
+        let body = json!({"messages": messages, "tools": tools, "tool_choice": named, "max_tokens": 60,
+                          "temperature": 0, "stream": stream});
+        let call = if stream {
+            let mut b = body.clone();
+            b["model"] = json!(MODEL);
+            let chunks: Vec<Value> =
+                s.post_sse("/v1/chat/completions", &b).iter().filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect();
+            let with: Vec<&Value> = chunks.iter().filter(|c| c["choices"][0]["delta"]["tool_calls"].is_array()).collect();
+            assert_eq!(with.len(), 1, "{chunks:?}");
+            assert_eq!(with[0]["choices"][0]["finish_reason"], "stop", "{chunks:?}");
+            with[0]["choices"][0]["delta"]["tool_calls"][0].clone()
+        } else {
+            let (status, r) = chat(s, body);
+            assert_eq!(status, 200, "{r}");
+            assert!(r["choices"][0]["message"]["content"].is_null(), "{r}");
+            assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
+            r["choices"][0]["message"]["tool_calls"][0].clone()
+        };
+        assert_eq!(call["function"]["name"], "get_weather", "{call}");
+        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap_or_else(|e| panic!("{e}: {call}"));
+        let keys: Vec<&String> = args.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["city"], "{args}");
+        assert!(args["city"].as_str().unwrap().chars().count() <= 20, "{args}");
+    }
+    let (status, r) = chat(s, json!({"messages": messages, "tools": tools, "tool_choice": "required", "max_tokens": 80, "temperature": 0}));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
+    let calls = r["choices"][0]["message"]["tool_calls"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert!(!calls.is_empty());
+    for c in calls {
+        assert_eq!(c["function"]["name"], "get_weather", "{r}");
+        let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(args["city"].is_string(), "{r}");
+    }
+    let (status, e) = chat(s, json!({"messages": messages, "tools": weather_tools(), "tool_choice": named,
+                                     "response_format": {"type": "json_object"}}));
+    assert_eq!((status, e["error"]["param"].as_str()), (400, Some("tool_choice")));
 }

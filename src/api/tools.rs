@@ -4,6 +4,11 @@
 //! Hermes-style calls — `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, the
 //! format of Qwen2.5, Hermes and others — which come back as `message.tool_calls` with
 //! `finish_reason: "tool_calls"`. Text before the first call stays the content.
+//!
+//! `tool_choice: "required"` or a named function forces a call, as vLLM does it: the
+//! answer is constrained (structured outputs) to the function's `parameters` schema — or,
+//! for `required`, to a list of `{"name", "parameters"}` objects over every tool — and
+//! read back as calls, whatever the model and without a parser.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -132,13 +137,63 @@ impl StreamSplit {
     }
 }
 
-/// How a chat request's `tools` are to be used.
-#[derive(Debug, Clone, PartialEq)]
+/// How a chat request's `tools` are to be used, and its answer read.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum ToolUse {
     /// No tools, or `tool_choice: "none"`: the answer is plain content.
+    #[default]
     None,
     /// `tool_choice: "auto"`: calls are read out of the answer.
     Auto,
+    /// A named function: the answer is its arguments, under this schema.
+    Named { name: String, schema: Value },
+    /// `tool_choice: "required"`: the answer is a list of calls, under this schema.
+    Required { schema: Value },
+}
+
+impl ToolUse {
+    /// The schema the answer is constrained to, when a call is forced.
+    pub fn forced_schema(&self) -> Option<&Value> {
+        match self {
+            ToolUse::Named { schema, .. } | ToolUse::Required { schema } => Some(schema),
+            _ => None,
+        }
+    }
+
+    /// Reads a whole answer: content and calls, and whether calls were read.
+    pub fn read(&self, text: String) -> Parsed {
+        let plain = |text: String| Parsed { content: Some(text), calls: Vec::new() };
+        match self {
+            ToolUse::None => plain(text),
+            ToolUse::Auto => parse(&text),
+            ToolUse::Named { name, .. } => Parsed {
+                content: None,
+                calls: vec![ToolCall {
+                    id: call_id(),
+                    kind: "function",
+                    function: FunctionCall { name: name.clone(), arguments: text },
+                }],
+            },
+            ToolUse::Required { .. } => {
+                // A list cut short by max_tokens does not parse: it stays content.
+                let Ok(Value::Array(items)) = serde_json::from_str::<Value>(&text) else { return plain(text) };
+                let calls = items
+                    .iter()
+                    .filter_map(|c| {
+                        let name = c.get("name")?.as_str()?.to_string();
+                        let arguments = serde_json::to_string(c.get("parameters")?).ok()?;
+                        Some(ToolCall { id: call_id(), kind: "function", function: FunctionCall { name, arguments } })
+                    })
+                    .collect();
+                Parsed { content: None, calls }
+            }
+        }
+    }
+}
+
+/// The parameters schema of a tool (an object of any shape when it gives none).
+fn parameters(tool: &Value) -> Value {
+    tool.pointer("/function/parameters").cloned().unwrap_or_else(|| serde_json::json!({"type": "object"}))
 }
 
 /// Checks `tools` and `tool_choice` (vLLM's rules) and says how the answer is read.
@@ -168,10 +223,30 @@ pub fn tool_use(
             "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set.".into(),
         )),
         (_, None) => Err(("tool_choice", "`tool_choice` needs `tools`.".into())),
-        (Some("required"), _) | (None, _) => Err((
-            "tool_choice",
-            "Forcing a tool call (`required`, or a named function) is not supported yet; use \"auto\" or \"none\".".into(),
-        )),
+        (Some("required"), Some(list)) => {
+            let each: Vec<Value> = list
+                .iter()
+                .map(|t| {
+                    serde_json::json!({"type": "object",
+                        "properties": {"name": {"type": "string", "enum": [t.pointer("/function/name")]}, "parameters": parameters(t)},
+                        "required": ["name", "parameters"]})
+                })
+                .collect();
+            let schema = serde_json::json!({"type": "array", "minItems": 1, "items": {"anyOf": each}});
+            Ok((tools, ToolUse::Required { schema }))
+        }
+        (None, Some(list)) => {
+            let name = choice.pointer("/function/name").and_then(Value::as_str).ok_or((
+                "tool_choice",
+                "`tool_choice` must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}.".to_string(),
+            ))?;
+            let tool = list.iter().find(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name)).ok_or((
+                "tool_choice",
+                format!("`tool_choice` names the function {name:?}, which is not in `tools`."),
+            ))?;
+            let schema = parameters(tool);
+            Ok((tools, ToolUse::Named { name: name.to_string(), schema }))
+        }
         (Some(other), _) => Err(("tool_choice", format!("`tool_choice` must be \"none\", \"auto\", \"required\" or a function, got {other:?}."))),
     }
 }
@@ -223,5 +298,21 @@ mod tests {
         assert_eq!(tool_use(tools.clone(), Some(json!("none")), None).unwrap().1, ToolUse::None);
         assert_eq!(tool_use(None, Some(json!("auto")), None).unwrap_err().0, "tool_choice");
         assert_eq!(tool_use(Some(vec![json!({"type": "function"})]), None, None).unwrap_err().0, "tools");
+        let named = json!({"type": "function", "function": {"name": "f"}});
+        assert!(matches!(tool_use(tools.clone(), Some(named), None).unwrap().1, ToolUse::Named { .. }));
+        let other = json!({"type": "function", "function": {"name": "g"}});
+        assert!(tool_use(tools.clone(), Some(other), None).unwrap_err().1.contains("not in `tools`"));
+        assert!(matches!(tool_use(tools, Some(json!("required")), None).unwrap().1, ToolUse::Required { .. }));
+    }
+
+    #[test]
+    fn forced_calls_are_read_from_the_constrained_answer() {
+        let named = ToolUse::Named { name: "f".into(), schema: json!({}) };
+        let p = named.read(r#"{"x": 1}"#.into());
+        assert_eq!((p.content, p.calls[0].function.arguments.as_str()), (None, r#"{"x": 1}"#));
+        let required = ToolUse::Required { schema: json!({}) };
+        let p = required.read(r#"[{"name": "f", "parameters": {"x": 1}}, {"name": "g", "parameters": {}}]"#.into());
+        assert_eq!(p.calls.iter().map(|c| c.function.name.as_str()).collect::<Vec<_>>(), ["f", "g"]);
+        assert_eq!(required.read("[{\"name\": \"f\"".into()).content.as_deref(), Some("[{\"name\": \"f\""));
     }
 }

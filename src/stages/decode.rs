@@ -178,7 +178,7 @@ impl Decode {
             }
             Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
         };
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, tool_calls: false };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, tool_use: Default::default() };
         Ok((c.job(prompt), meta))
     }
 
@@ -244,6 +244,22 @@ impl Decode {
         f.take::<bool>("parallel_tool_calls")?; // several calls in one answer are read either way
         let echo = f.take::<bool>("echo")?.unwrap_or(false);
         let mut c = common(&mut f, newer.or(older).or(self.serving.defaults.max_tokens), logprobs, &self.serving)?;
+        // A forced tool call is a JSON constraint on the answer, as vLLM makes it.
+        if let Some(schema) = tool_use.forced_schema() {
+            if let Some(other) = &c.constraint {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("A forced tool call cannot be combined with `{}`; send one of them.", other.field),
+                ));
+            }
+            if c.beam.is_some() {
+                return Err(ApiError::invalid("tool_choice", "A forced tool call cannot be combined with `use_beam_search`."));
+            }
+            c.constraint = Some(RequestedConstraint {
+                field: "tool_choice".into(),
+                constraint: crate::guided::Constraint::Json { schema: schema.clone(), whitespace: Default::default() },
+            });
+        }
         if echo {
             let last = messages.last().expect("checked non-empty");
             if last.0.get("role").and_then(Value::as_str) == Some(c.output.response_role.as_str()) {
@@ -264,7 +280,7 @@ impl Decode {
             documents,
             tools,
         });
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, tool_calls: tool_use == crate::api::tools::ToolUse::Auto };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, tool_use };
         Ok((c.job(prompt), meta))
     }
 }

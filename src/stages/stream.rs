@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::api::protocol::*;
 use crate::engine::latency::FinishedReason;
 use crate::engine::stats::EngineStats;
-use crate::api::tools::{self, StreamSplit, ToolCallDelta};
+use crate::api::tools::{StreamSplit, ToolCallDelta, ToolUse};
 use crate::job::{Endpoint, Finish, Item, Payload, Reply, RequestCtx, StopReason, TextEvent};
 use crate::model::tokenizer::Tokenizer;
 use crate::pipeline::{Inlet, Outlet, Stage};
@@ -40,6 +40,8 @@ struct ChoiceAcc {
     cumulative_logprob: f64,
     /// Streaming chat with tool calls read: what is held back from the first call on.
     tool_split: Option<StreamSplit>,
+    /// Streaming chat with a forced tool call: the whole answer, read at the end.
+    tool_held: String,
 }
 
 struct Pending {
@@ -143,15 +145,31 @@ impl Stream {
         // Streaming chat that reads tool calls: content streams up to the first call, and
         // the calls go out whole at the end.
         let mut calls = Vec::new();
-        if chat && meta.tool_calls && meta.output.stream {
-            let split = acc.tool_split.get_or_insert_with(StreamSplit::default);
-            text = split.push(&text, finish.is_some());
-            if finish.is_some() {
-                let (rest, found) = split.finish();
-                text.push_str(&rest);
-                calls = found;
+        if chat && meta.output.stream {
+            match &meta.tool_use {
+                ToolUse::None => {}
+                ToolUse::Auto => {
+                    let split = acc.tool_split.get_or_insert_with(StreamSplit::default);
+                    text = split.push(&text, finish.is_some());
+                    if finish.is_some() {
+                        let (rest, found) = split.finish();
+                        text.push_str(&rest);
+                        calls = found;
+                    }
+                }
+                forced => {
+                    acc.tool_held.push_str(&std::mem::take(&mut text));
+                    if finish.is_some() {
+                        let read = forced.read(std::mem::take(&mut acc.tool_held));
+                        text = read.content.unwrap_or_default();
+                        calls = read.calls;
+                    }
+                }
             }
         }
+        // Calls read by the parser end the choice with "tool_calls"; a forced call keeps
+        // the choice's own reason, as vLLM answers.
+        let calls_finish = if meta.tool_use == ToolUse::Auto { Some("tool_calls") } else { finish.as_ref().map(Finish::as_str) };
 
         if meta.output.stream {
             let finish_reason = finish.as_ref().map(Finish::as_str);
@@ -169,7 +187,7 @@ impl Stream {
                     }
                     let deltas = calls.into_iter().enumerate().map(|(index, call)| ToolCallDelta { index, call }).collect();
                     let delta = ChatDelta { tool_calls: Some(deltas), ..Default::default() };
-                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, Some("tool_calls"), None);
+                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, calls_finish, None);
                 } else if !text.is_empty() || finish.is_some() || ch_lp.as_ref().is_some_and(|l| !l.content.is_empty()) {
                     let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text), tool_calls: None };
                     self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, finish_reason, stop_reason(&finish));
@@ -238,12 +256,8 @@ impl Stream {
                         .enumerate()
                         .map(|(i, c)| {
                             let text = std::mem::take(&mut c.text);
-                            let parsed = if meta.tool_calls {
-                                tools::parse(&text)
-                            } else {
-                                tools::Parsed { content: Some(text), calls: Vec::new() }
-                            };
-                            let called = !parsed.calls.is_empty();
+                            let parsed = meta.tool_use.read(text);
+                            let called = !parsed.calls.is_empty() && meta.tool_use == ToolUse::Auto;
                             ChatChoice {
                                 index: i,
                                 message: ChatResponseMessage {
