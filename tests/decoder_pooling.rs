@@ -100,6 +100,28 @@ fn last_token_embeddings_match_transformers() {
     }
 }
 
+/// A decoder folder with sentence-transformers files pools as they say: here the mean over
+/// the tokens, not normalised, at most 64 tokens (`sentence_bert_config.json`).
+#[test]
+fn a_decoder_folders_own_pooling_config_wins() {
+    let s = start("tiny-llama-mean", &["--task", "embed", "--dtype", "float32"]);
+    let refs = reference("tiny_llama_mean_embed.json");
+    let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    let v = ok(s, "/v1/embeddings", json!({"input": texts, "truncate_prompt_tokens": -1}));
+    for (d, r) in v["data"].as_array().unwrap().iter().zip(&refs) {
+        let (got, want) = (floats(&d["embedding"]), floats(&r["embedding"]));
+        let c = cosine(&got, &want);
+        assert!(c >= 0.9999, "{}: cosine {c}", r["id"]);
+        let scale = want.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(max_diff(&got, &want) < 1e-5 * scale, "{}: not the unnormalised mean", r["id"]);
+    }
+    let tokens: u64 = refs.iter().map(|r| r["num_tokens"].as_u64().unwrap()).sum();
+    assert_eq!(v["usage"]["prompt_tokens"], tokens);
+    // Past 64 tokens without truncation: a 400 that names the input.
+    let long = refs.iter().find(|r| r["truncated"] == true).unwrap();
+    bad(s, "/v1/embeddings", json!({"input": long["text"]}), "input");
+}
+
 /// SmolLM2's ChatML template, as the tiny fixture carries it: a default system message
 /// when the chat has none.
 const SYSTEM: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
