@@ -223,6 +223,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
+    /// The path prefix a proxy forwards requests under (FastAPI's root_path, as vLLM):
+    /// routes answer with and without it, and /openapi.json names it as the server URL.
+    #[arg(long)]
+    pub root_path: Option<String>,
+
     /// Largest request body accepted.
     #[arg(long, value_parser = parse_bytes, default_value = "32MiB")]
     pub max_request_body: u64,

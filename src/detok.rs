@@ -183,3 +183,54 @@ mod tests {
         }
     }
 }
+
+/// Random texts, stop lists and cuts: what the matcher releases never depends on how the
+/// text arrived in pieces, and equals the text before the earliest (then longest) stop.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Texts over a small alphabet (with multi-byte characters) so that stops occur often.
+    fn chars(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+        proptest::collection::vec(prop::sample::select(vec!['a', 'b', 'c', '\n', 'é', '😀']), len)
+            .prop_map(|v| v.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn pieces_never_change_the_result(
+            text in chars(0..24),
+            stops in proptest::collection::vec(chars(1..4), 1..4),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+            include in any::<bool>(),
+        ) {
+            let hit = stops.iter().filter_map(|s| text.find(s.as_str()).map(|a| (a, std::cmp::Reverse(s.len()), s))).min();
+            let expected = match hit {
+                Some((a, _, s)) => (text[..if include { a + s.len() } else { a }].to_string(), Some(s.clone())),
+                None => (text.clone(), None),
+            };
+            let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
+            let mut at: Vec<usize> = cuts.iter().map(|c| bounds[c.index(bounds.len())]).collect();
+            at.sort();
+            let mut pieces = Vec::new();
+            let mut prev = 0;
+            for c in at.into_iter().chain([text.len()]) {
+                pieces.push(&text[prev..c]);
+                prev = c;
+            }
+            let mut m = StopMatcher::new(stops.clone(), include);
+            let mut out = String::new();
+            let mut stopped = None;
+            for (i, p) in pieces.iter().enumerate() {
+                let r = m.push(p, i + 1 == pieces.len());
+                out.push_str(&r.text);
+                if r.stopped.is_some() {
+                    stopped = r.stopped;
+                    break;
+                }
+            }
+            prop_assert_eq!((out, stopped), expected);
+        }
+    }
+}

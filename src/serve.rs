@@ -155,6 +155,8 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         request_id_headers: args.enable_request_id_headers,
         engine_stats,
         task,
+        root_path: root_path(args)?,
+        openapi: crate::api::docs::openapi_document(&root_path(args)?),
     });
     Ok(Server { app, pipeline })
 }
@@ -225,8 +227,14 @@ fn build_pooling(
         task,
         request_id_headers: args.enable_request_id_headers,
         engine_stats,
+        root_path: root_path(args)?,
+        openapi: crate::api::docs::openapi_document(&root_path(args)?),
     });
     Ok(Server { app, pipeline })
+}
+
+fn root_path(args: &ServeArgs) -> Result<String> {
+    crate::api::docs::normalize_root_path(args.root_path.as_deref()).map_err(anyhow::Error::msg)
 }
 
 /// `--generation-config`: which generation_config.json gives the sampling defaults.
@@ -355,7 +363,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             server.app.serving.served_names.join(", "),
             listener.local_addr().map(|a| a.to_string()).unwrap_or(addr.clone())
         );
-        axum::serve(listener, router(server.app.clone()).layer(cors))
+        let root = server.app.root_path.clone();
+        use tower_layer::Layer as _;
+        let app = axum::middleware::map_request(move |req| {
+            let root = root.clone();
+            async move { crate::api::docs::strip_root_path(&root, req) }
+        })
+        .layer(router(server.app.clone()).layer(cors));
+        axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("the HTTP server stopped")

@@ -347,3 +347,40 @@ fn requests_are_logged_when_asked_and_cut_to_max_log_len() {
     assert!(line.contains(r#"["A prompt l…"#), "{line}");
     assert!(!line.contains("cut"), "{line}");
 }
+
+/// `/openapi.json` lists routes that exist; `--root-path` serves the same routes under the
+/// prefix and names it as the document's server; `/docs` points at the document.
+#[test]
+fn openapi_document_and_root_path() {
+    let s = Server::shared(&["--dtype", "float32", "--root-path", "/api/", "--kv-cache-memory", "64MiB", "--max-model-len", "1024"]);
+    let (status, doc) = s.get("/api/openapi.json");
+    assert_eq!(status, 200);
+    assert_eq!(doc["servers"][0]["url"], "/api");
+    assert_eq!(doc, s.get("/openapi.json").1, "the document is the same with and without the prefix");
+    let file: Value = serde_json::from_str(include_str!("../schemas/openapi.json")).unwrap();
+    assert_eq!(doc["paths"], file["paths"], "the served document is schemas/openapi.json");
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let url = s.url(&format!("/api{path}"));
+            let r = match method.as_str() {
+                "get" => Server::client().get(url),
+                "post" => Server::client().post(url).json(&json!({})),
+                m => panic!("unexpected method {m} for {path}"),
+            }
+            .send()
+            .unwrap();
+            let status = r.status().as_u16();
+            let body = r.text().unwrap();
+            assert!(!(status == 404 && body.contains("No route")), "{method} {path} is in the document but not served");
+        }
+    }
+    let (status, models) = s.get("/api/v1/models");
+    assert_eq!(status, 200);
+    assert_eq!(models, s.get("/v1/models").1);
+    assert_eq!(s.get("/apiary/v1/models").0, 404, "only a whole path segment is a prefix");
+    let r = Server::client().get(s.url("/api/docs")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().unwrap().contains(r#"url: "/api/openapi.json""#));
+    let r = Server::client().post(s.url("/api/v1/completions")).json(&json!({"model": MODEL, "prompt": "Hi", "max_tokens": 2})).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

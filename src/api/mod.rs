@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP API.
 
+pub mod docs;
 pub mod error;
 pub mod pooling;
 pub mod protocol;

@@ -33,7 +33,36 @@ pub struct AppState {
     /// `--enable-request-id-headers`: answer with an X-Request-Id header.
     pub request_id_headers: bool,
     pub engine_stats: Arc<EngineStats>,
+    /// `--root-path`, normalized ("" or "/prefix").
+    pub root_path: String,
+    /// `/openapi.json`'s body, built once.
+    pub openapi: String,
 }
+
+/// Every route `router` serves, as schemas/openapi.json must list them (a unit test in
+/// `docs` checks the document against this list; keep it in step with `router`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/pooling"),
+    ("POST", "/classify"),
+    ("POST", "/score"),
+    ("POST", "/v1/score"),
+    ("POST", "/rerank"),
+    ("POST", "/v1/rerank"),
+    ("POST", "/v2/rerank"),
+    ("GET", "/v1/models"),
+    ("POST", "/tokenize"),
+    ("POST", "/detokenize"),
+    ("GET", "/health"),
+    ("GET", "/ping"),
+    ("POST", "/ping"),
+    ("GET", "/version"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+];
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -54,6 +83,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ping", get(health).post(health))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(super::docs::openapi))
+        .route("/docs", get(super::docs::swagger))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
         .with_state(state)

@@ -194,3 +194,82 @@ mod tests {
         assert_eq!(m.take_cached(10), Some(first), "its registration outlives the release");
     }
 }
+
+/// Random sequences of what the scheduler does to blocks — grow, share a cached prefix,
+/// register, release — checked against a plain count of who holds what: no block is handed
+/// to two holders unless shared, the free count is always the number of unheld blocks, and
+/// releasing everything gives every block back (no leak, no double free).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Grow { seq: usize, tokens: usize },
+        Register { seq: usize, block: usize, hash: u64 },
+        TakeCached { seq: usize, hash: u64 },
+        Release { seq: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..4usize, 1..80usize).prop_map(|(seq, tokens)| Op::Grow { seq, tokens }),
+            (0..4usize, 0..6usize, 0..5u64).prop_map(|(seq, block, hash)| Op::Register { seq, block, hash }),
+            (0..4usize, 0..5u64).prop_map(|(seq, hash)| Op::TakeCached { seq, hash }),
+            (0..4usize).prop_map(|seq| Op::Release { seq }),
+        ]
+    }
+
+    fn check(m: &BlockManager, tables: &[Vec<u32>]) -> Result<(), TestCaseError> {
+        let mut held = vec![0u32; m.refs.len()];
+        for b in tables.iter().flatten() {
+            prop_assert!(*b != 0, "the padding block was handed out");
+            held[*b as usize] += 1;
+        }
+        for b in 1..m.refs.len() {
+            prop_assert_eq!(m.refs[b], held[b], "block {} counts {} holders, {} hold it", b, m.refs[b], held[b]);
+        }
+        prop_assert_eq!(m.num_free(), held[1..].iter().filter(|&&h| h == 0).count());
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn blocks_are_never_lost_or_freed_twice(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut m = BlockManager::new(9, 16);
+            let mut tables: Vec<Vec<u32>> = vec![Vec::new(); 4];
+            for op in ops {
+                match op {
+                    Op::Grow { seq, tokens } => {
+                        let before = tables[seq].clone();
+                        let fits = m.can_grow(&tables[seq], tokens);
+                        prop_assert_eq!(m.grow(&mut tables[seq], tokens), fits);
+                        if !fits {
+                            prop_assert_eq!(&tables[seq], &before, "a failed grow changed the table");
+                        }
+                    }
+                    Op::Register { seq, block, hash } => {
+                        if let Some(&b) = tables[seq].get(block) {
+                            m.register(b, hash);
+                        }
+                    }
+                    Op::TakeCached { seq, hash } => {
+                        // A sequence takes cached blocks only at its start, as the scheduler does.
+                        if tables[seq].is_empty() {
+                            if let Some(b) = m.take_cached(hash) {
+                                tables[seq].push(b);
+                            }
+                        }
+                    }
+                    Op::Release { seq } => m.release(&mut tables[seq]),
+                }
+                check(&m, &tables)?;
+            }
+            for t in &mut tables {
+                m.release(t);
+            }
+            prop_assert_eq!(m.num_free(), m.num_blocks());
+        }
+    }
+}
