@@ -56,7 +56,7 @@ pub struct Server {
 /// pools its last token).
 pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> {
     let encoder = archs.iter().find_map(|a| encoder_arch(a));
-    let named = archs.first().map(String::as_str).unwrap_or("(none)");
+    let named = archs.first().map(String::as_str).unwrap_or("the model");
     let generative = archs.is_empty() || archs.iter().any(|a| a.ends_with("ForCausalLM"));
     use crate::cli::TaskArg;
     Ok(match (arg, encoder) {

@@ -100,6 +100,27 @@ fn last_token_embeddings_match_transformers() {
     }
 }
 
+/// `--task score` on a causal LM scores by the cosine similarity of its embeddings.
+#[test]
+fn a_causal_lm_under_task_score_scores_by_cosine() {
+    let s = start("tiny-llama", &["--task", "score", "--dtype", "float32"]);
+    let docs = ["The capital of France is Paris.", "Horses and cows are both animals."];
+    let v = ok(s, "/score", json!({"text_1": "What is the capital of France?", "text_2": docs}));
+    let e = ok(s, "/v1/embeddings", json!({"input": ["What is the capital of France?", docs[0], docs[1]]}));
+    let vecs: Vec<Vec<f64>> = e["data"].as_array().unwrap().iter().map(|d| floats(&d["embedding"])).collect();
+    for k in 0..2 {
+        close("score", &v["data"][k]["score"], &json!(cosine(&vecs[0], &vecs[k + 1])));
+    }
+    // and on a GGUF file, a classifier has no head to load
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--task", "classify", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--task classify: the model has no classification head"), "{err}");
+}
+
 /// A decoder folder with sentence-transformers files pools as they say: here the mean over
 /// the tokens, not normalised, at most 64 tokens (`sentence_bert_config.json`).
 #[test]
