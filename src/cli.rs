@@ -12,7 +12,8 @@ pub struct Cli {
     pub command: Command,
 
     /// How much to log: critical, error, warning, info, debug, trace (RUST_LOG wins).
-    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info)]
+    /// `--uvicorn-log-level`, vLLM's name for the HTTP server's level, is the same flag.
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info, alias = "uvicorn-log-level")]
     pub log_level: LogLevel,
 }
 
@@ -222,6 +223,28 @@ pub struct ServeArgs {
     /// Threads for tensor maths (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Most top logprobs a request may ask for (`logprobs`, `top_logprobs`,
+    /// `prompt_logprobs`), as vLLM's flag.
+    #[arg(long, default_value_t = 20)]
+    pub max_logprobs: usize,
+
+    /// vLLM's parallelism flags: sluice runs a model on one device, so only 1 is accepted.
+    #[arg(long, visible_alias = "tp", default_value_t = 1)]
+    pub tensor_parallel_size: usize,
+
+    #[arg(long, visible_alias = "pp", default_value_t = 1)]
+    pub pipeline_parallel_size: usize,
+
+    /// Accepted for vLLM command lines: model architectures are built into sluice, so no
+    /// code from a model's repository ever runs, with or without it.
+    #[arg(long)]
+    pub trust_remote_code: bool,
+
+    /// Accepted for vLLM command lines: sluice runs every step eagerly (it captures no
+    /// CUDA graphs), with or without it.
+    #[arg(long)]
+    pub enforce_eager: bool,
 
     /// The path prefix a proxy forwards requests under (FastAPI's root_path, as vLLM):
     /// routes answer with and without it, and /openapi.json names it as the server URL.

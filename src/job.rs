@@ -108,6 +108,9 @@ pub struct RequestMeta {
     pub logprobs: Option<usize>,
     /// Show tokens in logprobs as `token_id:<id>` (vLLM's `return_tokens_as_token_ids`).
     pub tokens_as_ids: bool,
+    /// `best_of` above `n`: the engine samples `best_of` choices per prompt and only this
+    /// many (`n`), those with the highest cumulative logprob, are returned.
+    pub best_of_keep: Option<usize>,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
@@ -228,6 +231,8 @@ pub struct Job {
     /// Keep only this many tokens from the end of each prompt (vLLM's
     /// `truncate_prompt_tokens`).
     pub truncate_prompt_tokens: Option<usize>,
+    /// Beam search instead of sampling (`use_beam_search`; the width is `n`).
+    pub beam: Option<crate::engine::beam::BeamParams>,
 }
 
 impl Job {

@@ -35,6 +35,25 @@ pub fn device(arg: DeviceArg) -> Result<Device> {
     })
 }
 
+/// vLLM flags accepted so that its command lines run unchanged: parallelism must be 1
+/// (one device), and the flags that are what sluice always does are noted in the log.
+fn check_vllm_flags(args: &ServeArgs) -> Result<()> {
+    if args.tensor_parallel_size != 1 || args.pipeline_parallel_size != 1 {
+        bail!(
+            "--tensor-parallel-size {} --pipeline-parallel-size {}: sluice runs a model on one device; leave them at 1",
+            args.tensor_parallel_size,
+            args.pipeline_parallel_size
+        );
+    }
+    if args.trust_remote_code {
+        tracing::info!("--trust-remote-code: no model code is ever loaded (architectures are built in); nothing changes");
+    }
+    if args.enforce_eager {
+        tracing::info!("--enforce-eager: every step already runs eagerly; nothing changes");
+    }
+    Ok(())
+}
+
 /// `--chat-template`: a readable file's contents, else the argument itself.
 fn chat_template_arg(arg: &str) -> Result<String> {
     let path = std::path::Path::new(arg);
@@ -87,6 +106,7 @@ pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> 
 
 /// Loads the model and starts the pipeline (shared by `serve` and the tests).
 pub fn build(args: &ServeArgs) -> Result<Server> {
+    check_vllm_flags(args)?;
     let location = resolve::resolve(args.model_arg())?;
     let task = resolve_task(args.task, &encoder::architectures(&location)?)?;
     // The pipeline file before the weights: a wrong one should not wait for the model to load.
@@ -130,6 +150,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     serving.log_requests = (args.enable_log_requests && !args.disable_log_requests).then(|| args.max_log_len.unwrap_or(usize::MAX));
     serving.response_role = args.response_role.clone();
     serving.tokens_as_ids = args.return_tokens_as_token_ids;
+    serving.max_logprobs = args.max_logprobs;
     serving.defaults = sampling_defaults(&args.generation_config, &info)?;
     let serving = Arc::new(serving);
     if args.chat_template_content_format == ContentFormatArg::Auto && serving.chat_template.is_some() {

@@ -348,11 +348,33 @@ fn requests_are_logged_when_asked_and_cut_to_max_log_len() {
     assert!(!line.contains("cut"), "{line}");
 }
 
+/// A server with the less common flags: --root-path, --max-logprobs, and vLLM flags that
+/// are accepted as they are what sluice does anyway.
+const LESSER_FLAGS: &[&str] = &[
+    "--dtype", "float32", "--root-path", "/api/", "--kv-cache-memory", "64MiB", "--max-model-len", "1024",
+    "--max-logprobs", "2", "--tensor-parallel-size", "1", "--trust-remote-code", "--enforce-eager", "--uvicorn-log-level", "info",
+];
+
+#[test]
+fn max_logprobs_bounds_every_logprobs_field() {
+    let s = Server::shared(LESSER_FLAGS);
+    for (field, ok, bad) in [("logprobs", json!(2), json!(3)), ("prompt_logprobs", json!(2), json!(3))] {
+        let mut body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 1});
+        body[field] = ok;
+        assert_eq!(s.post("/v1/completions", &body).0, 200, "{field}");
+        body[field] = bad;
+        let (status, e) = s.post("/v1/completions", &body);
+        assert_eq!((status, e["error"]["param"].as_str()), (400, Some(field)), "{e}");
+    }
+    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "logprobs": true, "top_logprobs": 3});
+    assert_eq!(s.post("/v1/chat/completions", &chat).0, 400);
+}
+
 /// `/openapi.json` lists routes that exist; `--root-path` serves the same routes under the
 /// prefix and names it as the document's server; `/docs` points at the document.
 #[test]
 fn openapi_document_and_root_path() {
-    let s = Server::shared(&["--dtype", "float32", "--root-path", "/api/", "--kv-cache-memory", "64MiB", "--max-model-len", "1024"]);
+    let s = Server::shared(LESSER_FLAGS);
     let (status, doc) = s.get("/api/openapi.json");
     assert_eq!(status, 200);
     assert_eq!(doc["servers"][0]["url"], "/api");

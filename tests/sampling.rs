@@ -185,3 +185,154 @@ fn truncate_prompt_tokens_keeps_the_end_of_the_prompt() {
     let (_, _, r) = complete("one two three four five six seven", 2, json!({"truncate_prompt_tokens": -1}));
     assert_eq!(r["usage"]["prompt_tokens"], 7, "-1 keeps the whole prompt");
 }
+
+/// best_of samples that many choices and returns the n with the highest cumulative
+/// logprob: with a seed, the same choices as asking for all of them with n, ranked.
+#[test]
+fn best_of_returns_the_most_likely_choices() {
+    let body = |n: usize, best_of: usize, logprobs: Option<usize>| {
+        let mut b = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 1.0,
+                           "seed": 7, "n": n, "best_of": best_of});
+        if let Some(k) = logprobs {
+            b["logprobs"] = json!(k);
+        }
+        b
+    };
+    let (status, all) = server().post("/v1/completions", &body(5, 5, Some(0)));
+    assert_eq!(status, 200, "{all}");
+    let mut ranked: Vec<(f64, String)> = all["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let lps = c["logprobs"]["token_logprobs"].as_array().unwrap();
+            (lps.iter().map(|l| l.as_f64().unwrap()).sum(), c["text"].as_str().unwrap().to_string())
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let distinct: std::collections::HashSet<&String> = ranked.iter().map(|(_, t)| t).collect();
+    assert!(distinct.len() >= 3, "temperature 1 should give different choices: {ranked:?}");
+
+    let (status, best) = server().post("/v1/completions", &body(2, 5, None));
+    assert_eq!(status, 200, "{best}");
+    let choices = best["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["text"], ranked[i].1.as_str(), "choice {i} should be the {i}-th most likely of the five");
+        assert!(c["logprobs"].is_null(), "logprobs were not asked for");
+    }
+
+    let (status, e) = server().post("/v1/completions", &body(3, 2, None));
+    assert_eq!((status, e["error"]["param"].as_str()), (400, Some("best_of")));
+    let mut streaming = body(1, 3, None);
+    streaming["stream"] = json!(true);
+    let (status, e) = server().post("/v1/completions", &streaming);
+    assert_eq!((status, e["error"]["param"].as_str()), (400, Some("best_of")));
+}
+
+/// `logits_processors` by name: no_repeat_ngram keeps every n-gram of prompt and output
+/// unique, where the plain greedy continuation repeats one; unknown names are a 400.
+#[test]
+fn no_repeat_ngram_processor_keeps_ngrams_unique() {
+    let prompt = "I like apples. I like apples. I like";
+    let (status, r) = server().post("/tokenize", &json!({"model": MODEL, "prompt": prompt}));
+    assert_eq!(status, 200);
+    let prompt_ids: Vec<u32> = r["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    let trigrams = |ids: &[u32]| {
+        let all: Vec<u32> = prompt_ids.iter().chain(ids).copied().collect();
+        let grams: Vec<&[u32]> = all.windows(3).collect();
+        let distinct: std::collections::HashSet<&[u32]> = grams.iter().copied().collect();
+        grams.len() - distinct.len()
+    };
+    let (_, plain, _) = complete(prompt, 24, json!({}));
+    assert!(trigrams(&plain) > 0, "the plain continuation repeats a trigram of the prompt: {plain:?}");
+    for spec in [json!({"qualname": "no_repeat_ngram", "args": [3]}), json!({"qualname": "transformers.NoRepeatNGramLogitsProcessor", "kwargs": {"ngram_size": 3}})] {
+        let (_, ids, _) = complete(prompt, 24, json!({"logits_processors": [spec]}));
+        assert_eq!(trigrams(&ids), trigrams(&[]), "{spec}: only the prompt's own repeats remain: {ids:?}");
+    }
+    let (status, e) = server().post("/v1/completions", &json!({"model": MODEL, "prompt": "Hi", "logits_processors": ["my.module.Processor"]}));
+    assert_eq!(status, 400);
+    assert_eq!(e["error"]["param"], "logits_processors[0]");
+    assert!(e["error"]["message"].as_str().unwrap().contains("no_repeat_ngram"), "{e}");
+}
+
+/// Beam search against the same algorithm run from outside, one token at a time through
+/// the public API (vLLM's: each live beam offers its 2·width most likely tokens, EOS ends
+/// a beam, the `width` best others go on; finally cumulative logprob / length^penalty
+/// ranks all): the engine's beams must be the reference's, best first.
+#[test]
+fn beam_search_matches_the_algorithm_run_through_the_api() {
+    let (width, max_tokens) = (2usize, 6usize);
+    let (status, t) = server().post(
+        "/tokenize",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Answer with one word: is water wet?"}]}),
+    );
+    assert_eq!(status, 200, "{t}");
+    let prompt: Vec<u64> = t["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let eos = 2u64;
+    for length_penalty in [1.0f64, 0.0] {
+        let mut live: Vec<(Vec<u64>, f64)> = vec![(vec![], 0.0)];
+        let mut done: Vec<(Vec<u64>, f64, bool)> = Vec::new();
+        for step in 0..max_tokens {
+            let mut next: Vec<(Vec<u64>, f64)> = Vec::new();
+            for (toks, cum) in &live {
+                let ids: Vec<u64> = prompt.iter().chain(toks).copied().collect();
+                let (status, r) = server().post(
+                    "/v1/completions",
+                    &json!({"model": MODEL, "prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 2 * width,
+                            "return_tokens_as_token_ids": true}),
+                );
+                assert_eq!(status, 200, "{r}");
+                let mut cands: Vec<(u64, f64)> = r["choices"][0]["logprobs"]["top_logprobs"][0]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.strip_prefix("token_id:").unwrap().parse().unwrap(), v.as_f64().unwrap()))
+                    .collect();
+                cands.sort_by(|a, b| b.1.total_cmp(&a.1));
+                for (tok, lp) in cands.into_iter().take(2 * width) {
+                    let mut t = toks.clone();
+                    t.push(tok);
+                    if tok == eos {
+                        done.push((t, cum + lp, true));
+                    } else {
+                        next.push((t, cum + lp));
+                    }
+                }
+            }
+            next.sort_by(|a, b| b.1.total_cmp(&a.1));
+            next.truncate(width);
+            if step + 1 == max_tokens {
+                done.extend(next.drain(..).map(|(t, c)| (t, c, false)));
+            }
+            live = next;
+            if live.is_empty() {
+                break;
+            }
+        }
+        let score = |(t, c, e): &(Vec<u64>, f64, bool)| c / ((prompt.len() + t.len() - usize::from(*e)) as f64).powf(length_penalty);
+        done.sort_by(|a, b| score(b).total_cmp(&score(a)));
+        let expected: Vec<String> = done[..width]
+            .iter()
+            .map(|(t, _, _)| {
+                let (_, d) = server().post("/detokenize", &json!({"model": MODEL, "tokens": t}));
+                d["prompt"].as_str().unwrap().replace("<|im_end|>", "")
+            })
+            .collect();
+
+        let (status, r) = server().post(
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "n": width, "use_beam_search": true,
+                    "length_penalty": length_penalty}),
+        );
+        assert_eq!(status, 200, "{r}");
+        let got: Vec<&str> = r["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap()).collect();
+        assert_eq!(got, expected, "length_penalty {length_penalty}: {done:?}");
+    }
+    let (status, e) = server().post("/v1/completions", &json!({"model": MODEL, "prompt": "Hi", "length_penalty": 0.5}));
+    assert_eq!((status, e["error"]["param"].as_str()), (400, Some("length_penalty")));
+    let (status, e) =
+        server().post("/v1/completions", &json!({"model": MODEL, "prompt": "Hi", "use_beam_search": true, "logprobs": 1}));
+    assert_eq!((status, e["error"]["param"].as_str()), (400, Some("use_beam_search")));
+}

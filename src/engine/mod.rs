@@ -2,6 +2,7 @@
 //! step at a time — schedule, one batched forward pass, sample — reporting new tokens as
 //! they come.
 
+pub mod beam;
 pub mod blocks;
 pub mod prefix;
 pub mod scheduler;
@@ -58,6 +59,9 @@ pub struct Engine {
     pub cfg: EngineConfig,
     next_id: SeqId,
     stats: Arc<EngineStats>,
+    /// Beam-search groups by the id of the group (see `beam`), and each beam's group.
+    beams: std::collections::HashMap<u64, beam::BeamGroup>,
+    beam_of: std::collections::HashMap<SeqId, u64>,
 }
 
 impl Engine {
@@ -80,6 +84,8 @@ impl Engine {
             cfg,
             next_id: 1,
             stats: Arc::default(),
+            beams: Default::default(),
+            beam_of: Default::default(),
         }
     }
 
@@ -133,11 +139,13 @@ impl Engine {
         let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
         self.stats.prompt_tokens.fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
         let choices = prompts.len() * job.n;
+        // Beam search starts one sequence per prompt; its `n` beams come out at the end.
+        let per_prompt = if job.beam.is_some() { 1 } else { job.n };
         for (p, ids) in prompts.iter().enumerate() {
             let prompt = Arc::new(ids.clone());
             let room = self.cfg.max_model_len.saturating_sub(ids.len());
             let max_new = job.sampling.max_tokens.map_or(room, |m| m.min(room));
-            for j in 0..job.n {
+            for j in 0..per_prompt {
                 let choice = p * job.n + j;
                 let seed = match job.sampling.seed {
                     Some(s) => s.wrapping_add(choice as u64),
@@ -164,6 +172,11 @@ impl Engine {
                     announced: false,
                 };
                 self.next_id += 1;
+                if let Some(params) = job.beam {
+                    let group = seq.id;
+                    self.beams.insert(group, beam::BeamGroup::new(params, job.sampling.ignore_eos, &seq));
+                    self.beam_of.insert(seq.id, group);
+                }
                 self.sched.add(seq);
             }
         }
@@ -183,7 +196,10 @@ impl Engine {
         let any = !gone.is_empty();
         for id in gone {
             if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
-                out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort)));
+                match self.beam_of.remove(&id) {
+                    Some(group) => self.abort_beams(group, &seq, out),
+                    None => out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort))),
+                }
             }
         }
         if any {
@@ -201,7 +217,10 @@ impl Engine {
                 if told.insert(seq.ctx.key) {
                     seq.ctx.fail(crate::api::error::ApiError::internal(message));
                 }
-                out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort)));
+                match self.beam_of.remove(&id) {
+                    Some(group) => self.abort_beams(group, &seq, out),
+                    None => out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort))),
+                }
             }
         }
         self.publish();
@@ -265,12 +284,20 @@ impl Engine {
         }
         if !prompt_rows.is_empty() {
             self.score_prompts(&logits, &prompt_rows);
-            let rows = Tensor::from_slice(&sample_rows).to_device(logits.device());
-            if !sampling.is_empty() {
-                self.sample_and_report(&logits.index_select(0, &rows), &sampling, out);
-            }
-        } else if !sampling.is_empty() {
-            self.sample_and_report(&logits, &sampling, out);
+        }
+        let (beams, sampled): (Vec<(SeqId, i64)>, Vec<(SeqId, i64)>) =
+            sampling.iter().copied().zip(sample_rows.iter().copied()).partition(|(id, _)| self.beam_of.contains_key(id));
+        let rows_of = |list: &[(SeqId, i64)]| {
+            let idx: Vec<i64> = list.iter().map(|&(_, r)| r).collect();
+            logits.index_select(0, &Tensor::from_slice(&idx).to_device(logits.device()))
+        };
+        if !sampled.is_empty() {
+            let ids: Vec<SeqId> = sampled.iter().map(|&(id, _)| id).collect();
+            let all_rows = prompt_rows.is_empty() && beams.is_empty();
+            self.sample_and_report(&if all_rows { logits.shallow_clone() } else { rows_of(&sampled) }, &ids, out);
+        }
+        if !beams.is_empty() {
+            self.beam_step(&rows_of(&beams), &beams.iter().map(|&(id, _)| id).collect::<Vec<_>>(), out);
         }
         times.sample = t2.elapsed();
         self.publish();
@@ -311,7 +338,7 @@ impl Engine {
                     let ctx = RowContext {
                         prompt: &seq.prompt,
                         output: &seq.output,
-                        banned: processors::banned_tokens(&seq.params, &seq.output, eos),
+                        banned: processors::banned_tokens(&seq.params, &seq.prompt, &seq.output, eos),
                     };
                     SampleRow { params: &seq.params, uniform, ctx }
                 })
@@ -338,6 +365,92 @@ impl Engine {
                 self.sched.remove(id, &mut self.blocks);
             }
             out.emit(&ctx, ev);
+        }
+    }
+
+    /// Beam rows: each beam's most likely next tokens (raw logprobs) go to its group;
+    /// groups whose beams are all in choose the next beams, or report their best ones.
+    fn beam_step(&mut self, logits: &Tensor, ids: &[SeqId], out: &mut dyn Emit) {
+        self.stats.generation_tokens.fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let k = ids.iter().map(|id| self.beams[&self.beam_of[id]].candidates_per_beam()).max().unwrap_or(1);
+        let k = k.min(logits.size()[1] as usize) as i64;
+        let (lps, toks) = logits.to_kind(tch::Kind::Float).log_softmax(-1, tch::Kind::Float).topk(k, -1, true, true);
+        let lps: Vec<Vec<f32>> = Vec::try_from(lps.to_device(tch::Device::Cpu)).expect("beam logprobs");
+        let toks: Vec<Vec<i64>> = Vec::try_from(toks.to_device(tch::Device::Cpu)).expect("beam tokens");
+        let mut touched = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let group = self.beam_of.remove(&id).expect("a beam");
+            let g = self.beams.get_mut(&group).expect("the beam's group");
+            let want = g.candidates_per_beam().min(k as usize);
+            let cands = toks[i][..want].iter().zip(&lps[i][..want]).map(|(&t, &l)| (t as u32, l)).collect();
+            let seq = self.sched.take(id).expect("a scheduled beam");
+            g.offer(seq, cands, &mut self.blocks);
+            touched.push(group);
+        }
+        touched.dedup();
+        for group in touched {
+            if !self.beams[&group].complete() {
+                continue;
+            }
+            let max_len = self.cfg.max_model_len;
+            let g = self.beams.get_mut(&group).expect("group");
+            let next = g.advance(&self.cfg.eos_ids, &mut self.next_id, &mut self.blocks, |seq, len| {
+                len >= seq.max_new || seq.prompt.len() + len >= max_len
+            });
+            match next {
+                beam::Next::Continue(seqs) => {
+                    for seq in seqs {
+                        self.beam_of.insert(seq.id, group);
+                        self.sched.add(seq);
+                    }
+                }
+                beam::Next::Done(best) => {
+                    let g = self.beams.remove(&group).expect("group");
+                    self.report_beams(&g, best, out);
+                }
+            }
+        }
+    }
+
+    /// The finished search's beams, as the request's choices for their prompt, best first.
+    fn report_beams(&mut self, g: &beam::BeamGroup, best: Vec<beam::Finished>, out: &mut dyn Emit) {
+        let width = g.params.width;
+        for j in 0..width {
+            let (tokens, finish) = match best.get(j) {
+                Some(f) => (f.output.clone(), Some(if f.eos { Finish::Stop(None) } else { Finish::Length })),
+                // Fewer beams than asked (a tiny vocabulary): the rest end empty.
+                None => (Vec::new(), Some(Finish::Length)),
+            };
+            let ev = TokenEvent {
+                choice: g.prompt_index * width + j,
+                prompt_index: g.prompt_index,
+                tokens,
+                logprobs: Vec::new(),
+                finish,
+                prompt_tokens: g.prompt.len(),
+                choices: g.choices,
+                prompt: Some(g.prompt.clone()),
+                prompt_logprobs: None,
+                first_token_at: Some(Instant::now()),
+            };
+            out.emit(&g.ctx, ev);
+        }
+    }
+
+    /// Ends a beam group early (its client left, or a step failed): every beam leaves the
+    /// scheduler, every held block is freed, and each of its choices ends as aborted.
+    fn abort_beams(&mut self, group: u64, seq: &Sequence, out: &mut dyn Emit) {
+        let Some(mut g) = self.beams.remove(&group) else { return };
+        g.release(&mut self.blocks);
+        let others: Vec<SeqId> = self.beam_of.iter().filter(|&(_, &grp)| grp == group).map(|(&id, _)| id).collect();
+        for id in others {
+            self.beam_of.remove(&id);
+            self.sched.remove(id, &mut self.blocks);
+        }
+        for j in 0..g.params.width {
+            let mut ev = event(seq, vec![], vec![], Some(Finish::Abort));
+            ev.choice = g.prompt_index * g.params.width + j;
+            out.emit(&seq.ctx, ev);
         }
     }
 

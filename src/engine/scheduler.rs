@@ -94,6 +94,14 @@ impl Scheduler {
         Some(seq)
     }
 
+    /// Takes a sequence out with its blocks still on it (a beam handing its blocks on).
+    pub fn take(&mut self, id: SeqId) -> Option<Sequence> {
+        let seq = self.seqs.remove(&id)?;
+        self.running.retain(|&r| r != id);
+        self.waiting.retain(|&w| w != id);
+        Some(seq)
+    }
+
     fn preempt(&mut self, id: SeqId, blocks: &mut BlockManager) {
         let seq = self.seqs.get_mut(&id).expect("preempting a known sequence");
         blocks.release(&mut seq.blocks);
@@ -146,8 +154,10 @@ impl Scheduler {
             let Some(&id) = self.waiting.first() else { break };
             let seq = self.seqs.get_mut(&id).expect("waiting sequence");
             let room = self.running.len() < cfg.max_num_seqs;
-            // The prefix cache is asked only when the sequence could run this step.
-            let hit = if room && cfg.prefix_caching { prefix::take_cached_prefix(seq, blocks) } else { 0 };
+            // The prefix cache is asked only when the sequence could run this step, and
+            // holds no blocks yet (a beam starts on its parent's blocks).
+            let ask = room && cfg.prefix_caching && seq.blocks.is_empty();
+            let hit = if ask { prefix::take_cached_prefix(seq, blocks) } else { 0 };
             let n = seq.pending().min(budget);
             if !(room && blocks.grow(&mut seq.blocks, seq.computed + n)) {
                 // Give back what the prefix cache lent; it is looked up again next time.

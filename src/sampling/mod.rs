@@ -44,6 +44,8 @@ pub struct SamplingParams {
     pub min_tokens: usize,
     /// Score every prompt token, with this many alternatives (vLLM's `prompt_logprobs`).
     pub prompt_logprobs: Option<usize>,
+    /// Built-in processors named in the request's `logits_processors`.
+    pub builtin_processors: Vec<processors::Builtin>,
 }
 
 impl Default for SamplingParams {
@@ -67,6 +69,7 @@ impl Default for SamplingParams {
             bad_words_ids: Vec::new(),
             min_tokens: 0,
             prompt_logprobs: None,
+            builtin_processors: Vec::new(),
         }
     }
 }

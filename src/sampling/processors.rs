@@ -21,10 +21,78 @@ impl RowContext<'_> {
     }
 }
 
+/// Processors a request can name in `logits_processors`, vLLM's field: a name, or
+/// `{"qualname": name, "args": [...], "kwargs": {...}}` as vLLM's constructor objects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Builtin {
+    /// `no_repeat_ngram` (or transformers' `NoRepeatNGramLogitsProcessor`): no n-gram of
+    /// this size occurs twice in the prompt and output together, as transformers' rule.
+    NoRepeatNGram(usize),
+}
+
+/// The names `Builtin::parse` knows, for error messages.
+pub const BUILTIN_NAMES: &str = "no_repeat_ngram (ngram_size)";
+
+impl Builtin {
+    /// One entry of `logits_processors`; the error says what is wrong with it.
+    pub fn parse(v: &serde_json::Value) -> Result<Builtin, String> {
+        use serde_json::Value;
+        let (name, args, kwargs) = match v {
+            Value::String(s) => (s.as_str(), &[][..], None),
+            Value::Object(o) => {
+                let name = o.get("qualname").and_then(Value::as_str).ok_or("an object entry needs a string `qualname`")?;
+                let args = match o.get("args") {
+                    None | Some(Value::Null) => &[][..],
+                    Some(Value::Array(a)) => a.as_slice(),
+                    Some(_) => return Err("`args` must be a list".into()),
+                };
+                let kwargs = match o.get("kwargs") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Object(k)) => Some(k),
+                    Some(_) => return Err("`kwargs` must be an object".into()),
+                };
+                (name, args, kwargs)
+            }
+            _ => return Err("each entry must be a name or a {qualname, args, kwargs} object".into()),
+        };
+        match name.rsplit('.').next().unwrap_or(name) {
+            "no_repeat_ngram" | "NoRepeatNGramLogitsProcessor" => {
+                let size = args.first().or_else(|| kwargs.and_then(|k| k.get("ngram_size")));
+                match size.and_then(Value::as_u64) {
+                    Some(n) if n >= 1 => Ok(Builtin::NoRepeatNGram(n as usize)),
+                    _ => Err(format!("`{name}` needs a positive integer `ngram_size` (first of `args`, or in `kwargs`)")),
+                }
+            }
+            _ => Err(format!("unknown logits processor `{name}`; the built-in ones are: {BUILTIN_NAMES}")),
+        }
+    }
+
+    /// Tokens this processor bans after `history` (prompt then output).
+    fn banned(&self, prompt: &[u32], output: &[u32], into: &mut Vec<u32>) {
+        match *self {
+            Builtin::NoRepeatNGram(n) => {
+                let len = prompt.len() + output.len();
+                if n == 0 || len + 1 < n {
+                    return;
+                }
+                let at = |i: usize| if i < prompt.len() { prompt[i] } else { output[i - prompt.len()] };
+                // The n-1 tokens that would start the next n-gram, against every earlier
+                // n-gram's first n-1 tokens.
+                let tail = len + 1 - n;
+                for start in 0..tail {
+                    if (0..n - 1).all(|k| at(start + k) == at(tail + k)) {
+                        into.push(at(start + n - 1));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The tokens a sequence may not produce next: EOS and stop tokens while fewer than
-/// `min_tokens` have been generated, and the last token of every bad word whose other
-/// tokens end the output.
-pub fn banned_tokens(p: &SamplingParams, output: &[u32], eos_ids: &[u32]) -> Vec<u32> {
+/// `min_tokens` have been generated, the last token of every bad word whose other
+/// tokens end the output, and what the request's built-in processors ban.
+pub fn banned_tokens(p: &SamplingParams, prompt: &[u32], output: &[u32], eos_ids: &[u32]) -> Vec<u32> {
     let mut banned = Vec::new();
     if output.len() < p.min_tokens {
         if !p.ignore_eos {
@@ -38,6 +106,9 @@ pub fn banned_tokens(p: &SamplingParams, output: &[u32], eos_ids: &[u32]) -> Vec
                 banned.push(last);
             }
         }
+    }
+    for b in &p.builtin_processors {
+        b.banned(prompt, output, &mut banned);
     }
     banned
 }
@@ -160,9 +231,34 @@ mod tests {
             bad_words_ids: vec![vec![5], vec![3, 4]],
             ..Default::default()
         };
-        assert_eq!(banned_tokens(&p, &[1], &[2]), vec![2, 7, 5]);
-        assert_eq!(banned_tokens(&p, &[1, 3], &[2]), vec![5, 4]);
+        assert_eq!(banned_tokens(&p, &[], &[1], &[2]), vec![2, 7, 5]);
+        assert_eq!(banned_tokens(&p, &[], &[1, 3], &[2]), vec![5, 4]);
         let p = SamplingParams { ignore_eos: true, ..p };
-        assert_eq!(banned_tokens(&p, &[], &[2]), vec![7, 5]);
+        assert_eq!(banned_tokens(&p, &[], &[], &[2]), vec![7, 5]);
+    }
+
+    #[test]
+    fn no_repeat_ngram_bans_what_would_repeat_an_ngram() {
+        let p = SamplingParams { builtin_processors: vec![Builtin::NoRepeatNGram(2)], ..Default::default() };
+        // History 5 6 5: the bigram (5, 6) exists, so 6 may not follow 5 again.
+        assert_eq!(banned_tokens(&p, &[5, 6], &[5], &[]), vec![6]);
+        let p3 = SamplingParams { builtin_processors: vec![Builtin::NoRepeatNGram(3)], ..Default::default() };
+        assert_eq!(banned_tokens(&p3, &[1, 2, 3, 1], &[2], &[]), vec![3]);
+        assert!(banned_tokens(&p3, &[1, 2, 3], &[2], &[]).is_empty());
+        let p1 = SamplingParams { builtin_processors: vec![Builtin::NoRepeatNGram(1)], ..Default::default() };
+        assert_eq!(banned_tokens(&p1, &[4], &[9], &[]), vec![4, 9], "size 1: no token twice");
+    }
+
+    #[test]
+    fn builtin_processors_parse_from_vllm_shapes() {
+        use serde_json::json;
+        assert_eq!(Builtin::parse(&json!({"qualname": "no_repeat_ngram", "args": [3]})), Ok(Builtin::NoRepeatNGram(3)));
+        assert_eq!(
+            Builtin::parse(&json!({"qualname": "transformers.NoRepeatNGramLogitsProcessor", "kwargs": {"ngram_size": 2}})),
+            Ok(Builtin::NoRepeatNGram(2))
+        );
+        assert!(Builtin::parse(&json!("no_repeat_ngram")).unwrap_err().contains("ngram_size"));
+        assert!(Builtin::parse(&json!("my.module.Processor")).unwrap_err().contains("unknown logits processor"));
+        assert!(Builtin::parse(&json!(3)).is_err());
     }
 }

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::api::error::ApiError;
+use crate::engine::beam::BeamParams;
 use crate::api::protocol::{ChatMessage, OneOrMany, PromptInput, StreamOptions};
 use crate::job::{ChatPrompt, Endpoint, Item, Job, OutputOptions, Payload, Prompt, RequestMeta};
 use crate::pipeline::{Outlet, Stage};
@@ -15,8 +16,6 @@ use crate::sampling::SamplingParams;
 use crate::model::chat_template::ChatTemplate;
 use crate::serving::{ContentFormat, ServingContext};
 
-/// The most top logprobs a request may ask for (vLLM's default `--max-logprobs`).
-pub const MAX_LOGPROBS: i64 = 20;
 const MAX_N: i64 = 128;
 
 pub struct Decode {
@@ -118,7 +117,11 @@ impl Fields {
 /// The fields both generation endpoints share, read from the body.
 struct Common {
     sampling: SamplingParams,
+    /// Choices sampled per prompt (`best_of`, else `n`).
     n: usize,
+    /// With `best_of` above `n`: how many of them are returned.
+    keep: Option<usize>,
+    beam: Option<BeamParams>,
     output: OutputOptions,
     add_special_tokens: Option<bool>,
     tokens_as_ids: bool,
@@ -142,13 +145,14 @@ impl Decode {
         let model = self.check_model(f.take("model")?)?;
         let prompt: Option<PromptInput> = f.take("prompt")?;
         let echo = f.take::<bool>("echo")?.unwrap_or(false);
+        let max_logprobs = self.serving.max_logprobs as i64;
         let logprobs = match f.take::<i64>("logprobs")? {
             None => None,
-            Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
+            Some(k) if (0..=max_logprobs).contains(&k) => Some(k as usize),
             Some(k) => {
                 return Err(ApiError::invalid(
                     "logprobs",
-                    format!("`logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}."),
+                    format!("`logprobs` must be between 0 and {max_logprobs} (--max-logprobs), got {k}."),
                 ));
             }
         };
@@ -171,7 +175,7 @@ impl Decode {
             }
             Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
         };
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep };
         Ok((c.job(prompt), meta))
     }
 
@@ -211,11 +215,11 @@ impl Decode {
             }
             (false, _) => None,
             (true, None) => Some(0),
-            (true, Some(k)) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
+            (true, Some(k)) if (0..=self.serving.max_logprobs as i64).contains(&k) => Some(k as usize),
             (true, Some(k)) => {
                 return Err(ApiError::invalid(
                     "top_logprobs",
-                    format!("`top_logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}."),
+                    format!("`top_logprobs` must be between 0 and {} (--max-logprobs), got {k}.", self.serving.max_logprobs),
                 ));
             }
         };
@@ -253,7 +257,7 @@ impl Decode {
             template_kwargs,
             documents,
         });
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep };
         Ok((c.job(prompt), meta))
     }
 }
@@ -267,6 +271,7 @@ impl Common {
             priority: self.priority,
             cache_salt: self.cache_salt,
             truncate_prompt_tokens: self.truncate_prompt_tokens,
+            beam: self.beam,
         }
     }
 }
@@ -345,9 +350,7 @@ pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMes
 /// Request fields this server recognises but does not act on yet, with the value that
 /// means "off". Setting one to anything else is a 400 rather than being silently ignored.
 const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
-    ("best_of", |v| v.as_i64() == Some(1)),
     ("suffix", |v| v.as_str() == Some("")),
-    ("use_beam_search", |v| v.as_bool() == Some(false)),
     ("guided_json", |_| false),
     ("guided_regex", |_| false),
     ("guided_choice", |_| false),
@@ -359,10 +362,7 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("tool_choice", |v| v.as_str() == Some("none")),
     ("functions", |_| false),
     ("function_call", |v| v.as_str() == Some("none")),
-    ("logits_processors", |v| v.as_array().is_some_and(|a| a.is_empty())),
-    ("spaces_between_special_tokens", |v| v.as_bool() == Some(true)),
     ("vllm_xargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
-    ("length_penalty", |v| v.as_f64() == Some(1.0)),
 ];
 
 fn common(
@@ -456,6 +456,11 @@ fn common(
         }
         p.min_tokens = m as usize;
     }
+    for (i, entry) in f.take::<Vec<Value>>("logits_processors")?.unwrap_or_default().iter().enumerate() {
+        let b = crate::sampling::processors::Builtin::parse(entry)
+            .map_err(|e| ApiError::invalid(format!("logits_processors[{i}]"), format!("Invalid `logits_processors[{i}]`: {e}.")))?;
+        p.builtin_processors.push(b);
+    }
     p.seed = f.take::<i64>("seed")?.map(|s| s as u64);
     p.ignore_eos = f.take("ignore_eos")?.unwrap_or(false);
     p.stop_token_ids = f.take("stop_token_ids")?.unwrap_or_default();
@@ -470,18 +475,38 @@ fn common(
         Some(_) if stream => {
             return Err(ApiError::invalid("prompt_logprobs", "`prompt_logprobs` is not supported when streaming."));
         }
-        Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
+        Some(k) if (0..=serving.max_logprobs as i64).contains(&k) => Some(k as usize),
         Some(k) => {
             return Err(ApiError::invalid(
                 "prompt_logprobs",
-                format!("`prompt_logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}."),
+                format!("`prompt_logprobs` must be between 0 and {} (--max-logprobs), got {k}.", serving.max_logprobs),
             ));
         }
     };
+    // best_of: that many choices are sampled and the n with the highest cumulative
+    // logprob are returned (vLLM's rule), so the sampled tokens' logprobs are needed.
+    let best_of = match f.take::<i64>("best_of")? {
+        None => n,
+        Some(b) if b >= n as i64 && b <= MAX_N => b as usize,
+        Some(b) => {
+            return Err(ApiError::invalid("best_of", format!("`best_of` must be between n ({n}) and {MAX_N}, got {b}.")));
+        }
+    };
+    if best_of > n && stream {
+        return Err(ApiError::invalid("best_of", "`best_of` greater than `n` is not supported when streaming."));
+    }
+    if best_of > n {
+        p.logprobs.get_or_insert(0);
+    }
+    let beam = beam_search(f, n, best_of, &p)?;
     let stream_options: Option<StreamOptions> = f.take("stream_options")?;
     if stream_options.is_some() && !stream {
         return Err(ApiError::invalid("stream_options", "`stream_options` is only allowed when `stream` is true."));
     }
+    // Only slow (Python) tokenizers put spaces between special tokens; this server's
+    // tokenizers are fast ones (tokenizer.json), which decode the same either way, as in
+    // Hugging Face's and vLLM's fast path. The value is still checked.
+    f.take::<bool>("spaces_between_special_tokens")?;
     let output = OutputOptions {
         stream,
         include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
@@ -534,5 +559,40 @@ fn common(
             ));
         }
     };
-    Ok(Common { sampling: p, n, output, add_special_tokens, tokens_as_ids, priority, cache_salt, truncate_prompt_tokens })
+    Ok(Common {
+        sampling: p,
+        n: best_of,
+        keep: (best_of > n).then_some(n),
+        output,
+        add_special_tokens,
+        tokens_as_ids,
+        priority,
+        cache_salt,
+        truncate_prompt_tokens,
+        beam,
+    })
+}
+
+/// `use_beam_search` (with `n` as the width) and `length_penalty`. As in vLLM, the search
+/// ranks beams by their raw logprobs; sampling fields do not steer it.
+fn beam_search(f: &mut Fields, n: usize, best_of: usize, p: &SamplingParams) -> Result<Option<BeamParams>, ApiError> {
+    let on = f.take::<bool>("use_beam_search")?.unwrap_or(false);
+    let length_penalty = f.take::<f64>("length_penalty")?;
+    if !on {
+        return match length_penalty {
+            Some(l) if l != 1.0 => Err(ApiError::invalid("length_penalty", "`length_penalty` only applies with `use_beam_search`.")),
+            _ => Ok(None),
+        };
+    }
+    if best_of > n {
+        return Err(ApiError::invalid("best_of", "With `use_beam_search`, `n` is the beam width; leave `best_of` out."));
+    }
+    if p.logprobs.is_some() || p.prompt_logprobs.is_some() {
+        return Err(ApiError::invalid("use_beam_search", "Logprobs are not returned with `use_beam_search`."));
+    }
+    let length_penalty = length_penalty.unwrap_or(1.0);
+    if !length_penalty.is_finite() {
+        return Err(ApiError::invalid("length_penalty", "`length_penalty` must be a finite number."));
+    }
+    Ok(Some(BeamParams { width: n, length_penalty }))
 }

@@ -31,6 +31,8 @@ struct ChoiceAcc {
     /// Bytes of text sent or gathered so far (for completions' `text_offset`).
     emitted: usize,
     prompt_logprobs: Option<PromptLogprobs>,
+    /// Sum of the sampled tokens' logprobs (ranks choices for `best_of`).
+    cumulative_logprob: f64,
 }
 
 struct Pending {
@@ -94,6 +96,7 @@ impl Stream {
             text.insert_str(0, echo);
         }
         acc.completion_tokens = ev.completion_tokens;
+        acc.cumulative_logprob += ev.logprobs.iter().map(|l| l.logprob as f64).sum::<f64>();
         let lp_delta = meta.logprobs.map(|_| &ev.logprobs);
         let (c_lp, ch_lp) = match lp_delta {
             Some(lps) if chat => (None, Some(self.chat_logprobs(lps, meta.tokens_as_ids))),
@@ -171,6 +174,9 @@ impl Stream {
             return false;
         }
         if !ctx.is_cancelled() {
+            if let Some(keep) = meta.best_of_keep {
+                keep_best(p, keep);
+            }
             let usage = usage(p);
             let body = if chat {
                 serde_json::to_string(&ChatResponse {
@@ -340,6 +346,20 @@ impl Stream {
         }
         out
     }
+}
+
+/// `best_of`: of each prompt's choices (consecutive, `best_of` of them), keeps the `keep`
+/// with the highest cumulative logprob, best first (ties: the earlier choice).
+fn keep_best(p: &mut Pending, keep: usize) {
+    let per_prompt = p.choices.len() / p.prompts.len().max(1);
+    let mut kept = Vec::with_capacity(p.prompts.len() * keep);
+    let mut all = std::mem::take(&mut p.choices).into_iter();
+    while all.len() > 0 {
+        let mut group: Vec<ChoiceAcc> = all.by_ref().take(per_prompt).collect();
+        group.sort_by(|a, b| b.cumulative_logprob.total_cmp(&a.cumulative_logprob));
+        kept.extend(group.into_iter().take(keep));
+    }
+    p.choices = kept;
 }
 
 fn usage(p: &Pending) -> Usage {
