@@ -1,7 +1,8 @@
 //! `sluice bench`: a load generator for any OpenAI-compatible server (sluice, vLLM,
 //! llama.cpp's llama-server, …). It keeps `--concurrency` streaming requests in flight,
 //! each with its own synthetic prompt of about `--prompt-tokens` tokens and exactly
-//! `--max-tokens` output tokens (`ignore_eos`), and reports throughput, time to first
+//! `--max-tokens` output tokens (`ignore_eos`; a structured-output constraint given with
+//! `--extra-body` may end one sooner), and reports throughput, time to first
 //! token and inter-token latency. With `--server-pid` it also reports how much CPU the
 //! server and everything else on the machine used during the run, since a shared machine
 //! can halve a CPU server's speed.
@@ -47,6 +48,28 @@ pub struct BenchArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Write the requests this run would send as a batch file for `run-batch` (same
+    /// prompts and lengths, not streamed) instead of sending them; needs --model.
+    #[arg(long, value_name = "FILE")]
+    pub write_batch: Option<std::path::PathBuf>,
+
+    /// Fields merged into every request body, as a JSON object or `@FILE` holding one, e.g.
+    /// '{"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {…}}}}'.
+    #[arg(long, value_name = "JSON")]
+    pub extra_body: Option<String>,
+}
+
+/// `--extra-body`: the object given inline or in a file.
+fn extra_body(arg: Option<&str>) -> Result<serde_json::Map<String, Value>> {
+    let Some(arg) = arg else { return Ok(Default::default()) };
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => arg.to_string(),
+    };
+    match serde_json::from_str(&text).context("--extra-body is not valid JSON")? {
+        Value::Object(m) => Ok(m),
+        _ => bail!("--extra-body must be a JSON object"),
+    }
 }
 
 #[derive(Default)]
@@ -79,7 +102,27 @@ fn prompt(i: usize, tokens: usize) -> String {
     s
 }
 
+/// `--write-batch`: the measured requests as batch lines, in the order they are sent.
+fn write_batch(args: &BenchArgs, path: &std::path::Path) -> Result<()> {
+    let model = args.model.as_deref().context("--write-batch needs --model (no server is asked)")?;
+    let total = args.requests.unwrap_or((args.concurrency * 4).max(8));
+    let mut text = String::new();
+    for i in 0..total {
+        let body = json!({
+            "model": model, "prompt": prompt(i, args.prompt_tokens), "max_tokens": args.max_tokens,
+            "temperature": 0, "ignore_eos": true,
+        });
+        let line = json!({"custom_id": format!("request-{i}"), "method": "POST", "url": "/v1/completions", "body": body});
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("--write-batch {}: cannot write it", path.display()))
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(path) = &args.write_batch {
+        return write_batch(args, path);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(run_async(args))
 }
@@ -103,12 +146,14 @@ async fn run_async(args: &BenchArgs) -> Result<()> {
         }
     };
     let total = args.requests.unwrap_or((args.concurrency * 4).max(8));
+    let extra = extra_body(args.extra_body.as_deref())?;
     let send = |i: usize| {
-        let body = json!({
+        let mut body = json!({
             "model": model, "prompt": prompt(i, args.prompt_tokens), "max_tokens": args.max_tokens,
             "temperature": 0, "ignore_eos": true, "stream": true,
             "stream_options": {"include_usage": true},
         });
+        body.as_object_mut().expect("an object").extend(extra.clone());
         auth(client.post(format!("{}/v1/completions", args.base_url))).json(&body).send()
     };
     for w in 0..args.warmup {
@@ -161,6 +206,7 @@ async fn run_async(args: &BenchArgs) -> Result<()> {
         "errors": r.errors, "prompt_tokens_per_request": r.prompt_tokens as f64 / total as f64,
         "max_tokens": args.max_tokens, "seconds": elapsed,
         "output_tokens_per_s": r.output_tokens as f64 / elapsed,
+        "output_tokens_per_request": r.output_tokens as f64 / (total - r.errors).max(1) as f64,
         "requests_per_s": (total - r.errors) as f64 / elapsed,
         "ttft_ms": {"p50": q(&r.ttft, 0.5), "p90": q(&r.ttft, 0.9), "p99": q(&r.ttft, 0.99)},
         "itl_ms": {"p50": q(&r.itl, 0.5), "p90": q(&r.itl, 0.9), "p99": q(&r.itl, 0.99)},
@@ -179,8 +225,13 @@ async fn run_async(args: &BenchArgs) -> Result<()> {
         println!("{out}");
     } else {
         println!(
-            "{} requests, concurrency {}, ~{:.0} prompt tokens, {} output tokens each ({} errors)",
-            total, args.concurrency, out["prompt_tokens_per_request"].as_f64().unwrap_or(0.0), args.max_tokens, r.errors
+            "{} requests, concurrency {}, ~{:.0} prompt tokens, up to {} output tokens each ({:.1} on average; {} errors)",
+            total,
+            args.concurrency,
+            out["prompt_tokens_per_request"].as_f64().unwrap_or(0.0),
+            args.max_tokens,
+            out["output_tokens_per_request"].as_f64().unwrap_or(0.0),
+            r.errors
         );
         println!("  output tokens/s   {:>9.1}", out["output_tokens_per_s"].as_f64().unwrap_or(0.0));
         println!("  requests/s        {:>9.3}", out["requests_per_s"].as_f64().unwrap_or(0.0));

@@ -21,6 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model over the OpenAI API (a drop-in for `vllm serve`).
     Serve(Box<ServeArgs>),
+    /// Run a JSONL file of requests through the model, offline (vLLM's batch format).
+    RunBatch(Box<crate::batch::BatchArgs>),
+    /// Run a workload through the pipeline in this process and show where the time goes.
+    Profile(Box<crate::profile::ProfileArgs>),
     /// Drive an OpenAI-compatible server with streaming requests and report its speed.
     Bench(crate::bench::BenchArgs),
 }
@@ -187,7 +191,7 @@ pub struct ServeArgs {
 
     /// Memory for the KV cache, e.g. 2GiB or 500MB. Default: 2GiB on CPU; on CUDA, what
     /// --gpu-memory-utilization leaves once the weights are loaded.
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, value_parser = parse_bytes, env = "SLUICE_KV_CACHE_MEMORY")]
     pub kv_cache_memory: Option<u64>,
 
     /// Share of the GPU's memory this server may use in all (weights, activations, KV
@@ -223,6 +227,16 @@ pub struct ServeArgs {
     /// Threads for tensor maths (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Read tool calls out of chat answers when a request's `tool_choice` is "auto" (with
+    /// --tool-call-parser), as vLLM's flag.
+    #[arg(long, requires = "tool_call_parser")]
+    pub enable_auto_tool_choice: bool,
+
+    /// The format tool calls are read in: hermes (`<tool_call>{json}</tool_call>`, as
+    /// Qwen2.5 and Hermes models write them).
+    #[arg(long, value_enum)]
+    pub tool_call_parser: Option<crate::api::tools::ToolParser>,
 
     /// Most top logprobs a request may ask for (`logprobs`, `top_logprobs`,
     /// `prompt_logprobs`), as vLLM's flag.

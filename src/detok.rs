@@ -88,6 +88,20 @@ impl StopMatcher {
             .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, std::cmp::Reverse(s.len()), s)))
             .min();
         if let Some((at, _, stop)) = hit {
+            // A stop that could still begin at or before this one, once more text comes
+            // (a longer stop at the same place, or one that started earlier), decides
+            // later: the answer must not depend on how the text was cut into pieces.
+            if !last {
+                let undecided = (0..=at).filter(|&q| self.held.is_char_boundary(q)).find(|&q| {
+                    let rest = &self.held[q..];
+                    self.stops.iter().any(|s| s.len() > rest.len() && s.starts_with(rest))
+                });
+                if let Some(q) = undecided {
+                    let text = self.held[..q].to_string();
+                    self.held.drain(..q);
+                    return Released { text, stopped: None };
+                }
+            }
             let end = if self.include_stop { at + stop.len() } else { at };
             let text = self.held[..end].to_string();
             let stop = stop.clone();
@@ -147,6 +161,16 @@ mod tests {
     fn earliest_stop_wins() {
         assert_eq!(run(&["b", "abc"], false, &["xabc"]), ("x".into(), Some("abc".into())));
         assert_eq!(run(&["c", "ab"], false, &["xabc"]), ("x".into(), Some("ab".into())));
+    }
+
+    /// Found by the property test: a match that a longer or earlier stop could still
+    /// overtake waits for the text that decides it.
+    #[test]
+    fn a_match_waits_while_a_longer_or_earlier_stop_may_still_win() {
+        assert_eq!(run(&["a", "aé"], false, &["bba", "éaaa"]), ("bb".into(), Some("aé".into())));
+        assert_eq!(run(&["a", "aé"], false, &["bba", "xaaa"]), ("bb".into(), Some("a".into())));
+        assert_eq!(run(&["a", "xab"], false, &["xa", "b"]), ("".into(), Some("xab".into())));
+        assert_eq!(run(&["a", "xab"], false, &["xa", "c"]), ("x".into(), Some("a".into())));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::api::error::ApiError;
 use crate::api::protocol::ChatMessage;
+use crate::guided::{Guide, RequestedConstraint};
 use crate::model::chat_template::ChatTemplate;
 use crate::pipeline::Keyed;
 use crate::sampling::{SamplingParams, TokenLogprobs};
@@ -61,6 +62,21 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint a request path names (the POST routes the server answers, which are
+    /// also the `url`s a batch file may use).
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/v1/completions" => Endpoint::Completions,
+            "/v1/chat/completions" => Endpoint::ChatCompletions,
+            "/v1/embeddings" => Endpoint::Embeddings,
+            "/pooling" => Endpoint::Pooling,
+            "/classify" => Endpoint::Classify,
+            "/score" | "/v1/score" => Endpoint::Score,
+            "/rerank" | "/v1/rerank" | "/v2/rerank" => Endpoint::Rerank,
+            _ => return None,
+        })
+    }
+
     /// Whether the endpoint generates text (as opposed to pooling an encoder's states).
     pub fn generates(self) -> bool {
         matches!(self, Endpoint::Completions | Endpoint::ChatCompletions)
@@ -96,6 +112,8 @@ pub struct RequestCtx {
     reply: UnboundedSender<Reply>,
     /// Set once by the decode stage; read by the stages after the engine.
     meta: OnceLock<Arc<RequestMeta>>,
+    /// When the request was first scheduled and produced tokens (for latency metrics).
+    pub timeline: crate::engine::latency::Timeline,
 }
 
 /// What the stages after the engine need to shape the answer.
@@ -111,6 +129,8 @@ pub struct RequestMeta {
     /// `best_of` above `n`: the engine samples `best_of` choices per prompt and only this
     /// many (`n`), those with the highest cumulative logprob, are returned.
     pub best_of_keep: Option<usize>,
+    /// Chat with `tool_choice: "auto"`: tool calls are read out of the answer.
+    pub tool_calls: bool,
 }
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
@@ -126,11 +146,13 @@ impl RequestCtx {
             None => format!("{}-{}", endpoint.id_prefix(), random_hex(key)),
         };
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let arrived = Instant::now();
         let ctx = RequestCtx {
             id,
             key,
             created,
-            arrived: Instant::now(),
+            arrived,
+            timeline: crate::engine::latency::Timeline::new(arrived),
             endpoint,
             cancelled: AtomicBool::new(false),
             stopped: Mutex::new(HashSet::new()),
@@ -177,7 +199,7 @@ impl RequestCtx {
 }
 
 /// 24 hex digits from the key and the clock; unique per process, not guessable by design.
-fn random_hex(key: u64) -> String {
+pub fn random_hex(key: u64) -> String {
     let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let a = splitmix(t ^ key.rotate_left(32));
     let b = splitmix(a ^ key);
@@ -231,6 +253,10 @@ pub struct Job {
     /// Keep only this many tokens from the end of each prompt (vLLM's
     /// `truncate_prompt_tokens`).
     pub truncate_prompt_tokens: Option<usize>,
+    /// What the output must match (`response_format`, `guided_*`, `structured_outputs`).
+    pub constraint: Option<Arc<RequestedConstraint>>,
+    /// The constraint compiled; set by the guide stage, which every constrained job passes.
+    pub guide: Option<Arc<Guide>>,
     /// Beam search instead of sampling (`use_beam_search`; the width is `n`).
     pub beam: Option<crate::engine::beam::BeamParams>,
 }
@@ -268,6 +294,8 @@ pub struct ChatPrompt {
     pub template_kwargs: serde_json::Map<String, serde_json::Value>,
     /// Retrieval documents, for templates that render them.
     pub documents: Option<Vec<serde_json::Value>>,
+    /// The request's `tools`, for templates that render them.
+    pub tools: Option<Vec<serde_json::Value>>,
 }
 
 /// How the output is shaped, beyond what the engine needs.

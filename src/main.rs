@@ -14,6 +14,8 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match &cli.command {
         Command::Serve(args) => sluice::serve::run(args),
+        Command::RunBatch(args) => sluice::batch::run(args),
+        Command::Profile(args) => sluice::profile::run(args),
         Command::Bench(args) => sluice::bench::run(args),
     };
     match result {

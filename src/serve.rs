@@ -69,6 +69,15 @@ pub struct Server {
     pub pipeline: Pipeline<crate::job::Item>,
 }
 
+impl Server {
+    /// Closes the pipeline's entry and waits for every stage to finish its work.
+    pub fn shutdown(self) {
+        let Server { app, pipeline } = self;
+        drop(app);
+        pipeline.shutdown();
+    }
+}
+
 /// What `--task` asks for, checked against the model's architectures (vLLM's rules:
 /// `auto` picks generation for `*ForCausalLM` and GGUF files, embeddings for encoders,
 /// classification for `*ForSequenceClassification`; `embed` or `score` on a causal LM
@@ -104,16 +113,43 @@ pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> 
     })
 }
 
-/// Loads the model and starts the pipeline (shared by `serve` and the tests).
+/// Where requests enter the pipeline: HTTP connections (`serve`) or the lines of a JSONL
+/// file (`run-batch`). Everything after the entry is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    Http,
+    Jsonl,
+}
+
+impl Edge {
+    /// The pipeline file's `source` for this edge.
+    pub fn source(self) -> &'static str {
+        match self {
+            Edge::Http => "http",
+            Edge::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// Loads the model and starts the pipeline for HTTP (shared by `serve` and the tests).
 pub fn build(args: &ServeArgs) -> Result<Server> {
+    build_for(args, Edge::Http)
+}
+
+/// Loads the model and starts the pipeline fed by `edge`.
+pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
     check_vllm_flags(args)?;
     let location = resolve::resolve(args.model_arg())?;
     let task = resolve_task(args.task, &encoder::architectures(&location)?)?;
     // The pipeline file before the weights: a wrong one should not wait for the model to load.
-    let spec = match (&args.pipeline, task) {
-        (Some(path), _) => PipelineSpec::load(path)?,
-        (None, Task::Generate) => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
-        (None, _) => PipelineSpec::parse(stages::POOLING_TOML, "stages/pooling.toml (built in)")?,
+    let spec = match (&args.pipeline, task, edge) {
+        (Some(path), _, _) => PipelineSpec::load(path)?,
+        (None, Task::Generate, Edge::Http) => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
+        (None, _, Edge::Http) => PipelineSpec::parse(stages::POOLING_TOML, "stages/pooling.toml (built in)")?,
+        (None, Task::Generate, Edge::Jsonl) => PipelineSpec::parse(stages::BATCH_TOML, "stages/batch.toml (built in)")?,
+        (None, _, Edge::Jsonl) => {
+            PipelineSpec::parse(stages::BATCH_POOLING_TOML, "stages/batch-pooling.toml (built in)")?
+        }
     };
     if let Some(t) = args.threads {
         tch::set_num_threads(t as i32);
@@ -122,7 +158,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     tracing::info!("loading {} from {} for --task {}", location.default_name, location.path().display(), task.name());
     let t0 = Instant::now();
     if task != Task::Generate {
-        return build_pooling(args, location, task, &spec, device, t0);
+        return build_pooling(args, location, task, &spec, device, t0, edge);
     }
     let loaded = model::load(
         location,
@@ -151,6 +187,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     serving.response_role = args.response_role.clone();
     serving.tokens_as_ids = args.return_tokens_as_token_ids;
     serving.max_logprobs = args.max_logprobs;
+    serving.tool_parser = args.tool_call_parser.filter(|_| args.enable_auto_tool_choice);
     serving.defaults = sampling_defaults(&args.generation_config, &info)?;
     let serving = Arc::new(serving);
     if args.chat_template_content_format == ContentFormatArg::Auto && serving.chat_template.is_some() {
@@ -167,7 +204,9 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
     let engine = Engine::new(llama, engine_cfg);
     let engine_stats = engine.stats();
 
-    let pipeline = Pipeline::start(&spec, &stages::registry(serving.clone(), engine))?;
+    let mut registry = stages::registry(serving.clone(), engine);
+    registry.source(edge.source(), stages::SOURCE_OUTPUT);
+    let pipeline = Pipeline::start(&spec, &registry)?;
     let app = Arc::new(AppState {
         serving,
         entry: pipeline.entry().clone(),
@@ -176,6 +215,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
         request_id_headers: args.enable_request_id_headers,
         engine_stats,
         task,
+        stages: pipeline.metrics.clone(),
         root_path: root_path(args)?,
         openapi: crate::api::docs::openapi_document(&root_path(args)?),
     });
@@ -222,6 +262,7 @@ fn build_pooling(
     spec: &PipelineSpec,
     device: Device,
     t0: Instant,
+    edge: Edge,
 ) -> Result<Server> {
     let loaded = encoder::load(location, device, &args.dtype, args.max_model_len)?;
     let (model, info) = (loaded.model, loaded.info);
@@ -237,8 +278,9 @@ fn build_pooling(
     }
     let serving = Arc::new(serving_with_template(args, &info)?);
     let engine_stats = Arc::new(crate::engine::stats::EngineStats::default());
-    let registry =
+    let mut registry =
         stages::pooling_registry(serving.clone(), model, args.max_num_seqs, args.max_num_batched_tokens, engine_stats.clone());
+    registry.source(edge.source(), stages::SOURCE_OUTPUT);
     let pipeline = Pipeline::start(spec, &registry)?;
     let app = Arc::new(AppState {
         serving,
@@ -248,6 +290,7 @@ fn build_pooling(
         task,
         request_id_headers: args.enable_request_id_headers,
         engine_stats,
+        stages: pipeline.metrics.clone(),
         root_path: root_path(args)?,
         openapi: crate::api::docs::openapi_document(&root_path(args)?),
     });

@@ -39,6 +39,8 @@ pub struct ServingContext {
     pub trust_request_chat_template: bool,
     /// What a request that leaves sampling fields out gets (generation_config.json).
     pub defaults: SamplingDefaults,
+    /// `--enable-auto-tool-choice --tool-call-parser`: how tool calls are read.
+    pub tool_parser: Option<crate::api::tools::ToolParser>,
     /// `--max-logprobs`: the most top logprobs a request may ask for.
     pub max_logprobs: usize,
     /// Unix seconds when the server started (`created` of `/v1/models`).
@@ -70,6 +72,7 @@ impl ServingContext {
             log_requests: None,
             defaults: SamplingDefaults::default(),
             max_logprobs: 20,
+            tool_parser: None,
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

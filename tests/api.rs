@@ -157,7 +157,7 @@ fn errors_are_openai_shaped_and_name_the_field() {
         ("error_top_p", "/v1/chat/completions", json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_p": 1.5})),
         ("error_max_tokens_type", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "max_tokens": "many"})),
         ("error_role", "/v1/chat/completions", json!({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]})),
-        ("error_not_supported_yet", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "best_of": 2})),
+        ("error_not_supported_yet", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "suffix": "!"})),
         ("error_context", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "max_tokens": 100000})),
         ("error_stream_options", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "stream_options": {"include_usage": true}})),
     ];

@@ -111,3 +111,71 @@ fn echo_repeats_an_assistant_message_being_continued() {
     let (_, r) = chat(s, json!({"messages": [{"role": "user", "content": "Say hi."}], "echo": true, "max_tokens": 3}));
     assert!(!r["choices"][0]["message"]["content"].as_str().unwrap().starts_with("Say hi."), "{r}");
 }
+
+/// A template that shows the request's tools before the conversation.
+const TOOL_TEMPLATE: &str = "{% for t in tools %}[{{ t.function.name }}]{% endfor %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+const TOOLS: &[&str] = &[
+    "--dtype", "float32", "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", TOOL_TEMPLATE,
+    "--kv-cache-memory", "64MiB", "--max-model-len", "1024",
+];
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+}
+
+/// `tools` reach the chat template; with `tool_choice: "auto"` and the hermes parser, a
+/// `<tool_call>` in the answer comes back as `tool_calls` (whole, and streamed), with
+/// finish_reason "tool_calls". The call is put in the answer through `echo` of a final
+/// assistant message, since the default model does not call tools by itself.
+#[test]
+fn tool_calls_are_read_from_the_answer() {
+    let s = Server::shared(TOOLS);
+    let (status, t) = s.post(
+        "/tokenize",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "tools": weather_tools(), "return_token_strs": true}),
+    );
+    assert_eq!(status, 200, "{t}");
+    let (_, d) = s.post("/detokenize", &json!({"model": MODEL, "tokens": t["tokens"]}));
+    assert!(d["prompt"].as_str().unwrap().starts_with("[get_weather]<|im_start|>user"), "{d}");
+
+    let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let body = json!({"model": MODEL, "temperature": 0, "max_tokens": 1, "tools": weather_tools(), "echo": true,
+                      "add_generation_prompt": false, "continue_final_message": true,
+                      "messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": call}]});
+    let (status, r) = s.post("/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{r}");
+    let choice = &r["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
+    assert!(choice["message"]["content"].is_null(), "{r}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["type"], "function");
+    assert!(calls[0]["id"].as_str().unwrap().starts_with("chatcmpl-tool-"));
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let args: Value = serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+
+    let mut streaming = body.clone();
+    streaming["stream"] = json!(true);
+    let chunks: Vec<Value> = s.post_sse("/v1/chat/completions", &streaming)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let with_calls: Vec<&Value> = chunks.iter().filter(|c| c["choices"][0]["delta"]["tool_calls"].is_array()).collect();
+    assert_eq!(with_calls.len(), 1, "{chunks:?}");
+    let delta = &with_calls[0]["choices"][0];
+    assert_eq!(delta["finish_reason"], "tool_calls");
+    assert_eq!(delta["delta"]["tool_calls"][0]["index"], 0);
+    assert_eq!(delta["delta"]["tool_calls"][0]["function"]["name"], "get_weather");
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(!streamed.contains("<tool_call>"), "the call is not streamed as content: {streamed:?}");
+
+    let (status, e) = chat(s, json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tools(), "tool_choice": "required"}));
+    assert_eq!((status, e["error"]["param"].as_str()), (400, Some("tool_choice")));
+    // Without the parser flags, "auto" (the default with tools) is refused, as vLLM does.
+    let (status, e) = chat(Server::shared(ARGS), json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tools()}));
+    assert_eq!((status, e["error"]["param"].as_str()), (400, Some("tool_choice")), "{e}");
+    let (status, _) = chat(Server::shared(ARGS), json!({"messages": [{"role": "user", "content": "Hi"}], "tools": weather_tools(), "tool_choice": "none"}));
+    assert_eq!(status, 200);
+}

@@ -85,15 +85,17 @@ impl ApiError {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&Body {
-            error: Inner {
-                message: &self.message,
-                kind: self.kind(),
-                param: self.param.as_deref(),
-                code: self.code.as_deref(),
-            },
-        })
-        .expect("error bodies serialize")
+        serde_json::to_string(&Body { error: self.inner() }).expect("error bodies serialize")
+    }
+
+    /// The error object alone, `{"message", "type", "param", "code"}` (batch output lines
+    /// carry it in their `error` field).
+    pub fn object_json(&self) -> String {
+        serde_json::to_string(&self.inner()).expect("error objects serialize")
+    }
+
+    fn inner(&self) -> Inner<'_> {
+        Inner { message: &self.message, kind: self.kind(), param: self.param.as_deref(), code: self.code.as_deref() }
     }
 }
 

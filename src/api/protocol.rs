@@ -121,7 +121,10 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatResponseMessage {
     pub role: String,
-    pub content: String,
+    /// None when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::api::tools::ToolCall>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,6 +155,8 @@ pub struct ChatDelta {
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<crate::api::tools::ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::protocol::{ModelCard, ModelList};
 use crate::engine::stats::EngineStats;
 use crate::job::{Endpoint, Item, Payload, Reply, RequestCtx};
-use crate::pipeline::{Outlet, SendError};
+use crate::pipeline::{Exposition, Outlet, SendError, StageMetrics};
 use crate::serving::{ServingContext, Task};
 
 pub struct AppState {
@@ -33,6 +33,8 @@ pub struct AppState {
     /// `--enable-request-id-headers`: answer with an X-Request-Id header.
     pub request_id_headers: bool,
     pub engine_stats: Arc<EngineStats>,
+    /// Every stage's queue and service histograms, in pipeline order.
+    pub stages: Vec<Arc<StageMetrics>>,
     /// `--root-path`, normalized ("" or "/prefix").
     pub root_path: String,
     /// `/openapi.json`'s body, built once.
@@ -121,12 +123,33 @@ async fn version() -> Json<serde_json::Value> {
 
 /// Prometheus text, with vLLM's metric names.
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let text = app.engine_stats.prometheus(app.serving.model_name());
+    let mut out = Exposition::default();
+    app.engine_stats.write(&mut out, app.serving.model_name());
+    stage_histograms(&mut out, &app.stages);
+    let text = out.finish();
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text).into_response()
 }
 
+/// Buckets of the per-stage histograms: stages take microseconds to seconds.
+const STAGE_BUCKETS: [f64; 18] =
+    [1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// `sluice_stage_queue_seconds` and `sluice_stage_service_seconds`, one series per stage.
+fn stage_histograms(out: &mut Exposition, stages: &[Arc<StageMetrics>]) {
+    let name = "sluice_stage_queue_seconds";
+    out.header(name, "histogram", "Time items waited in a stage's queue.");
+    for s in stages {
+        out.histogram(name, &[("stage", &s.name)], &s.queue, &STAGE_BUCKETS);
+    }
+    let name = "sluice_stage_service_seconds";
+    out.header(name, "histogram", "Time a stage spent on an item (the engine: on a step).");
+    for s in stages {
+        out.histogram(name, &[("stage", &s.name)], &s.service, &STAGE_BUCKETS);
+    }
+}
+
 async fn not_found(req: Request) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("No route for {} {}.", req.method(), req.uri().path()))
+    no_route(req.method().as_str(), req.uri().path())
 }
 
 async fn models(State(app): State<Arc<AppState>>) -> Json<ModelList> {
@@ -175,6 +198,24 @@ async fn rerank(State(app): State<Arc<AppState>>, req: Request) -> Response {
     submit(app, Endpoint::Rerank, req).await
 }
 
+/// The answer to a request for an API the model is not served for (none when it is).
+pub fn refuse_endpoint(serving: &ServingContext, task: Task, endpoint: Endpoint) -> Option<ApiError> {
+    (!task.serves(endpoint)).then(|| {
+        ApiError::bad_request(format!(
+            "The model `{}` does not support the {} API: it is served for --task {}, which answers {}.",
+            serving.model_name(),
+            endpoint.api_name(),
+            task.name(),
+            task.routes()
+        ))
+    })
+}
+
+/// The answer to a path no route serves.
+pub fn no_route(method: &str, path: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("No route for {method} {path}."))
+}
+
 pub(super) async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
@@ -192,15 +233,8 @@ pub(super) async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize
 }
 
 async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
-    if !app.task.serves(endpoint) {
-        return ApiError::bad_request(format!(
-            "The model `{}` does not support the {} API: it is served for --task {}, which answers {}.",
-            app.serving.model_name(),
-            endpoint.api_name(),
-            app.task.name(),
-            app.task.routes()
-        ))
-        .into_response();
+    if let Some(refusal) = refuse_endpoint(&app.serving, app.task, endpoint) {
+        return refusal.into_response();
     }
     let (parts, body) = req.into_parts();
     let body = match read_json_body(&parts.headers, body, app.max_body_bytes).await {
@@ -215,8 +249,7 @@ async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respons
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .or(body_id.as_deref())
-        .map(str::trim)
-        .filter(|r| !r.is_empty() && r.len() <= 256);
+        .and_then(usable_request_id);
     let (ctx, rx) = RequestCtx::new(endpoint, request_id);
     match app.entry.try_send(Item { ctx: ctx.clone(), payload: Payload::Body(body) }) {
         Ok(()) => {}
@@ -231,6 +264,11 @@ async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respons
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// A client's request id as it may name a response: trimmed, not empty, at most 256 bytes.
+pub fn usable_request_id(r: &str) -> Option<&str> {
+    Some(r.trim()).filter(|r| !r.is_empty() && r.len() <= 256)
 }
 
 /// The body's `request_id`, read ahead of decode since it names the response. Bodies that

@@ -68,6 +68,7 @@ fn tokenize_body(app: &AppState, mut f: Fields) -> Result<Value, ApiError> {
                 template: None,
                 template_kwargs: f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default(),
                 documents: None,
+                tools: f.take::<Vec<Value>>("tools")?,
             };
             (render_chat(s, &chat)?, chat.add_special_tokens)
         }

@@ -181,6 +181,8 @@ impl BeamGroup {
                 arrival: p.arrival,
                 prompt_logprobs: Vec::new(),
                 announced: false,
+                // Decode refuses beam search under a structured-output constraint.
+                guide: None,
             };
             *next_id += 1;
             self.live.insert(child.id, cum);

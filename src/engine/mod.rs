@@ -4,6 +4,7 @@
 
 pub mod beam;
 pub mod blocks;
+pub mod latency;
 pub mod prefix;
 pub mod scheduler;
 pub mod sequence;
@@ -16,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::Tensor;
 
+use crate::guided::{GuideState, TokenMask};
 use crate::job::{Finish, Job, RequestCtx, StopReason, TokenEvent};
 use crate::model::batch::{SeqChunk, StepBatch};
 use crate::model::kv_cache::KvCache;
@@ -136,6 +138,14 @@ impl Engine {
     /// Admits a tokenized job: one sequence per prompt and choice.
     pub fn admit(&mut self, ctx: Arc<RequestCtx>, job: &Job) {
         let prompts = job.token_prompts().expect("the engine takes tokenized jobs");
+        if let (Some(req), None) = (&job.constraint, &job.guide) {
+            ctx.fail(crate::api::error::ApiError::invalid(
+                req.field.clone(),
+                "Structured outputs need the `guide` stage before the engine in the pipeline file.",
+            ));
+            return;
+        }
+        ctx.timeline.mark_admitted(Instant::now());
         let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
         self.stats.prompt_tokens.fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
         let choices = prompts.len() * job.n;
@@ -170,6 +180,7 @@ impl Engine {
                     arrival: ctx.arrived,
                     prompt_logprobs: Vec::new(),
                     announced: false,
+                    guide: job.guide.as_ref().map(|g| g.start()),
                 };
                 self.next_id += 1;
                 if let Some(params) = job.beam {
@@ -243,6 +254,7 @@ impl Engine {
         let mut row = 0i64;
         for &(id, n) in &plan.entries {
             let seq = self.sched.get(id).expect("planned sequence");
+            seq.ctx.timeline.mark_scheduled(t0);
             let tokens: Vec<u32> = (seq.computed..seq.computed + n).map(|i| seq.token(i)).collect();
             let completes = seq.computed + n == seq.len();
             let mut logits_for = Vec::new();
@@ -328,26 +340,63 @@ impl Engine {
             let seq = self.sched.get_mut(id).expect("sampled sequence");
             uniforms.push(if seq.params.is_greedy() { 0.0 } else { seq.rng.random::<f32>() });
         }
+        // Structured outputs: each constrained row's allowed tokens at this step. A row whose
+        // constraint fails here (it should not: every token it took was allowed) is ended.
+        let mut masks: Vec<Option<TokenMask>> = Vec::with_capacity(ids.len());
+        let mut broken: Vec<Option<String>> = vec![None; ids.len()];
+        for (i, &id) in ids.iter().enumerate() {
+            let seq = self.sched.get_mut(id).expect("sampled sequence");
+            masks.push(match seq.guide.as_mut().map(GuideState::mask) {
+                None => None,
+                Some(Ok(m)) => Some(m),
+                Some(Err(e)) => {
+                    broken[i] = Some(e);
+                    None
+                }
+            });
+        }
         let drawn = {
             let eos = &self.cfg.eos_ids;
             let rows: Vec<SampleRow> = ids
                 .iter()
                 .zip(&uniforms)
-                .map(|(&id, &uniform)| {
+                .zip(masks.iter_mut())
+                .map(|((&id, &uniform), mask)| {
                     let seq = self.sched.get(id).expect("sampled");
-                    let ctx = RowContext {
-                        prompt: &seq.prompt,
-                        output: &seq.output,
-                        banned: processors::banned_tokens(&seq.params, &seq.prompt, &seq.output, eos),
-                    };
+                    let mut banned = processors::banned_tokens(&seq.params, &seq.prompt, &seq.output, eos);
+                    if let Some(m) = mask.as_mut() {
+                        // Bans narrow the constraint's set, unless they would empty it (EOS
+                        // before min_tokens where only EOS completes the text): the constraint wins.
+                        let left = m.count() - banned.iter().filter(|&&t| m.allows(t)).count();
+                        if left > 0 {
+                            banned.iter().for_each(|&t| m.disallow(t));
+                        }
+                        banned.clear();
+                    }
+                    let ctx = RowContext { prompt: &seq.prompt, output: &seq.output, banned, mask: mask.as_ref() };
                     SampleRow { params: &seq.params, uniform, ctx }
                 })
                 .collect();
             sampling::sample(logits, &rows)
         };
-        for (&id, s) in ids.iter().zip(drawn) {
+        let now = Instant::now();
+        for ((&id, s), broken) in ids.iter().zip(drawn).zip(broken) {
             let seq = self.sched.get_mut(id).expect("sampled sequence");
+            if let Some(e) = broken {
+                tracing::error!("request {}: the structured-output constraint failed: {e}", seq.ctx.id);
+                seq.ctx.fail(crate::api::error::ApiError::internal(format!("The structured-output constraint failed: {e}")));
+                if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
+                    out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort)));
+                }
+                continue;
+            }
+            self.stats.latency.on_token(&seq.ctx.timeline, now);
             seq.output.push(s.token);
+            if !self.cfg.eos_ids.contains(&s.token) {
+                if let Some(Err(e)) = seq.guide.as_mut().map(|g| g.advance(s.token)) {
+                    tracing::warn!("request {}: the constraint refused a token it allowed: {e}", seq.ctx.id);
+                }
+            }
             let first = !seq.announced;
             seq.announced = true;
             let seq = self.sched.get(id).expect("sampled sequence");
@@ -461,6 +510,11 @@ impl Engine {
         }
         if p.stop_token_ids.contains(&token) {
             return Some(Finish::Stop(Some(StopReason::Token(token))));
+        }
+        // The constraint is complete and nothing may follow: stop now rather than spend a
+        // step on the only token left (EOS).
+        if seq.guide.as_ref().is_some_and(GuideState::is_finished) {
+            return Some(Finish::Stop(None));
         }
         if seq.output.len() >= seq.max_new || seq.len() >= self.cfg.max_model_len {
             return Some(Finish::Length);

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use rand_chacha::ChaCha8Rng;
 
+use crate::guided::GuideState;
 use crate::job::RequestCtx;
 use crate::sampling::{SamplingParams, TokenLogprobs};
 
@@ -39,6 +40,8 @@ pub struct Sequence {
     pub prompt_logprobs: Vec<TokenLogprobs>,
     /// Whether the first event (with the prompt) has gone out.
     pub announced: bool,
+    /// Where this choice is in its structured-output constraint, when it has one.
+    pub guide: Option<GuideState>,
 }
 
 impl Sequence {

@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::latency::{RequestLatency, StepLatency};
+
 #[derive(Debug, Default)]
 pub struct EngineStats {
     /// Requests with a sequence in the running batch.
@@ -18,6 +20,10 @@ pub struct EngineStats {
     /// Prompt tokens looked up in the prefix cache, and those found there.
     pub prefix_queries: AtomicU64,
     pub prefix_hits: AtomicU64,
+    /// Request latencies (vLLM's histograms) and finished requests.
+    pub latency: RequestLatency,
+    /// The parts of engine steps.
+    pub steps: StepLatency,
 }
 
 impl EngineStats {
@@ -35,20 +41,22 @@ impl EngineStats {
 
     /// The Prometheus text exposition of these figures, labelled with the model's name.
     pub fn prometheus(&self, model: &str) -> String {
-        let label = format!("{{model_name=\"{}\"}}", model.replace('\\', "\\\\").replace('"', "\\\""));
-        let mut out = String::new();
-        let mut put = |name: &str, kind: &str, help: &str, value: String| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{label} {value}\n"));
-        };
-        let g = Self::get;
-        put("vllm:num_requests_running", "gauge", "Requests in the running batch.", g(&self.requests_running).to_string());
-        put("vllm:num_requests_waiting", "gauge", "Requests waiting to be scheduled.", g(&self.requests_waiting).to_string());
-        put("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage; 1 means 100 percent.", format!("{}", self.kv_usage()));
-        put("vllm:prompt_tokens_total", "counter", "Prompt tokens admitted.", g(&self.prompt_tokens).to_string());
-        put("vllm:generation_tokens_total", "counter", "Tokens generated.", g(&self.generation_tokens).to_string());
-        put("vllm:num_preemptions_total", "counter", "Sequences preempted (recomputed later).", g(&self.preemptions).to_string());
-        put("vllm:prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.", g(&self.prefix_queries).to_string());
-        put("vllm:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.", g(&self.prefix_hits).to_string());
-        out
+        let mut out = crate::pipeline::Exposition::default();
+        self.write(&mut out, model);
+        out.finish()
+    }
+
+    pub fn write(&self, out: &mut crate::pipeline::Exposition, model: &str) {
+        let m = [("model_name", model)];
+        let g = |v: &AtomicU64| Self::get(v) as f64;
+        out.single("vllm:num_requests_running", "gauge", "Requests in the running batch.", &m, g(&self.requests_running));
+        out.single("vllm:num_requests_waiting", "gauge", "Requests waiting to be scheduled.", &m, g(&self.requests_waiting));
+        out.single("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage; 1 means 100 percent.", &m, self.kv_usage());
+        out.single("vllm:prompt_tokens_total", "counter", "Prompt tokens admitted.", &m, g(&self.prompt_tokens));
+        out.single("vllm:generation_tokens_total", "counter", "Tokens generated.", &m, g(&self.generation_tokens));
+        out.single("vllm:num_preemptions_total", "counter", "Sequences preempted (recomputed later).", &m, g(&self.preemptions));
+        out.single("vllm:prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.", &m, g(&self.prefix_queries));
+        out.single("vllm:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.", &m, g(&self.prefix_hits));
+        self.latency.write(out, model);
     }
 }

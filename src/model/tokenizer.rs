@@ -213,6 +213,11 @@ impl Tokenizer {
         self.special_ids.contains(&id)
     }
 
+    /// The tokenizer in `tokenizer.json` form.
+    pub fn to_json(&self) -> Result<String, String> {
+        self.inner.to_string(false).map_err(|e| e.to_string())
+    }
+
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size

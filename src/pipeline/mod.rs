@@ -3,11 +3,13 @@
 //! HTTP; `crate::stages` supplies the stage kinds.
 
 pub mod channel;
+pub mod exposition;
 pub mod metrics;
 pub mod runtime;
 pub mod spec;
 
 pub use channel::{Inlet, Keyed, Outlet, SendError};
-pub use metrics::{StageMetrics, Summary};
+pub use exposition::Exposition;
+pub use metrics::{LatencyHistogram, StageMetrics, Summary};
 pub use runtime::{Pipeline, Registry, Stage, StageShape};
 pub use spec::{PipelineSpec, SpecError, StageSpec};

@@ -124,7 +124,7 @@ impl<T: Send + Keyed + 'static> Pipeline<T> {
             inputs.push((Outlet::new(txs), rxs));
         }
 
-        let metrics: Vec<Arc<StageMetrics>> = spec.stages.iter().map(|s| Arc::new(StageMetrics::new(&s.name))).collect();
+        let metrics: Vec<Arc<StageMetrics>> = spec.stages.iter().map(|s| Arc::new(StageMetrics::new(&s.name, &s.kind))).collect();
         let entry = inputs[0].0.clone();
         let mut handles = Vec::new();
         for (i, s) in spec.stages.iter().enumerate() {
@@ -221,7 +221,7 @@ mod tests {
         let got = sink.lock().unwrap();
         assert_eq!(got.len(), 100);
         assert!(got.iter().all(|i| i.1 == ["decode", "render"]));
-        assert!(metrics.iter().all(|m| m.service().len() == 100 && m.queue().len() == 100));
+        assert!(metrics.iter().all(|m| m.service.count() == 100 && m.queue.count() == 100));
     }
 
     #[test]

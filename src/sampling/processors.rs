@@ -1,11 +1,12 @@
 //! Logits processors: what changes a row of logits before a token is chosen, in vLLM's
-//! order — the allowed-token mask, banned tokens (bad words, and EOS/stop tokens before
+//! order — the structured-output mask, the allowed-token mask, banned tokens (bad words, and EOS/stop tokens before
 //! `min_tokens`), `logit_bias`, then the repetition, frequency and presence penalties.
 //! Logprobs are still reported from the raw logits (vLLM's default `raw_logprobs`).
 
 use tch::{Kind, Tensor};
 
 use super::SamplingParams;
+use crate::guided::TokenMask;
 
 /// What one row needs besides its parameters: the tokens it has seen and the tokens that
 /// are banned at this step.
@@ -13,11 +14,13 @@ pub struct RowContext<'a> {
     pub prompt: &'a [u32],
     pub output: &'a [u32],
     pub banned: Vec<u32>,
+    /// The tokens a structured-output constraint allows at this step.
+    pub mask: Option<&'a TokenMask>,
 }
 
 impl RowContext<'_> {
     fn is_plain(&self, p: &SamplingParams) -> bool {
-        self.banned.is_empty() && p.allowed_token_ids.is_none() && p.logit_bias.is_empty() && !p.has_penalties()
+        self.mask.is_none() && self.banned.is_empty() && p.allowed_token_ids.is_none() && p.logit_bias.is_empty() && !p.has_penalties()
     }
 }
 
@@ -131,6 +134,11 @@ pub fn apply(logits: &Tensor, params: &[&SamplingParams], rows: &[&RowContext]) 
             continue;
         }
         let mut row = out.get(i as i64); // a view: changes land in `out`
+        if let Some(mask) = r.mask {
+            if !mask_in_place(&out, i, mask) {
+                let _ = row.masked_fill_(&mask_tensor(mask, vocab, dev).logical_not(), f64::NEG_INFINITY);
+            }
+        }
         if let Some(allowed) = &p.allowed_token_ids {
             let keep = Tensor::zeros([vocab], (Kind::Bool, dev)).index_fill(0, &ids(allowed), 1);
             let _ = row.masked_fill_(&keep.logical_not(), f64::NEG_INFINITY);
@@ -166,6 +174,59 @@ pub fn apply(logits: &Tensor, params: &[&SamplingParams], rows: &[&RowContext]) 
     Some(out)
 }
 
+/// Sets row `row` of `logits: [rows, vocab]` to -inf wherever `mask` disallows the token,
+/// writing the tensor's memory directly: a mask changes every step, and building a
+/// vocabulary-sized tensor for it costs more than the whole walk of the constraint.
+/// Only for contiguous float32 tensors on the CPU; false (and nothing done) otherwise.
+pub fn mask_in_place(logits: &Tensor, row: usize, mask: &TokenMask) -> bool {
+    if logits.device() != tch::Device::Cpu || logits.kind() != Kind::Float || !logits.is_contiguous() {
+        return false;
+    }
+    let (rows, vocab) = (logits.size()[0] as usize, logits.size()[1] as usize);
+    assert!(row < rows, "row {row} of {rows}");
+    // SAFETY: the tensor is a contiguous CPU float32 [rows, vocab] block, so `row * vocab ..
+    // (row + 1) * vocab` is in bounds; `apply` made it (a fresh copy) and nothing else reads
+    // or writes it while this runs.
+    let data = unsafe { std::slice::from_raw_parts_mut((logits.data_ptr() as *mut f32).add(row * vocab), vocab) };
+    let words = mask.words();
+    for (w, chunk) in data.chunks_mut(32).enumerate() {
+        let word = words.get(w).copied().unwrap_or(0);
+        if word == u32::MAX {
+            continue;
+        }
+        if word == 0 {
+            chunk.fill(f32::NEG_INFINITY);
+            continue;
+        }
+        for (b, x) in chunk.iter_mut().enumerate() {
+            if word >> b & 1 == 0 {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+    true
+}
+
+/// `[vocab]` booleans, true where `mask` allows the token (ids past the mask's end are not
+/// allowed). Unpacked here, a word at a time, then copied to the device once: cheaper than
+/// any chain of small tensor operations.
+pub fn mask_tensor(mask: &TokenMask, vocab: i64, dev: tch::Device) -> Tensor {
+    let vocab = vocab as usize;
+    let mut bits = vec![false; vocab];
+    for (w, &word) in mask.words().iter().enumerate() {
+        if word == 0 {
+            continue;
+        }
+        let base = w * 32;
+        for b in 0..32 {
+            if word >> b & 1 == 1 && base + b < vocab {
+                bits[base + b] = true;
+            }
+        }
+    }
+    Tensor::from_slice(&bits).to_device(dev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,7 +240,7 @@ mod tests {
     }
 
     fn ctx<'a>(prompt: &'a [u32], output: &'a [u32]) -> RowContext<'a> {
-        RowContext { prompt, output, banned: vec![] }
+        RowContext { prompt, output, banned: vec![], mask: None }
     }
 
     #[test]
@@ -203,10 +264,28 @@ mod tests {
     }
 
     #[test]
+    fn a_constraint_mask_leaves_only_its_tokens() {
+        // 70 tokens: the mask spans three words, the last one partly.
+        let logits = Tensor::arange(140, (Kind::Float, tch::Device::Cpu)).view([2, 70]);
+        let mask = TokenMask::from_allowed(70, &[0, 31, 32, 69]);
+        let rows = [ctx(&[], &[]), RowContext { prompt: &[], output: &[], banned: vec![], mask: Some(&mask) }];
+        let p = SamplingParams::default();
+        let out = apply(&logits, &[&p, &p], &[&rows[0], &rows[1]]).unwrap();
+        let second = values(&out.get(1));
+        let kept: Vec<usize> = (0..70).filter(|&i| second[i].is_finite()).collect();
+        assert_eq!(kept, vec![0, 31, 32, 69]);
+        assert_eq!(second[31], 101.0);
+        assert_eq!(values(&out.get(0)), values(&logits.get(0)), "the other row is untouched");
+        // The tensor form (for other devices) says the same.
+        let t: Vec<bool> = Vec::try_from(mask_tensor(&mask, 70, tch::Device::Cpu)).unwrap();
+        assert_eq!((0..70).filter(|&i| t[i]).collect::<Vec<_>>(), kept);
+    }
+
+    #[test]
     fn masks_and_bias() {
         let logits = row(&[2.0, -2.0, 1.0, 0.5]);
         let p = SamplingParams { allowed_token_ids: Some(vec![1, 3]), logit_bias: vec![(1, 10.0)], ..Default::default() };
-        let out = values(&apply(&logits, &[&p], &[&RowContext { prompt: &[], output: &[], banned: vec![3] }]).unwrap());
+        let out = values(&apply(&logits, &[&p], &[&RowContext { prompt: &[], output: &[], banned: vec![3], mask: None }]).unwrap());
         assert_eq!(out[0], f32::NEG_INFINITY);
         assert_eq!(out[1], 8.0);
         assert_eq!(out[2], f32::NEG_INFINITY);

@@ -172,7 +172,7 @@ mod tests {
     }
 
     fn row(params: &SamplingParams, uniform: f32) -> SampleRow<'_> {
-        SampleRow { params, uniform, ctx: RowContext { prompt: &[], output: &[], banned: vec![] } }
+        SampleRow { params, uniform, ctx: RowContext { prompt: &[], output: &[], banned: vec![], mask: None } }
     }
 
     #[test]

@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 use crate::api::error::ApiError;
 use crate::engine::beam::BeamParams;
 use crate::api::protocol::{ChatMessage, OneOrMany, PromptInput, StreamOptions};
+use crate::api::structured::take_constraint;
+use crate::guided::RequestedConstraint;
 use crate::job::{ChatPrompt, Endpoint, Item, Job, OutputOptions, Payload, Prompt, RequestMeta};
 use crate::pipeline::{Outlet, Stage};
 use crate::sampling::SamplingParams;
@@ -128,6 +130,7 @@ struct Common {
     priority: i64,
     cache_salt: Option<String>,
     truncate_prompt_tokens: Option<usize>,
+    constraint: Option<RequestedConstraint>,
 }
 
 impl Decode {
@@ -175,7 +178,7 @@ impl Decode {
             }
             Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
         };
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, tool_calls: false };
         Ok((c.job(prompt), meta))
     }
 
@@ -236,6 +239,9 @@ impl Decode {
         }
         let template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
         let documents = f.take::<Vec<Value>>("documents")?;
+        let (tools, tool_use) = crate::api::tools::tool_use(f.take("tools")?, f.take("tool_choice")?, self.serving.tool_parser)
+            .map_err(|(param, msg)| ApiError::invalid(param, msg))?;
+        f.take::<bool>("parallel_tool_calls")?; // several calls in one answer are read either way
         let echo = f.take::<bool>("echo")?.unwrap_or(false);
         let mut c = common(&mut f, newer.or(older).or(self.serving.defaults.max_tokens), logprobs, &self.serving)?;
         if echo {
@@ -256,8 +262,9 @@ impl Decode {
             template,
             template_kwargs,
             documents,
+            tools,
         });
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, tool_calls: tool_use == crate::api::tools::ToolUse::Auto };
         Ok((c.job(prompt), meta))
     }
 }
@@ -271,6 +278,8 @@ impl Common {
             priority: self.priority,
             cache_salt: self.cache_salt,
             truncate_prompt_tokens: self.truncate_prompt_tokens,
+            constraint: self.constraint.map(Arc::new),
+            guide: None,
             beam: self.beam,
         }
     }
@@ -351,15 +360,6 @@ pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMes
 /// means "off". Setting one to anything else is a 400 rather than being silently ignored.
 const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("suffix", |v| v.as_str() == Some("")),
-    ("guided_json", |_| false),
-    ("guided_regex", |_| false),
-    ("guided_choice", |_| false),
-    ("guided_grammar", |_| false),
-    ("structured_outputs", |_| false),
-    ("structural_tag", |_| false),
-    ("response_format", |v| v.get("type").and_then(Value::as_str) == Some("text")),
-    ("tools", |v| v.as_array().is_some_and(|a| a.is_empty())),
-    ("tool_choice", |v| v.as_str() == Some("none")),
     ("functions", |_| false),
     ("function_call", |v| v.as_str() == Some("none")),
     ("vllm_xargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
@@ -532,6 +532,13 @@ fn common(
     for ignored in ["user", "store", "metadata", "service_tier", "request_id"] {
         f.map.remove(ignored);
     }
+    let constraint = take_constraint(f)?;
+    if let (Some(c), Some(_)) = (&constraint, &beam) {
+        return Err(ApiError::invalid(
+            "use_beam_search",
+            format!("`use_beam_search` cannot be combined with a structured-output constraint (`{}`) yet.", c.field),
+        ));
+    }
     f.reject_unsupported()?;
     if f.take::<Map<String, Value>>("mm_processor_kwargs")?.is_some_and(|m| !m.is_empty()) {
         return Err(ApiError::invalid(
@@ -569,6 +576,7 @@ fn common(
         priority,
         cache_salt,
         truncate_prompt_tokens,
+        constraint,
         beam,
     })
 }

@@ -49,6 +49,7 @@ impl Stage<Item> for EngineStage {
         let Some(mut engine) = self.engine.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
+        let stats = engine.stats();
         let mut emit = ToOutlet(&out);
         let mut closed = false;
         loop {
@@ -89,6 +90,10 @@ impl Stage<Item> for EngineStage {
             };
             if times.tokens > 0 {
                 inlet.metrics().record_service(start.elapsed());
+                let steps = &stats.steps;
+                steps.schedule.record(times.schedule);
+                steps.forward.record(times.forward);
+                steps.sample.record(times.sample);
             } else if !engine.is_idle() {
                 // Nothing could be scheduled (waiting for blocks): wait for news briefly.
                 if let Ok(item) = inlet.recv_timeout(Duration::from_millis(5)) {

@@ -27,6 +27,16 @@ pub const SERVE_TOML: &str = include_str!("../../stages/serve.toml");
 /// The built-in pipeline for pooling models (`--task embed|classify|score`).
 pub const POOLING_TOML: &str = include_str!("../../stages/pooling.toml");
 
+/// The built-in pipeline for `sluice run-batch` with a generative model.
+pub const BATCH_TOML: &str = include_str!("../../stages/batch.toml");
+
+/// The built-in pipeline for `sluice run-batch` with a pooling model.
+pub const BATCH_POOLING_TOML: &str = include_str!("../../stages/batch-pooling.toml");
+
+/// What every source (HTTP or JSONL) hands the first stage: request bodies. The caller
+/// registers the source its edge provides.
+pub const SOURCE_OUTPUT: &str = "bodies";
+
 const fn shape(input: &'static str, output: &'static str, ordered: bool) -> StageShape {
     StageShape { input, output, ordered }
 }
@@ -35,10 +45,10 @@ fn boxed<S: Stage<Item>>(s: S) -> Result<Arc<dyn Stage<Item>>, String> {
     Ok(Arc::new(s))
 }
 
-/// Every stage kind, bound to the served model. The engine can be built once only.
+/// Every stage kind, bound to the served model. The engine can be built once only. The
+/// caller adds the source (`Registry::source`).
 pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> {
     let mut r = Registry::new();
-    r.source("http", "bodies");
     let s = serving.clone();
     r.stage("decode", shape("bodies", "requests", false), Box::new(move || boxed(decode::Decode { serving: s.clone() })));
     let s = serving.clone();
@@ -49,7 +59,13 @@ pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> 
         shape("prompts", "tokenized requests", false),
         Box::new(move || boxed(tokenize::Tokenize { serving: s.clone() })),
     );
-    r.stage("guide", shape("tokenized requests", "ready requests", false), Box::new(|| boxed(guide::Guide)));
+    let guides = Arc::new(crate::guided::Guides::new(serving.tokenizer.clone(), engine.cfg.eos_ids.clone()));
+    r.stage(
+        "guide",
+        shape("tokenized requests", "ready requests", false),
+        Box::new(move || boxed(guide::GuideStage { guides: guides.clone() })),
+    );
+    let stats = engine.stats();
     let engine = Mutex::new(Some(engine));
     r.stage(
         "engine",
@@ -67,7 +83,11 @@ pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> 
         Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })),
     );
     let tok = serving.tokenizer.clone();
-    r.stage("stream", shape("text", "nothing", true), Box::new(move || boxed(stream::Stream { tokenizer: tok.clone() })));
+    r.stage(
+        "stream",
+        shape("text", "nothing", true),
+        Box::new(move || boxed(stream::Stream { tokenizer: tok.clone(), stats: stats.clone() })),
+    );
     r
 }
 
@@ -82,7 +102,6 @@ pub fn pooling_registry(
 ) -> Registry<Item> {
     let info = Arc::new(model.info());
     let mut r = Registry::new();
-    r.source("http", "bodies");
     let (s, i) = (serving.clone(), info.clone());
     r.stage(
         "pool_decode",
@@ -96,16 +115,22 @@ pub fn pooling_registry(
         Box::new(move || boxed(pool_tokenize::PoolTokenize { serving: s.clone() })),
     );
     let model = Mutex::new(Some(model));
+    let st = stats.clone();
     r.stage(
         "encode",
         shape("tokenized pooling requests", "pooled outputs", false),
         Box::new(move || {
             let m = model.lock().unwrap_or_else(|e| e.into_inner()).take();
-            m.map(|m| Arc::new(encode::Encode::new(m, max_seqs, max_tokens, stats.clone())) as Arc<dyn Stage<Item>>)
+            m.map(|m| Arc::new(encode::Encode::new(m, max_seqs, max_tokens, st.clone())) as Arc<dyn Stage<Item>>)
                 .ok_or_else(|| "a pipeline can have only one encode stage".to_string())
         }),
     );
     let i = info.clone();
-    r.stage("pool_stream", shape("pooled outputs", "nothing", false), Box::new(move || boxed(pool_stream::PoolStream { model: i.clone() })));
+    let st = stats;
+    r.stage(
+        "pool_stream",
+        shape("pooled outputs", "nothing", false),
+        Box::new(move || boxed(pool_stream::PoolStream { model: i.clone(), stats: st.clone() })),
+    );
     r
 }

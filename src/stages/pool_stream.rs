@@ -2,6 +2,10 @@
 //! (normalized unless asked otherwise, cut to `dimensions`, floats or base64), pooling
 //! outputs, class probabilities, pair scores, or ranked documents.
 
+use std::time::Instant;
+
+use crate::engine::latency::FinishedReason;
+use crate::engine::stats::EngineStats;
 use std::sync::Arc;
 
 use crate::api::pooling::*;
@@ -12,15 +16,21 @@ use crate::pipeline::{Outlet, Stage};
 
 pub struct PoolStream {
     pub model: Arc<PoolingInfo>,
+    /// Where finished requests are counted (`vllm:request_success_total`, e2e latency).
+    pub stats: Arc<EngineStats>,
 }
 
 impl Stage<Item> for PoolStream {
     fn process(&self, item: Item, _out: &Outlet<Item>) {
         let Payload::Pool(job) = item.payload else { unreachable!("pool_stream takes pooled jobs") };
+        let latency = &self.stats.latency;
         if item.ctx.is_cancelled() {
+            latency.on_finished(&item.ctx.timeline, FinishedReason::Abort, Instant::now());
             return;
         }
         let body = self.answer(&item.ctx, *job);
+        // Counted before the reply, so that whoever got the answer sees it counted.
+        latency.on_finished(&item.ctx.timeline, FinishedReason::Stop, Instant::now());
         item.ctx.reply(Reply::Body(body));
     }
 }

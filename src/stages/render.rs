@@ -51,6 +51,9 @@ pub fn render_chat(serving: &ServingContext, chat: &ChatPrompt) -> Result<String
     if let Some(docs) = &chat.documents {
         context["documents"] = json!(docs);
     }
+    if let Some(tools) = &chat.tools {
+        context["tools"] = json!(tools);
+    }
     // As in vLLM, the request's kwargs win over the defaults above.
     context.as_object_mut().expect("an object").extend(chat.template_kwargs.clone());
     template

@@ -10,6 +10,9 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use crate::api::protocol::*;
+use crate::engine::latency::FinishedReason;
+use crate::engine::stats::EngineStats;
+use crate::api::tools::{self, StreamSplit, ToolCallDelta};
 use crate::job::{Endpoint, Finish, Item, Payload, Reply, RequestCtx, StopReason, TextEvent};
 use crate::model::tokenizer::Tokenizer;
 use crate::pipeline::{Inlet, Outlet, Stage};
@@ -17,6 +20,8 @@ use crate::sampling::TokenLogprobs;
 
 pub struct Stream {
     pub tokenizer: Arc<Tokenizer>,
+    /// Where finished requests are counted and their latencies recorded.
+    pub stats: Arc<EngineStats>,
 }
 
 #[derive(Default)]
@@ -33,6 +38,8 @@ struct ChoiceAcc {
     prompt_logprobs: Option<PromptLogprobs>,
     /// Sum of the sampled tokens' logprobs (ranks choices for `best_of`).
     cumulative_logprob: f64,
+    /// Streaming chat with tool calls read: what is held back from the first call on.
+    tool_split: Option<StreamSplit>,
 }
 
 struct Pending {
@@ -67,6 +74,19 @@ impl Stage<Item> for Stream {
     }
 }
 
+/// A whole request's reason: aborted if any choice was, else cut at the length limit if
+/// any was, else stopped.
+fn finished_reason(p: &Pending) -> FinishedReason {
+    let any = |f: fn(&Finish) -> bool| p.choices.iter().any(|c| c.finish.as_ref().is_some_and(f));
+    if any(|f| matches!(f, Finish::Abort)) {
+        FinishedReason::Abort
+    } else if any(|f| matches!(f, Finish::Length)) {
+        FinishedReason::Length
+    } else {
+        FinishedReason::Stop
+    }
+}
+
 fn stop_reason(f: &Option<Finish>) -> Option<Value> {
     match f {
         Some(Finish::Stop(Some(StopReason::Token(t)))) => Some(Value::from(*t)),
@@ -76,6 +96,12 @@ fn stop_reason(f: &Option<Finish>) -> Option<Value> {
 }
 
 impl Stream {
+    /// Counts a complete request in the latency metrics; before its last reply, so that
+    /// whoever got the answer sees it counted.
+    fn finished(&self, ctx: &RequestCtx, p: &Pending) {
+        self.stats.latency.on_finished(&ctx.timeline, finished_reason(p), Instant::now());
+    }
+
     /// Handles one event; true when the request is complete.
     fn on_event(&self, ctx: &Arc<RequestCtx>, p: &mut Pending, ev: TextEvent) -> bool {
         let meta = ctx.meta().clone();
@@ -114,17 +140,38 @@ impl Stream {
         let acc = &mut p.choices[ev.choice];
         acc.finish = finish.clone();
 
+        // Streaming chat that reads tool calls: content streams up to the first call, and
+        // the calls go out whole at the end.
+        let mut calls = Vec::new();
+        if chat && meta.tool_calls && meta.output.stream {
+            let split = acc.tool_split.get_or_insert_with(StreamSplit::default);
+            text = split.push(&text, finish.is_some());
+            if finish.is_some() {
+                let (rest, found) = split.finish();
+                text.push_str(&rest);
+                calls = found;
+            }
+        }
+
         if meta.output.stream {
             let finish_reason = finish.as_ref().map(Finish::as_str);
             if ctx.is_cancelled() {
                 // The client is gone; keep counting so the state is dropped when complete.
             } else if chat {
                 if first {
-                    let delta = ChatDelta { role: Some(meta.output.response_role.clone()), content: Some(String::new()) };
+                    let delta = ChatDelta { role: Some(meta.output.response_role.clone()), content: Some(String::new()), tool_calls: None };
                     self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, None, None);
                 }
-                if !text.is_empty() || finish.is_some() || ch_lp.as_ref().is_some_and(|l| !l.content.is_empty()) {
-                    let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text) };
+                if !calls.is_empty() {
+                    if !text.is_empty() {
+                        let delta = ChatDelta { content: Some(text), ..Default::default() };
+                        self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, None, None);
+                    }
+                    let deltas = calls.into_iter().enumerate().map(|(index, call)| ToolCallDelta { index, call }).collect();
+                    let delta = ChatDelta { tool_calls: Some(deltas), ..Default::default() };
+                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, Some("tool_calls"), None);
+                } else if !text.is_empty() || finish.is_some() || ch_lp.as_ref().is_some_and(|l| !l.content.is_empty()) {
+                    let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text), tool_calls: None };
                     self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, finish_reason, stop_reason(&finish));
                 }
             } else if !text.is_empty() || finish.is_some() || c_lp.is_some() {
@@ -149,6 +196,7 @@ impl Stream {
                 if meta.output.include_usage && !ctx.is_cancelled() {
                     self.send_usage(ctx, &meta.model, p, chat);
                 }
+                self.finished(ctx, p);
                 ctx.reply(Reply::Done);
                 return true;
             }
@@ -188,15 +236,25 @@ impl Stream {
                         .choices
                         .iter_mut()
                         .enumerate()
-                        .map(|(i, c)| ChatChoice {
-                            index: i,
-                            message: ChatResponseMessage {
-                                role: meta.output.response_role.clone(),
-                                content: std::mem::take(&mut c.text),
-                            },
-                            logprobs: c.chat_lp.take(),
-                            finish_reason: c.finish.as_ref().map(Finish::as_str),
-                            stop_reason: stop_reason(&c.finish),
+                        .map(|(i, c)| {
+                            let text = std::mem::take(&mut c.text);
+                            let parsed = if meta.tool_calls {
+                                tools::parse(&text)
+                            } else {
+                                tools::Parsed { content: Some(text), calls: Vec::new() }
+                            };
+                            let called = !parsed.calls.is_empty();
+                            ChatChoice {
+                                index: i,
+                                message: ChatResponseMessage {
+                                    role: meta.output.response_role.clone(),
+                                    content: parsed.content,
+                                    tool_calls: parsed.calls,
+                                },
+                                logprobs: c.chat_lp.take(),
+                                finish_reason: if called { Some("tool_calls") } else { c.finish.as_ref().map(Finish::as_str) },
+                                stop_reason: if called { None } else { stop_reason(&c.finish) },
+                            }
                         })
                         .collect(),
                     usage,
@@ -224,7 +282,10 @@ impl Stream {
                     usage: Some(usage),
                 })
             };
+            self.finished(ctx, p);
             ctx.reply(Reply::Body(body.expect("responses serialize")));
+        } else {
+            self.finished(ctx, p);
         }
         true
     }
