@@ -162,6 +162,7 @@ impl PoolDecode {
             template,
             template_kwargs,
             documents: None,
+            tools: None,
         }))])
     }
 
