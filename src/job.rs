@@ -405,6 +405,8 @@ pub enum PoolInput {
     Tokens(Vec<u32>),
     /// A (query, document) pair for a cross-encoder, tokenized as one input.
     Pair(String, String),
+    /// Chat messages, rendered with the chat template into one input.
+    Chat(Arc<ChatPrompt>),
 }
 
 /// How the answer is shaped, per endpoint.

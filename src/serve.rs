@@ -80,10 +80,11 @@ impl Server {
 
 /// What `--task` asks for, checked against the model's architectures (vLLM's rules:
 /// `auto` picks generation for `*ForCausalLM` and GGUF files, embeddings for encoders,
-/// classification for `*ForSequenceClassification`).
+/// classification for `*ForSequenceClassification`; `embed` or `score` on a causal LM
+/// pools its last token).
 pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> {
     let encoder = archs.iter().find_map(|a| encoder_arch(a));
-    let named = archs.first().map(String::as_str).unwrap_or("(none)");
+    let named = archs.first().map(String::as_str).unwrap_or("the model");
     let generative = archs.is_empty() || archs.iter().any(|a| a.ends_with("ForCausalLM"));
     use crate::cli::TaskArg;
     Ok(match (arg, encoder) {
@@ -100,13 +101,14 @@ pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> 
         (TaskArg::Classify, Some(false)) => {
             bail!("--task classify: {named} has no classification head; serve it with --task embed or score")
         }
-        (TaskArg::Embed | TaskArg::Classify | TaskArg::Score, None) if generative => bail!(
-            "--task {}: {named} is a text-generation model; pooling tasks need BertModel or BertForSequenceClassification",
-            format!("{arg:?}").to_lowercase()
+        (TaskArg::Embed | TaskArg::Score, None) if generative => Task::Embed,
+        (TaskArg::Classify, None) if generative => bail!(
+            "--task classify: {named} has no classification head; serve a *ForSequenceClassification model \
+             (a causal LM serves --task embed, with last-token pooling)"
         ),
         (_, None) => bail!(
-            "architecture {named} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
-             BertModel, BertForSequenceClassification are)"
+            "architecture {named} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and \
+             their ForSequenceClassification forms, BertModel, BertForSequenceClassification are)"
         ),
     })
 }
@@ -179,25 +181,8 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
         info.max_model_len
     );
 
-    let template_src = match &args.chat_template {
-        Some(arg) => Some(chat_template_arg(arg)?),
-        None => info.chat_template.clone(),
-    };
-    let template = match template_src {
-        Some(src) => Some(ChatTemplate::new(&src).map_err(|e| anyhow::anyhow!("the chat template does not compile: {e}"))?),
-        None => {
-            tracing::warn!("the model has no chat template: chat requests will be refused (see --chat-template)");
-            None
-        }
-    };
-    let content_format = match args.chat_template_content_format {
-        ContentFormatArg::Auto => None,
-        ContentFormatArg::String => Some(ContentFormat::String),
-        ContentFormatArg::Openai => Some(ContentFormat::OpenAi),
-    };
-    let mut serving = ServingContext::new(&info, served_names(args, &info), template, content_format);
+    let mut serving = serving_with_template(args, &info)?;
     serving.priority_scheduling = args.scheduling_policy == SchedulingPolicy::Priority;
-    serving.trust_request_chat_template = args.trust_request_chat_template;
     serving.log_requests = (args.enable_log_requests && !args.disable_log_requests).then(|| args.max_log_len.unwrap_or(usize::MAX));
     serving.response_role = args.response_role.clone();
     serving.tokens_as_ids = args.return_tokens_as_token_ids;
@@ -237,6 +222,30 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
     Ok(Server { app, pipeline })
 }
 
+/// The serving context with the chat template (`--chat-template`, else the model's) and
+/// the flags that govern it.
+fn serving_with_template(args: &ServeArgs, info: &model::ModelInfo) -> Result<ServingContext> {
+    let template_src = match &args.chat_template {
+        Some(arg) => Some(chat_template_arg(arg)?),
+        None => info.chat_template.clone(),
+    };
+    let template = match template_src {
+        Some(src) => Some(ChatTemplate::new(&src).map_err(|e| anyhow::anyhow!("the chat template does not compile: {e}"))?),
+        None => {
+            tracing::warn!("the model has no chat template: chat requests will be refused (see --chat-template)");
+            None
+        }
+    };
+    let content_format = match args.chat_template_content_format {
+        ContentFormatArg::Auto => None,
+        ContentFormatArg::String => Some(ContentFormat::String),
+        ContentFormatArg::Openai => Some(ContentFormat::OpenAi),
+    };
+    let mut serving = ServingContext::new(info, served_names(args, info), template, content_format);
+    serving.trust_request_chat_template = args.trust_request_chat_template;
+    Ok(serving)
+}
+
 fn served_names(args: &ServeArgs, info: &model::ModelInfo) -> Vec<String> {
     if args.served_model_name.is_empty() {
         vec![info.location.default_name.clone()]
@@ -257,22 +266,17 @@ fn build_pooling(
 ) -> Result<Server> {
     let loaded = encoder::load(location, device, &args.dtype, args.max_model_len)?;
     let (model, info) = (loaded.model, loaded.info);
-    let c = &model.bert.cfg;
     tracing::info!(
-        "loaded in {:.1}s: BERT, {} layers, hidden {}, {} heads, vocab {}, dtype {:?}, device {:?}, longest input {} tokens",
+        "loaded in {:.1}s: {}, device {:?}, longest input {} tokens",
         t0.elapsed().as_secs_f64(),
-        c.num_layers,
-        c.hidden_size,
-        c.num_heads,
-        c.vocab_size,
-        model.bert.dtype,
+        model.backbone.describe(),
         device,
         info.max_model_len
     );
     if args.max_num_seqs == 0 || args.max_num_batched_tokens == 0 {
         bail!("--max-num-seqs and --max-num-batched-tokens must be at least 1");
     }
-    let serving = Arc::new(ServingContext::new(&info, served_names(args, &info), None, None));
+    let serving = Arc::new(serving_with_template(args, &info)?);
     let engine_stats = Arc::new(crate::engine::stats::EngineStats::default());
     let mut registry =
         stages::pooling_registry(serving.clone(), model, args.max_num_seqs, args.max_num_batched_tokens, engine_stats.clone());

@@ -149,12 +149,12 @@ fn task_flags_that_do_not_fit_the_model_stop_start_up() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--task embed: BertForSequenceClassification is a classifier"), "{err}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", &fixture("tiny-llama"), "--task", "embed", "--port", "0"])
+        .args(["serve", &fixture("tiny-llama"), "--task", "classify", "--port", "0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is a text-generation model"), "{err}");
+    assert!(err.contains("--task classify: LlamaForCausalLM has no classification head"), "{err}");
 }
 
 #[test]

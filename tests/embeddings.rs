@@ -234,7 +234,12 @@ fn fields_the_model_cannot_honour_are_400s_that_name_them() {
     let refs = reference();
     snap!("error_embeddings_dimensions", error("/v1/embeddings", json!({"input": "x", "dimensions": 64})));
     snap!("error_embeddings_too_long", error("/v1/embeddings", json!({"input": refs.last().unwrap().text})));
-    snap!("error_embeddings_unknown_field", error("/v1/embeddings", json!({"input": "x", "messages": []})));
+    snap!("error_embeddings_unknown_field", error("/v1/embeddings", json!({"input": "x", "embed_dtype": "float16"})));
+    // MiniLM has no chat template: a chat cannot be rendered.
+    snap!(
+        "error_embeddings_messages_without_template",
+        error("/v1/embeddings", json!({"messages": [{"role": "user", "content": "hi"}]}))
+    );
     snap!(
         "error_generation_on_pooling_model",
         error("/v1/chat/completions", json!({"model": "minilm", "messages": [{"role": "user", "content": "hi"}]}))

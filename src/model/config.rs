@@ -83,10 +83,14 @@ impl LlamaConfig {
             .unwrap_or_default();
         let model_type = cfg.get("model_type").and_then(Json::as_str).unwrap_or("");
         let arch = match (archs.first().copied(), model_type) {
-            (Some("LlamaForCausalLM"), _) | (None, "llama") => Arch::Llama,
-            (Some("MistralForCausalLM"), _) | (None, "mistral") => Arch::Mistral,
-            (Some("Qwen2ForCausalLM"), _) | (None, "qwen2") => Arch::Qwen2,
-            (Some(a), _) => return Err(format!("architecture {a} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM are)")),
+            // The same trunk with a classification head (`score`) instead of the LM head.
+            (Some("LlamaForCausalLM" | "LlamaForSequenceClassification"), _) | (None, "llama") => Arch::Llama,
+            (Some("MistralForCausalLM" | "MistralForSequenceClassification"), _) | (None, "mistral") => Arch::Mistral,
+            (Some("Qwen2ForCausalLM" | "Qwen2ForSequenceClassification"), _) | (None, "qwen2") => Arch::Qwen2,
+            (Some(a), _) => return Err(format!(
+                "architecture {a} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM \
+                 and their ForSequenceClassification forms are)"
+            )),
             (None, t) => return Err(format!("config.json names no architecture (model_type {t:?})")),
         };
         let usize_of = |k: &str| cfg.get(k).and_then(Json::as_u64).map(|v| v as usize);

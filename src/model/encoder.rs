@@ -1,4 +1,5 @@
-//! Pooling models: an encoder and what turns its states into one vector per input — a
+//! Pooling models: a backbone (a BERT encoder here, or a Llama-family decoder from
+//! `decoder_pool`) and what turns its states into one vector per input — a
 //! sentence-transformers pooling (embedding models) or a classification head
 //! (classifiers, cross-encoders). Which kind a folder holds comes from config.json's
 //! `architectures`; `--task` may only pick what the folder can do.
@@ -9,7 +10,7 @@ use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
 use super::bert::{Bert, BertConfig, EncoderInput};
-use super::pooling::{self, PoolingConfig};
+use super::pooling::{self, PoolingConfig, PoolingMode};
 use super::resolve::{Format, ModelLocation};
 use super::tokenizer::Tokenizer;
 use super::{LoadError, ModelInfo, read_json, weights};
@@ -30,8 +31,44 @@ pub struct Matryoshka {
     pub dimensions: Vec<usize>,
 }
 
+/// The network under a pooling model. Each backbone runs a batch of whole inputs.
+pub trait PoolingBackbone: Send {
+    /// Final hidden states `[B, L, H]` and a mask `[B, L]` (1 for real tokens).
+    fn hidden_states(&self, inputs: &[&EncoderInput]) -> (Tensor, Tensor);
+
+    /// One float32 vector `[B, H]` per input, pooled as `mode` says.
+    fn pooled(&self, inputs: &[&EncoderInput], mode: PoolingMode) -> Tensor {
+        let (hidden, mask) = self.hidden_states(inputs);
+        pooling::pool(&hidden, &mask, mode)
+    }
+
+    /// The classification head's float32 logits `[B, labels]`.
+    fn classify(&self, inputs: &[&EncoderInput]) -> Tensor;
+
+    /// What was loaded, for the start-up log.
+    fn describe(&self) -> String;
+}
+
+impl PoolingBackbone for Bert {
+    fn hidden_states(&self, inputs: &[&EncoderInput]) -> (Tensor, Tensor) {
+        self.encode(inputs)
+    }
+
+    fn classify(&self, inputs: &[&EncoderInput]) -> Tensor {
+        Bert::classify(self, inputs)
+    }
+
+    fn describe(&self) -> String {
+        let c = &self.cfg;
+        format!(
+            "BERT, {} layers, hidden {}, {} heads, vocab {}, dtype {:?}",
+            c.num_layers, c.hidden_size, c.num_heads, c.vocab_size, self.dtype
+        )
+    }
+}
+
 pub struct EncoderModel {
-    pub bert: Bert,
+    pub backbone: Box<dyn PoolingBackbone>,
     pub kind: EncoderKind,
     pub matryoshka: Option<Matryoshka>,
     /// Vector length of an embedding (hidden size) or the number of labels.
@@ -59,24 +96,29 @@ pub fn architectures(location: &ModelLocation) -> Result<Vec<String>, LoadError>
     Ok(archs)
 }
 
-/// Architectures this module loads, and whether each has a classification head.
+/// Architectures that are pooling models only, and whether each has a classification
+/// head. (Causal LMs are generation models that `--task embed` may also pool.)
 pub fn encoder_arch(arch: &str) -> Option<bool> {
     match arch {
         "BertModel" => Some(false),
         "BertForSequenceClassification" => Some(true),
+        a if super::decoder_pool::is_decoder_classifier(a) => Some(true),
         _ => None,
     }
 }
 
+/// Loads a pooling model: BERT folders here, decoders (folders or GGUF) in `decoder_pool`.
 pub fn load(
     location: ModelLocation,
     device: Device,
     dtype: &str,
     max_model_len: Option<usize>,
 ) -> Result<LoadedEncoder, LoadError> {
-    let Format::HfDir(dir) = &location.format else {
-        return Err(LoadError::Unsupported("pooling models load from Hugging Face folders, not GGUF files".into()));
-    };
+    let archs = architectures(&location)?;
+    if !archs.iter().any(|a| a.starts_with("Bert")) {
+        return super::decoder_pool::load(location, device, dtype, max_model_len);
+    }
+    let Format::HfDir(dir) = &location.format else { unreachable!("a GGUF file has no BERT architecture") };
     let dir = dir.clone();
     let bad = |msg: String| LoadError::Format { path: dir.clone(), msg };
     let config = read_json(&dir.join("config.json"))?.ok_or_else(|| bad("no config.json".into()))?;
@@ -96,20 +138,9 @@ pub fn load(
     let bert = Bert::load(cfg.clone(), &src, with_head, device, dtype)?;
 
     let kind = if with_head {
-        let n = bert.num_labels().unwrap_or(0);
-        let labels = (0..n)
-            .map(|i| {
-                config
-                    .get("id2label")
-                    .and_then(|m| m.get(i.to_string()))
-                    .and_then(Json::as_str)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("LABEL_{i}"))
-            })
-            .collect();
-        EncoderKind::Classifier { labels }
+        EncoderKind::Classifier { labels: labels(Some(&config), bert.num_labels().unwrap_or(0)) }
     } else {
-        EncoderKind::Embedding(PoolingConfig::from_dir(&dir)?)
+        EncoderKind::Embedding(PoolingConfig::from_dir(&dir, PoolingMode::Cls)?)
     };
     let width = match &kind {
         EncoderKind::Embedding(_) => cfg.hidden_size,
@@ -137,12 +168,13 @@ pub fn load(
     };
     let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
     let tokenizer = Tokenizer::from_hf_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
+    let chat_template = super::hf_chat_template(&dir, tok_config.as_ref())?;
     tracing::info!("pooling model: {arch}, {:?}", kind);
     Ok(LoadedEncoder {
-        model: EncoderModel { bert, kind, matryoshka, width },
+        model: EncoderModel { backbone: Box::new(bert), kind, matryoshka, width },
         info: ModelInfo {
             tokenizer: Arc::new(tokenizer),
-            chat_template: None,
+            chat_template,
             generation_config: None,
             eos_ids: Vec::new(),
             max_model_len,
@@ -151,8 +183,22 @@ pub fn load(
     })
 }
 
+/// The names of `n` labels from config.json's `id2label` (`LABEL_i` where it has none).
+pub fn labels(config: Option<&Json>, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            config
+                .and_then(|c| c.get("id2label"))
+                .and_then(|m| m.get(i.to_string()))
+                .and_then(Json::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("LABEL_{i}"))
+        })
+        .collect()
+}
+
 /// vLLM's reading of Matryoshka support: `is_matryoshka` or `matryoshka_dimensions`.
-fn matryoshka(config: &Json) -> Option<Matryoshka> {
+pub fn matryoshka(config: &Json) -> Option<Matryoshka> {
     let dims: Vec<usize> = config
         .get("matryoshka_dimensions")
         .and_then(Json::as_array)
@@ -167,11 +213,8 @@ impl EncoderModel {
     pub fn run(&self, inputs: &[&EncoderInput]) -> Vec<Vec<f32>> {
         let _guard = tch::no_grad_guard();
         let out: Tensor = match &self.kind {
-            EncoderKind::Embedding(p) => {
-                let (hidden, mask) = self.bert.encode(inputs);
-                pooling::pool(&hidden, &mask, p.mode)
-            }
-            EncoderKind::Classifier { .. } => self.bert.classify(inputs),
+            EncoderKind::Embedding(p) => self.backbone.pooled(inputs, p.mode),
+            EncoderKind::Classifier { .. } => self.backbone.classify(inputs),
         };
         let out = out.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
         let width = out.size()[1] as usize;

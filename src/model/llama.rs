@@ -100,6 +100,21 @@ impl Llama {
     pub fn forward_timed(&self, batch: &StepBatch, cache: &mut KvCache, times: &mut Option<&mut OpTimes>) -> Tensor {
         let _guard = tch::no_grad_guard();
         let mut clock = Clock::new(times);
+        let last = self.trunk(batch, cache, &mut clock);
+        let logits = last.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float);
+        clock.lap(|t| &mut t.lm_head);
+        logits
+    }
+
+    /// The final hidden states (after the last norm, in the model's dtype) of the rows
+    /// `batch.logits_rows`: what pooling models read instead of logits.
+    pub fn hidden_states(&self, batch: &StepBatch, cache: &mut KvCache) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        self.trunk(batch, cache, &mut Clock::new(&mut None))
+    }
+
+    /// Every layer, then the final norm of the rows `batch.logits_rows`.
+    fn trunk(&self, batch: &StepBatch, cache: &mut KvCache, clock: &mut Clock<'_, '_>) -> Tensor {
         let dev = self.device;
         let c = &self.cfg;
         let (h, kvh, d) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
@@ -142,9 +157,7 @@ impl Llama {
         let rows = Tensor::from_slice(&batch.logits_rows).to_device(dev);
         let last = self.rms_norm(&x.index_select(0, &rows), &self.norm);
         clock.lap(|t| &mut t.norm);
-        let logits = last.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float);
-        clock.lap(|t| &mut t.lm_head);
-        logits
+        last
     }
 
     /// RMSNorm as transformers computes it: in f32, scaled by the weight after the cast back.

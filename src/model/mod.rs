@@ -5,6 +5,7 @@ pub mod batch;
 pub mod bert;
 pub mod chat_template;
 pub mod config;
+pub mod decoder_pool;
 pub mod encoder;
 pub mod gguf;
 pub mod kv_cache;
@@ -197,7 +198,7 @@ pub fn read_json(path: &Path) -> Result<Option<Json>, LoadError> {
 
 /// The template from tokenizer_config.json (a string, or a list of named templates of
 /// which "default" is taken), else from a `chat_template.jinja` file.
-fn hf_chat_template(dir: &Path, tok_config: Option<&Json>) -> Result<Option<String>, LoadError> {
+pub(crate) fn hf_chat_template(dir: &Path, tok_config: Option<&Json>) -> Result<Option<String>, LoadError> {
     match tok_config.and_then(|c| c.get("chat_template")) {
         Some(Json::String(s)) => return Ok(Some(s.clone())),
         Some(Json::Array(list)) => {

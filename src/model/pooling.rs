@@ -1,7 +1,8 @@
 //! How an encoder's hidden states become one vector per input, as a sentence-transformers
 //! folder describes it: `modules.json` lists the modules (Transformer, Pooling, Normalize),
 //! `1_Pooling/config.json` the pooling mode, `sentence_bert_config.json` the longest input.
-//! A folder without them gets vLLM's default for BERT: the `[CLS]` state, normalized.
+//! A folder without them gets vLLM's default for its kind of model, normalized: the
+//! `[CLS]` state for BERT, the last token's for decoders.
 
 use std::path::Path;
 
@@ -36,15 +37,21 @@ pub struct PoolingConfig {
 }
 
 impl PoolingConfig {
-    /// Reads a sentence-transformers folder's module list and pooling settings.
-    pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
+    /// vLLM's default: `mode`, normalized.
+    pub fn default_for(mode: PoolingMode) -> Self {
+        PoolingConfig { mode, normalize: true, max_seq_length: None, source: "default (no modules.json)" }
+    }
+
+    /// Reads a sentence-transformers folder's module list and pooling settings; without
+    /// them, `default_mode`, normalized.
+    pub fn from_dir(dir: &Path, default_mode: PoolingMode) -> Result<Self, LoadError> {
         let bad = |path: &Path, msg: String| LoadError::Format { path: path.to_owned(), msg };
         let max_seq_length = read_json(&dir.join("sentence_bert_config.json"))?
             .and_then(|c| c.get("max_seq_length").and_then(Json::as_u64))
             .map(|v| v as usize);
         let modules_path = dir.join("modules.json");
         let Some(modules) = read_json(&modules_path)? else {
-            return Ok(PoolingConfig { mode: PoolingMode::Cls, normalize: true, max_seq_length, source: "default (no modules.json)" });
+            return Ok(PoolingConfig { max_seq_length, ..Self::default_for(default_mode) });
         };
         let list = modules.as_array().ok_or_else(|| bad(&modules_path, "not a list of modules".into()))?;
         let mut mode = None;
@@ -70,7 +77,7 @@ impl PoolingConfig {
             }
         }
         Ok(PoolingConfig {
-            mode: mode.unwrap_or(PoolingMode::Cls),
+            mode: mode.unwrap_or(default_mode),
             normalize,
             max_seq_length,
             source: "modules.json",

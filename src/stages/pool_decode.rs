@@ -1,16 +1,21 @@
 //! pool_decode: the body of a pooling request (embeddings, pooling, classify, score,
 //! rerank) → a validated `PoolJob`. Every bad field is a 400 here that names it; a field
-//! this server does not act on is refused by name rather than ignored.
+//! this server does not act on is refused by name rather than ignored. Embeddings,
+//! pooling and classification take `input`, or chat `messages` (vLLM's chat form of these
+//! requests) to be rendered with the chat template.
 
 use std::sync::Arc;
 
+use serde_json::{Map, Value};
+
 use crate::api::error::ApiError;
 use crate::api::pooling::{PoolingInput, TextOrTexts};
-use crate::job::{Endpoint, Item, Payload, PoolInput, PoolJob, PoolShape};
+use crate::job::{ChatPrompt, Endpoint, Item, Payload, PoolInput, PoolJob, PoolShape};
+use crate::model::chat_template::ChatTemplate;
 use crate::model::encoder::PoolingInfo;
 use crate::pipeline::{Outlet, Stage};
-use crate::serving::ServingContext;
-use crate::stages::decode::Fields;
+use crate::serving::{ContentFormat, ServingContext};
+use crate::stages::decode::{Fields, chat_message};
 
 pub struct PoolDecode {
     pub serving: Arc<ServingContext>,
@@ -39,20 +44,22 @@ impl PoolDecode {
             Some(m) => return Err(ApiError::model_not_found(&m, &self.serving.served_names)),
         };
         let truncate = self.truncate(&mut f)?;
-        let add_special_tokens = f.take::<bool>("add_special_tokens")?.unwrap_or(true);
+        // A chat's template writes its own special tokens: none are added unless asked.
+        let add_special_tokens = f.take::<bool>("add_special_tokens")?;
+        let add_special_tokens = add_special_tokens.unwrap_or(!has(&f, "messages"));
         let (inputs, shape) = match endpoint {
             Endpoint::Embeddings => {
-                let inputs = input(&mut f)?;
+                let inputs = self.input_or_messages(&mut f, add_special_tokens)?;
                 let base64 = encoding_format(&mut f)?;
                 let dimensions = self.dimensions(&mut f, &model)?;
                 let normalize = f.take::<bool>("normalize")?;
                 (inputs, PoolShape::Embeddings { base64, dimensions, normalize })
             }
             Endpoint::Pooling => {
-                let inputs = input(&mut f)?;
+                let inputs = self.input_or_messages(&mut f, add_special_tokens)?;
                 (inputs, PoolShape::Pooling { base64: encoding_format(&mut f)? })
             }
-            Endpoint::Classify => (input(&mut f)?, PoolShape::Classify),
+            Endpoint::Classify => (self.input_or_messages(&mut f, add_special_tokens)?, PoolShape::Classify),
             Endpoint::Score => {
                 let left = texts(&mut f, "text_1")?;
                 let right = texts(&mut f, "text_2")?;
@@ -96,6 +103,67 @@ impl PoolDecode {
             ));
         }
         Ok(PoolJob { model, inputs, truncate, add_special_tokens, shape, encoded: Vec::new(), outputs: Vec::new() })
+    }
+
+    /// `input`, or a chat in `messages` with its template options (vLLM's
+    /// `EmbeddingChatRequest`): one input either way for a chat.
+    fn input_or_messages(&self, f: &mut Fields, add_special_tokens: bool) -> Result<Vec<PoolInput>, ApiError> {
+        if !has(f, "messages") {
+            return input(f);
+        }
+        if has(f, "input") {
+            return Err(ApiError::invalid("messages", "Give either `input` or `messages`, not both."));
+        }
+        let messages: Vec<Value> = f.take("messages")?.unwrap_or_default();
+        if messages.is_empty() {
+            return Err(ApiError::invalid("messages", "`messages` must contain at least one message."));
+        }
+        let template = match f.take::<String>("chat_template")? {
+            None => None,
+            Some(_) if !self.serving.trust_request_chat_template => {
+                return Err(ApiError::invalid(
+                    "chat_template",
+                    "A per-request `chat_template` is refused unless the server runs with --trust-request-chat-template.",
+                ));
+            }
+            Some(src) => Some(Arc::new(ChatTemplate::new(&src).map_err(|e| {
+                ApiError::invalid("chat_template", format!("The chat template does not compile: {e}"))
+            })?)),
+        };
+        if template.is_none() && self.serving.chat_template.is_none() {
+            return Err(ApiError::invalid(
+                "messages",
+                "This model has no chat template, so `messages` cannot be rendered. Send `input` instead, or start \
+                 the server with `--chat-template` (a file or an inline Jinja template).",
+            ));
+        }
+        let format = match &template {
+            Some(t) if t.iterates_content_parts() => ContentFormat::OpenAi,
+            Some(_) => ContentFormat::String,
+            None => self.serving.content_format,
+        };
+        let messages =
+            messages.into_iter().enumerate().map(|(i, m)| chat_message(i, m, format)).collect::<Result<Vec<_>, _>>()?;
+        // vLLM's defaults for a chat that is embedded rather than answered.
+        let add_generation_prompt = f.take::<bool>("add_generation_prompt")?.unwrap_or(false);
+        let continue_final_message = f.take::<bool>("continue_final_message")?.unwrap_or(false);
+        if continue_final_message && add_generation_prompt {
+            return Err(ApiError::invalid(
+                "continue_final_message",
+                "`continue_final_message` and `add_generation_prompt` cannot both be true; set add_generation_prompt to false.",
+            ));
+        }
+        let template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
+        Ok(vec![PoolInput::Chat(Arc::new(ChatPrompt {
+            messages,
+            add_generation_prompt,
+            continue_final_message,
+            add_special_tokens,
+            template,
+            template_kwargs,
+            documents: None,
+            tools: None,
+        }))])
     }
 
     /// `truncate_prompt_tokens`: -1 means the model's context length.
@@ -172,6 +240,10 @@ impl PoolDecode {
             (inputs, None)
         }
     }
+}
+
+fn has(f: &Fields, name: &str) -> bool {
+    f.remaining().any(|n| n == name)
 }
 
 fn input(f: &mut Fields) -> Result<Vec<PoolInput>, ApiError> {

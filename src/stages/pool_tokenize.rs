@@ -1,4 +1,5 @@
-//! pool_tokenize: a pooling request's texts (or text pairs) → token and segment ids, cut
+//! pool_tokenize: a pooling request's texts (or text pairs, or chats rendered with the
+//! chat template as the render stage renders them) → token and segment ids, cut
 //! to `truncate_prompt_tokens` when asked (texts keep their special tokens; token-id
 //! inputs keep their last tokens, as vLLM does). An input longer than the model's context
 //! is a 400, as is a token id outside the vocabulary.
@@ -10,6 +11,7 @@ use crate::job::{Endpoint, Item, Payload, PoolInput, PoolJob};
 use crate::model::bert::EncoderInput;
 use crate::pipeline::{Outlet, Stage};
 use crate::serving::ServingContext;
+use crate::stages::render::render_chat;
 
 pub struct PoolTokenize {
     pub serving: Arc<ServingContext>,
@@ -44,6 +46,10 @@ impl PoolTokenize {
             let (ids, type_ids) = match input {
                 PoolInput::Text(t) => tok.encode_for_encoder(t, None, job.add_special_tokens, job.truncate),
                 PoolInput::Pair(a, b) => tok.encode_for_encoder(a, Some(b), job.add_special_tokens, job.truncate),
+                PoolInput::Chat(chat) => {
+                    let text = render_chat(&self.serving, chat)?;
+                    tok.encode_for_encoder(&text, None, job.add_special_tokens, job.truncate)
+                }
                 PoolInput::Tokens(ids) => {
                     let vocab = tok.vocab_size() as u32;
                     if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
