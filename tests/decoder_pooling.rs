@@ -112,12 +112,7 @@ fn a_causal_lm_under_task_score_scores_by_cosine() {
         close("score", &v["data"][k]["score"], &json!(cosine(&vecs[0], &vecs[k + 1])));
     }
     // and on a GGUF file, a classifier has no head to load
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--task", "classify", "--port", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::start_fails(&["--task", "classify"]);
     assert!(err.contains("--task classify: the model has no classification head"), "{err}");
 }
 

