@@ -217,7 +217,6 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
         task,
         stages: pipeline.metrics.clone(),
         root_path: root_path(args)?,
-        openapi: crate::api::docs::openapi_document(&root_path(args)?),
     });
     Ok(Server { app, pipeline })
 }
@@ -292,7 +291,6 @@ fn build_pooling(
         engine_stats,
         stages: pipeline.metrics.clone(),
         root_path: root_path(args)?,
-        openapi: crate::api::docs::openapi_document(&root_path(args)?),
     });
     Ok(Server { app, pipeline })
 }

@@ -25,7 +25,7 @@ pub fn openapi_document(root_path: &str) -> String {
 }
 
 pub async fn openapi(State(app): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], app.openapi.clone()).into_response()
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], openapi_document(&app.root_path)).into_response()
 }
 
 /// Swagger UI, its script and style from a CDN as FastAPI's `/docs` does.

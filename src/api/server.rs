@@ -37,8 +37,6 @@ pub struct AppState {
     pub stages: Vec<Arc<StageMetrics>>,
     /// `--root-path`, normalized ("" or "/prefix").
     pub root_path: String,
-    /// `/openapi.json`'s body, built once.
-    pub openapi: String,
 }
 
 /// Every route `router` serves, as schemas/openapi.json must list them (a unit test in

@@ -93,11 +93,6 @@ impl BeamGroup {
         2 * self.params.width
     }
 
-    /// Whether `id` is one of this group's beams in the scheduler.
-    pub fn holds(&self, id: SeqId) -> bool {
-        self.live.contains_key(&id)
-    }
-
     /// A beam's candidates are in: it leaves the scheduler (taken out by the caller and
     /// given here with its blocks still on) and waits for the others.
     pub fn offer(&mut self, mut seq: Sequence, candidates: Vec<(u32, f32)>, blocks: &mut BlockManager) {
@@ -196,12 +191,10 @@ impl BeamGroup {
 
     /// The `width` best finished beams, best first (ties: the earlier found).
     fn best(&mut self) -> Vec<Finished> {
-        let mut all = std::mem::take(&mut self.finished);
-        let scores: Vec<f64> = all.iter().map(|f| self.score(f)).collect();
-        let mut order: Vec<usize> = (0..all.len()).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        order.truncate(self.params.width);
-        order.into_iter().map(|i| std::mem::replace(&mut all[i], Finished { output: vec![], cum: 0.0, eos: false })).collect()
+        let mut scored: Vec<(f64, Finished)> =
+            std::mem::take(&mut self.finished).into_iter().map(|f| (self.score(&f), f)).collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0)); // stable: ties keep the earlier found
+        scored.into_iter().take(self.params.width).map(|(_, f)| f).collect()
     }
 
     /// Gives back every block the group holds (the request ended early).

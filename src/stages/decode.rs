@@ -218,14 +218,7 @@ impl Decode {
         // max_completion_tokens is the newer name; without either, the rest of the context.
         let newer = positive("max_completion_tokens", f.take("max_completion_tokens")?)?;
         let older = positive("max_tokens", f.take("max_tokens")?)?;
-        let add_generation_prompt = f.take::<bool>("add_generation_prompt")?.unwrap_or(true);
-        let continue_final_message = f.take::<bool>("continue_final_message")?.unwrap_or(false);
-        if continue_final_message && add_generation_prompt {
-            return Err(ApiError::invalid(
-                "continue_final_message",
-                "`continue_final_message` and `add_generation_prompt` cannot both be true; set add_generation_prompt to false.",
-            ));
-        }
+        let (add_generation_prompt, continue_final_message) = chat_prompt_flags(&mut f, true)?;
         let template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
         let documents = f.take::<Vec<Value>>("documents")?;
         let (tools, tool_use) = crate::api::tools::tool_use(f.take("tools")?, f.take("tool_choice")?, self.serving.tool_parser)
@@ -288,6 +281,20 @@ impl Common {
             beam: self.beam,
         }
     }
+}
+
+/// `add_generation_prompt` (default as given) and `continue_final_message`, which cannot
+/// both be true (as vLLM).
+pub fn chat_prompt_flags(f: &mut Fields, add_generation_prompt_default: bool) -> Result<(bool, bool), ApiError> {
+    let add_generation_prompt = f.take::<bool>("add_generation_prompt")?.unwrap_or(add_generation_prompt_default);
+    let continue_final_message = f.take::<bool>("continue_final_message")?.unwrap_or(false);
+    if continue_final_message && add_generation_prompt {
+        return Err(ApiError::invalid(
+            "continue_final_message",
+            "`continue_final_message` and `add_generation_prompt` cannot both be true; set add_generation_prompt to false.",
+        ));
+    }
+    Ok((add_generation_prompt, continue_final_message))
 }
 
 /// A request's own `chat_template`, compiled: refused unless the server trusts request

@@ -111,11 +111,7 @@ impl Stage<Item> for Encode {
                         }
                     }
                     Err(e) => {
-                        let why = e
-                            .downcast_ref::<String>()
-                            .map(String::as_str)
-                            .or_else(|| e.downcast_ref::<&str>().copied())
-                            .unwrap_or("unknown error");
+                        let why = super::panic_message(&*e);
                         tracing::error!("a forward pass of {} inputs failed: {why}", inputs.len());
                     }
                 }

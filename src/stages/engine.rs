@@ -78,11 +78,7 @@ impl Stage<Item> for EngineStage {
             let times = match step {
                 Ok(t) => t,
                 Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("unknown error");
+                    let what = super::panic_message(&*panic);
                     tracing::error!("an engine step failed: {what}; failing the requests it held");
                     engine.fail_all(&mut emit, "The engine failed while running this request; see the server log.");
                     continue;

@@ -134,3 +134,12 @@ pub fn pooling_registry(
     );
     r
 }
+
+/// What a caught panic said (its `String` or `&str` payload).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown error")
+}

@@ -133,14 +133,7 @@ impl PoolDecode {
         let messages =
             messages.into_iter().enumerate().map(|(i, m)| chat_message(i, m, format)).collect::<Result<Vec<_>, _>>()?;
         // vLLM's defaults for a chat that is embedded rather than answered.
-        let add_generation_prompt = f.take::<bool>("add_generation_prompt")?.unwrap_or(false);
-        let continue_final_message = f.take::<bool>("continue_final_message")?.unwrap_or(false);
-        if continue_final_message && add_generation_prompt {
-            return Err(ApiError::invalid(
-                "continue_final_message",
-                "`continue_final_message` and `add_generation_prompt` cannot both be true; set add_generation_prompt to false.",
-            ));
-        }
+        let (add_generation_prompt, continue_final_message) = crate::stages::decode::chat_prompt_flags(f, false)?;
         let template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
         Ok(vec![PoolInput::Chat(Arc::new(ChatPrompt {
             messages,
