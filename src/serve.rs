@@ -160,10 +160,8 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
     if task != Task::Generate {
         return build_pooling(args, location, task, &spec, device, t0, edge);
     }
-    let loaded = model::load(
-        location,
-        &LoadOptions { device, dtype: &args.dtype, max_model_len: args.max_model_len },
-    )?;
+    let opts = LoadOptions { device, dtype: &args.dtype, max_model_len: args.max_model_len };
+    let loaded = model::on_passing_thread(|| model::load(location, &opts))?;
     let llama = loaded.llama;
     let info = loaded.info;
     let c = &llama.cfg;
@@ -263,7 +261,7 @@ fn build_pooling(
     t0: Instant,
     edge: Edge,
 ) -> Result<Server> {
-    let loaded = encoder::load(location, device, &args.dtype, args.max_model_len)?;
+    let loaded = model::on_passing_thread(|| encoder::load(location, device, &args.dtype, args.max_model_len))?;
     let (model, info) = (loaded.model, loaded.info);
     tracing::info!(
         "loaded in {:.1}s: {}, device {:?}, longest input {} tokens",
