@@ -15,8 +15,31 @@ fn main() {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         println!("cargo:rustc-env=SLUICE_BUILD_SITE_PACKAGES={site}");
+        compile_kernels(&lib);
     }
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// The CPU kernels in csrc/, against libtorch's headers. `-fopenmp` makes `at::parallel_for`
+/// run on libtorch's OpenMP pool: the binary already links the libgomp that libtorch uses.
+fn compile_kernels(lib: &str) {
+    let root = std::path::Path::new(lib).parent().expect("libtorch's lib folder has a parent");
+    let include = root.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into())))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag("-fopenmp")
+        .opt_level(3)
+        .file("csrc/attention.cpp")
+        .compile("sluice_kernels");
+    println!("cargo:rerun-if-changed=csrc/attention.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
 }
 
 fn real_dir(p: &str) -> String {

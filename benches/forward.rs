@@ -1,5 +1,6 @@
 //! Forward-pass speed of the default model, by batch shape, with the time per kind of
-//! operation. Run: `cargo bench --bench forward` (env DTYPE=float32|bfloat16, THREADS=n).
+//! operation. Run: `cargo bench --bench forward` (env DTYPE=float32|bfloat16, THREADS=n,
+//! ONLY=text to run the shapes whose label contains it).
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,11 @@ fn main() {
         ("prefill 1x512", 1, 512, 0),
         ("prefill 1x1500", 1, 1500, 0),
     ];
+    let only = std::env::var("ONLY").ok();
     for (label, seqs, new, ctx) in shapes {
+        if only.as_deref().is_some_and(|o| !label.contains(o)) {
+            continue;
+        }
         let per_seq_blocks = (ctx + new).div_ceil(bs);
         let chunks: Vec<SeqChunk> = (0..seqs)
             .map(|s| SeqChunk {

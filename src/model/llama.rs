@@ -13,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 use super::LoadError;
 use super::batch::StepBatch;
 use super::config::LlamaConfig;
+use super::kernels;
 use super::kv_cache::KvCache;
 use super::weights::WeightSource;
 
@@ -250,9 +251,18 @@ struct AttnPlan {
 struct DecodeGroup {
     rows: Tensor,   // [b] rows of the flat batch
     gather: Tensor, // [b·lmax] cache slots (padding reads the zeroed pad slot)
-    masked_out: Tensor, // [b, 1, 1, lmax] true where not attended (padding)
+    /// How the group is attended: on the CPU our kernel reads the cache in place.
+    path: DecodePath,
     b: i64,
     lmax: i64,
+}
+
+enum DecodePath {
+    /// `kernels::paged_decode_attention` with each context's length `[b]`.
+    Kernel { lens: Tensor },
+    /// Gathered K and V with padding, as tensor operations (CUDA); `masked_out: [b, 1, 1,
+    /// lmax]` is true where not attended.
+    Gathered { masked_out: Tensor },
 }
 
 struct PrefillSeq {
@@ -271,16 +281,26 @@ impl AttnPlan {
             let b = decoding.len();
             let lmax = decoding.iter().map(|s| s.context_len).max().unwrap_or(1);
             let mut gather = vec![KvCache::PAD_SLOT; b * lmax];
-            let mut mask = vec![false; b * lmax];
             for (i, s) in decoding.iter().enumerate() {
                 gather[i * lmax..i * lmax + s.context_len].copy_from_slice(&s.context_slots);
-                mask[i * lmax..i * lmax + s.context_len].iter_mut().for_each(|m| *m = true);
             }
             let rows: Vec<i64> = decoding.iter().map(|s| s.row as i64).collect();
+            let path = if dev == Device::Cpu {
+                let lens: Vec<i64> = decoding.iter().map(|s| s.context_len as i64).collect();
+                DecodePath::Kernel { lens: Tensor::from_slice(&lens) }
+            } else {
+                let mut mask = vec![false; b * lmax];
+                for (i, s) in decoding.iter().enumerate() {
+                    mask[i * lmax..i * lmax + s.context_len].iter_mut().for_each(|m| *m = true);
+                }
+                DecodePath::Gathered {
+                    masked_out: Tensor::from_slice(&mask).view([b as i64, 1, 1, lmax as i64]).logical_not().to_device(dev),
+                }
+            };
             DecodeGroup {
                 rows: Tensor::from_slice(&rows).to_device(dev),
                 gather: Tensor::from_slice(&gather).to_device(dev),
-                masked_out: Tensor::from_slice(&mask).view([b as i64, 1, 1, lmax as i64]).logical_not().to_device(dev),
+                path,
                 b: b as i64,
                 lmax: lmax as i64,
             }
@@ -309,22 +329,44 @@ impl AttnPlan {
         AttnPlan { decode, prefill }
     }
 
+    /// Decode attention as tensor operations over K and V gathered with padding: the query
+    /// heads that share a KV head form the rows of one small product, so K and V are never
+    /// repeated per head. (libtorch's fused attention with a mask and grouped heads took 6x
+    /// longer in bfloat16 on CPU.) Softmax in float32, then back to the model's dtype, as
+    /// transformers' eager attention does. Returns `[b, h, d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn gathered_decode(
+        g: &DecodeGroup,
+        masked_out: &Tensor,
+        q: &Tensor,
+        kc: &Tensor,
+        vc: &Tensor,
+        h: i64,
+        kvh: i64,
+        d: i64,
+        scale: f64,
+    ) -> Tensor {
+        let qd = q.index_select(0, &g.rows).view([g.b, kvh, h / kvh, d]);
+        let kd = kc.index_select(0, &g.gather).view([g.b, g.lmax, kvh, d]).permute([0, 2, 3, 1]); // [b, kvh, d, l]
+        let vd = vc.index_select(0, &g.gather).view([g.b, g.lmax, kvh, d]).transpose(1, 2); // [b, kvh, l, d]
+        let scores = (qd.matmul(&kd).to_kind(Kind::Float) * scale).masked_fill(masked_out, f64::NEG_INFINITY);
+        let o = scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&vd); // [b, kvh, h/kvh, d]
+        o.view([g.b, h, d])
+    }
+
     /// Attention output `[n, h, d]` for queries `q: [n, h, d]`.
     fn attend(&self, q: &Tensor, kc: &Tensor, vc: &Tensor, h: i64, kvh: i64, d: i64) -> Tensor {
         let scale = 1.0 / (d as f64).sqrt();
         let mut out = q.zeros_like();
         if let Some(g) = &self.decode {
-            // One query per sequence: the query heads that share a KV head form the rows of
-            // one small product, so K and V are never repeated per head. (libtorch's fused
-            // attention with a mask and grouped heads took 6x longer in bfloat16 on CPU.)
-            // Softmax in float32, then back to the model's dtype, as transformers' eager
-            // attention does.
-            let qd = q.index_select(0, &g.rows).view([g.b, kvh, h / kvh, d]);
-            let kd = kc.index_select(0, &g.gather).view([g.b, g.lmax, kvh, d]).permute([0, 2, 3, 1]); // [b, kvh, d, l]
-            let vd = vc.index_select(0, &g.gather).view([g.b, g.lmax, kvh, d]).transpose(1, 2); // [b, kvh, l, d]
-            let scores = (qd.matmul(&kd).to_kind(Kind::Float) * scale).masked_fill(&g.masked_out, f64::NEG_INFINITY);
-            let o = scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&vd); // [b, kvh, h/kvh, d]
-            let _ = out.index_copy_(0, &g.rows, &o.view([g.b, h, d]));
+            let o = match &g.path {
+                DecodePath::Kernel { lens } => {
+                    let qd = q.index_select(0, &g.rows);
+                    kernels::paged_decode_attention(&qd, kc, vc, &g.gather.view([g.b, g.lmax]), lens, scale)
+                }
+                DecodePath::Gathered { masked_out } => Self::gathered_decode(g, masked_out, q, kc, vc, h, kvh, d, scale),
+            };
+            let _ = out.index_copy_(0, &g.rows, &o);
         }
         for p in &self.prefill {
             let qp = q.narrow(0, p.row, p.len).transpose(0, 1).unsqueeze(0); // [1, h, len, d]

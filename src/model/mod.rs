@@ -8,6 +8,7 @@ pub mod config;
 pub mod decoder_pool;
 pub mod encoder;
 pub mod gguf;
+pub mod kernels;
 pub mod kv_cache;
 pub mod llama;
 pub mod pooling;
