@@ -37,8 +37,10 @@ fn compile_kernels(lib: &str) {
         .flag("-fopenmp")
         .opt_level(3)
         .file("csrc/attention.cpp")
+        .file("csrc/norm.cpp")
         .compile("sluice_kernels");
     println!("cargo:rerun-if-changed=csrc/attention.cpp");
+    println!("cargo:rerun-if-changed=csrc/norm.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
 }
 

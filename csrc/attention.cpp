@@ -16,6 +16,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "convert.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -28,17 +30,8 @@
 
 namespace {
 
-inline float to_float(float x) { return x; }
-inline float to_float(c10::Half x) { return static_cast<float>(x); }
-inline float to_float(c10::BFloat16 x) {
-  // The widening is a shift; written out so that the loops below vectorise.
-  uint16_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  uint32_t wide = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &wide, sizeof f);
-  return f;
-}
+using sluice::round_to;
+using sluice::to_float;
 
 // e^x for x <= 0, branch-free so that loops over it vectorise: x = n·ln2 + r with
 // |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error below 2e-7), times 2^n built
@@ -60,12 +53,6 @@ inline float exp_nonpositive(float x) {
   float two_n;
   std::memcpy(&two_n, &bits, sizeof two_n);
   return p * two_n;
-}
-
-// Rounds through the storage type, as a result stored in that type would be.
-template <typename T>
-inline float round_to(float x) {
-  return to_float(static_cast<T>(x));
 }
 
 template <typename T>
@@ -135,7 +122,7 @@ __attribute__((always_inline)) inline void attend_items(const Args<T>& a, int64_
       }
     }
     T* o = a.out + (seq * a.h + g * group) * d;
-    for (int64_t i = 0; i < group * d; ++i) o[i] = static_cast<T>(acc[i]);
+    for (int64_t i = 0; i < group * d; ++i) o[i] = sluice::from_float<T>(acc[i]);
   }
 }
 

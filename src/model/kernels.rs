@@ -16,6 +16,28 @@ unsafe extern "C" {
         scale: f64,
         allow_avx512: i32,
     ) -> *const c_char;
+    fn sluice_rms_norm(out: *mut c_void, x: *const c_void, w: *const c_void, eps: f64) -> *const c_char;
+}
+
+/// Turns a kernel's error message into a panic naming the kernel.
+fn check(kernel: &str, err: *const c_char) {
+    if !err.is_null() {
+        // SAFETY: a non-null result is a NUL-terminated message owned by the kernel's thread.
+        let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy();
+        panic!("{kernel}: {msg}");
+    }
+}
+
+/// transformers' LlamaRMSNorm of each row of `x: [n, dim]` with weight `w: [dim]` (both
+/// contiguous, one dtype, on the CPU): float32 statistics, rounded to the dtype before and
+/// after the weight. One pass instead of eight tensor operations.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+    let mut out = x.empty_like();
+    // SAFETY: live tensors for the whole call; the kernel validates shapes, dtypes and
+    // contiguity before touching memory, and writes only into `out`.
+    let err = unsafe { sluice_rms_norm(out.as_mut_ptr().cast(), x.as_ptr().cast(), w.as_ptr().cast(), eps) };
+    check("RMSNorm", err);
+    out
 }
 
 /// Attention of one query token per sequence over its context, read in place from the
@@ -54,11 +76,7 @@ fn decode_attention_with(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &Tensor, l
             matches!(isa, Isa::Best) as i32,
         )
     };
-    if !err.is_null() {
-        // SAFETY: a non-null result is a NUL-terminated message owned by the kernel's thread.
-        let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy();
-        panic!("paged decode attention: {msg}");
-    }
+    check("paged decode attention", err);
     out
 }
 
@@ -127,6 +145,31 @@ mod tests {
                 // bfloat16 rounds scores and probabilities as transformers' eager attention.
                 case(Kind::BFloat16, isa, h, kvh, d, &lens, 1e-2);
                 case(Kind::Half, isa, h, kvh, d, &lens, 2e-3);
+            }
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_the_tensor_operations() {
+        tch::manual_seed(3);
+        for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
+            let x = (Tensor::randn([37, 576], (Kind::Float, Device::Cpu)) * 3.0).to_kind(kind);
+            let w = (Tensor::randn([576], (Kind::Float, Device::Cpu)) * 0.2 + 1.0).to_kind(kind);
+            // transformers' LlamaRMSNorm, operation by operation.
+            let x32 = x.to_kind(Kind::Float);
+            let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+            let want = &w * (x32 * (var + 1e-5).rsqrt()).to_kind(kind);
+            let got = rms_norm(&x, &w, 1e-5);
+            // Rounded results may differ by one step of the dtype where the float32 sums
+            // are added in another order; count those, and bound the float32 error.
+            let diff = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double)).abs();
+            let rel = (&diff / want.to_kind(Kind::Double).abs().clamp_min(1e-3)).max().double_value(&[]);
+            let off = diff.gt(0.0).sum(Kind::Int64).int64_value(&[]);
+            if kind == Kind::Float {
+                assert!(rel <= 1e-5, "float32 relative error {rel}");
+            } else {
+                assert!(off <= 37 * 576 / 100, "{kind:?}: {off} of {} values differ", 37 * 576);
+                assert!(rel <= 1e-2, "{kind:?}: relative error {rel}");
             }
         }
     }

@@ -161,8 +161,12 @@ impl Llama {
         last
     }
 
-    /// RMSNorm as transformers computes it: in f32, scaled by the weight after the cast back.
+    /// RMSNorm as transformers computes it: in f32, scaled by the weight after the cast back
+    /// (on the CPU in one pass by our kernel).
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        if self.device == Device::Cpu {
+            return kernels::rms_norm(&x.contiguous(), w, self.cfg.rms_norm_eps);
+        }
         let x32 = x.to_kind(Kind::Float);
         let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let normed = x32 * (var + self.cfg.rms_norm_eps).rsqrt();

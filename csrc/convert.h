@@ -1,0 +1,46 @@
+// Widening to and rounding from the model's dtype, written as plain bit operations so
+// that loops over them vectorise (c10's own conversions branch on NaN per element).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace sluice {
+
+inline float to_float(float x) { return x; }
+inline float to_float(c10::Half x) { return static_cast<float>(x); }
+inline float to_float(c10::BFloat16 x) {
+  uint16_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &wide, sizeof f);
+  return f;
+}
+
+template <typename T>
+inline T from_float(float x) {
+  return static_cast<T>(x);
+}
+// Round to nearest, ties to even (NaN is not preserved: nothing here produces one from
+// finite inputs).
+template <>
+inline c10::BFloat16 from_float<c10::BFloat16>(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  const uint16_t bits = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  c10::BFloat16 out;
+  std::memcpy(&out, &bits, sizeof bits);
+  return out;
+}
+
+// Rounds through the dtype, as a result stored in it would be.
+template <typename T>
+inline float round_to(float x) {
+  return to_float(from_float<T>(x));
+}
+
+}  // namespace sluice

@@ -1,0 +1,99 @@
+// RMSNorm over the rows of a matrix, in one pass per row on the CPU.
+//
+// It computes what transformers' LlamaRMSNorm does in eight tensor operations: widen to
+// float32, mean of squares, scale by 1/sqrt(mean + eps), round back to the model's dtype,
+// multiply by the weight (rounded to the dtype again). Rows are split over libtorch's
+// OpenMP pool.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "convert.h"
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+namespace {
+
+using sluice::from_float;
+using sluice::round_to;
+using sluice::to_float;
+
+template <typename T>
+struct Args {
+  T* out;
+  const T* x;
+  const T* w;
+  int64_t dim;
+  float eps;
+};
+
+template <typename T>
+__attribute__((always_inline)) inline void norm_rows(const Args<T>& a, int64_t begin, int64_t end) {
+  const int64_t dim = a.dim;
+  for (int64_t i = begin; i < end; ++i) {
+    const T* row = a.x + i * dim;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t t = 0; t < dim; ++t) {
+      const float v = to_float(row[t]);
+      sum += v * v;
+    }
+    const float inv = 1.0f / std::sqrt(sum / static_cast<float>(dim) + a.eps);
+    T* o = a.out + i * dim;
+#pragma omp simd
+    for (int64_t t = 0; t < dim; ++t) o[t] = from_float<T>(to_float(a.w[t]) * round_to<T>(to_float(row[t]) * inv));
+  }
+}
+
+// Built for several instruction sets and picked at load time (see attention.cpp).
+#define SLUICE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+SLUICE_CLONES void norm_f32(const Args<float>& a, int64_t begin, int64_t end) { norm_rows(a, begin, end); }
+SLUICE_CLONES void norm_bf16(const Args<c10::BFloat16>& a, int64_t begin, int64_t end) { norm_rows(a, begin, end); }
+SLUICE_CLONES void norm_f16(const Args<c10::Half>& a, int64_t begin, int64_t end) { norm_rows(a, begin, end); }
+
+inline void norm(const Args<float>& a, int64_t begin, int64_t end) { norm_f32(a, begin, end); }
+inline void norm(const Args<c10::BFloat16>& a, int64_t begin, int64_t end) { norm_bf16(a, begin, end); }
+inline void norm(const Args<c10::Half>& a, int64_t begin, int64_t end) { norm_f16(a, begin, end); }
+
+template <typename T>
+void rms_norm_rows(T* out, const T* x, const T* w, int64_t n, int64_t dim, float eps) {
+  const Args<T> args{out, x, w, dim, eps};
+  // Small batches stay on this thread: waking the pool costs more than a few rows.
+  at::parallel_for(0, n, 32, [&](int64_t begin, int64_t end) { norm(args, begin, end); });
+}
+
+thread_local std::string last_error;
+
+}  // namespace
+
+// out, x: [n, dim]; w: [dim]; all contiguous, one dtype, on the CPU. Returns null, or a
+// message saying what was wrong (valid until the next call on this thread).
+extern "C" const char* sluice_rms_norm(at::Tensor* out, const at::Tensor* x, const at::Tensor* w, double eps) {
+  try {
+    TORCH_CHECK(x->dim() == 2 && w->dim() == 1 && x->size(1) == w->size(0), "x must be [n, dim] and w [dim]");
+    TORCH_CHECK(x->device().is_cpu() && w->device().is_cpu(), "the CPU kernel takes CPU tensors");
+    TORCH_CHECK(x->is_contiguous() && w->is_contiguous() && out->is_contiguous(), "tensors must be contiguous");
+    TORCH_CHECK(out->sizes() == x->sizes() && out->scalar_type() == x->scalar_type() &&
+                    w->scalar_type() == x->scalar_type(),
+                "out must be like x, and w of x's dtype");
+    const int64_t n = x->size(0), dim = x->size(1);
+    auto run = [&](auto zero) {
+      using T = decltype(zero);
+      rms_norm_rows<T>(out->data_ptr<T>(), x->data_ptr<T>(), w->data_ptr<T>(), n, dim, static_cast<float>(eps));
+    };
+    switch (x->scalar_type()) {
+      case at::kFloat: run(float{}); break;
+      case at::kBFloat16: run(c10::BFloat16{}); break;
+      case at::kHalf: run(c10::Half{}); break;
+      default: TORCH_CHECK(false, "RMSNorm takes float32, bfloat16 or float16, not ", x->scalar_type());
+    }
+    return nullptr;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return last_error.c_str();
+  }
+}
