@@ -5,14 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
-
 use super::channel::{Inlet, Keyed, Outlet};
 use super::metrics::StageMetrics;
 use super::spec::{PipelineSpec, SpecError};
 
 /// A stage: what its workers do with each item.
-pub trait Stage<T>: Send + Sync + 'static {
+pub trait Stage<T: Keyed>: Send + Sync + 'static {
     /// Handles one item, sending zero or more items on.
     fn process(&self, item: T, out: &Outlet<T>);
 
@@ -20,9 +18,9 @@ pub trait Stage<T>: Send + Sync + 'static {
     /// a stage that batches (the engine) drives its inlet itself.
     fn run(&self, inlet: Inlet<T>, out: Outlet<T>) {
         while let Some(item) = inlet.recv() {
-            let start = Instant::now();
+            let service = inlet.begin_service(&item);
             self.process(item, &out);
-            inlet.metrics().record_service(start.elapsed());
+            inlet.end_service(service);
         }
     }
 }
@@ -132,7 +130,7 @@ impl<T: Send + Keyed + 'static> Pipeline<T> {
             let rxs = &inputs[i].1;
             for w in 0..s.workers {
                 let rx = rxs[w % rxs.len()].clone();
-                let inlet = Inlet::new(rx, metrics[i].clone());
+                let inlet = Inlet::new(rx, metrics[i].clone(), i);
                 let (stage, out) = (stages[i].clone(), out.clone());
                 let handle = std::thread::Builder::new()
                     .name(format!("{}-{w}", s.name))
@@ -142,6 +140,11 @@ impl<T: Send + Keyed + 'static> Pipeline<T> {
             }
         }
         Ok(Pipeline { entry, metrics, handles })
+    }
+
+    /// The stages' names in pipeline order: the slots of a `StageTrace`.
+    pub fn stage_names(&self) -> Arc<[String]> {
+        self.metrics.iter().map(|m| m.name.clone()).collect()
     }
 
     /// Where sources put new items.
