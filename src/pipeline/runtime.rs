@@ -227,6 +227,47 @@ mod tests {
         assert!(metrics.iter().all(|m| m.service.count() == 100 && m.queue.count() == 100));
     }
 
+    /// An item that carries a stage trace.
+    struct Traced(u64, Arc<crate::pipeline::StageTrace>);
+
+    impl Keyed for Traced {
+        fn key(&self) -> u64 {
+            self.0
+        }
+        fn trace(&self) -> Option<&Arc<crate::pipeline::StageTrace>> {
+            Some(&self.1)
+        }
+    }
+
+    struct Pass;
+    impl Stage<Traced> for Pass {
+        fn process(&self, item: Traced, out: &Outlet<Traced>) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let _ = out.send(item);
+        }
+    }
+
+    #[test]
+    fn traced_items_get_every_stage_time() {
+        let mut r: Registry<Traced> = Registry::new();
+        let shape = |i, o| StageShape { input: i, output: o, ordered: false };
+        r.source("http", "a");
+        r.stage("decode", shape("a", "b"), Box::new(|| Ok(Arc::new(Pass) as Arc<dyn Stage<Traced>>)));
+        r.stage("stream", shape("b", "nothing"), Box::new(|| Ok(Arc::new(Pass) as Arc<dyn Stage<Traced>>)));
+        let p = Pipeline::start(&spec(&["decode", "stream"]), &r).unwrap();
+        let trace = Arc::new(crate::pipeline::StageTrace::new(p.stage_names()));
+        for i in 0..3 {
+            p.entry().send(Traced(i, trace.clone())).unwrap();
+        }
+        p.shutdown();
+        let snap = trace.snapshot(std::time::Instant::now());
+        assert_eq!(snap.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["decode", "stream"]);
+        for (_, t) in snap {
+            assert_eq!(t.items, 3);
+            assert!(t.service >= std::time::Duration::from_millis(6), "{t:?}");
+        }
+    }
+
     #[test]
     fn miswired_order_is_rejected_before_start() {
         let sink = Arc::new(Mutex::new(Vec::new()));
