@@ -129,6 +129,14 @@ mod tests {
         let keys: Vec<&String> = v["stages"].as_object().unwrap().keys().collect();
         assert_eq!(keys, ["decode", "engine"]);
 
+        // schemas/openapi.json describes every field, and no other.
+        let doc: Value = serde_json::from_str(include_str!("../../schemas/openapi.json")).unwrap();
+        let mut described: Vec<&String> = doc["components"]["schemas"]["RequestMetrics"]["properties"].as_object().unwrap().keys().collect();
+        let mut sent: Vec<&String> = v.as_object().unwrap().keys().collect();
+        described.sort();
+        sent.sort();
+        assert_eq!(sent, described);
+
         let mut body = r#"{"object":"list","data":[]}"#.to_string();
         m.append_to(&mut body);
         let parsed: Value = serde_json::from_str(&body).unwrap();
