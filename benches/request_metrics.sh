@@ -2,7 +2,8 @@
 # What `--enable-per-request-metrics` costs in throughput: the same streaming workload
 # (`sluice bench`) against `sluice serve` with the flag off and on, alternating, ROUNDS
 # times, one server at a time. Prints one line per run: output tokens/s, TTFT and ITL p50,
-# and the CPU the server and everything else used (cores of the machine).
+# the CPU the server and everything else used (cores of the machine), and the server's CPU
+# time per output token.
 #   benches/request_metrics.sh [ROUNDS] [REQUESTS] [CONCURRENCY]   (defaults: 3, 256, 16)
 # PROMPT (~tokens) and OUT (output tokens, ignore_eos) set the request shape.
 set -euo pipefail
@@ -36,8 +37,10 @@ r, mode = sys.argv[1], sys.argv[2]
 tok, ttft, itl = o["output_tokens_per_s"], o["ttft_ms"]["p50"], o["itl_ms"]["p50"]
 srv, oth = c.get("server_cores_used", 0), c.get("others_cores_used", 0)
 errs = o["errors"]
+# The server CPU time per output token moves less with other load than tokens/s does.
+cpu_ms = srv / tok * 1000 if tok else 0
 print(f"round {r} metrics {mode:3}: {tok:7.1f} out tok/s  TTFT p50 {ttft:7.1f} ms  ITL p50 {itl:6.1f} ms  "
-      f"errors {errs}  CPU server {srv:.2f} others {oth:.2f}")
+      f"errors {errs}  CPU server {srv:.2f} others {oth:.2f}  server CPU {cpu_ms:.2f} ms/token")
 ' "$r" "$mode"
   done
 done
