@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+use std::io::Read;
 use std::process::Command;
 
 use common::{MODEL, Server, minilm_dir};
@@ -36,9 +37,13 @@ fn num(v: &Value, at: &str) -> f64 {
     v[at].as_f64().unwrap_or_else(|| panic!("{at} is not a number in {v}"))
 }
 
-/// Checks a `metrics` object: every stage named in order, every figure a number >= 0, the
+/// Checks a `metrics` object (`preemptions`: how many the request must show): every stage named in order, every figure a number >= 0, the
 /// milestones in order, and the stage times within the end-to-end time.
 fn check(m: &Value, stages: &[&str], generates: bool) {
+    check_preempted(m, stages, generates, 0)
+}
+
+fn check_preempted(m: &Value, stages: &[&str], generates: bool, preemptions: u64) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let arrival = num(m, "arrival_time");
     assert!(arrival <= now && arrival > now - 600.0, "arrival_time {arrival} is not a recent Unix time: {m}");
@@ -67,7 +72,7 @@ fn check(m: &Value, stages: &[&str], generates: bool) {
         // The engine's service runs from admission to the last token: queue, prefill, decode.
         let engine = num(&m["stages"]["engine"], "service_ms");
         assert!((engine - (queue + prefill + decode)).abs() <= 1.0, "engine {engine} vs its parts: {m}");
-        assert_eq!(m["num_preemptions"], 0, "{m}");
+        assert_eq!(m["num_preemptions"], preemptions, "{m}");
     } else {
         let total: f64 = per_stage.values().map(|s| num(s, "queue_ms") + num(s, "service_ms")).sum();
         assert!(total <= e2e + SLACK_MS, "stages add up to {total} ms, more than e2e: {m}");
@@ -181,4 +186,47 @@ fn run_batch_answers_carry_metrics() {
     // The batch pipeline names its stages as stages/batch.toml does: the same kinds.
     check(&answer["response"]["body"]["metrics"], &SERVE_STAGES, true);
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// One sequence at a time under the priority policy: an urgent request preempts a running
+/// one, whose answer then counts the preemption (and the urgent one's does not).
+#[test]
+fn a_preempted_request_counts_its_preemption() {
+    const PRIORITY: &[&str] =
+        &["--dtype", "float32", "--scheduling-policy", "priority", "--max-num-seqs", "1", "--enable-per-request-metrics"];
+    let s = Server::shared(PRIORITY);
+    let body = |prompt: &str, max_tokens: usize, priority: i64| {
+        json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true,
+               "priority": priority})
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut low = body("Write a long story about a lighthouse keeper.", 120, 5);
+    low["stream"] = json!(true);
+    let low = std::thread::spawn(move || {
+        let mut r = Server::client().post(Server::shared(PRIORITY).url("/v1/completions")).json(&low).send().unwrap();
+        let (mut raw, mut buf, mut told) = (Vec::new(), [0u8; 4096], false);
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            if !told {
+                let _ = tx.send(());
+                told = true;
+            }
+        }
+        String::from_utf8(raw).unwrap()
+    });
+    rx.recv().unwrap(); // the low-priority request is running
+    let (status, urgent) = s.post("/v1/completions", &body("The capital of France is", 4, -5));
+    assert_eq!(status, 200, "{urgent}");
+    check_preempted(&urgent["metrics"], &SERVE_STAGES, true, 0);
+    let text = low.join().unwrap();
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty() && *e != "data: [DONE]")
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    check_preempted(only_last_has_metrics(&events), &SERVE_STAGES, true, 1);
 }
