@@ -22,7 +22,9 @@ pub struct StageTime {
 #[derive(Debug, Default)]
 struct Slot {
     time: StageTime,
-    /// Services begun and not yet ended, and when the oldest began.
+    /// Services begun and not yet ended, and when the first of them began (a request
+    /// has one item at a time in a stage, except detokenize and stream, which keep a
+    /// request's items on one worker, in order).
     open: u32,
     open_since: Option<Instant>,
 }
@@ -64,7 +66,7 @@ impl StageTrace {
         });
     }
 
-    /// `stage` finished an item it began at `at`, after `took`.
+    /// `stage` finished an item it began (`begin`), after `took`.
     pub fn end(&self, stage: usize, took: Duration) {
         self.with_slot(stage, |s| {
             s.time.service += took;
