@@ -265,6 +265,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub root_path: Option<String>,
 
+    /// Add a `metrics` object to every answer (the last chunk of a stream): arrival time,
+    /// queue, time to first token, prefill, decode, end to end, and each stage's queue
+    /// wait and service time for this request, in milliseconds.
+    #[arg(long)]
+    pub enable_per_request_metrics: bool,
+
     /// Largest request body accepted.
     #[arg(long, value_parser = parse_bytes, default_value = "32MiB")]
     pub max_request_body: u64,

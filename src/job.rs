@@ -16,7 +16,7 @@ use crate::api::error::ApiError;
 use crate::api::protocol::ChatMessage;
 use crate::guided::{Guide, RequestedConstraint};
 use crate::model::chat_template::ChatTemplate;
-use crate::pipeline::Keyed;
+use crate::pipeline::{Keyed, StageTrace};
 use crate::sampling::{SamplingParams, TokenLogprobs};
 
 /// Which API a request came in on; it decides how the body is read and answered.
@@ -104,6 +104,8 @@ pub struct RequestCtx {
     pub key: u64,
     /// Unix seconds, for the `created` field.
     pub created: u64,
+    /// Unix seconds with a fraction, when the request arrived (per-request metrics).
+    pub arrival_time: f64,
     pub arrived: Instant,
     pub endpoint: Endpoint,
     cancelled: AtomicBool,
@@ -114,6 +116,9 @@ pub struct RequestCtx {
     meta: OnceLock<Arc<RequestMeta>>,
     /// When the request was first scheduled and produced tokens (for latency metrics).
     pub timeline: crate::engine::latency::Timeline,
+    /// Each stage's time on this request, when the answer reports it
+    /// (`--enable-per-request-metrics`); None otherwise, and then nothing is recorded.
+    pub trace: Option<Arc<StageTrace>>,
 }
 
 /// What the stages after the engine need to shape the answer.
@@ -136,22 +141,29 @@ pub struct RequestMeta {
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
 impl RequestCtx {
-    /// A new context and the receiver its replies arrive on. `id_prefix` replaces the
-    /// random part of the id when given (`--enable-request-id-headers`).
-    pub fn new(endpoint: Endpoint, request_id: Option<&str>) -> (Arc<Self>, UnboundedReceiver<Reply>) {
+    /// A new context and the receiver its replies arrive on. `request_id` replaces the
+    /// random part of the id when given. With `trace`, the stages record their time on
+    /// the request in it (`--enable-per-request-metrics`).
+    pub fn new(
+        endpoint: Endpoint,
+        request_id: Option<&str>,
+        trace: Option<StageTrace>,
+    ) -> (Arc<Self>, UnboundedReceiver<Reply>) {
         let (tx, rx) = unbounded_channel();
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let id = match request_id {
             Some(r) => format!("{}-{r}", endpoint.id_prefix()),
             None => format!("{}-{}", endpoint.id_prefix(), random_hex(key)),
         };
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let arrived = Instant::now();
         let ctx = RequestCtx {
             id,
             key,
-            created,
+            created: since_epoch.as_secs(),
+            arrival_time: since_epoch.as_secs_f64(),
             arrived,
+            trace: trace.map(Arc::new),
             timeline: crate::engine::latency::Timeline::new(arrived),
             endpoint,
             cancelled: AtomicBool::new(false),
@@ -221,6 +233,10 @@ pub struct Item {
 impl Keyed for Item {
     fn key(&self) -> u64 {
         self.ctx.key
+    }
+
+    fn trace(&self) -> Option<&Arc<StageTrace>> {
+        self.ctx.trace.as_ref()
     }
 }
 

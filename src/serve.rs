@@ -215,6 +215,7 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
         task,
         stages: pipeline.metrics.clone(),
         root_path: root_path(args)?,
+        traced_stages: args.enable_per_request_metrics.then(|| pipeline.stage_names()),
     });
     Ok(Server { app, pipeline })
 }
@@ -289,6 +290,7 @@ fn build_pooling(
         engine_stats,
         stages: pipeline.metrics.clone(),
         root_path: root_path(args)?,
+        traced_stages: args.enable_per_request_metrics.then(|| pipeline.stage_names()),
     });
     Ok(Server { app, pipeline })
 }

@@ -95,6 +95,10 @@ pub struct CompletionResponse {
     pub choices: Vec<CompletionChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// `--enable-per-request-metrics`: where the request's time went (the last chunk of
+    /// a stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<crate::api::request_metrics::RequestMetrics>,
 }
 
 /// Chat logprobs: one entry per token.
@@ -147,6 +151,10 @@ pub struct ChatResponse {
     /// vLLM's extra, with `prompt_logprobs` (see `CompletionChoice`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_logprobs: Option<PromptLogprobs>,
+    /// `--enable-per-request-metrics`: where the request's time went (the last chunk of
+    /// a stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<crate::api::request_metrics::RequestMetrics>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -178,6 +186,10 @@ pub struct ChatChunk {
     pub choices: Vec<ChatChunkChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// `--enable-per-request-metrics`: where the request's time went (the last chunk of
+    /// a stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<crate::api::request_metrics::RequestMetrics>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -37,6 +37,16 @@ pub struct AppState {
     pub stages: Vec<Arc<StageMetrics>>,
     /// `--root-path`, normalized ("" or "/prefix").
     pub root_path: String,
+    /// `--enable-per-request-metrics`: the stage names every request's trace has slots
+    /// for; None when answers carry no `metrics`.
+    pub traced_stages: Option<Arc<[String]>>,
+}
+
+impl AppState {
+    /// A new request's stage trace, when answers report per-request metrics.
+    pub fn new_trace(&self) -> Option<crate::pipeline::StageTrace> {
+        self.traced_stages.as_ref().map(|names| crate::pipeline::StageTrace::new(names.clone()))
+    }
 }
 
 /// Every route `router` serves, as schemas/openapi.json must list them (a unit test in
@@ -248,7 +258,7 @@ async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .or(body_id.as_deref())
         .and_then(usable_request_id);
-    let (ctx, rx) = RequestCtx::new(endpoint, request_id);
+    let (ctx, rx) = RequestCtx::new(endpoint, request_id, app.new_trace());
     match app.entry.try_send(Item { ctx: ctx.clone(), payload: Payload::Body(body) }) {
         Ok(()) => {}
         Err((SendError::Full, _)) => return ApiError::overloaded().into_response(),

@@ -198,7 +198,7 @@ fn read_lines(
                 } else if let Some(e) = refuse_endpoint(&app.serving, app.task, r.endpoint) {
                     (Some(r.custom_id), e)
                 } else {
-                    let (ctx, rx) = RequestCtx::new(r.endpoint, r.request_id.as_deref());
+                    let (ctx, rx) = RequestCtx::new(r.endpoint, r.request_id.as_deref(), app.new_trace());
                     match app.entry.send(Item { ctx: ctx.clone(), payload: Payload::Body(r.body) }) {
                         Ok(()) => {}
                         Err(SendError::Closed | SendError::Full) => bail!("the pipeline stopped before the batch was read"),

@@ -3,7 +3,7 @@
 //! requests by reason. The engine marks each request's `Timeline`; the last stage reports
 //! the request finished.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::pipeline::{Exposition, LatencyHistogram};
@@ -17,6 +17,18 @@ pub struct Timeline {
     scheduled: AtomicU64,
     first_token: AtomicU64,
     last_token: AtomicU64,
+    /// Times one of the request's sequences was preempted (and recomputed later).
+    preemptions: AtomicU32,
+}
+
+/// A request's milestones so far, as time since its arrival.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Milestones {
+    pub admitted: Option<Duration>,
+    pub scheduled: Option<Duration>,
+    pub first_token: Option<Duration>,
+    pub last_token: Option<Duration>,
+    pub preemptions: u32,
 }
 
 impl Timeline {
@@ -27,6 +39,22 @@ impl Timeline {
             scheduled: AtomicU64::new(0),
             first_token: AtomicU64::new(0),
             last_token: AtomicU64::new(0),
+            preemptions: AtomicU32::new(0),
+        }
+    }
+
+    /// One of the request's sequences lost its KV blocks, to be computed again.
+    pub fn mark_preempted(&self) {
+        self.preemptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn milestones(&self) -> Milestones {
+        Milestones {
+            admitted: self.get(&self.admitted),
+            scheduled: self.get(&self.scheduled),
+            first_token: self.get(&self.first_token),
+            last_token: self.get(&self.last_token),
+            preemptions: self.preemptions.load(Ordering::Relaxed),
         }
     }
 

@@ -105,6 +105,7 @@ impl Scheduler {
     fn preempt(&mut self, id: SeqId, blocks: &mut BlockManager) {
         let seq = self.seqs.get_mut(&id).expect("preempting a known sequence");
         blocks.release(&mut seq.blocks);
+        seq.ctx.timeline.mark_preempted();
         seq.computed = 0;
         seq.hashes.clear();
         let key = seq.order_key();

@@ -7,10 +7,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 
 use super::metrics::StageMetrics;
+use super::trace::{Service, StageTrace};
 
-/// Items that can be routed to a fixed worker, so one key's items stay in order.
+/// Items that can be routed to a fixed worker, so one key's items stay in order, and that
+/// may carry their request's stage trace.
 pub trait Keyed {
     fn key(&self) -> u64;
+
+    /// Where this item's stage times go, when its request is traced.
+    fn trace(&self) -> Option<&Arc<StageTrace>> {
+        None
+    }
 }
 
 pub(crate) struct Envelope<T> {
@@ -82,16 +89,55 @@ impl<T: Keyed> Outlet<T> {
 pub struct Inlet<T> {
     rx: Receiver<Envelope<T>>,
     metrics: Arc<StageMetrics>,
+    /// The stage's position in the pipeline (its slot in a request's trace).
+    stage: usize,
 }
 
-impl<T> Inlet<T> {
-    pub(crate) fn new(rx: Receiver<Envelope<T>>, metrics: Arc<StageMetrics>) -> Self {
-        Inlet { rx, metrics }
+impl<T: Keyed> Inlet<T> {
+    pub(crate) fn new(rx: Receiver<Envelope<T>>, metrics: Arc<StageMetrics>, stage: usize) -> Self {
+        Inlet { rx, metrics, stage }
     }
 
     fn open(&self, env: Envelope<T>) -> T {
-        self.metrics.record_queue(env.sent.elapsed());
+        let wait = env.sent.elapsed();
+        self.metrics.record_queue(wait);
+        if let Some(t) = env.item.trace() {
+            t.queued(self.stage, wait);
+        }
         env.item
+    }
+
+    /// The stage's position in the pipeline.
+    pub fn stage(&self) -> usize {
+        self.stage
+    }
+
+    /// The stage starts work on `item`; pass the result to `end_service` when done.
+    pub fn begin_service(&self, item: &T) -> Service {
+        let start = Instant::now();
+        let trace = item.trace().cloned();
+        if let Some(t) = &trace {
+            t.begin(self.stage, start);
+        }
+        Service { start, trace }
+    }
+
+    /// The work begun by `begin_service` is done: records the stage's service time, and
+    /// the request's share when it is traced.
+    pub fn end_service(&self, service: Service) {
+        let took = service.start.elapsed();
+        self.metrics.record_service(took);
+        if let Some(t) = service.trace {
+            t.end(self.stage, took);
+        }
+    }
+
+    /// A batching stage's share of its work spent on `item`, which it measured itself
+    /// (the stage's histogram records whole batches).
+    pub fn add_item_service(&self, item: &T, took: Duration) {
+        if let Some(t) = item.trace() {
+            t.add_service(self.stage, took);
+        }
     }
 
     /// Waits for the next item; None once every sender is gone.

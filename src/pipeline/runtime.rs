@@ -5,14 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
-
 use super::channel::{Inlet, Keyed, Outlet};
 use super::metrics::StageMetrics;
 use super::spec::{PipelineSpec, SpecError};
 
 /// A stage: what its workers do with each item.
-pub trait Stage<T>: Send + Sync + 'static {
+pub trait Stage<T: Keyed>: Send + Sync + 'static {
     /// Handles one item, sending zero or more items on.
     fn process(&self, item: T, out: &Outlet<T>);
 
@@ -20,9 +18,9 @@ pub trait Stage<T>: Send + Sync + 'static {
     /// a stage that batches (the engine) drives its inlet itself.
     fn run(&self, inlet: Inlet<T>, out: Outlet<T>) {
         while let Some(item) = inlet.recv() {
-            let start = Instant::now();
+            let service = inlet.begin_service(&item);
             self.process(item, &out);
-            inlet.metrics().record_service(start.elapsed());
+            inlet.end_service(service);
         }
     }
 }
@@ -132,7 +130,7 @@ impl<T: Send + Keyed + 'static> Pipeline<T> {
             let rxs = &inputs[i].1;
             for w in 0..s.workers {
                 let rx = rxs[w % rxs.len()].clone();
-                let inlet = Inlet::new(rx, metrics[i].clone());
+                let inlet = Inlet::new(rx, metrics[i].clone(), i);
                 let (stage, out) = (stages[i].clone(), out.clone());
                 let handle = std::thread::Builder::new()
                     .name(format!("{}-{w}", s.name))
@@ -142,6 +140,11 @@ impl<T: Send + Keyed + 'static> Pipeline<T> {
             }
         }
         Ok(Pipeline { entry, metrics, handles })
+    }
+
+    /// The stages' names in pipeline order: the slots of a `StageTrace`.
+    pub fn stage_names(&self) -> Arc<[String]> {
+        self.metrics.iter().map(|m| m.name.clone()).collect()
     }
 
     /// Where sources put new items.
@@ -222,6 +225,47 @@ mod tests {
         assert_eq!(got.len(), 100);
         assert!(got.iter().all(|i| i.1 == ["decode", "render"]));
         assert!(metrics.iter().all(|m| m.service.count() == 100 && m.queue.count() == 100));
+    }
+
+    /// An item that carries a stage trace.
+    struct Traced(u64, Arc<crate::pipeline::StageTrace>);
+
+    impl Keyed for Traced {
+        fn key(&self) -> u64 {
+            self.0
+        }
+        fn trace(&self) -> Option<&Arc<crate::pipeline::StageTrace>> {
+            Some(&self.1)
+        }
+    }
+
+    struct Pass;
+    impl Stage<Traced> for Pass {
+        fn process(&self, item: Traced, out: &Outlet<Traced>) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let _ = out.send(item);
+        }
+    }
+
+    #[test]
+    fn traced_items_get_every_stage_time() {
+        let mut r: Registry<Traced> = Registry::new();
+        let shape = |i, o| StageShape { input: i, output: o, ordered: false };
+        r.source("http", "a");
+        r.stage("decode", shape("a", "b"), Box::new(|| Ok(Arc::new(Pass) as Arc<dyn Stage<Traced>>)));
+        r.stage("stream", shape("b", "nothing"), Box::new(|| Ok(Arc::new(Pass) as Arc<dyn Stage<Traced>>)));
+        let p = Pipeline::start(&spec(&["decode", "stream"]), &r).unwrap();
+        let trace = Arc::new(crate::pipeline::StageTrace::new(p.stage_names()));
+        for i in 0..3 {
+            p.entry().send(Traced(i, trace.clone())).unwrap();
+        }
+        p.shutdown();
+        let snap = trace.snapshot(std::time::Instant::now());
+        assert_eq!(snap.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["decode", "stream"]);
+        for (_, t) in snap {
+            assert_eq!(t.items, 3);
+            assert!(t.service >= std::time::Duration::from_millis(6), "{t:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::detok::{IncrementalDecoder, Released, StopMatcher};
 use crate::job::{Finish, Item, Payload, StopReason, TextEvent, TokenEvent};
@@ -35,7 +34,7 @@ impl Stage<Item> for Detokenize {
     fn run(&self, inlet: Inlet<Item>, out: Outlet<Item>) {
         let mut states: HashMap<(u64, usize), ChoiceState> = HashMap::new();
         while let Some(item) = inlet.recv() {
-            let start = Instant::now();
+            let service = inlet.begin_service(&item);
             let Payload::Tokens(ev) = item.payload else { unreachable!("detokenize takes token events") };
             let key = (item.ctx.key, ev.choice);
             let engine_done = ev.finish.is_some();
@@ -43,6 +42,7 @@ impl Stage<Item> for Detokenize {
                 if engine_done {
                     states.remove(&key);
                 }
+                inlet.end_service(service);
                 continue;
             }
             let meta = item.ctx.meta().clone();
@@ -66,7 +66,7 @@ impl Stage<Item> for Detokenize {
             if engine_done {
                 states.remove(&key);
             }
-            inlet.metrics().record_service(start.elapsed());
+            inlet.end_service(service);
         }
     }
 }

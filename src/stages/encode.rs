@@ -98,6 +98,7 @@ impl Stage<Item> for Encode {
             self.stats.requests_running.store(items.len() as u64, Ordering::Relaxed);
             let mut order: Vec<usize> = (0..refs.len()).collect();
             order.sort_by_key(|&i| lengths[i]);
+            let round = Instant::now();
             let mut results: Vec<Option<Vec<f32>>> = vec![None; refs.len()];
             for batch in plan_batches(&lengths, &order, self.max_seqs, self.max_tokens) {
                 let start = Instant::now();
@@ -119,7 +120,10 @@ impl Stage<Item> for Encode {
             }
             self.stats.requests_running.store(0, Ordering::Relaxed);
             let mut results = results.into_iter();
+            // Each request's share: the round of forward passes that carried its inputs.
+            let took = round.elapsed();
             for mut item in items {
+                inlet.add_item_service(&item, took);
                 let mut complete = true;
                 if let Payload::Pool(job) = &mut item.payload {
                     let outputs: Vec<Option<Vec<f32>>> = results.by_ref().take(job.encoded.len()).collect();

@@ -2,6 +2,7 @@
 //! jobs between steps and runs steps while there is work; each step's duration is the
 //! stage's service time.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,11 +20,29 @@ impl EngineStage {
     }
 }
 
-struct ToOutlet<'a>(&'a Outlet<Item>);
+struct ToOutlet<'a> {
+    out: &'a Outlet<Item>,
+    /// The stage's position, for traced requests' stage times.
+    stage: usize,
+    /// Traced requests: choices finished so far, by request key.
+    finished: HashMap<u64, usize>,
+}
 
 impl Emit for ToOutlet<'_> {
     fn emit(&mut self, ctx: &Arc<RequestCtx>, event: TokenEvent) {
-        let _ = self.0.send(Item { ctx: ctx.clone(), payload: Payload::Tokens(event) });
+        if let (Some(trace), true) = (&ctx.trace, event.finish.is_some()) {
+            // The engine is done with a request when every choice has finished: its
+            // service is the time from admission to now.
+            let done = self.finished.entry(ctx.key).or_default();
+            *done += 1;
+            if *done >= event.choices {
+                self.finished.remove(&ctx.key);
+                if let Some(admitted) = ctx.timeline.milestones().admitted {
+                    trace.add_service(self.stage, ctx.timeline.since_arrival(Instant::now()).saturating_sub(admitted));
+                }
+            }
+        }
+        let _ = self.out.send(Item { ctx: ctx.clone(), payload: Payload::Tokens(event) });
     }
 }
 
@@ -50,7 +69,7 @@ impl Stage<Item> for EngineStage {
             return;
         };
         let stats = engine.stats();
-        let mut emit = ToOutlet(&out);
+        let mut emit = ToOutlet { out: &out, stage: inlet.stage(), finished: HashMap::new() };
         let mut closed = false;
         loop {
             if engine.is_idle() {

@@ -9,6 +9,7 @@ use crate::engine::stats::EngineStats;
 use std::sync::Arc;
 
 use crate::api::pooling::*;
+use crate::api::request_metrics::RequestMetrics;
 use crate::job::{Item, Payload, PoolJob, PoolShape, Reply, RequestCtx};
 use crate::model::encoder::PoolingInfo;
 use crate::model::pooling::normalize;
@@ -28,7 +29,10 @@ impl Stage<Item> for PoolStream {
             latency.on_finished(&item.ctx.timeline, FinishedReason::Abort, Instant::now());
             return;
         }
-        let body = self.answer(&item.ctx, *job);
+        let mut body = self.answer(&item.ctx, *job);
+        if let Some(m) = RequestMetrics::of(&item.ctx, Instant::now()) {
+            m.append_to(&mut body);
+        }
         // Counted before the reply, so that whoever got the answer sees it counted.
         latency.on_finished(&item.ctx.timeline, FinishedReason::Stop, Instant::now());
         item.ctx.reply(Reply::Body(body));

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use crate::api::protocol::*;
+use crate::api::request_metrics::RequestMetrics;
 use crate::engine::latency::FinishedReason;
 use crate::engine::stats::EngineStats;
 use crate::api::tools::{StreamSplit, ToolCallDelta, ToolUse};
@@ -59,7 +60,7 @@ impl Stage<Item> for Stream {
     fn run(&self, inlet: Inlet<Item>, _out: Outlet<Item>) {
         let mut pending: HashMap<u64, Pending> = HashMap::new();
         while let Some(item) = inlet.recv() {
-            let start = Instant::now();
+            let service = inlet.begin_service(&item);
             let Payload::Text(ev) = item.payload else { unreachable!("stream takes text events") };
             let ctx = item.ctx;
             let p = pending.entry(ctx.key).or_insert_with(|| Pending {
@@ -71,7 +72,7 @@ impl Stage<Item> for Stream {
             if done {
                 pending.remove(&ctx.key);
             }
-            inlet.metrics().record_service(start.elapsed());
+            inlet.end_service(service);
         }
     }
 }
@@ -173,24 +174,29 @@ impl Stream {
 
         if meta.output.stream {
             let finish_reason = finish.as_ref().map(Finish::as_str);
+            // The last chunk a client sees before [DONE] carries the metrics: the usage
+            // chunk when there is one, else the finish of the choice that ends last.
+            let complete = p.finished == p.choices.len();
+            let metrics = || if complete && !meta.output.include_usage { RequestMetrics::of(ctx, Instant::now()) } else { None };
             if ctx.is_cancelled() {
                 // The client is gone; keep counting so the state is dropped when complete.
             } else if chat {
                 if first {
                     let delta = ChatDelta { role: Some(meta.output.response_role.clone()), content: Some(String::new()), tool_calls: None };
-                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, None, None);
+                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, None, None, None);
                 }
                 if !calls.is_empty() {
                     if !text.is_empty() {
                         let delta = ChatDelta { content: Some(text), ..Default::default() };
-                        self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, None, None);
+                        self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, None, None, None);
                     }
                     let deltas = calls.into_iter().enumerate().map(|(index, call)| ToolCallDelta { index, call }).collect();
                     let delta = ChatDelta { tool_calls: Some(deltas), ..Default::default() };
-                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, calls_finish, None);
+                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, calls_finish, None, metrics());
                 } else if !text.is_empty() || finish.is_some() || ch_lp.as_ref().is_some_and(|l| !l.content.is_empty()) {
                     let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text), tool_calls: None };
-                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, finish_reason, stop_reason(&finish));
+                    let m = if finish.is_some() { metrics() } else { None };
+                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, finish_reason, stop_reason(&finish), m);
                 }
             } else if !text.is_empty() || finish.is_some() || c_lp.is_some() {
                 let chunk = CompletionResponse {
@@ -207,10 +213,11 @@ impl Stream {
                         prompt_logprobs: None, // refused with streaming
                     }],
                     usage: None,
+                    metrics: if finish.is_some() { metrics() } else { None },
                 };
                 ctx.reply(Reply::Chunk(serde_json::to_string(&chunk).expect("chunks serialize")));
             }
-            if p.finished == p.choices.len() {
+            if complete {
                 if meta.output.include_usage && !ctx.is_cancelled() {
                     self.send_usage(ctx, &meta.model, p, chat);
                 }
@@ -273,6 +280,7 @@ impl Stream {
                         .collect(),
                     usage,
                     prompt_logprobs: p.choices.first_mut().and_then(|c| c.prompt_logprobs.take()),
+                    metrics: RequestMetrics::of(ctx, Instant::now()),
                 })
             } else {
                 serde_json::to_string(&CompletionResponse {
@@ -294,6 +302,7 @@ impl Stream {
                         })
                         .collect(),
                     usage: Some(usage),
+                    metrics: RequestMetrics::of(ctx, Instant::now()),
                 })
             };
             self.finished(ctx, p);
@@ -314,6 +323,7 @@ impl Stream {
         logprobs: Option<ChatLogprobs>,
         finish_reason: Option<&'static str>,
         stop_reason: Option<Value>,
+        metrics: Option<RequestMetrics>,
     ) {
         let chunk = ChatChunk {
             id: ctx.id.clone(),
@@ -322,12 +332,14 @@ impl Stream {
             model: model.to_string(),
             choices: vec![ChatChunkChoice { index, delta, logprobs, finish_reason, stop_reason }],
             usage: None,
+            metrics,
         };
         ctx.reply(Reply::Chunk(serde_json::to_string(&chunk).expect("chunks serialize")));
     }
 
     fn send_usage(&self, ctx: &RequestCtx, model: &str, p: &Pending, chat: bool) {
         let usage = Some(usage(p));
+        let metrics = RequestMetrics::of(ctx, Instant::now());
         let json = if chat {
             serde_json::to_string(&ChatChunk {
                 id: ctx.id.clone(),
@@ -336,6 +348,7 @@ impl Stream {
                 model: model.to_string(),
                 choices: vec![],
                 usage,
+                metrics,
             })
         } else {
             serde_json::to_string(&CompletionResponse {
@@ -345,6 +358,7 @@ impl Stream {
                 model: model.to_string(),
                 choices: vec![],
                 usage,
+                metrics,
             })
         };
         ctx.reply(Reply::Chunk(json.expect("chunks serialize")));
