@@ -103,6 +103,11 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = TaskArg::Auto)]
     pub task: TaskArg,
 
+    /// A JSON object merged over the model's config.json before anything reads it (vLLM's
+    /// flag), e.g. '{"architectures": ["Qwen2ForSequenceClassification"]}'.
+    #[arg(long, value_name = "JSON")]
+    pub hf_overrides: Option<String>,
+
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,

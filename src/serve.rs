@@ -139,7 +139,12 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
 /// Loads the model and starts the pipeline fed by `edge`.
 pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
     check_vllm_flags(args)?;
-    let location = resolve::resolve(args.model_arg())?;
+    let mut location = resolve::resolve(args.model_arg())?;
+    if let Some(arg) = &args.hf_overrides {
+        let overrides = resolve::parse_overrides(arg).map_err(anyhow::Error::msg)?;
+        tracing::info!("--hf-overrides over config.json: {overrides}");
+        location.hf_overrides = Some(overrides);
+    }
     let task = resolve_task(args.task, &encoder::architectures(&location)?)?;
     // The pipeline file before the weights: a wrong one should not wait for the model to load.
     let spec = match (&args.pipeline, task, edge) {

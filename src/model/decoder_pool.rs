@@ -20,7 +20,7 @@ use super::llama::Llama;
 use super::pooling::{self, PoolingConfig, PoolingMode};
 use super::resolve::{Format, ModelLocation};
 use super::weights::{SafetensorsWeights, WeightSource};
-use super::{LoadError, LoadOptions, read_json};
+use super::{LoadError, LoadOptions};
 
 /// Slots per block of the scratch cache (any size works; this wastes little per input).
 const BLOCK: usize = 16;
@@ -48,7 +48,7 @@ pub fn load(
     // What the folder says beyond the trunk: its head, or its sentence-transformers pooling.
     let (head, pooling, config) = match &location.format {
         Format::HfDir(dir) => {
-            let config = read_json(&dir.join("config.json"))?;
+            let config = location.config()?;
             if classifier {
                 let score = SafetensorsWeights::open(dir)?
                     .get("score.weight")?

@@ -80,10 +80,10 @@ pub struct LoadedEncoder {
     pub info: ModelInfo,
 }
 
-/// `config.json`'s `architectures` of a folder (empty for a GGUF file or when absent).
+/// `config.json`'s `architectures` of a folder, after `--hf-overrides` (empty for a GGUF
+/// file, unless the overrides name some, or when absent).
 pub fn architectures(location: &ModelLocation) -> Result<Vec<String>, LoadError> {
-    let Format::HfDir(dir) = &location.format else { return Ok(Vec::new()) };
-    let cfg = read_json(&dir.join("config.json"))?;
+    let cfg = location.config()?;
     let list = cfg.as_ref().and_then(|c| c.get("architectures")).and_then(Json::as_array);
     let mut archs: Vec<String> = list.into_iter().flatten().filter_map(Json::as_str).map(str::to_owned).collect();
     if archs.is_empty() {
@@ -118,10 +118,12 @@ pub fn load(
     if !archs.iter().any(|a| a.starts_with("Bert")) {
         return super::decoder_pool::load(location, device, dtype, max_model_len);
     }
-    let Format::HfDir(dir) = &location.format else { unreachable!("a GGUF file has no BERT architecture") };
+    let Format::HfDir(dir) = &location.format else {
+        return Err(LoadError::Unsupported("a GGUF file holds a decoder, not a BERT model".into()));
+    };
     let dir = dir.clone();
     let bad = |msg: String| LoadError::Format { path: dir.clone(), msg };
-    let config = read_json(&dir.join("config.json"))?.ok_or_else(|| bad("no config.json".into()))?;
+    let config = location.config()?.ok_or_else(|| bad("no config.json".into()))?;
     let archs = architectures(&location)?;
     let (arch, with_head) = archs
         .iter()
