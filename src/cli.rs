@@ -99,12 +99,13 @@ pub struct ServeArgs {
     pub model: Option<String>,
 
     /// What to serve the model for: text generation, or a pooling task (embed, classify,
-    /// score). auto picks from the model's architecture.
+    /// score, reward). auto picks from the model's architecture.
     #[arg(long, value_enum, default_value_t = TaskArg::Auto)]
     pub task: TaskArg,
 
     /// A JSON object merged over the model's config.json before anything reads it (vLLM's
-    /// flag), e.g. '{"architectures": ["Qwen2ForSequenceClassification"]}'.
+    /// flag), e.g. '{"architectures": ["Qwen2ForSequenceClassification"],
+    /// "classifier_from_token": ["no", "yes"], "method": "from_2_way_softmax"}'.
     #[arg(long, value_name = "JSON")]
     pub hf_overrides: Option<String>,
 

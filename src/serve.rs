@@ -14,6 +14,7 @@ use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::chat_template::ChatTemplate;
 use crate::model::kv_cache::KvCache;
+use crate::model::decoder_pool::{FromToken, is_decoder_reward};
 use crate::model::encoder::{self, encoder_arch};
 use crate::model::{self, LoadOptions, resolve};
 use crate::pipeline::{Pipeline, PipelineSpec};
@@ -80,15 +81,29 @@ impl Server {
 
 /// What `--task` asks for, checked against the model's architectures (vLLM's rules:
 /// `auto` picks generation for `*ForCausalLM` and GGUF files, embeddings for encoders,
-/// classification for `*ForSequenceClassification`; `embed` or `score` on a causal LM
-/// pools its last token).
-pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> {
+/// classification for `*ForSequenceClassification`, rewards for reward models; `embed` or
+/// `score` on a causal LM pools its last token, `reward` returns its tokens' hidden states,
+/// and `classify` needs a head — the folder's, or one `classifier_from_token` converts from
+/// the LM head).
+pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String], from_token: bool) -> Result<Task> {
     let encoder = archs.iter().find_map(|a| encoder_arch(a));
     let named = archs.first().map(String::as_str).unwrap_or("the model");
     let generative = archs.is_empty() || archs.iter().any(|a| a.ends_with("ForCausalLM"));
     use crate::cli::TaskArg;
+    if archs.iter().any(|a| is_decoder_reward(a)) {
+        return match arg {
+            TaskArg::Auto | TaskArg::Reward => Ok(Task::Reward),
+            _ => bail!(
+                "--task {}: {named} is a reward model; serve it with --task reward (per-token rewards on /pooling)",
+                format!("{arg:?}").to_lowercase()
+            ),
+        };
+    }
     Ok(match (arg, encoder) {
-        (TaskArg::Reward, _) => bail!("--task reward is not supported yet (generate, embed, classify, score are)"),
+        (TaskArg::Reward, None) if generative => Task::Reward,
+        (TaskArg::Reward, Some(_)) => {
+            bail!("--task reward: {named} is not a reward model or a causal LM; serve it with --task embed, classify or score")
+        }
         (TaskArg::Auto | TaskArg::Generate, None) if generative => Task::Generate,
         (TaskArg::Auto, Some(false)) | (TaskArg::Embed, Some(false)) | (TaskArg::Score, Some(false)) => Task::Embed,
         (TaskArg::Auto, Some(true)) | (TaskArg::Classify, Some(true)) | (TaskArg::Score, Some(true)) => Task::Classify,
@@ -102,13 +117,16 @@ pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> 
             bail!("--task classify: {named} has no classification head; serve it with --task embed or score")
         }
         (TaskArg::Embed | TaskArg::Score, None) if generative => Task::Embed,
+        (TaskArg::Classify, None) if generative && from_token => Task::Classify,
         (TaskArg::Classify, None) if generative => bail!(
-            "--task classify: {named} has no classification head; serve a *ForSequenceClassification model \
-             (a causal LM serves --task embed, with last-token pooling)"
+            "--task classify: {named} has no classification head; serve a *ForSequenceClassification model, or \
+             convert this one from its LM head with --hf-overrides '{{\"classifier_from_token\": [...], \"method\": \
+             \"from_2_way_softmax\" or \"no_post_processing\"}}' (a causal LM serves --task embed, with last-token \
+             pooling)"
         ),
         (_, None) => bail!(
             "architecture {named} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and \
-             their ForSequenceClassification forms, BertModel, BertForSequenceClassification are)"
+             their ForSequenceClassification forms, Qwen2ForRewardModel, BertModel, BertForSequenceClassification are)"
         ),
     })
 }
@@ -145,7 +163,10 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
         tracing::info!("--hf-overrides over config.json: {overrides}");
         location.hf_overrides = Some(overrides);
     }
-    let task = resolve_task(args.task, &encoder::architectures(&location)?)?;
+    let from_token = FromToken::from_config(location.config()?.as_ref())
+        .map_err(|m| anyhow::anyhow!("--hf-overrides / config.json: {m}"))?
+        .is_some();
+    let task = resolve_task(args.task, &encoder::architectures(&location)?, from_token)?;
     // The pipeline file before the weights: a wrong one should not wait for the model to load.
     let spec = match (&args.pipeline, task, edge) {
         (Some(path), _, _) => PipelineSpec::load(path)?,
@@ -268,7 +289,7 @@ fn build_pooling(
     t0: Instant,
     edge: Edge,
 ) -> Result<Server> {
-    let loaded = encoder::load(location, device, &args.dtype, args.max_model_len)?;
+    let loaded = encoder::load(location, task, device, &args.dtype, args.max_model_len)?;
     let (model, info) = (loaded.model, loaded.info);
     tracing::info!(
         "loaded in {:.1}s: {}, device {:?}, longest input {} tokens",

@@ -14,6 +14,7 @@ use super::pooling::{self, PoolingConfig, PoolingMode};
 use super::resolve::{Format, ModelLocation};
 use super::tokenizer::Tokenizer;
 use super::{LoadError, ModelInfo, read_json, weights};
+use crate::serving::Task;
 
 /// What the encoder's outputs are.
 #[derive(Debug, Clone)]
@@ -22,6 +23,9 @@ pub enum EncoderKind {
     Embedding(PoolingConfig),
     /// Logits per input, one per label.
     Classifier { labels: Vec<String> },
+    /// One row per token (`--task reward`): the final hidden states, or a reward model's
+    /// per-token outputs, as they are (vLLM's ALL pooling, no normalisation).
+    TokenRewards,
 }
 
 /// Matryoshka embeddings: the vector may be cut to fewer dimensions.
@@ -45,6 +49,9 @@ pub trait PoolingBackbone: Send {
     /// The classification head's float32 logits `[B, labels]`.
     fn classify(&self, inputs: &[&EncoderInput]) -> Tensor;
 
+    /// Float32 rows `[total tokens, width]` of every token, inputs one after another.
+    fn token_outputs(&self, inputs: &[&EncoderInput]) -> Tensor;
+
     /// What was loaded, for the start-up log.
     fn describe(&self) -> String;
 }
@@ -56,6 +63,10 @@ impl PoolingBackbone for Bert {
 
     fn classify(&self, inputs: &[&EncoderInput]) -> Tensor {
         Bert::classify(self, inputs)
+    }
+
+    fn token_outputs(&self, _inputs: &[&EncoderInput]) -> Tensor {
+        unreachable!("BERT is not served for --task reward")
     }
 
     fn describe(&self) -> String {
@@ -71,8 +82,12 @@ pub struct EncoderModel {
     pub backbone: Box<dyn PoolingBackbone>,
     pub kind: EncoderKind,
     pub matryoshka: Option<Matryoshka>,
-    /// Vector length of an embedding (hidden size) or the number of labels.
+    /// Vector length of an embedding (hidden size), the number of labels, or the length
+    /// of each token's row.
     pub width: usize,
+    /// A score pair is the two texts joined into one input (an LLM converted into a
+    /// reranker, vLLM's `use_sep_token: false`), not the tokenizer's pair template.
+    pub join_pairs: bool,
 }
 
 pub struct LoadedEncoder {
@@ -107,16 +122,18 @@ pub fn encoder_arch(arch: &str) -> Option<bool> {
     }
 }
 
-/// Loads a pooling model: BERT folders here, decoders (folders or GGUF) in `decoder_pool`.
+/// Loads a pooling model for `task`: BERT folders here, decoders (folders or GGUF) in
+/// `decoder_pool`.
 pub fn load(
     location: ModelLocation,
+    task: Task,
     device: Device,
     dtype: &str,
     max_model_len: Option<usize>,
 ) -> Result<LoadedEncoder, LoadError> {
     let archs = architectures(&location)?;
     if !archs.iter().any(|a| a.starts_with("Bert")) {
-        return super::decoder_pool::load(location, device, dtype, max_model_len);
+        return super::decoder_pool::load(location, task, device, dtype, max_model_len);
     }
     let Format::HfDir(dir) = &location.format else {
         return Err(LoadError::Unsupported("a GGUF file holds a decoder, not a BERT model".into()));
@@ -147,6 +164,7 @@ pub fn load(
     let width = match &kind {
         EncoderKind::Embedding(_) => cfg.hidden_size,
         EncoderKind::Classifier { labels } => labels.len(),
+        EncoderKind::TokenRewards => unreachable!("BERT loads as an embedding model or a classifier"),
     };
     let matryoshka = matryoshka(&config);
 
@@ -173,7 +191,7 @@ pub fn load(
     let chat_template = super::hf_chat_template(&dir, tok_config.as_ref())?;
     tracing::info!("pooling model: {arch}, {:?}", kind);
     Ok(LoadedEncoder {
-        model: EncoderModel { backbone: Box::new(bert), kind, matryoshka, width },
+        model: EncoderModel { backbone: Box::new(bert), kind, matryoshka, width, join_pairs: false },
         info: ModelInfo {
             tokenizer: Arc::new(tokenizer),
             chat_template,
@@ -211,17 +229,32 @@ pub fn matryoshka(config: &Json) -> Option<Matryoshka> {
 }
 
 impl EncoderModel {
-    /// One forward pass over a batch: a vector per input (see `EncoderKind`).
+    /// One forward pass over a batch: a vector per input (see `EncoderKind`); per-token
+    /// outputs come as each input's rows one after another.
     pub fn run(&self, inputs: &[&EncoderInput]) -> Vec<Vec<f32>> {
         let _guard = tch::no_grad_guard();
         let out: Tensor = match &self.kind {
             EncoderKind::Embedding(p) => self.backbone.pooled(inputs, p.mode),
             EncoderKind::Classifier { .. } => self.backbone.classify(inputs),
+            EncoderKind::TokenRewards => self.backbone.token_outputs(inputs),
         };
         let out = out.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
         let width = out.size()[1] as usize;
         let flat: Vec<f32> = Vec::try_from(out.view([-1])).unwrap_or_default();
-        flat.chunks(width.max(1)).map(<[f32]>::to_vec).collect()
+        match &self.kind {
+            EncoderKind::TokenRewards => {
+                let mut rest = flat.as_slice();
+                inputs
+                    .iter()
+                    .map(|i| {
+                        let (mine, tail) = rest.split_at(i.ids.len() * width);
+                        rest = tail;
+                        mine.to_vec()
+                    })
+                    .collect()
+            }
+            _ => flat.chunks(width.max(1)).map(<[f32]>::to_vec).collect(),
+        }
     }
 
     pub fn is_embedding(&self) -> bool {
@@ -236,7 +269,7 @@ impl EncoderModel {
     pub fn labels(&self) -> &[String] {
         match &self.kind {
             EncoderKind::Classifier { labels } => labels,
-            EncoderKind::Embedding(_) => &[],
+            EncoderKind::Embedding(_) | EncoderKind::TokenRewards => &[],
         }
     }
 }
@@ -249,9 +282,13 @@ pub struct PoolingInfo {
     /// Embeddings are normalized unless a request says otherwise.
     pub normalizes: bool,
     pub matryoshka: Option<Matryoshka>,
-    /// Length of an embedding, or the number of labels.
+    /// Length of an embedding, the number of labels, or the length of a token's row.
     pub width: usize,
     pub labels: Vec<String>,
+    /// Outputs are one row of `width` per token (`--task reward`).
+    pub per_token: bool,
+    /// Score pairs are joined into one text (see `EncoderModel::join_pairs`).
+    pub join_pairs: bool,
 }
 
 impl EncoderModel {
@@ -262,6 +299,8 @@ impl EncoderModel {
             matryoshka: self.matryoshka.clone(),
             width: self.width,
             labels: self.labels().to_vec(),
+            per_token: matches!(self.kind, EncoderKind::TokenRewards),
+            join_pairs: self.join_pairs,
         }
     }
 }
