@@ -87,6 +87,25 @@ pub enum TaskArg {
     Reward,
 }
 
+/// `--runner`: newer vLLM's spelling of the task's first half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunnerArg {
+    Auto,
+    Generate,
+    Pooling,
+}
+
+/// `--convert`: how a model becomes a pooling model under `--runner pooling` (vLLM 0.10's
+/// names; `reward` is `--task reward`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConvertArg {
+    Auto,
+    None,
+    Embed,
+    Classify,
+    Reward,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// A GGUF file, a Hugging Face model folder, or the id of a model in the local Hugging
@@ -102,6 +121,15 @@ pub struct ServeArgs {
     /// score, reward). auto picks from the model's architecture.
     #[arg(long, value_enum, default_value_t = TaskArg::Auto)]
     pub task: TaskArg,
+
+    /// Newer vLLM's form of --task: generate, or pooling (with --convert saying which kind;
+    /// auto: the architecture's own, embeddings for a causal LM).
+    #[arg(long, value_enum, default_value_t = RunnerArg::Auto)]
+    pub runner: RunnerArg,
+
+    /// With --runner pooling (or alone): embed, classify or reward, as --task would say.
+    #[arg(long, value_enum, default_value_t = ConvertArg::Auto)]
+    pub convert: ConvertArg,
 
     /// A JSON object merged over the model's config.json before anything reads it (vLLM's
     /// flag), e.g. '{"architectures": ["Qwen2ForSequenceClassification"],

@@ -131,6 +131,31 @@ pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String], from_token: bool
     })
 }
 
+/// `--task`, or newer vLLM's `--runner` and `--convert` (one spelling at a time):
+/// `--convert embed|classify|reward` is that task, `--runner generate` is `--task
+/// generate`, and `--runner pooling` alone serves the architecture's own pooling task —
+/// embeddings for a causal LM.
+pub fn resolve_runner(args: &ServeArgs, archs: &[String], from_token: bool) -> Result<Task> {
+    use crate::cli::{ConvertArg, RunnerArg, TaskArg};
+    if args.task != TaskArg::Auto && (args.runner != RunnerArg::Auto || args.convert != ConvertArg::Auto) {
+        bail!("give either --task or --runner/--convert, not both");
+    }
+    let pick = |t| resolve_task(t, archs, from_token);
+    match (args.runner, args.convert) {
+        (RunnerArg::Auto, ConvertArg::Auto) => pick(args.task),
+        (RunnerArg::Generate, ConvertArg::Auto | ConvertArg::None) => pick(TaskArg::Generate),
+        (RunnerArg::Generate, c) => bail!("--convert {}: conversions are for --runner pooling", format!("{c:?}").to_lowercase()),
+        (_, ConvertArg::Embed) => pick(TaskArg::Embed),
+        (_, ConvertArg::Classify) => pick(TaskArg::Classify),
+        (_, ConvertArg::Reward) => pick(TaskArg::Reward),
+        (RunnerArg::Auto, ConvertArg::None) => pick(TaskArg::Auto),
+        (RunnerArg::Pooling, ConvertArg::Auto | ConvertArg::None) => match pick(TaskArg::Auto)? {
+            Task::Generate => pick(TaskArg::Embed),
+            pooling => Ok(pooling),
+        },
+    }
+}
+
 /// Where requests enter the pipeline: HTTP connections (`serve`) or the lines of a JSONL
 /// file (`run-batch`). Everything after the entry is the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +191,7 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
     let from_token = FromToken::from_config(location.config()?.as_ref())
         .map_err(|m| anyhow::anyhow!("--hf-overrides / config.json: {m}"))?
         .is_some();
-    let task = resolve_task(args.task, &encoder::architectures(&location)?, from_token)?;
+    let task = resolve_runner(args, &encoder::architectures(&location)?, from_token)?;
     // The pipeline file before the weights: a wrong one should not wait for the model to load.
     let spec = match (&args.pipeline, task, edge) {
         (Some(path), _, _) => PipelineSpec::load(path)?,

@@ -198,3 +198,19 @@ fn hf_overrides_and_classify_errors_stop_start_up() {
     let err = common::start_fails(&[&llama, "--hf-overrides", r#"{"architectures": ["Qwen3ForSequenceClassification"]}"#]);
     assert!(err.contains("Qwen3ForSequenceClassification is not supported"), "{err}");
 }
+
+/// Newer vLLM's spelling: `--runner pooling --convert reward` is `--task reward`, and
+/// `--runner pooling` alone embeds a causal LM; mixing the two spellings is refused.
+#[test]
+fn runner_and_convert_are_the_task_by_another_name() {
+    let s = start("tiny-llama", &["--runner", "pooling", "--convert", "reward", "--dtype", "float32"]);
+    check_rows(s, &reference("tiny_llama_token_states.json")[..2], 64);
+    let s = start("tiny-llama", &["--runner", "pooling", "--dtype", "float32"]);
+    let v = ok(s, "/v1/embeddings", json!({"input": "hello"}));
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 64);
+    let llama = fixture("tiny-llama");
+    let err = common::start_fails(&[&llama, "--task", "embed", "--runner", "pooling"]);
+    assert!(err.contains("give either --task or --runner/--convert"), "{err}");
+    let err = common::start_fails(&[&llama, "--runner", "generate", "--convert", "embed"]);
+    assert!(err.contains("conversions are for --runner pooling"), "{err}");
+}
