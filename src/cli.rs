@@ -134,7 +134,8 @@ pub struct ServeArgs {
     /// A JSON object merged over the model's config.json before anything reads it (vLLM's
     /// flag), e.g. '{"architectures": ["Qwen2ForSequenceClassification"],
     /// "classifier_from_token": ["no", "yes"], "method": "from_2_way_softmax"}'.
-    #[arg(long, value_name = "JSON")]
+    /// `--hf_overrides`, as vLLM's own recipes spell it, is the same flag.
+    #[arg(long, value_name = "JSON", alias = "hf_overrides")]
     pub hf_overrides: Option<String>,
 
     /// Address to listen on.

@@ -150,7 +150,8 @@ fn classifier_from_token_two_way_softmax_scores_like_the_lm_head() {
 fn classifier_from_token_without_post_processing_keeps_each_tokens_logit() {
     // The architecture overridden to a classifier: auto picks classify. Mistral's LM head is
     // its own tensor, not the embeddings.
-    let s = start("tiny-mistral", &["--dtype", "float32", "--hf-overrides", NO_POST]);
+    // `--hf_overrides`: vLLM's recipes spell it with an underscore.
+    let s = start("tiny-mistral", &["--dtype", "float32", "--hf_overrides", NO_POST]);
     let refs = reference("tiny_mistral_no_post.json");
     let singles: Vec<&Value> = refs.iter().filter(|r| r["text_pair"].is_null()).collect();
     let texts: Vec<&str> = singles.iter().map(|r| r["text"].as_str().unwrap()).collect();
