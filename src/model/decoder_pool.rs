@@ -72,8 +72,9 @@ pub enum FromToken {
 }
 
 impl FromToken {
-    /// Reads `classifier_from_token` and `method` (`is_original_qwen3_reranker` implies
-    /// `from_2_way_softmax`, as vLLM's Qwen3 rule); none when neither is given.
+    /// Reads `classifier_from_token` and `method`; none when neither is given.
+    /// `is_original_qwen3_reranker` implies `from_2_way_softmax` (vLLM reads that key for
+    /// Qwen3 only; here, for any architecture).
     pub fn from_config(config: Option<&Json>) -> Result<Option<Self>, String> {
         let Some(c) = config else { return Ok(None) };
         let tokens = c.get("classifier_from_token").filter(|v| !v.is_null());
@@ -305,5 +306,35 @@ impl PoolingBackbone for DecoderPooler {
             "{:?} decoder, {} layers, hidden {}, {} heads ({} KV), vocab {}, dtype {:?}",
             c.arch, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size, self.llama.dtype
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn from_token_reads_vllms_keys() {
+        let read = |c: Json| FromToken::from_config(Some(&c));
+        assert_eq!(read(json!({"architectures": ["LlamaForCausalLM"]})), Ok(None));
+        let pair = || ["no".to_string(), "yes".to_string()];
+        assert_eq!(
+            read(json!({"classifier_from_token": ["no", "yes"], "method": "from_2_way_softmax"})),
+            Ok(Some(FromToken::TwoWaySoftmax(pair())))
+        );
+        assert_eq!(
+            read(json!({"classifier_from_token": ["no", "yes"], "is_original_qwen3_reranker": true})),
+            Ok(Some(FromToken::TwoWaySoftmax(pair())))
+        );
+        assert_eq!(
+            read(json!({"classifier_from_token": ["a", "b", "c"], "method": "no_post_processing"})),
+            Ok(Some(FromToken::NoPostProcessing(vec!["a".into(), "b".into(), "c".into()])))
+        );
+        assert!(read(json!({"classifier_from_token": ["a"]})).unwrap_err().contains("needs a method"));
+        assert!(read(json!({"method": "no_post_processing"})).unwrap_err().contains("needs classifier_from_token"));
+        assert!(read(json!({"classifier_from_token": ["a", 1], "method": "no_post_processing"})).is_err());
+        assert!(read(json!({"classifier_from_token": [], "method": "no_post_processing"})).is_err());
+        assert!(read(json!({"classifier_from_token": ["a"], "method": "softmax"})).unwrap_err().contains("not supported"));
     }
 }
