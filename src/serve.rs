@@ -192,6 +192,14 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
         .map_err(|m| anyhow::anyhow!("--hf-overrides / config.json: {m}"))?
         .is_some();
     let task = resolve_runner(args, &encoder::architectures(&location)?, from_token)?;
+    if from_token && task != Task::Classify {
+        // vLLM, too, converts only a model served as a classifier.
+        tracing::warn!(
+            "classifier_from_token is not used for --task {}: serve the model with --task classify, or name a \
+             *ForSequenceClassification architecture in --hf-overrides so that --task score and auto classify",
+            task.name()
+        );
+    }
     // The pipeline file before the weights: a wrong one should not wait for the model to load.
     let spec = match (&args.pipeline, task, edge) {
         (Some(path), _, _) => PipelineSpec::load(path)?,
