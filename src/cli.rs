@@ -138,6 +138,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "JSON", alias = "hf_overrides")]
     pub hf_overrides: Option<String>,
 
+    /// A process reward model's STEP pooling, as vLLM's pooler config: a JSON object with
+    /// `step_tag_id` (the step token; Qwen2's `<extra_0>`, 151651, by default) and
+    /// `returned_token_ids` (which labels to keep). `--pooler-config` is the same flag.
+    #[arg(long, value_name = "JSON", alias = "pooler-config")]
+    pub override_pooler_config: Option<String>,
+
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,

@@ -192,6 +192,9 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
         .map_err(|m| anyhow::anyhow!("--hf-overrides / config.json: {m}"))?
         .is_some();
     let task = resolve_runner(args, &encoder::architectures(&location)?, from_token)?;
+    if args.override_pooler_config.is_some() && task == Task::Generate {
+        bail!("--override-pooler-config is for pooling models; this model is served for --task generate");
+    }
     if from_token && task != Task::Classify {
         // vLLM, too, converts only a model served as a classifier.
         tracing::warn!(
@@ -323,7 +326,12 @@ fn build_pooling(
     edge: Edge,
 ) -> Result<Server> {
     let loaded = encoder::load(location, task, device, &args.dtype, args.max_model_len)?;
-    let (model, info) = (loaded.model, loaded.info);
+    let (mut model, info) = (loaded.model, loaded.info);
+    if let Some(arg) = &args.override_pooler_config {
+        let overrides: serde_json::Value =
+            serde_json::from_str(arg).map_err(|e| anyhow::anyhow!("--override-pooler-config is not valid JSON ({e}): {arg}"))?;
+        model.override_pooler(&overrides).map_err(|m| anyhow::anyhow!("--override-pooler-config: {m}"))?;
+    }
     tracing::info!(
         "loaded in {:.1}s: {}, device {:?}, longest input {} tokens",
         t0.elapsed().as_secs_f64(),

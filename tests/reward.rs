@@ -1,6 +1,7 @@
 //! Reward models and causal LMs converted into classifiers, over HTTP against transformers:
 //! `--task reward` on the tiny Llama (every token's final hidden state on /pooling), the
-//! tiny Qwen2ForRewardModel (a reward per token), and `--hf-overrides` with
+//! tiny Qwen2ForRewardModel (a reward per token) and Qwen2ForProcessRewardModel (STEP
+//! pooling), and `--hf-overrides` with
 //! `classifier_from_token` turning the tiny Llama (tied LM head, `from_2_way_softmax`) and
 //! the tiny Mistral (its own LM head, `no_post_processing`) into classifiers on /classify,
 //! /score and /rerank. References: tests/fixtures/reference/reward_and_from_token.py.
@@ -99,6 +100,41 @@ fn a_qwen2_reward_model_gives_one_reward_per_token() {
     check_rows(s, &reference("tiny_qwen2_rewards.json"), 1);
     let err = common::start_fails(&[&fixture("tiny-qwen2-reward"), "--task", "embed"]);
     assert!(err.contains("--task embed: Qwen2ForRewardModel is a reward model; serve it with --task reward"), "{err}");
+}
+
+/// A process reward model (vLLM's STEP pooling): only the rows of the step token, softmaxed
+/// over the two labels; `returned_token_ids` picks (and orders) the labels kept.
+#[test]
+fn a_qwen2_process_reward_model_scores_the_step_tokens() {
+    let refs = reference("tiny_qwen2_prm_steps.json");
+    let s = start("tiny-qwen2-prm", &["--dtype", "float32", "--override-pooler-config", r#"{"step_tag_id": 30}"#]);
+    let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    let v = ok(s, "/pooling", json!({"input": texts}));
+    let mut steps = 0;
+    for (d, r) in v["data"].as_array().unwrap().iter().zip(&refs) {
+        let (got, want) = (rows(&d["data"]), rows(&r["rows"]));
+        assert_eq!(got.len(), want.len(), "{}: one row per step token", r["id"]);
+        for (g, w) in got.iter().zip(&want) {
+            assert_close(&format!("{}", r["id"]), g, w, 1e-4);
+        }
+        steps += got.len();
+    }
+    assert!(steps >= 3, "the texts have step tokens");
+
+    let s = start("tiny-qwen2-prm", &["--dtype", "float32", "--pooler-config", r#"{"step_tag_id": 30, "returned_token_ids": [1]}"#]);
+    let v = ok(s, "/pooling", json!({"input": texts[2]}));
+    assert_eq!(rows(&v["data"][0]["data"]), vec![vec![1.0]], "softmax over the one label kept");
+
+    let prm = fixture("tiny-qwen2-prm");
+    for (arg, want) in [
+        (r#"{"returned_token_ids": [2]}"#, "returned_token_ids: 2 is not below the model's 2 labels"),
+        (r#"{"pooling_type": "MEAN"}"#, "\"pooling_type\" is not supported"),
+    ] {
+        let err = common::start_fails(&[&prm, "--override-pooler-config", arg]);
+        assert!(err.contains(want), "{arg}: {err}");
+    }
+    let err = common::start_fails(&[&fixture("tiny-qwen2-reward"), "--override-pooler-config", r#"{"step_tag_id": 30}"#]);
+    assert!(err.contains("apply to process reward models (STEP pooling) only"), "{err}");
 }
 
 /// Probabilities within 1e-4, and the two-way logit recovered from its sigmoid where the

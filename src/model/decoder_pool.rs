@@ -40,8 +40,8 @@ enum Head {
     /// A linear layer `[labels, hidden]` on the last token: a `*ForSequenceClassification`
     /// model's `score`, or one built from LM-head rows (`classifier_from_token`).
     Score(Tensor),
-    /// `Qwen2ForRewardModel`'s `score`: Linear(hidden, hidden) + ReLU + Linear(hidden,
-    /// labels), with biases, on every token.
+    /// `Qwen2ForRewardModel`'s and `Qwen2ForProcessRewardModel`'s `score`: Linear(hidden,
+    /// hidden) + ReLU + Linear(hidden, labels), with biases, on every token.
     RewardMlp { w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor },
 }
 
@@ -57,7 +57,7 @@ pub fn is_decoder_classifier(arch: &str) -> bool {
 
 /// Whether an architecture is a decoder reward model with its own per-token head.
 pub fn is_decoder_reward(arch: &str) -> bool {
-    arch == "Qwen2ForRewardModel"
+    matches!(arch, "Qwen2ForRewardModel" | "Qwen2ForProcessRewardModel")
 }
 
 /// vLLM's conversion of a causal LM into a classifier from its LM head (`as_seq_cls_model`
@@ -205,6 +205,10 @@ pub fn load(
             let n = s.size()[0] as usize;
             (EncoderKind::Classifier { labels: labels(config.as_ref(), n) }, n)
         }
+        (Head::RewardMlp { w2, .. }, _) if archs.iter().any(|a| a == "Qwen2ForProcessRewardModel") => (
+            EncoderKind::StepRewards { step_tag_id: super::encoder::QWEN2_PRM_STEP_TAG_ID, returned: None },
+            w2.size()[0] as usize,
+        ),
         (Head::RewardMlp { w2, .. }, _) => (EncoderKind::TokenRewards, w2.size()[0] as usize),
         (Head::None, None) => (EncoderKind::TokenRewards, hidden),
         (Head::None, Some(p)) => {

@@ -26,6 +26,9 @@ pub enum EncoderKind {
     /// One row per token (`--task reward`): the final hidden states, or a reward model's
     /// per-token outputs, as they are (vLLM's ALL pooling, no normalisation).
     TokenRewards,
+    /// A process reward model's rows at its step tokens (vLLM's STEP pooling): the tokens
+    /// equal to `step_tag_id`, the columns `returned` (all when none), softmaxed.
+    StepRewards { step_tag_id: u32, returned: Option<Vec<usize>> },
 }
 
 /// Matryoshka embeddings: the vector may be cut to fewer dimensions.
@@ -164,7 +167,9 @@ pub fn load(
     let width = match &kind {
         EncoderKind::Embedding(_) => cfg.hidden_size,
         EncoderKind::Classifier { labels } => labels.len(),
-        EncoderKind::TokenRewards => unreachable!("BERT loads as an embedding model or a classifier"),
+        EncoderKind::TokenRewards | EncoderKind::StepRewards { .. } => {
+            unreachable!("BERT loads as an embedding model or a classifier")
+        }
     };
     let matryoshka = matryoshka(&config);
 
@@ -236,23 +241,33 @@ impl EncoderModel {
         let out: Tensor = match &self.kind {
             EncoderKind::Embedding(p) => self.backbone.pooled(inputs, p.mode),
             EncoderKind::Classifier { .. } => self.backbone.classify(inputs),
-            EncoderKind::TokenRewards => self.backbone.token_outputs(inputs),
+            EncoderKind::TokenRewards | EncoderKind::StepRewards { .. } => self.backbone.token_outputs(inputs),
         };
         let out = out.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
         let width = out.size()[1] as usize;
         let flat: Vec<f32> = Vec::try_from(out.view([-1])).unwrap_or_default();
+        // Per-token outputs: each input's rows, one input after another.
+        let per_input = || {
+            let mut rest = flat.as_slice();
+            inputs.iter().map(move |i| {
+                let (mine, tail) = rest.split_at(i.ids.len() * width);
+                rest = tail;
+                (i, mine)
+            })
+        };
         match &self.kind {
-            EncoderKind::TokenRewards => {
-                let mut rest = flat.as_slice();
-                inputs
-                    .iter()
-                    .map(|i| {
-                        let (mine, tail) = rest.split_at(i.ids.len() * width);
-                        rest = tail;
-                        mine.to_vec()
-                    })
-                    .collect()
-            }
+            EncoderKind::TokenRewards => per_input().map(|(_, rows)| rows.to_vec()).collect(),
+            EncoderKind::StepRewards { step_tag_id, returned } => per_input()
+                .map(|(input, rows)| {
+                    let steps = rows.chunks(width).zip(&input.ids).filter(|(_, id)| *id == step_tag_id);
+                    steps
+                        .flat_map(|(row, _)| match returned {
+                            Some(cols) => pooling::softmax(&cols.iter().map(|&c| row[c]).collect::<Vec<_>>()),
+                            None => pooling::softmax(row),
+                        })
+                        .collect()
+                })
+                .collect(),
             _ => flat.chunks(width.max(1)).map(<[f32]>::to_vec).collect(),
         }
     }
@@ -269,7 +284,7 @@ impl EncoderModel {
     pub fn labels(&self) -> &[String] {
         match &self.kind {
             EncoderKind::Classifier { labels } => labels,
-            EncoderKind::Embedding(_) | EncoderKind::TokenRewards => &[],
+            EncoderKind::Embedding(_) | EncoderKind::TokenRewards | EncoderKind::StepRewards { .. } => &[],
         }
     }
 }
@@ -291,7 +306,39 @@ pub struct PoolingInfo {
     pub join_pairs: bool,
 }
 
+/// vLLM's default step token of Qwen2 process reward models (`<extra_0>`).
+pub const QWEN2_PRM_STEP_TAG_ID: u32 = 151651;
+
 impl EncoderModel {
+    /// `--override-pooler-config`: `step_tag_id` and `returned_token_ids`, the STEP
+    /// pooling settings of a process reward model (vLLM's pooler config keys).
+    pub fn override_pooler(&mut self, overrides: &Json) -> Result<(), String> {
+        let Json::Object(map) = overrides else { return Err("must be a JSON object".into()) };
+        if let Some(k) = map.keys().find(|k| !matches!(k.as_str(), "step_tag_id" | "returned_token_ids")) {
+            return Err(format!("{k:?} is not supported (step_tag_id, returned_token_ids are)"));
+        }
+        let labels = self.width;
+        let EncoderKind::StepRewards { step_tag_id, returned } = &mut self.kind else {
+            return Err("step_tag_id and returned_token_ids apply to process reward models (STEP pooling) only".into());
+        };
+        if let Some(v) = map.get("step_tag_id") {
+            *step_tag_id = v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or("step_tag_id must be a token id")?;
+        }
+        if let Some(v) = map.get("returned_token_ids") {
+            let cols: Vec<usize> = v
+                .as_array()
+                .map(|a| a.iter().filter_map(Json::as_u64).map(|c| c as usize).collect())
+                .filter(|c: &Vec<usize>| !c.is_empty() && c.len() == v.as_array().map_or(0, Vec::len))
+                .ok_or("returned_token_ids must be a non-empty list of label indexes")?;
+            if let Some(c) = cols.iter().find(|&&c| c >= labels) {
+                return Err(format!("returned_token_ids: {c} is not below the model's {labels} labels"));
+            }
+            self.width = cols.len();
+            *returned = Some(cols);
+        }
+        Ok(())
+    }
+
     pub fn info(&self) -> PoolingInfo {
         PoolingInfo {
             embedding: self.is_embedding(),
@@ -299,7 +346,7 @@ impl EncoderModel {
             matryoshka: self.matryoshka.clone(),
             width: self.width,
             labels: self.labels().to_vec(),
-            per_token: matches!(self.kind, EncoderKind::TokenRewards),
+            per_token: matches!(self.kind, EncoderKind::TokenRewards | EncoderKind::StepRewards { .. }),
             join_pairs: self.join_pairs,
         }
     }
