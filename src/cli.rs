@@ -87,6 +87,25 @@ pub enum TaskArg {
     Reward,
 }
 
+/// `--runner`: newer vLLM's spelling of the task's first half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunnerArg {
+    Auto,
+    Generate,
+    Pooling,
+}
+
+/// `--convert`: how a model becomes a pooling model under `--runner pooling` (vLLM 0.10's
+/// names; `reward` is `--task reward`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConvertArg {
+    Auto,
+    None,
+    Embed,
+    Classify,
+    Reward,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// A GGUF file, a Hugging Face model folder, or the id of a model in the local Hugging
@@ -99,9 +118,31 @@ pub struct ServeArgs {
     pub model: Option<String>,
 
     /// What to serve the model for: text generation, or a pooling task (embed, classify,
-    /// score). auto picks from the model's architecture.
+    /// score, reward). auto picks from the model's architecture.
     #[arg(long, value_enum, default_value_t = TaskArg::Auto)]
     pub task: TaskArg,
+
+    /// Newer vLLM's form of --task: generate, or pooling (with --convert saying which kind;
+    /// auto: the architecture's own, embeddings for a causal LM).
+    #[arg(long, value_enum, default_value_t = RunnerArg::Auto)]
+    pub runner: RunnerArg,
+
+    /// With --runner pooling (or alone): embed, classify or reward, as --task would say.
+    #[arg(long, value_enum, default_value_t = ConvertArg::Auto)]
+    pub convert: ConvertArg,
+
+    /// A JSON object merged over the model's config.json before anything reads it (vLLM's
+    /// flag), e.g. '{"architectures": ["Qwen2ForSequenceClassification"],
+    /// "classifier_from_token": ["no", "yes"], "method": "from_2_way_softmax"}'.
+    /// `--hf_overrides`, as vLLM's own recipes spell it, is the same flag.
+    #[arg(long, value_name = "JSON", alias = "hf_overrides")]
+    pub hf_overrides: Option<String>,
+
+    /// A process reward model's STEP pooling, as vLLM's pooler config: a JSON object with
+    /// `step_tag_id` (the step token; Qwen2's `<extra_0>`, 151651, by default) and
+    /// `returned_token_ids` (which labels to keep). `--pooler-config` is the same flag.
+    #[arg(long, value_name = "JSON", alias = "pooler-config")]
+    pub override_pooler_config: Option<String>,
 
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]

@@ -14,6 +14,7 @@ use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::chat_template::ChatTemplate;
 use crate::model::kv_cache::KvCache;
+use crate::model::decoder_pool::{FromToken, is_decoder_reward};
 use crate::model::encoder::{self, encoder_arch};
 use crate::model::{self, LoadOptions, resolve};
 use crate::pipeline::{Pipeline, PipelineSpec};
@@ -80,15 +81,29 @@ impl Server {
 
 /// What `--task` asks for, checked against the model's architectures (vLLM's rules:
 /// `auto` picks generation for `*ForCausalLM` and GGUF files, embeddings for encoders,
-/// classification for `*ForSequenceClassification`; `embed` or `score` on a causal LM
-/// pools its last token).
-pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> {
+/// classification for `*ForSequenceClassification`, rewards for reward models; `embed` or
+/// `score` on a causal LM pools its last token, `reward` returns its tokens' hidden states,
+/// and `classify` needs a head — the folder's, or one `classifier_from_token` converts from
+/// the LM head).
+pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String], from_token: bool) -> Result<Task> {
     let encoder = archs.iter().find_map(|a| encoder_arch(a));
     let named = archs.first().map(String::as_str).unwrap_or("the model");
     let generative = archs.is_empty() || archs.iter().any(|a| a.ends_with("ForCausalLM"));
     use crate::cli::TaskArg;
+    if archs.iter().any(|a| is_decoder_reward(a)) {
+        return match arg {
+            TaskArg::Auto | TaskArg::Reward => Ok(Task::Reward),
+            _ => bail!(
+                "--task {}: {named} is a reward model; serve it with --task reward (per-token rewards on /pooling)",
+                format!("{arg:?}").to_lowercase()
+            ),
+        };
+    }
     Ok(match (arg, encoder) {
-        (TaskArg::Reward, _) => bail!("--task reward is not supported yet (generate, embed, classify, score are)"),
+        (TaskArg::Reward, None) if generative => Task::Reward,
+        (TaskArg::Reward, Some(_)) => {
+            bail!("--task reward: {named} is not a reward model or a causal LM; serve it with --task embed, classify or score")
+        }
         (TaskArg::Auto | TaskArg::Generate, None) if generative => Task::Generate,
         (TaskArg::Auto, Some(false)) | (TaskArg::Embed, Some(false)) | (TaskArg::Score, Some(false)) => Task::Embed,
         (TaskArg::Auto, Some(true)) | (TaskArg::Classify, Some(true)) | (TaskArg::Score, Some(true)) => Task::Classify,
@@ -102,15 +117,43 @@ pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String]) -> Result<Task> 
             bail!("--task classify: {named} has no classification head; serve it with --task embed or score")
         }
         (TaskArg::Embed | TaskArg::Score, None) if generative => Task::Embed,
+        (TaskArg::Classify, None) if generative && from_token => Task::Classify,
         (TaskArg::Classify, None) if generative => bail!(
-            "--task classify: {named} has no classification head; serve a *ForSequenceClassification model \
-             (a causal LM serves --task embed, with last-token pooling)"
+            "--task classify: {named} has no classification head; serve a *ForSequenceClassification model, or \
+             convert this one from its LM head with --hf-overrides '{{\"classifier_from_token\": [...], \"method\": \
+             \"from_2_way_softmax\" or \"no_post_processing\"}}' (a causal LM serves --task embed, with last-token \
+             pooling)"
         ),
         (_, None) => bail!(
             "architecture {named} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and \
-             their ForSequenceClassification forms, BertModel, BertForSequenceClassification are)"
+             their ForSequenceClassification forms, Qwen2ForRewardModel, BertModel, BertForSequenceClassification are)"
         ),
     })
+}
+
+/// `--task`, or newer vLLM's `--runner` and `--convert` (one spelling at a time):
+/// `--convert embed|classify|reward` is that task, `--runner generate` is `--task
+/// generate`, and `--runner pooling` alone serves the architecture's own pooling task —
+/// embeddings for a causal LM.
+pub fn resolve_runner(args: &ServeArgs, archs: &[String], from_token: bool) -> Result<Task> {
+    use crate::cli::{ConvertArg, RunnerArg, TaskArg};
+    if args.task != TaskArg::Auto && (args.runner != RunnerArg::Auto || args.convert != ConvertArg::Auto) {
+        bail!("give either --task or --runner/--convert, not both");
+    }
+    let pick = |t| resolve_task(t, archs, from_token);
+    match (args.runner, args.convert) {
+        (RunnerArg::Auto, ConvertArg::Auto) => pick(args.task),
+        (RunnerArg::Generate, ConvertArg::Auto | ConvertArg::None) => pick(TaskArg::Generate),
+        (RunnerArg::Generate, c) => bail!("--convert {}: conversions are for --runner pooling", format!("{c:?}").to_lowercase()),
+        (_, ConvertArg::Embed) => pick(TaskArg::Embed),
+        (_, ConvertArg::Classify) => pick(TaskArg::Classify),
+        (_, ConvertArg::Reward) => pick(TaskArg::Reward),
+        (RunnerArg::Auto, ConvertArg::None) => pick(TaskArg::Auto),
+        (RunnerArg::Pooling, ConvertArg::Auto | ConvertArg::None) => match pick(TaskArg::Auto)? {
+            Task::Generate => pick(TaskArg::Embed),
+            pooling => Ok(pooling),
+        },
+    }
 }
 
 /// Where requests enter the pipeline: HTTP connections (`serve`) or the lines of a JSONL
@@ -139,8 +182,27 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
 /// Loads the model and starts the pipeline fed by `edge`.
 pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
     check_vllm_flags(args)?;
-    let location = resolve::resolve(args.model_arg())?;
-    let task = resolve_task(args.task, &encoder::architectures(&location)?)?;
+    let mut location = resolve::resolve(args.model_arg())?;
+    if let Some(arg) = &args.hf_overrides {
+        let overrides = resolve::parse_overrides(arg).map_err(anyhow::Error::msg)?;
+        tracing::info!("--hf-overrides over config.json: {overrides}");
+        location.hf_overrides = Some(overrides);
+    }
+    let from_token = FromToken::from_config(location.config()?.as_ref())
+        .map_err(|m| anyhow::anyhow!("--hf-overrides / config.json: {m}"))?
+        .is_some();
+    let task = resolve_runner(args, &encoder::architectures(&location)?, from_token)?;
+    if args.override_pooler_config.is_some() && task == Task::Generate {
+        bail!("--override-pooler-config is for pooling models; this model is served for --task generate");
+    }
+    if from_token && task != Task::Classify {
+        // vLLM, too, converts only a model served as a classifier.
+        tracing::warn!(
+            "classifier_from_token is not used for --task {}: serve the model with --task classify, or name a \
+             *ForSequenceClassification architecture in --hf-overrides so that --task score and auto classify",
+            task.name()
+        );
+    }
     // The pipeline file before the weights: a wrong one should not wait for the model to load.
     let spec = match (&args.pipeline, task, edge) {
         (Some(path), _, _) => PipelineSpec::load(path)?,
@@ -262,8 +324,13 @@ fn build_pooling(
     t0: Instant,
     edge: Edge,
 ) -> Result<Server> {
-    let loaded = model::on_passing_thread(|| encoder::load(location, device, &args.dtype, args.max_model_len))?;
-    let (model, info) = (loaded.model, loaded.info);
+    let loaded = model::on_passing_thread(|| encoder::load(location, task, device, &args.dtype, args.max_model_len))?;
+    let (mut model, info) = (loaded.model, loaded.info);
+    if let Some(arg) = &args.override_pooler_config {
+        let overrides: serde_json::Value =
+            serde_json::from_str(arg).map_err(|e| anyhow::anyhow!("--override-pooler-config is not valid JSON ({e}): {arg}"))?;
+        model.override_pooler(&overrides).map_err(|m| anyhow::anyhow!("--override-pooler-config: {m}"))?;
+    }
     tracing::info!(
         "loaded in {:.1}s: {}, device {:?}, longest input {} tokens",
         t0.elapsed().as_secs_f64(),

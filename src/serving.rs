@@ -95,6 +95,9 @@ pub enum Task {
     Embed,
     /// A classifier or cross-encoder: classification, pooling, and scores.
     Classify,
+    /// Per-token outputs (a reward model's rewards, or a causal LM's hidden states):
+    /// pooling only.
+    Reward,
 }
 
 impl Task {
@@ -103,6 +106,7 @@ impl Task {
             Task::Generate => "generate",
             Task::Embed => "embed",
             Task::Classify => "classify",
+            Task::Reward => "reward",
         }
     }
 
@@ -113,6 +117,7 @@ impl Task {
             Task::Generate => endpoint.generates(),
             Task::Embed => matches!(endpoint, Embeddings | Pooling | Score | Rerank),
             Task::Classify => matches!(endpoint, Classify | Pooling | Score | Rerank),
+            Task::Reward => matches!(endpoint, Pooling),
         }
     }
 
@@ -122,6 +127,7 @@ impl Task {
             Task::Generate => "/v1/completions and /v1/chat/completions",
             Task::Embed => "/v1/embeddings, /pooling, /score and /rerank",
             Task::Classify => "/classify, /pooling, /score and /rerank",
+            Task::Reward => "/pooling",
         }
     }
 }

@@ -37,11 +37,13 @@ impl PoolingUsage {
     }
 }
 
-/// A list of floats, or their little-endian float32 bytes in base64.
+/// A list of floats, one list of floats per token, or their little-endian float32 bytes
+/// (row after row) in base64.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Vector {
     Float(Vec<f32>),
+    Rows(Vec<Vec<f32>>),
     Base64(String),
 }
 

@@ -86,10 +86,10 @@ impl LlamaConfig {
             // The same trunk with a classification head (`score`) instead of the LM head.
             (Some("LlamaForCausalLM" | "LlamaForSequenceClassification"), _) | (None, "llama") => Arch::Llama,
             (Some("MistralForCausalLM" | "MistralForSequenceClassification"), _) | (None, "mistral") => Arch::Mistral,
-            (Some("Qwen2ForCausalLM" | "Qwen2ForSequenceClassification"), _) | (None, "qwen2") => Arch::Qwen2,
+            (Some("Qwen2ForCausalLM" | "Qwen2ForSequenceClassification" | "Qwen2ForRewardModel" | "Qwen2ForProcessRewardModel"), _) | (None, "qwen2") => Arch::Qwen2,
             (Some(a), _) => return Err(format!(
                 "architecture {a} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM \
-                 and their ForSequenceClassification forms are)"
+                 and their ForSequenceClassification forms, Qwen2ForRewardModel, Qwen2ForProcessRewardModel are)"
             )),
             (None, t) => return Err(format!("config.json names no architecture (model_type {t:?})")),
         };

@@ -1,7 +1,12 @@
 //! Llama-family decoders as pooling models, as vLLM serves them: a `*ForCausalLM` model
 //! (or GGUF file) under `--task embed` pools the final hidden state of each input's last
 //! token and normalises it, unless the folder's sentence-transformers files say otherwise;
-//! a `*ForSequenceClassification` folder puts its `score` layer on that last token.
+//! a `*ForSequenceClassification` folder puts its `score` layer on that last token, and a
+//! causal LM becomes such a classifier when its config (or `--hf-overrides`) names
+//! `classifier_from_token` and a `method`: the score layer is built from those tokens'
+//! LM-head rows (vLLM's `as_seq_cls_model` loaders). Under `--task reward` a causal LM
+//! returns every token's final hidden state, and `Qwen2ForRewardModel` its head's reward
+//! per token (vLLM's ALL pooling, no normalisation).
 //!
 //! The forward pass is the generation model's own (`Llama::hidden_states`), run as one
 //! prefill of the batch into a scratch KV cache sized for exactly these inputs and dropped
@@ -10,6 +15,7 @@
 //! The last token is the last token, as in vLLM; transformers' classifiers instead skip
 //! trailing `pad_token_id` tokens, so the two differ only for inputs ending in that token.
 
+use serde_json::Value as Json;
 use tch::{Kind, Tensor};
 
 use super::batch::{SeqChunk, StepBatch};
@@ -19,16 +25,29 @@ use super::kv_cache::KvCache;
 use super::llama::Llama;
 use super::pooling::{self, PoolingConfig, PoolingMode};
 use super::resolve::{Format, ModelLocation};
+use super::tokenizer::Tokenizer;
 use super::weights::{SafetensorsWeights, WeightSource};
-use super::{LoadError, LoadOptions, read_json};
+use super::{LoadError, LoadOptions};
+use crate::serving::Task;
 
 /// Slots per block of the scratch cache (any size works; this wastes little per input).
 const BLOCK: usize = 16;
 
+/// What sits on the trunk's final hidden states.
+enum Head {
+    /// Nothing: the states themselves (embeddings; per-token states under `--task reward`).
+    None,
+    /// A linear layer `[labels, hidden]` on the last token: a `*ForSequenceClassification`
+    /// model's `score`, or one built from LM-head rows (`classifier_from_token`).
+    Score(Tensor),
+    /// `Qwen2ForRewardModel`'s and `Qwen2ForProcessRewardModel`'s `score`: Linear(hidden,
+    /// hidden) + ReLU + Linear(hidden, labels), with biases, on every token.
+    RewardMlp { w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor },
+}
+
 pub struct DecoderPooler {
     llama: Llama,
-    /// The classification head `[labels, hidden]` of a `*ForSequenceClassification` model.
-    score: Option<Tensor>,
+    head: Head,
 }
 
 /// Whether an architecture is a decoder with a classification head.
@@ -36,51 +55,178 @@ pub fn is_decoder_classifier(arch: &str) -> bool {
     matches!(arch, "LlamaForSequenceClassification" | "MistralForSequenceClassification" | "Qwen2ForSequenceClassification")
 }
 
-/// Loads a decoder as a pooling model: a classifier when the folder is a
-/// `*ForSequenceClassification`, else an embedding model.
+/// Whether an architecture is a decoder reward model with its own per-token head.
+pub fn is_decoder_reward(arch: &str) -> bool {
+    matches!(arch, "Qwen2ForRewardModel" | "Qwen2ForProcessRewardModel")
+}
+
+/// vLLM's conversion of a causal LM into a classifier from its LM head (`as_seq_cls_model`
+/// with config.json's — or `--hf-overrides`' — `classifier_from_token` and `method`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FromToken {
+    /// Two tokens `[false, true]`: one label whose weight is the difference of their
+    /// LM-head rows (true − false), so that its sigmoid is the softmax of the pair.
+    TwoWaySoftmax([String; 2]),
+    /// One label per token, its LM-head row as is.
+    NoPostProcessing(Vec<String>),
+}
+
+impl FromToken {
+    /// Reads `classifier_from_token` and `method`; none when neither is given.
+    /// `is_original_qwen3_reranker` implies `from_2_way_softmax` (vLLM reads that key for
+    /// Qwen3 only; here, for any architecture).
+    pub fn from_config(config: Option<&Json>) -> Result<Option<Self>, String> {
+        let Some(c) = config else { return Ok(None) };
+        let tokens = c.get("classifier_from_token").filter(|v| !v.is_null());
+        let mut method = c.get("method").and_then(Json::as_str);
+        if method.is_none() && c.get("is_original_qwen3_reranker").and_then(Json::as_bool) == Some(true) {
+            method = Some("from_2_way_softmax");
+        }
+        let (tokens, method) = match (tokens, method) {
+            (None, None) => return Ok(None),
+            (None, Some(m)) => return Err(format!("method {m:?} needs classifier_from_token (a list of tokens)")),
+            (Some(_), None) => {
+                return Err("classifier_from_token needs a method: \"from_2_way_softmax\" (two tokens, one score) \
+                            or \"no_post_processing\" (one label per token)"
+                    .into());
+            }
+            (Some(t), Some(m)) => (t, m),
+        };
+        let tokens: Vec<String> = tokens
+            .as_array()
+            .map(|a| a.iter().filter_map(Json::as_str).map(str::to_owned).collect::<Vec<_>>())
+            .filter(|v: &Vec<String>| !v.is_empty() && v.len() == tokens.as_array().map_or(0, Vec::len))
+            .ok_or("classifier_from_token must be a non-empty list of token strings")?;
+        match method {
+            "from_2_way_softmax" => match <[String; 2]>::try_from(tokens) {
+                Ok(pair) => Ok(Some(FromToken::TwoWaySoftmax(pair))),
+                Err(t) => Err(format!("method from_2_way_softmax takes two tokens in classifier_from_token, got {}", t.len())),
+            },
+            "no_post_processing" => Ok(Some(FromToken::NoPostProcessing(tokens))),
+            other => Err(format!("method {other:?} is not supported (from_2_way_softmax, no_post_processing are)")),
+        }
+    }
+
+    fn tokens(&self) -> &[String] {
+        match self {
+            FromToken::TwoWaySoftmax(t) => t,
+            FromToken::NoPostProcessing(t) => t,
+        }
+    }
+
+    /// The score layer `[labels, hidden]` (float32) from the rows of `lm_head`.
+    fn score(&self, lm_head: &Tensor, tokenizer: &Tokenizer) -> Result<Tensor, LoadError> {
+        let ids = self
+            .tokens()
+            .iter()
+            .map(|t| {
+                tokenizer.token_to_id(t).map(i64::from).ok_or_else(|| {
+                    LoadError::Unsupported(format!("classifier_from_token: {t:?} is not a token of this model's vocabulary"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = lm_head.index_select(0, &Tensor::from_slice(&ids).to_device(lm_head.device())).to_kind(Kind::Float);
+        Ok(match self {
+            FromToken::TwoWaySoftmax(_) => (rows.get(1) - rows.get(0)).unsqueeze(0),
+            FromToken::NoPostProcessing(_) => rows,
+        })
+    }
+}
+
+/// Loads a decoder as the pooling model `task` asks for: a classifier (the folder's
+/// `score` head, or one converted from the LM head), per-token states or rewards, or an
+/// embedding model.
 pub fn load(
     location: ModelLocation,
+    task: Task,
     device: tch::Device,
     dtype: &str,
     max_model_len: Option<usize>,
 ) -> Result<LoadedEncoder, LoadError> {
-    let classifier = architectures(&location)?.iter().any(|a| is_decoder_classifier(a));
-    // What the folder says beyond the trunk: its head, or its sentence-transformers pooling.
-    let (head, pooling, config) = match &location.format {
-        Format::HfDir(dir) => {
-            let config = read_json(&dir.join("config.json"))?;
-            if classifier {
-                let score = SafetensorsWeights::open(dir)?
-                    .get("score.weight")?
-                    .ok_or_else(|| LoadError::MissingTensor("score.weight".into()))?;
-                (Some(score), None, config)
-            } else {
-                (None, Some(PoolingConfig::from_dir(dir, PoolingMode::Last)?), config)
-            }
+    let archs = architectures(&location)?;
+    let named = archs.first().map(String::as_str).unwrap_or("the model").to_owned();
+    let config = location.config()?;
+    let bad = |msg: String| LoadError::Format { path: location.path().to_owned(), msg };
+    let from_token = FromToken::from_config(config.as_ref()).map_err(|m| bad(format!("--hf-overrides / config.json: {m}")))?;
+    let folder_weights = |name: &str| -> Result<Option<Tensor>, LoadError> {
+        match &location.format {
+            Format::HfDir(dir) => SafetensorsWeights::open(dir)?.get(name),
+            Format::Gguf(_) => Ok(None),
         }
-        Format::Gguf(_) => (None, Some(PoolingConfig::default_for(PoolingMode::Last)), None),
+    };
+    // The head's weights from the folder, before the trunk (a missing one fails fast).
+    let (folder_head, pooling) = match task {
+        Task::Classify if from_token.is_some() => (Head::None, None),
+        Task::Classify => {
+            let score = folder_weights("score.weight")?.ok_or_else(|| {
+                LoadError::Unsupported(format!(
+                    "--task classify: {named} has no classification head (no score.weight); serve a \
+                     *ForSequenceClassification model, or convert this one from its LM head with --hf-overrides \
+                     '{{\"classifier_from_token\": [...], \"method\": \"from_2_way_softmax\" or \"no_post_processing\"}}'"
+                ))
+            })?;
+            (Head::Score(score), None)
+        }
+        Task::Reward if archs.iter().any(|a| is_decoder_reward(a)) => {
+            let get = |n: &str| folder_weights(n)?.ok_or_else(|| LoadError::MissingTensor(n.into()));
+            let head =
+                Head::RewardMlp { w1: get("score.0.weight")?, b1: get("score.0.bias")?, w2: get("score.2.weight")?, b2: get("score.2.bias")? };
+            (head, None)
+        }
+        Task::Reward => (Head::None, None),
+        Task::Embed | Task::Generate => {
+            let p = match &location.format {
+                Format::HfDir(dir) => PoolingConfig::from_dir(dir, PoolingMode::Last)?,
+                Format::Gguf(_) => PoolingConfig::default_for(PoolingMode::Last),
+            };
+            (Head::None, Some(p))
+        }
     };
     let loaded = super::load(location, &LoadOptions { device, dtype, max_model_len })?;
     let (llama, mut info) = (loaded.llama, loaded.info);
-    let score = head.map(|t| t.to_device(llama.device).to_kind(llama.dtype).contiguous());
-    let (kind, width) = match (&score, pooling) {
-        (Some(s), _) => {
+    let place = |t: Tensor| t.to_device(llama.device).to_kind(llama.dtype).contiguous();
+    // As in vLLM, a classifier's score layer runs in float32 whatever the trunk's dtype.
+    let score_f32 = |t: Tensor| t.to_device(llama.device).to_kind(Kind::Float).contiguous();
+    let head = match (folder_head, &from_token) {
+        (Head::None, Some(ft)) if task == Task::Classify => {
+            let score = ft.score(llama.lm_head(), &info.tokenizer)?;
+            tracing::info!("classifier converted from the LM head rows of {:?} ({ft:?})", ft.tokens());
+            Head::Score(score_f32(score))
+        }
+        (Head::Score(s), _) => Head::Score(score_f32(s)),
+        (Head::RewardMlp { w1, b1, w2, b2 }, _) => {
+            Head::RewardMlp { w1: place(w1), b1: place(b1), w2: place(w2), b2: place(b2) }
+        }
+        (Head::None, _) => Head::None,
+    };
+    let hidden = llama.cfg.hidden_size;
+    let (kind, width) = match (&head, pooling) {
+        (Head::Score(s), _) => {
             let n = s.size()[0] as usize;
             (EncoderKind::Classifier { labels: labels(config.as_ref(), n) }, n)
         }
-        (None, Some(p)) => {
+        (Head::RewardMlp { w2, .. }, _) if archs.iter().any(|a| a == "Qwen2ForProcessRewardModel") => (
+            EncoderKind::StepRewards { step_tag_id: super::encoder::QWEN2_PRM_STEP_TAG_ID, returned: None },
+            w2.size()[0] as usize,
+        ),
+        (Head::RewardMlp { w2, .. }, _) => (EncoderKind::TokenRewards, w2.size()[0] as usize),
+        (Head::None, None) => (EncoderKind::TokenRewards, hidden),
+        (Head::None, Some(p)) => {
             // sentence-transformers' own limit, unless --max-model-len chose one.
             if let (Some(m), None) = (p.max_seq_length, max_model_len) {
                 info.max_model_len = info.max_model_len.min(m);
             }
-            (EncoderKind::Embedding(p), llama.cfg.hidden_size)
+            (EncoderKind::Embedding(p), hidden)
         }
-        (None, None) => unreachable!("a decoder without a head is an embedding model"),
     };
     let matryoshka = config.as_ref().and_then(super::encoder::matryoshka);
+    // vLLM's `use_sep_token` (formerly `use_pad_token`): an LLM converted into a reranker
+    // scores a pair as the two texts joined, not as the tokenizer's pair template.
+    let separate = config.as_ref().and_then(|c| c.get("use_sep_token").or_else(|| c.get("use_pad_token"))).and_then(Json::as_bool);
+    let join_pairs = !separate.unwrap_or(from_token.is_none());
     tracing::info!("pooling model: {:?} decoder, {:?}", llama.cfg.arch, kind);
-    let backbone = Box::new(DecoderPooler { llama, score });
-    Ok(LoadedEncoder { model: EncoderModel { backbone, kind, matryoshka, width }, info })
+    let backbone = Box::new(DecoderPooler { llama, head });
+    Ok(LoadedEncoder { model: EncoderModel { backbone, kind, matryoshka, width, join_pairs }, info })
 }
 
 impl DecoderPooler {
@@ -144,8 +290,18 @@ impl PoolingBackbone for DecoderPooler {
     }
 
     fn classify(&self, inputs: &[&EncoderInput]) -> Tensor {
-        let score = self.score.as_ref().expect("a classifier has a score head");
-        self.run(inputs, false).linear::<Tensor>(score, None).to_kind(Kind::Float)
+        let Head::Score(score) = &self.head else { unreachable!("a classifier has a score head") };
+        self.run(inputs, false).to_kind(Kind::Float).linear::<Tensor>(score, None)
+    }
+
+    fn token_outputs(&self, inputs: &[&EncoderInput]) -> Tensor {
+        let states = self.run(inputs, true);
+        match &self.head {
+            Head::RewardMlp { w1, b1, w2, b2 } => {
+                states.linear(w1, Some(b1)).relu().linear(w2, Some(b2)).to_kind(Kind::Float)
+            }
+            _ => states.to_kind(Kind::Float),
+        }
     }
 
     fn describe(&self) -> String {
@@ -154,5 +310,35 @@ impl PoolingBackbone for DecoderPooler {
             "{:?} decoder, {} layers, hidden {}, {} heads ({} KV), vocab {}, dtype {:?}",
             c.arch, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size, self.llama.dtype
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn from_token_reads_vllms_keys() {
+        let read = |c: Json| FromToken::from_config(Some(&c));
+        assert_eq!(read(json!({"architectures": ["LlamaForCausalLM"]})), Ok(None));
+        let pair = || ["no".to_string(), "yes".to_string()];
+        assert_eq!(
+            read(json!({"classifier_from_token": ["no", "yes"], "method": "from_2_way_softmax"})),
+            Ok(Some(FromToken::TwoWaySoftmax(pair())))
+        );
+        assert_eq!(
+            read(json!({"classifier_from_token": ["no", "yes"], "is_original_qwen3_reranker": true})),
+            Ok(Some(FromToken::TwoWaySoftmax(pair())))
+        );
+        assert_eq!(
+            read(json!({"classifier_from_token": ["a", "b", "c"], "method": "no_post_processing"})),
+            Ok(Some(FromToken::NoPostProcessing(vec!["a".into(), "b".into(), "c".into()])))
+        );
+        assert!(read(json!({"classifier_from_token": ["a"]})).unwrap_err().contains("needs a method"));
+        assert!(read(json!({"method": "no_post_processing"})).unwrap_err().contains("needs classifier_from_token"));
+        assert!(read(json!({"classifier_from_token": ["a", 1], "method": "no_post_processing"})).is_err());
+        assert!(read(json!({"classifier_from_token": [], "method": "no_post_processing"})).is_err());
+        assert!(read(json!({"classifier_from_token": ["a"], "method": "softmax"})).unwrap_err().contains("not supported"));
     }
 }

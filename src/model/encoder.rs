@@ -14,6 +14,7 @@ use super::pooling::{self, PoolingConfig, PoolingMode};
 use super::resolve::{Format, ModelLocation};
 use super::tokenizer::Tokenizer;
 use super::{LoadError, ModelInfo, read_json, weights};
+use crate::serving::Task;
 
 /// What the encoder's outputs are.
 #[derive(Debug, Clone)]
@@ -22,6 +23,12 @@ pub enum EncoderKind {
     Embedding(PoolingConfig),
     /// Logits per input, one per label.
     Classifier { labels: Vec<String> },
+    /// One row per token (`--task reward`): the final hidden states, or a reward model's
+    /// per-token outputs, as they are (vLLM's ALL pooling, no normalisation).
+    TokenRewards,
+    /// A process reward model's rows at its step tokens (vLLM's STEP pooling): the tokens
+    /// equal to `step_tag_id`, the columns `returned` (all when none), softmaxed.
+    StepRewards { step_tag_id: u32, returned: Option<Vec<usize>> },
 }
 
 /// Matryoshka embeddings: the vector may be cut to fewer dimensions.
@@ -45,6 +52,9 @@ pub trait PoolingBackbone: Send {
     /// The classification head's float32 logits `[B, labels]`.
     fn classify(&self, inputs: &[&EncoderInput]) -> Tensor;
 
+    /// Float32 rows `[total tokens, width]` of every token, inputs one after another.
+    fn token_outputs(&self, inputs: &[&EncoderInput]) -> Tensor;
+
     /// What was loaded, for the start-up log.
     fn describe(&self) -> String;
 }
@@ -56,6 +66,10 @@ impl PoolingBackbone for Bert {
 
     fn classify(&self, inputs: &[&EncoderInput]) -> Tensor {
         Bert::classify(self, inputs)
+    }
+
+    fn token_outputs(&self, _inputs: &[&EncoderInput]) -> Tensor {
+        unreachable!("BERT is not served for --task reward")
     }
 
     fn describe(&self) -> String {
@@ -71,8 +85,12 @@ pub struct EncoderModel {
     pub backbone: Box<dyn PoolingBackbone>,
     pub kind: EncoderKind,
     pub matryoshka: Option<Matryoshka>,
-    /// Vector length of an embedding (hidden size) or the number of labels.
+    /// Vector length of an embedding (hidden size), the number of labels, or the length
+    /// of each token's row.
     pub width: usize,
+    /// A score pair is the two texts joined into one input (an LLM converted into a
+    /// reranker, vLLM's `use_sep_token: false`), not the tokenizer's pair template.
+    pub join_pairs: bool,
 }
 
 pub struct LoadedEncoder {
@@ -80,10 +98,10 @@ pub struct LoadedEncoder {
     pub info: ModelInfo,
 }
 
-/// `config.json`'s `architectures` of a folder (empty for a GGUF file or when absent).
+/// `config.json`'s `architectures` of a folder, after `--hf-overrides` (empty for a GGUF
+/// file, unless the overrides name some, or when absent).
 pub fn architectures(location: &ModelLocation) -> Result<Vec<String>, LoadError> {
-    let Format::HfDir(dir) = &location.format else { return Ok(Vec::new()) };
-    let cfg = read_json(&dir.join("config.json"))?;
+    let cfg = location.config()?;
     let list = cfg.as_ref().and_then(|c| c.get("architectures")).and_then(Json::as_array);
     let mut archs: Vec<String> = list.into_iter().flatten().filter_map(Json::as_str).map(str::to_owned).collect();
     if archs.is_empty() {
@@ -107,21 +125,25 @@ pub fn encoder_arch(arch: &str) -> Option<bool> {
     }
 }
 
-/// Loads a pooling model: BERT folders here, decoders (folders or GGUF) in `decoder_pool`.
+/// Loads a pooling model for `task`: BERT folders here, decoders (folders or GGUF) in
+/// `decoder_pool`.
 pub fn load(
     location: ModelLocation,
+    task: Task,
     device: Device,
     dtype: &str,
     max_model_len: Option<usize>,
 ) -> Result<LoadedEncoder, LoadError> {
     let archs = architectures(&location)?;
     if !archs.iter().any(|a| a.starts_with("Bert")) {
-        return super::decoder_pool::load(location, device, dtype, max_model_len);
+        return super::decoder_pool::load(location, task, device, dtype, max_model_len);
     }
-    let Format::HfDir(dir) = &location.format else { unreachable!("a GGUF file has no BERT architecture") };
+    let Format::HfDir(dir) = &location.format else {
+        return Err(LoadError::Unsupported("a GGUF file holds a decoder, not a BERT model".into()));
+    };
     let dir = dir.clone();
     let bad = |msg: String| LoadError::Format { path: dir.clone(), msg };
-    let config = read_json(&dir.join("config.json"))?.ok_or_else(|| bad("no config.json".into()))?;
+    let config = location.config()?.ok_or_else(|| bad("no config.json".into()))?;
     let archs = architectures(&location)?;
     let (arch, with_head) = archs
         .iter()
@@ -145,6 +167,9 @@ pub fn load(
     let width = match &kind {
         EncoderKind::Embedding(_) => cfg.hidden_size,
         EncoderKind::Classifier { labels } => labels.len(),
+        EncoderKind::TokenRewards | EncoderKind::StepRewards { .. } => {
+            unreachable!("BERT loads as an embedding model or a classifier")
+        }
     };
     let matryoshka = matryoshka(&config);
 
@@ -171,7 +196,7 @@ pub fn load(
     let chat_template = super::hf_chat_template(&dir, tok_config.as_ref())?;
     tracing::info!("pooling model: {arch}, {:?}", kind);
     Ok(LoadedEncoder {
-        model: EncoderModel { backbone: Box::new(bert), kind, matryoshka, width },
+        model: EncoderModel { backbone: Box::new(bert), kind, matryoshka, width, join_pairs: false },
         info: ModelInfo {
             tokenizer: Arc::new(tokenizer),
             chat_template,
@@ -209,17 +234,42 @@ pub fn matryoshka(config: &Json) -> Option<Matryoshka> {
 }
 
 impl EncoderModel {
-    /// One forward pass over a batch: a vector per input (see `EncoderKind`).
+    /// One forward pass over a batch: a vector per input (see `EncoderKind`); per-token
+    /// outputs come as each input's rows one after another.
     pub fn run(&self, inputs: &[&EncoderInput]) -> Vec<Vec<f32>> {
         let _guard = tch::no_grad_guard();
         let out: Tensor = match &self.kind {
             EncoderKind::Embedding(p) => self.backbone.pooled(inputs, p.mode),
             EncoderKind::Classifier { .. } => self.backbone.classify(inputs),
+            EncoderKind::TokenRewards | EncoderKind::StepRewards { .. } => self.backbone.token_outputs(inputs),
         };
         let out = out.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
         let width = out.size()[1] as usize;
         let flat: Vec<f32> = Vec::try_from(out.view([-1])).unwrap_or_default();
-        flat.chunks(width.max(1)).map(<[f32]>::to_vec).collect()
+        // Per-token outputs: each input's rows, one input after another.
+        let per_input = || {
+            let mut rest = flat.as_slice();
+            inputs.iter().map(move |i| {
+                let (mine, tail) = rest.split_at(i.ids.len() * width);
+                rest = tail;
+                (i, mine)
+            })
+        };
+        match &self.kind {
+            EncoderKind::TokenRewards => per_input().map(|(_, rows)| rows.to_vec()).collect(),
+            EncoderKind::StepRewards { step_tag_id, returned } => per_input()
+                .map(|(input, rows)| {
+                    let steps = rows.chunks(width).zip(&input.ids).filter(|(_, id)| *id == step_tag_id);
+                    steps
+                        .flat_map(|(row, _)| match returned {
+                            Some(cols) => pooling::softmax(&cols.iter().map(|&c| row[c]).collect::<Vec<_>>()),
+                            None => pooling::softmax(row),
+                        })
+                        .collect()
+                })
+                .collect(),
+            _ => flat.chunks(width.max(1)).map(<[f32]>::to_vec).collect(),
+        }
     }
 
     pub fn is_embedding(&self) -> bool {
@@ -234,7 +284,7 @@ impl EncoderModel {
     pub fn labels(&self) -> &[String] {
         match &self.kind {
             EncoderKind::Classifier { labels } => labels,
-            EncoderKind::Embedding(_) => &[],
+            EncoderKind::Embedding(_) | EncoderKind::TokenRewards | EncoderKind::StepRewards { .. } => &[],
         }
     }
 }
@@ -247,12 +297,48 @@ pub struct PoolingInfo {
     /// Embeddings are normalized unless a request says otherwise.
     pub normalizes: bool,
     pub matryoshka: Option<Matryoshka>,
-    /// Length of an embedding, or the number of labels.
+    /// Length of an embedding, the number of labels, or the length of a token's row.
     pub width: usize,
     pub labels: Vec<String>,
+    /// Outputs are one row of `width` per token (`--task reward`).
+    pub per_token: bool,
+    /// Score pairs are joined into one text (see `EncoderModel::join_pairs`).
+    pub join_pairs: bool,
 }
 
+/// vLLM's default step token of Qwen2 process reward models (`<extra_0>`).
+pub const QWEN2_PRM_STEP_TAG_ID: u32 = 151651;
+
 impl EncoderModel {
+    /// `--override-pooler-config`: `step_tag_id` and `returned_token_ids`, the STEP
+    /// pooling settings of a process reward model (vLLM's pooler config keys).
+    pub fn override_pooler(&mut self, overrides: &Json) -> Result<(), String> {
+        let Json::Object(map) = overrides else { return Err("must be a JSON object".into()) };
+        if let Some(k) = map.keys().find(|k| !matches!(k.as_str(), "step_tag_id" | "returned_token_ids")) {
+            return Err(format!("{k:?} is not supported (step_tag_id, returned_token_ids are)"));
+        }
+        let labels = self.width;
+        let EncoderKind::StepRewards { step_tag_id, returned } = &mut self.kind else {
+            return Err("step_tag_id and returned_token_ids apply to process reward models (STEP pooling) only".into());
+        };
+        if let Some(v) = map.get("step_tag_id") {
+            *step_tag_id = v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or("step_tag_id must be a token id")?;
+        }
+        if let Some(v) = map.get("returned_token_ids") {
+            let cols: Vec<usize> = v
+                .as_array()
+                .map(|a| a.iter().filter_map(Json::as_u64).map(|c| c as usize).collect())
+                .filter(|c: &Vec<usize>| !c.is_empty() && c.len() == v.as_array().map_or(0, Vec::len))
+                .ok_or("returned_token_ids must be a non-empty list of label indexes")?;
+            if let Some(c) = cols.iter().find(|&&c| c >= labels) {
+                return Err(format!("returned_token_ids: {c} is not below the model's {labels} labels"));
+            }
+            self.width = cols.len();
+            *returned = Some(cols);
+        }
+        Ok(())
+    }
+
     pub fn info(&self) -> PoolingInfo {
         PoolingInfo {
             embedding: self.is_embedding(),
@@ -260,6 +346,8 @@ impl EncoderModel {
             matryoshka: self.matryoshka.clone(),
             width: self.width,
             labels: self.labels().to_vec(),
+            per_token: matches!(self.kind, EncoderKind::TokenRewards | EncoderKind::StepRewards { .. }),
+            join_pairs: self.join_pairs,
         }
     }
 }

@@ -90,6 +90,11 @@ impl Llama {
         Ok(Llama { norm: place(get("model.norm.weight")?), cfg, device, dtype, embed, layers, lm_head, cos, sin })
     }
 
+    /// The LM head `[vocab, hidden]` (the embedding table when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
     /// Runs one step and returns f32 logits `[batch.logits_rows.len(), vocab]`.
     pub fn forward(&self, batch: &StepBatch, cache: &mut KvCache) -> Tensor {
         self.forward_timed(batch, cache, &mut None)

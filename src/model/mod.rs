@@ -150,7 +150,8 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
         }
         resolve::Format::HfDir(dir) => {
             let dir = dir.clone();
-            let config = read_json(&dir.join("config.json"))?
+            let config = location
+                .config()?
                 .ok_or_else(|| LoadError::Format { path: dir.clone(), msg: "no config.json".into() })?;
             let cfg = LlamaConfig::from_hf(&config).map_err(|msg| LoadError::Format { path: dir.clone(), msg })?;
             let tok_config = read_json(&dir.join("tokenizer_config.json"))?;

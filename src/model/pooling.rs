@@ -132,6 +132,14 @@ pub fn pool(hidden: &Tensor, mask: &Tensor, mode: PoolingMode) -> Tensor {
     }
 }
 
+/// Softmax of one row.
+pub fn softmax(v: &[f32]) -> Vec<f32> {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = v.iter().map(|x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
 /// Scales each row to unit length (rows of zeros stay zero), as `F.normalize` does.
 pub fn normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);

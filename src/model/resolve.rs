@@ -8,7 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::LoadError;
+use serde_json::Value as Json;
+
+use super::{LoadError, read_json};
 
 pub const DEFAULT_MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 pub const DEFAULT_EMBEDDING_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -24,12 +26,57 @@ pub struct ModelLocation {
     pub format: Format,
     /// The name `/v1/models` lists unless `--served-model-name` says otherwise.
     pub default_name: String,
+    /// `--hf-overrides`: a JSON object merged over config.json wherever it is read.
+    pub hf_overrides: Option<Json>,
 }
 
 impl ModelLocation {
     pub fn path(&self) -> &Path {
         match &self.format {
             Format::Gguf(p) | Format::HfDir(p) => p,
+        }
+    }
+
+    /// The model's config.json with `--hf-overrides` merged over it. A GGUF file has no
+    /// config.json: its config is the overrides alone (its shape comes from the metadata).
+    pub fn config(&self) -> Result<Option<Json>, LoadError> {
+        let base = match &self.format {
+            Format::HfDir(dir) => read_json(&dir.join("config.json"))?,
+            Format::Gguf(_) => None,
+        };
+        Ok(match (base, &self.hf_overrides) {
+            (base, None) => base,
+            (None, Some(o)) => Some(o.clone()),
+            (Some(mut base), Some(o)) => {
+                merge_overrides(&mut base, o);
+                Some(base)
+            }
+        })
+    }
+}
+
+/// Parses `--hf-overrides`: a JSON object, or a clear error.
+pub fn parse_overrides(arg: &str) -> Result<Json, String> {
+    match serde_json::from_str::<Json>(arg) {
+        Ok(v @ Json::Object(_)) => Ok(v),
+        Ok(other) => Err(format!("--hf-overrides must be a JSON object (`{{\"key\": value, ...}}`), got {other}")),
+        Err(e) => Err(format!("--hf-overrides is not valid JSON ({e}): {arg}")),
+    }
+}
+
+/// vLLM's rule for `hf_overrides`: each key replaces the config's value, except that an
+/// object given for a nested sub-config (an object with a `model_type`, such as
+/// `text_config`) is merged into it key by key.
+pub fn merge_overrides(config: &mut Json, overrides: &Json) {
+    let (Json::Object(base), Json::Object(over)) = (config, overrides) else { return };
+    for (k, v) in over {
+        match base.get_mut(k) {
+            Some(existing @ Json::Object(_)) if v.is_object() && existing.get("model_type").is_some() => {
+                merge_overrides(existing, v)
+            }
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
         }
     }
 }
@@ -94,18 +141,48 @@ pub fn resolve(model: Option<&str>) -> Result<ModelLocation, LoadError> {
     if path.is_file() {
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            return Ok(ModelLocation { format: Format::Gguf(path.to_owned()), default_name: stem });
+            return Ok(ModelLocation { format: Format::Gguf(path.to_owned()), default_name: stem, hf_overrides: None });
         }
         return Err(LoadError::Unsupported(format!("{arg}: a model file must be a .gguf")));
     }
     if path.is_dir() {
-        return Ok(ModelLocation { format: Format::HfDir(path.to_owned()), default_name: arg.to_string() });
+        return Ok(location(Format::HfDir(path.to_owned()), arg));
     }
     if let Some(dir) = hub_snapshot(arg) {
-        return Ok(ModelLocation { format: Format::HfDir(dir), default_name: arg.to_string() });
+        return Ok(location(Format::HfDir(dir), arg));
     }
     if let Some(format) = packaged(arg) {
-        return Ok(ModelLocation { format, default_name: arg.to_string() });
+        return Ok(location(format, arg));
     }
     Err(LoadError::NotFound(arg.to_string()))
+}
+
+fn location(format: Format, arg: &str) -> ModelLocation {
+    ModelLocation { format, default_name: arg.to_string(), hf_overrides: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn overrides_replace_keys_and_merge_sub_configs() {
+        let mut c = json!({"architectures": ["LlamaForCausalLM"], "rope_scaling": {"type": "x", "factor": 2},
+                           "text_config": {"model_type": "llama", "vocab_size": 10, "hidden_size": 4}});
+        merge_overrides(&mut c, &json!({"architectures": ["LlamaForSequenceClassification"],
+                                        "rope_scaling": {"type": "y"}, "text_config": {"vocab_size": 12},
+                                        "classifier_from_token": ["no", "yes"]}));
+        assert_eq!(c["architectures"], json!(["LlamaForSequenceClassification"]));
+        assert_eq!(c["rope_scaling"], json!({"type": "y"}));
+        assert_eq!(c["text_config"], json!({"model_type": "llama", "vocab_size": 12, "hidden_size": 4}));
+        assert_eq!(c["classifier_from_token"], json!(["no", "yes"]));
+    }
+
+    #[test]
+    fn overrides_must_be_a_json_object() {
+        assert!(parse_overrides(r#"{"method": "from_2_way_softmax"}"#).is_ok());
+        assert!(parse_overrides("[1]").unwrap_err().contains("must be a JSON object"));
+        assert!(parse_overrides("{method: 1}").unwrap_err().contains("not valid JSON"));
+    }
 }

@@ -51,7 +51,7 @@ const WORDS: [&str; 24] = [
     "bridge", "winter", "silver", "harbor", "signal", "candle", "orange", "planet", "quiet", "number", "yellow", "travel",
 ];
 
-/// The synthetic requests: chat for generative models, embeddings for pooling ones.
+/// The synthetic requests: chat for generative models, the pooling model's own API for others.
 fn synthetic(args: &ProfileArgs, model: &str, task: Task) -> Vec<String> {
     (0..args.num_prompts)
         .map(|i| {
@@ -67,6 +67,7 @@ fn synthetic(args: &ProfileArgs, model: &str, task: Task) -> Vec<String> {
                 ),
                 Task::Embed => ("/v1/embeddings", serde_json::json!({"model": model, "input": text})),
                 Task::Classify => ("/classify", serde_json::json!({"model": model, "input": text})),
+                Task::Reward => ("/pooling", serde_json::json!({"model": model, "input": text})),
             };
             serde_json::json!({"custom_id": format!("profile-{i}"), "method": "POST", "url": url, "body": body}).to_string()
         })

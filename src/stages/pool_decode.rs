@@ -204,8 +204,9 @@ impl PoolDecode {
         Ok(())
     }
 
-    /// Encoder inputs for scoring pairs: one (a, b) input per pair on a cross-encoder; on
-    /// an embedding model, each text once, and the pairs as input indexes.
+    /// Encoder inputs for scoring pairs: one (a, b) input per pair on a cross-encoder (the
+    /// texts joined, for an LLM converted into a reranker, as vLLM does); on an embedding
+    /// model, each text once, and the pairs as input indexes.
     fn score_inputs(
         &self,
         left: &[String],
@@ -216,6 +217,9 @@ impl PoolDecode {
             let inputs = left.iter().chain(right).map(|t| PoolInput::Text(t.clone())).collect();
             let pairs = pairs.iter().map(|&(a, b)| (a, left.len() + b)).collect();
             (inputs, Some(pairs))
+        } else if self.model.join_pairs {
+            let inputs = pairs.iter().map(|&(a, b)| PoolInput::Text(format!("{}{}", left[a], right[b]))).collect();
+            (inputs, None)
         } else {
             let inputs = pairs.iter().map(|&(a, b)| PoolInput::Pair(left[a].clone(), right[b].clone())).collect();
             (inputs, None)

@@ -125,7 +125,14 @@ impl PoolStream {
                     .map(|(index, v)| PoolingData {
                         index,
                         object: "pooling",
-                        data: vector(self.pooled(v.clone(), None, None), *base64),
+                        data: match (self.model.per_token, *base64) {
+                            // Per-token rows as they are (vLLM's reward pooling: no activation).
+                            (true, true) => Vector::Base64(base64_f32(v)),
+                            (true, false) => {
+                                Vector::Rows(v.chunks(self.model.width.max(1)).map(<[f32]>::to_vec).collect())
+                            }
+                            (false, _) => vector(self.pooled(v.clone(), None, None), *base64),
+                        },
                     })
                     .collect();
                 serde_json::to_string(&list(ctx, &job.model, tokens, data))
