@@ -38,9 +38,12 @@ fn compile_kernels(lib: &str) {
         .opt_level(3)
         .file("csrc/attention.cpp")
         .file("csrc/norm.cpp")
+        .file("csrc/rope.cpp")
         .compile("sluice_kernels");
     println!("cargo:rerun-if-changed=csrc/attention.cpp");
     println!("cargo:rerun-if-changed=csrc/norm.cpp");
+    println!("cargo:rerun-if-changed=csrc/rope.cpp");
+    println!("cargo:rerun-if-changed=csrc/convert.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
 }
 

@@ -17,6 +17,15 @@ unsafe extern "C" {
         allow_avx512: i32,
     ) -> *const c_char;
     fn sluice_rms_norm(out: *mut c_void, x: *const c_void, w: *const c_void, eps: f64) -> *const c_char;
+    fn sluice_rope_and_cache(
+        q_out: *mut c_void,
+        kc: *mut c_void,
+        vc: *mut c_void,
+        qkv: *const c_void,
+        cos: *const c_void,
+        sin: *const c_void,
+        slots: *const c_void,
+    ) -> *const c_char;
 }
 
 /// Turns a kernel's error message into a panic naming the kernel.
@@ -38,6 +47,32 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
     let err = unsafe { sluice_rms_norm(out.as_mut_ptr().cast(), x.as_ptr().cast(), w.as_ptr().cast(), eps) };
     check("RMSNorm", err);
     out
+}
+
+/// Rotary embedding and cache write for the new tokens of a step: rotates the query and key
+/// heads of `qkv: [n, (h + 2·kvh)·d]` with each token's `cos`/`sin: [n, d]` rows, returns the
+/// rotated queries `[n, h, d]`, and writes the rotated keys and the values to each token's
+/// `slots: i64 [n]` entry of `kc`/`vc: [slots, kvh, d]`. All contiguous, one dtype, on the
+/// CPU; rounding as transformers' `apply_rotary_pos_emb`.
+pub fn rope_and_cache(qkv: &Tensor, cos: &Tensor, sin: &Tensor, slots: &Tensor, kc: &mut Tensor, vc: &mut Tensor, h: i64) -> Tensor {
+    let (n, d) = (qkv.size()[0], cos.size()[1]);
+    let mut q = Tensor::empty([n, h, d], (qkv.kind(), qkv.device()));
+    // SAFETY: live tensors for the whole call; the kernel validates shapes, dtypes,
+    // contiguity and every slot before touching memory, and writes only into `q` and the
+    // slots' rows of the caches.
+    let err = unsafe {
+        sluice_rope_and_cache(
+            q.as_mut_ptr().cast(),
+            kc.as_mut_ptr().cast(),
+            vc.as_mut_ptr().cast(),
+            qkv.as_ptr().cast(),
+            cos.as_ptr().cast(),
+            sin.as_ptr().cast(),
+            slots.as_ptr().cast(),
+        )
+    };
+    check("rotary embedding", err);
+    q
 }
 
 /// Attention of one query token per sequence over its context, read in place from the
@@ -171,6 +206,38 @@ mod tests {
                 assert!(off <= 37 * 576 / 100, "{kind:?}: {off} of {} values differ", 37 * 576);
                 assert!(rel <= 1e-2, "{kind:?}: relative error {rel}");
             }
+        }
+    }
+
+    #[test]
+    fn rope_and_cache_match_the_tensor_operations() {
+        tch::manual_seed(5);
+        let (n, h, kvh, d) = (7i64, 9i64, 3i64, 64i64);
+        for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
+            let qkv = Tensor::randn([n, (h + 2 * kvh) * d], (Kind::Float, Device::Cpu)).to_kind(kind);
+            let angles = Tensor::rand([n, d / 2], (Kind::Float, Device::Cpu)) * 50.0;
+            let emb = Tensor::cat(&[&angles, &angles], -1);
+            let (cos, sin) = (emb.cos().to_kind(kind), emb.sin().to_kind(kind));
+            let slots = Tensor::from_slice(&[9i64, 3, 40, 41, 0, 17, 63]);
+            let mut kc = Tensor::zeros([64, kvh, d], (kind, Device::Cpu));
+            let mut vc = Tensor::zeros([64, kvh, d], (kind, Device::Cpu));
+            let q = rope_and_cache(&qkv, &cos, &sin, &slots, &mut kc, &mut vc, h);
+            // transformers' apply_rotary_pos_emb, operation by operation.
+            let rope = |x: &Tensor| {
+                let halves = x.chunk(2, -1);
+                let rotated = Tensor::cat(&[&halves[1].neg(), &halves[0]], -1);
+                x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
+            };
+            let parts = qkv.split_with_sizes([h * d, kvh * d, kvh * d], -1);
+            let same = |a: &Tensor, b: &Tensor, what: &str| {
+                let err = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[]);
+                assert!(err <= 1e-6, "{kind:?} {what}: max difference {err}");
+            };
+            same(&q, &rope(&parts[0].view([n, h, d])), "queries");
+            same(&kc.index_select(0, &slots), &rope(&parts[1].view([n, kvh, d])), "cached keys");
+            same(&vc.index_select(0, &slots), &parts[2].view([n, kvh, d]), "cached values");
+            // Rows of other slots are untouched.
+            assert_eq!(kc.index_select(0, &Tensor::from_slice(&[1i64, 2, 62])).abs().sum(Kind::Double).double_value(&[]), 0.0);
         }
     }
 

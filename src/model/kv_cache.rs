@@ -53,6 +53,11 @@ impl KvCache {
         let _ = self.values[layer].index_copy_(0, slots, v);
     }
 
+    /// One layer's key and value caches, to write into.
+    pub fn layer_mut(&mut self, layer: usize) -> (&mut Tensor, &mut Tensor) {
+        (&mut self.keys[layer], &mut self.values[layer])
+    }
+
     pub fn keys(&self, layer: usize) -> &Tensor {
         &self.keys[layer]
     }

@@ -129,8 +129,9 @@ impl Llama {
         let tokens = Tensor::from_slice(&batch.tokens).to_device(dev);
         let positions = Tensor::from_slice(&batch.positions).to_device(dev);
         let slots = Tensor::from_slice(&batch.slots).to_device(dev);
-        let cos = self.cos.index_select(0, &positions).unsqueeze(1); // [n, 1, d]
-        let sin = self.sin.index_select(0, &positions).unsqueeze(1);
+        let cos_rows = self.cos.index_select(0, &positions); // [n, d]
+        let sin_rows = self.sin.index_select(0, &positions);
+        let (cos, sin) = (cos_rows.unsqueeze(1), sin_rows.unsqueeze(1)); // [n, 1, d]
         let plan = AttnPlan::new(batch, dev);
 
         let mut x = self.embed.index_select(0, &tokens); // [n, hidden]
@@ -140,11 +141,16 @@ impl Llama {
             clock.lap(|t| &mut t.norm);
             let qkv = hs.linear(&layer.qkv, layer.qkv_bias.as_ref());
             clock.lap(|t| &mut t.qkv);
-            let parts = qkv.split_with_sizes([h * d, kvh * d, kvh * d], -1);
-            let q = apply_rope(&parts[0].view([n, h, d]), &cos, &sin);
-            let k = apply_rope(&parts[1].view([n, kvh, d]), &cos, &sin);
-            let v = parts[2].view([n, kvh, d]);
-            cache.write(li, &slots, &k, &v);
+            let q = if dev == Device::Cpu {
+                let (kc, vc) = cache.layer_mut(li);
+                kernels::rope_and_cache(&qkv, &cos_rows, &sin_rows, &slots, kc, vc, h)
+            } else {
+                let parts = qkv.split_with_sizes([h * d, kvh * d, kvh * d], -1);
+                let q = apply_rope(&parts[0].view([n, h, d]), &cos, &sin);
+                let k = apply_rope(&parts[1].view([n, kvh, d]), &cos, &sin);
+                cache.write(li, &slots, &k, &parts[2].view([n, kvh, d]));
+                q
+            };
             clock.lap(|t| &mut t.rope_cache);
             let attn = plan.attend(&q, cache.keys(li), cache.values(li), h, kvh, d);
             clock.lap(|t| &mut t.attention);

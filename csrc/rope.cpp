@@ -1,0 +1,126 @@
+// Rotary position embedding of the new tokens' queries and keys, and the write of keys and
+// values into the paged cache, in one pass on the CPU.
+//
+// For each token it reads its row of the fused QKV projection, rotates every query and key
+// head (transformers' half-rotation: x·cos + rotate_half(x)·sin, each product and the sum
+// rounded to the model's dtype as the tensor operations would), writes the rotated queries
+// to `q_out`, and the rotated keys and the values to the token's cache slot: what took ten
+// tensor operations per layer. Tokens are split over libtorch's OpenMP pool.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "convert.h"
+
+namespace {
+
+using sluice::from_float;
+using sluice::round_to;
+using sluice::to_float;
+
+template <typename T>
+struct Args {
+  T* q_out;
+  T* kc;
+  T* vc;
+  const T* qkv;
+  const T* cos;
+  const T* sin;
+  const int64_t* slots;
+  int64_t h, kvh, d;
+};
+
+// One head of d values: out = x·cos + rotate_half(x)·sin, rotate_half(x) = [-x2, x1].
+template <typename T>
+__attribute__((always_inline)) inline void rotate(T* out, const T* x, const T* cos, const T* sin, int64_t d) {
+  const int64_t half = d / 2;
+#pragma omp simd
+  for (int64_t t = 0; t < half; ++t) {
+    const float a = round_to<T>(to_float(x[t]) * to_float(cos[t]));
+    const float b = round_to<T>(-to_float(x[t + half]) * to_float(sin[t]));
+    out[t] = from_float<T>(a + b);
+  }
+#pragma omp simd
+  for (int64_t t = half; t < d; ++t) {
+    const float a = round_to<T>(to_float(x[t]) * to_float(cos[t]));
+    const float b = round_to<T>(to_float(x[t - half]) * to_float(sin[t]));
+    out[t] = from_float<T>(a + b);
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void tokens(const Args<T>& a, int64_t begin, int64_t end) {
+  const int64_t d = a.d, h = a.h, kvh = a.kvh;
+  const int64_t width = (h + 2 * kvh) * d;
+  for (int64_t i = begin; i < end; ++i) {
+    const T* row = a.qkv + i * width;
+    const T* cos = a.cos + i * d;
+    const T* sin = a.sin + i * d;
+    for (int64_t head = 0; head < h; ++head) rotate(a.q_out + (i * h + head) * d, row + head * d, cos, sin, d);
+    T* k = a.kc + a.slots[i] * kvh * d;
+    for (int64_t head = 0; head < kvh; ++head) rotate(k + head * d, row + (h + head) * d, cos, sin, d);
+    const T* v_in = row + (h + kvh) * d;
+    T* v = a.vc + a.slots[i] * kvh * d;
+    for (int64_t t = 0; t < kvh * d; ++t) v[t] = v_in[t];
+  }
+}
+
+// Built for several instruction sets and picked at load time (see attention.cpp).
+#define SLUICE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+SLUICE_CLONES void tokens_f32(const Args<float>& a, int64_t b, int64_t e) { tokens(a, b, e); }
+SLUICE_CLONES void tokens_bf16(const Args<c10::BFloat16>& a, int64_t b, int64_t e) { tokens(a, b, e); }
+SLUICE_CLONES void tokens_f16(const Args<c10::Half>& a, int64_t b, int64_t e) { tokens(a, b, e); }
+
+inline void run_tokens(const Args<float>& a, int64_t b, int64_t e) { tokens_f32(a, b, e); }
+inline void run_tokens(const Args<c10::BFloat16>& a, int64_t b, int64_t e) { tokens_bf16(a, b, e); }
+inline void run_tokens(const Args<c10::Half>& a, int64_t b, int64_t e) { tokens_f16(a, b, e); }
+
+thread_local std::string last_error;
+
+}  // namespace
+
+// qkv: [n, (h + 2·kvh)·d] (queries, keys, values of each token); cos, sin: [n, d] (each
+// token's rotary table row); slots: int64 [n]; q_out: [n, h, d]; kc, vc: [cache slots, kvh,
+// d]. All contiguous, one dtype, on the CPU. Returns null, or a message saying what was
+// wrong (valid until the next call on this thread).
+extern "C" const char* sluice_rope_and_cache(at::Tensor* q_out, at::Tensor* kc, at::Tensor* vc, const at::Tensor* qkv,
+                                             const at::Tensor* cos, const at::Tensor* sin, const at::Tensor* slots) {
+  try {
+    TORCH_CHECK(q_out->dim() == 3 && kc->dim() == 3 && vc->dim() == 3 && qkv->dim() == 2 && cos->dim() == 2,
+                "unexpected ranks");
+    const int64_t n = q_out->size(0), h = q_out->size(1), d = q_out->size(2), kvh = kc->size(1);
+    TORCH_CHECK(d % 2 == 0, "the head size must be even");
+    TORCH_CHECK(qkv->size(0) == n && qkv->size(1) == (h + 2 * kvh) * d, "qkv must be [n, (h + 2·kvh)·d]");
+    TORCH_CHECK(cos->sizes() == sin->sizes() && cos->size(0) == n && cos->size(1) == d, "cos and sin must be [n, d]");
+    TORCH_CHECK(kc->size(2) == d && vc->sizes() == kc->sizes(), "k and v caches must be [slots, kvh, d]");
+    TORCH_CHECK(slots->scalar_type() == at::kLong && slots->numel() == n && slots->is_contiguous(), "one int64 slot per token");
+    for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{q_out, kc, vc, qkv, cos, sin}) {
+      TORCH_CHECK(t->device().is_cpu() && t->is_contiguous(), "tensors must be contiguous and on the CPU");
+      TORCH_CHECK(t->scalar_type() == qkv->scalar_type(), "tensors must share one dtype");
+    }
+    const int64_t* sp = slots->data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) TORCH_CHECK(sp[i] >= 0 && sp[i] < kc->size(0), "a slot is out of range");
+    auto run = [&](auto zero) {
+      using T = decltype(zero);
+      const Args<T> args{q_out->data_ptr<T>(), kc->data_ptr<T>(), vc->data_ptr<T>(), qkv->data_ptr<T>(),
+                         cos->data_ptr<T>(), sin->data_ptr<T>(), sp, h, kvh, d};
+      at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) { run_tokens(args, begin, end); });
+    };
+    switch (qkv->scalar_type()) {
+      case at::kFloat: run(float{}); break;
+      case at::kBFloat16: run(c10::BFloat16{}); break;
+      case at::kHalf: run(c10::Half{}); break;
+      default: TORCH_CHECK(false, "rotary embedding takes float32, bfloat16 or float16, not ", qkv->scalar_type());
+    }
+    return nullptr;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return last_error.c_str();
+  }
+}
