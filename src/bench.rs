@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Requests in all (default: 4 × concurrency, at least 8).
     #[arg(long)]
     pub requests: Option<usize>,
+    /// Which API the requests use: `completions` (a prompt) or `chat` (the prompt as one
+    /// user message, through the model's chat template).
+    #[arg(long, value_enum, default_value_t = Endpoint::Completions)]
+    pub endpoint: Endpoint,
     /// Approximate prompt length in tokens (synthetic English words).
     #[arg(long, default_value_t = 200)]
     pub prompt_tokens: usize,
@@ -57,6 +61,41 @@ pub struct BenchArgs {
     /// '{"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {…}}}}'.
     #[arg(long, value_name = "JSON")]
     pub extra_body: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Endpoint {
+    Completions,
+    Chat,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Chat => "/v1/chat/completions",
+        }
+    }
+
+    /// Request `i`'s body (greedy, `ignore_eos`, so every request has the same length).
+    fn body(self, model: &str, i: usize, args: &BenchArgs) -> Value {
+        let text = prompt(i, args.prompt_tokens);
+        let mut body = json!({"model": model, "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": true});
+        let fields = body.as_object_mut().expect("an object");
+        match self {
+            Endpoint::Completions => fields.insert("prompt".into(), json!(text)),
+            Endpoint::Chat => fields.insert("messages".into(), json!([{"role": "user", "content": text}])),
+        };
+        body
+    }
+
+    /// The text a streamed chunk carries, if any.
+    fn chunk_text(self, chunk: &Value) -> Option<&str> {
+        match self {
+            Endpoint::Completions => chunk["choices"][0]["text"].as_str(),
+            Endpoint::Chat => chunk["choices"][0]["delta"]["content"].as_str(),
+        }
+    }
 }
 
 /// `--extra-body`: the object given inline or in a file.
@@ -108,11 +147,8 @@ fn write_batch(args: &BenchArgs, path: &std::path::Path) -> Result<()> {
     let total = args.requests.unwrap_or((args.concurrency * 4).max(8));
     let mut text = String::new();
     for i in 0..total {
-        let body = json!({
-            "model": model, "prompt": prompt(i, args.prompt_tokens), "max_tokens": args.max_tokens,
-            "temperature": 0, "ignore_eos": true,
-        });
-        let line = json!({"custom_id": format!("request-{i}"), "method": "POST", "url": "/v1/completions", "body": body});
+        let body = args.endpoint.body(model, i, args);
+        let line = json!({"custom_id": format!("request-{i}"), "method": "POST", "url": args.endpoint.path(), "body": body});
         text.push_str(&line.to_string());
         text.push('\n');
     }
@@ -148,17 +184,16 @@ async fn run_async(args: &BenchArgs) -> Result<()> {
     let total = args.requests.unwrap_or((args.concurrency * 4).max(8));
     let extra = extra_body(args.extra_body.as_deref())?;
     let send = |i: usize| {
-        let mut body = json!({
-            "model": model, "prompt": prompt(i, args.prompt_tokens), "max_tokens": args.max_tokens,
-            "temperature": 0, "ignore_eos": true, "stream": true,
-            "stream_options": {"include_usage": true},
-        });
-        body.as_object_mut().expect("an object").extend(extra.clone());
-        auth(client.post(format!("{}/v1/completions", args.base_url))).json(&body).send()
+        let mut body = args.endpoint.body(&model, i, args);
+        let fields = body.as_object_mut().expect("an object");
+        fields.insert("stream".into(), json!(true));
+        fields.insert("stream_options".into(), json!({"include_usage": true}));
+        fields.extend(extra.clone());
+        auth(client.post(format!("{}{}", args.base_url, args.endpoint.path()))).json(&body).send()
     };
     for w in 0..args.warmup {
         let mut r = Record::default();
-        one(send(1_000_000 + w).await, &mut r, Instant::now()).await;
+        one(args.endpoint, send(1_000_000 + w).await, &mut r, Instant::now()).await;
         if r.errors > 0 {
             bail!("the warm-up request failed");
         }
@@ -179,7 +214,7 @@ async fn run_async(args: &BenchArgs) -> Result<()> {
                 }
                 let t0 = Instant::now();
                 let mut r = Record::default();
-                one(send(i).await, &mut r, t0).await;
+                one(args.endpoint, send(i).await, &mut r, t0).await;
                 let mut all = record.lock().await;
                 all.ttft.extend(r.ttft);
                 all.itl.extend(r.itl);
@@ -254,7 +289,7 @@ async fn run_async(args: &BenchArgs) -> Result<()> {
 }
 
 /// Reads one streamed completion, recording its timings into `r`.
-async fn one(resp: reqwest::Result<reqwest::Response>, r: &mut Record, t0: Instant) {
+async fn one(endpoint: Endpoint, resp: reqwest::Result<reqwest::Response>, r: &mut Record, t0: Instant) {
     let Ok(resp) = resp else {
         r.errors += 1;
         return;
@@ -284,7 +319,7 @@ async fn one(resp: reqwest::Result<reqwest::Response>, r: &mut Record, t0: Insta
                     u["completion_tokens"].as_u64().unwrap_or(0) as usize,
                 ));
             }
-            let has_text = v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty());
+            let has_text = endpoint.chunk_text(&v).is_some_and(|t| !t.is_empty());
             if has_text {
                 let now = Instant::now();
                 match last {
