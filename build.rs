@@ -20,7 +20,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
 }
 
-/// The CPU kernels in csrc/, against libtorch's headers. `-fopenmp` makes `at::parallel_for`
+/// The CPU kernels in kernels/, against libtorch's headers. `-fopenmp` makes `at::parallel_for`
 /// run on libtorch's OpenMP pool: the binary already links the libgomp that libtorch uses.
 fn compile_kernels(lib: &str) {
     let root = std::path::Path::new(lib).parent().expect("libtorch's lib folder has a parent");
@@ -36,14 +36,14 @@ fn compile_kernels(lib: &str) {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .flag("-fopenmp")
         .opt_level(3)
-        .file("csrc/attention.cpp")
-        .file("csrc/norm.cpp")
-        .file("csrc/rope.cpp")
+        .file("kernels/attention.cpp")
+        .file("kernels/norm.cpp")
+        .file("kernels/rope.cpp")
         .compile("sluice_kernels");
-    println!("cargo:rerun-if-changed=csrc/attention.cpp");
-    println!("cargo:rerun-if-changed=csrc/norm.cpp");
-    println!("cargo:rerun-if-changed=csrc/rope.cpp");
-    println!("cargo:rerun-if-changed=csrc/convert.h");
+    println!("cargo:rerun-if-changed=kernels/attention.cpp");
+    println!("cargo:rerun-if-changed=kernels/norm.cpp");
+    println!("cargo:rerun-if-changed=kernels/rope.cpp");
+    println!("cargo:rerun-if-changed=kernels/convert.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
 }
 

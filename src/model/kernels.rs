@@ -1,4 +1,4 @@
-//! CPU kernels of our own (csrc/), called on libtorch tensors.
+//! CPU kernels of our own (kernels/), called on libtorch tensors.
 
 use std::ffi::{CStr, c_char, c_void};
 
