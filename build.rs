@@ -44,6 +44,7 @@ fn compile_kernels(lib: &str) {
     println!("cargo:rerun-if-changed=kernels/norm.cpp");
     println!("cargo:rerun-if-changed=kernels/rope.cpp");
     println!("cargo:rerun-if-changed=kernels/convert.h");
+    println!("cargo:rerun-if-changed=kernels/entry.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
 }
 

@@ -16,17 +16,17 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include "convert.h"
-
 #include <immintrin.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <string>
+#include <type_traits>
 #include <vector>
+
+#include "convert.h"
+#include "entry.h"
 
 namespace {
 
@@ -282,8 +282,6 @@ void decode_attention(const Args<T>& a, int64_t b, bool allow_avx512) {
   at::parallel_for(0, b * a.kvh, 1, [&](int64_t begin, int64_t end) { attend(a, begin, end); });
 }
 
-thread_local std::string last_error;
-
 }  // namespace
 
 // out, q: [b, h, d]; kc, vc: [slots, kvh, d]; slots: int64 [b, lmax], the cache slot of each
@@ -295,9 +293,11 @@ extern "C" const char* sluice_paged_decode_attention(at::Tensor* out, const at::
                                                      const at::Tensor* slots,
                                                      const at::Tensor* lens, double scale,
                                                      int allow_avx512) {
-  try {
+  return sluice::guarded([&] {
     TORCH_CHECK(q->dim() == 3 && kc->dim() == 3 && vc->dim() == 3, "q, k and v must be 3-d");
-    TORCH_CHECK(q->device().is_cpu() && kc->device().is_cpu(), "the CPU kernel takes CPU tensors");
+    TORCH_CHECK(q->device().is_cpu() && kc->device().is_cpu() && vc->device().is_cpu() && out->device().is_cpu() &&
+                    slots->device().is_cpu() && lens->device().is_cpu(),
+                "the CPU kernel takes CPU tensors");
     TORCH_CHECK(q->is_contiguous() && kc->is_contiguous() && vc->is_contiguous() && out->is_contiguous(),
                 "q, k, v and out must be contiguous");
     TORCH_CHECK(slots->scalar_type() == at::kLong && lens->scalar_type() == at::kLong, "slots and lens are int64");
@@ -323,15 +323,6 @@ extern "C" const char* sluice_paged_decode_attention(at::Tensor* out, const at::
                          lmax, h, kvh, d, static_cast<float>(scale)};
       decode_attention<T>(args, b, allow_avx512 != 0);
     };
-    switch (q->scalar_type()) {
-      case at::kFloat: run(float{}); break;
-      case at::kBFloat16: run(c10::BFloat16{}); break;
-      case at::kHalf: run(c10::Half{}); break;
-      default: TORCH_CHECK(false, "decode attention takes float32, bfloat16 or float16, not ", q->scalar_type());
-    }
-    return nullptr;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return last_error.c_str();
-  }
+    sluice::dispatch_float_types(q->scalar_type(), "decode attention", run);
+  });
 }

@@ -10,11 +10,11 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include "convert.h"
-
 #include <cmath>
 #include <cstdint>
-#include <string>
+
+#include "convert.h"
+#include "entry.h"
 
 namespace {
 
@@ -66,14 +66,12 @@ void rms_norm_rows(T* out, const T* x, const T* w, int64_t n, int64_t dim, float
   at::parallel_for(0, n, 32, [&](int64_t begin, int64_t end) { norm(args, begin, end); });
 }
 
-thread_local std::string last_error;
-
 }  // namespace
 
 // out, x: [n, dim]; w: [dim]; all contiguous, one dtype, on the CPU. Returns null, or a
 // message saying what was wrong (valid until the next call on this thread).
 extern "C" const char* sluice_rms_norm(at::Tensor* out, const at::Tensor* x, const at::Tensor* w, double eps) {
-  try {
+  return sluice::guarded([&] {
     TORCH_CHECK(x->dim() == 2 && w->dim() == 1 && x->size(1) == w->size(0), "x must be [n, dim] and w [dim]");
     TORCH_CHECK(x->device().is_cpu() && w->device().is_cpu(), "the CPU kernel takes CPU tensors");
     TORCH_CHECK(x->is_contiguous() && w->is_contiguous() && out->is_contiguous(), "tensors must be contiguous");
@@ -85,15 +83,6 @@ extern "C" const char* sluice_rms_norm(at::Tensor* out, const at::Tensor* x, con
       using T = decltype(zero);
       rms_norm_rows<T>(out->data_ptr<T>(), x->data_ptr<T>(), w->data_ptr<T>(), n, dim, static_cast<float>(eps));
     };
-    switch (x->scalar_type()) {
-      case at::kFloat: run(float{}); break;
-      case at::kBFloat16: run(c10::BFloat16{}); break;
-      case at::kHalf: run(c10::Half{}); break;
-      default: TORCH_CHECK(false, "RMSNorm takes float32, bfloat16 or float16, not ", x->scalar_type());
-    }
-    return nullptr;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return last_error.c_str();
-  }
+    sluice::dispatch_float_types(x->scalar_type(), "RMSNorm", run);
+  });
 }

@@ -14,9 +14,9 @@
 
 #include <cstdint>
 #include <initializer_list>
-#include <string>
 
 #include "convert.h"
+#include "entry.h"
 
 namespace {
 
@@ -81,8 +81,6 @@ inline void run_tokens(const Args<float>& a, int64_t b, int64_t e) { tokens_f32(
 inline void run_tokens(const Args<c10::BFloat16>& a, int64_t b, int64_t e) { tokens_bf16(a, b, e); }
 inline void run_tokens(const Args<c10::Half>& a, int64_t b, int64_t e) { tokens_f16(a, b, e); }
 
-thread_local std::string last_error;
-
 }  // namespace
 
 // qkv: [n, (h + 2·kvh)·d] (queries, keys, values of each token); cos, sin: [n, d] (each
@@ -91,7 +89,7 @@ thread_local std::string last_error;
 // wrong (valid until the next call on this thread).
 extern "C" const char* sluice_rope_and_cache(at::Tensor* q_out, at::Tensor* kc, at::Tensor* vc, const at::Tensor* qkv,
                                              const at::Tensor* cos, const at::Tensor* sin, const at::Tensor* slots) {
-  try {
+  return sluice::guarded([&] {
     TORCH_CHECK(q_out->dim() == 3 && kc->dim() == 3 && vc->dim() == 3 && qkv->dim() == 2 && cos->dim() == 2,
                 "unexpected ranks");
     const int64_t n = q_out->size(0), h = q_out->size(1), d = q_out->size(2), kvh = kc->size(1);
@@ -112,15 +110,6 @@ extern "C" const char* sluice_rope_and_cache(at::Tensor* q_out, at::Tensor* kc, 
                          cos->data_ptr<T>(), sin->data_ptr<T>(), sp, h, kvh, d};
       at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) { run_tokens(args, begin, end); });
     };
-    switch (qkv->scalar_type()) {
-      case at::kFloat: run(float{}); break;
-      case at::kBFloat16: run(c10::BFloat16{}); break;
-      case at::kHalf: run(c10::Half{}); break;
-      default: TORCH_CHECK(false, "rotary embedding takes float32, bfloat16 or float16, not ", qkv->scalar_type());
-    }
-    return nullptr;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return last_error.c_str();
-  }
+    sluice::dispatch_float_types(qkv->scalar_type(), "rotary embedding", run);
+  });
 }
