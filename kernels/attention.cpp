@@ -126,9 +126,7 @@ __attribute__((always_inline)) inline void attend_items(const Args<T>& a, int64_
   }
 }
 
-// One entry point per dtype, each built for several instruction sets and picked at load
-// time, so that the loops vectorise as wide as the CPU allows and still run anywhere.
-#define SLUICE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// One entry point per dtype, built for several instruction sets (SLUICE_CLONES).
 SLUICE_CLONES void attend_f32(const Args<float>& a, int64_t begin, int64_t end) { attend_items(a, begin, end); }
 SLUICE_CLONES void attend_bf16(const Args<c10::BFloat16>& a, int64_t begin, int64_t end) { attend_items(a, begin, end); }
 SLUICE_CLONES void attend_f16(const Args<c10::Half>& a, int64_t begin, int64_t end) { attend_items(a, begin, end); }

@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <cstring>
 
+// On a function: built for several instruction sets, one picked at load time, so that its
+// loops vectorise as wide as the CPU allows and still run anywhere.
+#define SLUICE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
 namespace sluice {
 
 inline float to_float(float x) { return x; }

@@ -49,8 +49,7 @@ __attribute__((always_inline)) inline void norm_rows(const Args<T>& a, int64_t b
   }
 }
 
-// Built for several instruction sets and picked at load time (see attention.cpp).
-#define SLUICE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// One entry point per dtype, built for several instruction sets (SLUICE_CLONES).
 SLUICE_CLONES void norm_f32(const Args<float>& a, int64_t begin, int64_t end) { norm_rows(a, begin, end); }
 SLUICE_CLONES void norm_bf16(const Args<c10::BFloat16>& a, int64_t begin, int64_t end) { norm_rows(a, begin, end); }
 SLUICE_CLONES void norm_f16(const Args<c10::Half>& a, int64_t begin, int64_t end) { norm_rows(a, begin, end); }

@@ -71,8 +71,7 @@ __attribute__((always_inline)) inline void tokens(const Args<T>& a, int64_t begi
   }
 }
 
-// Built for several instruction sets and picked at load time (see attention.cpp).
-#define SLUICE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// One entry point per dtype, built for several instruction sets (SLUICE_CLONES).
 SLUICE_CLONES void tokens_f32(const Args<float>& a, int64_t b, int64_t e) { tokens(a, b, e); }
 SLUICE_CLONES void tokens_bf16(const Args<c10::BFloat16>& a, int64_t b, int64_t e) { tokens(a, b, e); }
 SLUICE_CLONES void tokens_f16(const Args<c10::Half>& a, int64_t b, int64_t e) { tokens(a, b, e); }
