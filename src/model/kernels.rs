@@ -123,7 +123,7 @@ mod tests {
 
     /// Attention computed the plain way: gather each context, score, softmax, weigh.
     fn reference(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &[Vec<i64>], scale: f64) -> Tensor {
-        let (h, d) = (q.size()[1], q.size()[2]);
+        let h = q.size()[1];
         let kvh = kc.size()[1];
         let rows: Vec<Tensor> = slots
             .iter()
@@ -137,7 +137,6 @@ mod tests {
                 scores.softmax(-1, Kind::Double).unsqueeze(1).matmul(&v.transpose(0, 1)).squeeze_dim(1) // [h, d]
             })
             .collect();
-        let _ = d;
         Tensor::stack(&rows, 0)
     }
 
