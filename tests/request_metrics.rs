@@ -23,9 +23,9 @@ const POOLING_STAGES: [&str; 4] = ["pool_decode", "pool_tokenize", "encode", "po
 const SEQUENTIAL: [&str; 5] = ["decode", "render", "tokenize", "guide", "engine"];
 /// Rounding: every figure is rounded to the microsecond.
 const ROUNDING_MS: f64 = 0.01;
-/// A stage's service ends after it has handed the item on, so a thread descheduled right
-/// after the hand-off overlaps the next stage by that long (on a busy machine, a few ms).
-const SLACK_MS: f64 = 5.0;
+/// A request's share of a stage's service ends when the item is handed on, so sequential
+/// stages do not overlap; what remains is timer granularity between threads.
+const SLACK_MS: f64 = 1.0;
 
 fn events(server: &Server, path: &str, body: &Value) -> Vec<Value> {
     let all = server.post_sse(path, body);

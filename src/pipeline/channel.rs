@@ -20,6 +20,12 @@ pub trait Keyed {
     }
 }
 
+thread_local! {
+    /// When this thread last handed an item to a next stage: where a traced request's share
+    /// of a service ends (see `Inlet::end_service`).
+    static LAST_HAND_OFF: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
 pub(crate) struct Envelope<T> {
     item: T,
     sent: Instant,
@@ -67,7 +73,9 @@ impl<T: Keyed> Outlet<T> {
     /// Sends, waiting while the queue is full (backpressure).
     pub fn send(&self, item: T) -> Result<(), SendError> {
         let tx = self.route(&item).ok_or(SendError::Closed)?;
-        tx.send(Envelope { item, sent: Instant::now() }).map_err(|_| SendError::Closed)
+        let sent = Instant::now();
+        LAST_HAND_OFF.set(Some(sent));
+        tx.send(Envelope { item, sent }).map_err(|_| SendError::Closed)
     }
 
     /// Sends only if there is room now.
@@ -128,7 +136,11 @@ impl<T: Keyed> Inlet<T> {
         let took = service.start.elapsed();
         self.metrics.record_service(took);
         if let Some(t) = service.trace {
-            t.end(self.stage, took);
+            // The request's share ends when the item was handed on: the next stage starts
+            // then, and a thread descheduled after the hand-off (while the engine's OpenMP
+            // workers hold the cores) would otherwise count that wait twice.
+            let handed_off = LAST_HAND_OFF.get().filter(|&at| at >= service.start).map(|at| at - service.start);
+            t.end(self.stage, handed_off.unwrap_or(took));
         }
     }
 
