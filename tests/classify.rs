@@ -6,7 +6,7 @@
 #[macro_use]
 mod common;
 
-use common::{Server, fixture};
+use common::{Server, reference_items, fixture};
 use serde_json::{Value, json};
 
 const CLS_ARGS: &[&str] = &["--dtype", "float32", "--served-model-name", "tiny-cls"];
@@ -27,12 +27,6 @@ fn reranker() -> &'static Server {
     start("tiny-bert-rerank", RERANK_ARGS)
 }
 
-fn reference(name: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(fixture(&format!("reference/{name}"))).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["items"].as_array().unwrap().clone()
-}
-
 fn close(what: &str, got: &Value, want: &Value) {
     let (g, w) = (got.as_f64().unwrap(), want.as_f64().unwrap());
     assert!((g - w).abs() < 1e-4, "{what}: {g} vs {w}");
@@ -40,7 +34,7 @@ fn close(what: &str, got: &Value, want: &Value) {
 
 #[test]
 fn classify_matches_transformers() {
-    let refs = reference("tiny_bert_cls.json");
+    let refs = reference_items("tiny_bert_cls.json");
     let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let (status, v) = classifier().post("/classify", &json!({"model": "tiny-cls", "input": texts}));
     assert_eq!(status, 200, "{v}");
@@ -69,7 +63,7 @@ fn classify_matches_transformers() {
 
 #[test]
 fn score_matches_the_cross_encoder() {
-    let refs = reference("tiny_bert_rerank.json");
+    let refs = reference_items("tiny_bert_rerank.json");
     // The first four pairs share their query: one text_1 against four text_2.
     let query = refs[0]["text"].as_str().unwrap();
     let docs: Vec<&str> = refs[..4].iter().map(|r| r["text_pair"].as_str().unwrap()).collect();
@@ -99,7 +93,7 @@ fn score_matches_the_cross_encoder() {
 
 #[test]
 fn rerank_orders_documents_by_the_cross_encoder() {
-    let refs = reference("tiny_bert_rerank.json");
+    let refs = reference_items("tiny_bert_rerank.json");
     let query = refs[0]["text"].as_str().unwrap();
     let docs: Vec<&str> = refs[..4].iter().map(|r| r["text_pair"].as_str().unwrap()).collect();
     let mut want: Vec<(usize, f64)> = refs[..4].iter().enumerate().map(|(i, r)| (i, r["sigmoid"][0].as_f64().unwrap())).collect();

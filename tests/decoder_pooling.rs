@@ -8,7 +8,7 @@
 #[macro_use]
 mod common;
 
-use common::{Server, fixture};
+use common::{Server, reference_items, floats, fixture};
 use serde_json::{Value, json};
 
 /// The folder first, then `args`; Server::shared finds a running server by equal arguments.
@@ -28,16 +28,6 @@ fn classifier() -> &'static Server {
 
 fn reranker() -> &'static Server {
     start("tiny-llama-rerank", &["--dtype", "float32", "--task", "score"])
-}
-
-fn reference(name: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(fixture(&format!("reference/{name}"))).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["items"].as_array().unwrap().clone()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
@@ -73,7 +63,7 @@ fn bad(s: &Server, path: &str, body: Value, param: &str) -> Value {
 
 #[test]
 fn last_token_embeddings_match_transformers() {
-    let refs = reference("tiny_llama_last_embed.json");
+    let refs = reference_items("tiny_llama_last_embed.json");
     let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let v = ok(embedder(), "/v1/embeddings", json!({"model": "tiny-embed", "input": texts}));
     let data = v["data"].as_array().unwrap();
@@ -121,7 +111,7 @@ fn a_causal_lm_under_task_score_scores_by_cosine() {
 #[test]
 fn a_decoder_folders_own_pooling_config_wins() {
     let s = start("tiny-llama-mean", &["--task", "embed", "--dtype", "float32"]);
-    let refs = reference("tiny_llama_mean_embed.json");
+    let refs = reference_items("tiny_llama_mean_embed.json");
     let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let v = ok(s, "/v1/embeddings", json!({"input": texts, "truncate_prompt_tokens": -1}));
     for (d, r) in v["data"].as_array().unwrap().iter().zip(&refs) {
@@ -216,7 +206,7 @@ fn a_model_without_a_chat_template_refuses_messages() {
 
 #[test]
 fn sequence_classification_matches_transformers() {
-    let refs = reference("tiny_llama_cls.json");
+    let refs = reference_items("tiny_llama_cls.json");
     let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let v = ok(classifier(), "/classify", json!({"input": texts}));
     let data = v["data"].as_array().unwrap();
@@ -242,7 +232,7 @@ fn sequence_classification_matches_transformers() {
 
 #[test]
 fn a_one_label_decoder_scores_and_reranks_by_its_sigmoid() {
-    let refs = reference("tiny_llama_rerank.json");
+    let refs = reference_items("tiny_llama_rerank.json");
     let query = refs[0]["text"].as_str().unwrap();
     let docs: Vec<&str> = refs[..4].iter().map(|r| r["text_pair"].as_str().unwrap()).collect();
     let v = ok(reranker(), "/score", json!({"text_1": query, "text_2": docs}));

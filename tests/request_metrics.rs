@@ -5,10 +5,9 @@
 #[macro_use]
 mod common;
 
-use std::io::Read;
 use std::process::Command;
 
-use common::{MODEL, Server, minilm_dir};
+use common::{MODEL, Server, minilm_dir, read_stream_signalling_start};
 use serde_json::{Value, json};
 
 const ON: &[&str] = &["--dtype", "float32", "--enable-per-request-metrics"];
@@ -203,20 +202,8 @@ fn a_preempted_request_counts_its_preemption() {
     let mut low = body("Write a long story about a lighthouse keeper.", 120, 5);
     low["stream"] = json!(true);
     let low = std::thread::spawn(move || {
-        let mut r = Server::client().post(Server::shared(PRIORITY).url("/v1/completions")).json(&low).send().unwrap();
-        let (mut raw, mut buf, mut told) = (Vec::new(), [0u8; 4096], false);
-        loop {
-            let n = r.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            raw.extend_from_slice(&buf[..n]);
-            if !told {
-                let _ = tx.send(());
-                told = true;
-            }
-        }
-        String::from_utf8(raw).unwrap()
+        let r = Server::client().post(Server::shared(PRIORITY).url("/v1/completions")).json(&low).send().unwrap();
+        read_stream_signalling_start(r, &tx)
     });
     rx.recv().unwrap(); // the low-priority request is running
     let (status, urgent) = s.post("/v1/completions", &body("The capital of France is", 4, -5));

@@ -9,7 +9,7 @@
 #[macro_use]
 mod common;
 
-use common::{Server, fixture};
+use common::{Server, reference_items, floats, fixture};
 use serde_json::{Value, json};
 
 fn start(dir: &str, args: &[&'static str]) -> &'static Server {
@@ -20,16 +20,6 @@ fn start(dir: &str, args: &[&'static str]) -> &'static Server {
 
 const TWO_WAY: &str = r#"{"classifier_from_token": ["Ġno", "Ġgood"], "method": "from_2_way_softmax"}"#;
 const NO_POST: &str = r#"{"architectures": ["MistralForSequenceClassification"], "classifier_from_token": ["Ġno", "Ġgood", "Ġthe"], "method": "no_post_processing", "id2label": {"0": "no", "1": "good", "2": "the"}}"#;
-
-fn reference(name: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(fixture(&format!("reference/{name}"))).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["items"].as_array().unwrap().clone()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
-}
 
 fn rows(v: &Value) -> Vec<Vec<f64>> {
     v.as_array().unwrap().iter().map(floats).collect()
@@ -70,7 +60,7 @@ fn check_rows(s: &Server, refs: &[Value], width: usize) {
 #[test]
 fn task_reward_on_a_causal_lm_returns_every_tokens_hidden_state() {
     let s = start("tiny-llama", &["--task", "reward", "--dtype", "float32"]);
-    let refs = reference("tiny_llama_token_states.json");
+    let refs = reference_items("tiny_llama_token_states.json");
     check_rows(s, &refs, 64);
     // One input alone (no neighbours in the batch), as token ids, and in base64: the same.
     let r = &refs[1];
@@ -97,7 +87,7 @@ fn task_reward_on_a_causal_lm_returns_every_tokens_hidden_state() {
 fn a_qwen2_reward_model_gives_one_reward_per_token() {
     // auto picks reward for Qwen2ForRewardModel
     let s = start("tiny-qwen2-reward", &["--dtype", "float32"]);
-    check_rows(s, &reference("tiny_qwen2_rewards.json"), 1);
+    check_rows(s, &reference_items("tiny_qwen2_rewards.json"), 1);
     let err = common::start_fails(&[&fixture("tiny-qwen2-reward"), "--task", "embed"]);
     assert!(err.contains("--task embed: Qwen2ForRewardModel is a reward model; serve it with --task reward"), "{err}");
 }
@@ -106,7 +96,7 @@ fn a_qwen2_reward_model_gives_one_reward_per_token() {
 /// over the two labels; `returned_token_ids` picks (and orders) the labels kept.
 #[test]
 fn a_qwen2_process_reward_model_scores_the_step_tokens() {
-    let refs = reference("tiny_qwen2_prm_steps.json");
+    let refs = reference_items("tiny_qwen2_prm_steps.json");
     let s = start("tiny-qwen2-prm", &["--dtype", "float32", "--override-pooler-config", r#"{"step_tag_id": 30}"#]);
     let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let v = ok(s, "/pooling", json!({"input": texts}));
@@ -153,7 +143,7 @@ fn check_probs(what: &str, got: &[f64], r: &Value) {
 fn classifier_from_token_two_way_softmax_scores_like_the_lm_head() {
     // A causal LM, its architecture kept: --task classify converts it with the overrides.
     let s = start("tiny-llama", &["--task", "classify", "--dtype", "float32", "--hf-overrides", TWO_WAY]);
-    let refs = reference("tiny_llama_from_2_way.json");
+    let refs = reference_items("tiny_llama_from_2_way.json");
     let (singles, pairs): (Vec<&Value>, Vec<&Value>) = refs.iter().partition(|r| r["text_pair"].is_null());
     let texts: Vec<&str> = singles.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let v = ok(s, "/classify", json!({"input": texts}));
@@ -188,7 +178,7 @@ fn classifier_from_token_without_post_processing_keeps_each_tokens_logit() {
     // its own tensor, not the embeddings.
     // `--hf_overrides`: vLLM's recipes spell it with an underscore.
     let s = start("tiny-mistral", &["--dtype", "float32", "--hf_overrides", NO_POST]);
-    let refs = reference("tiny_mistral_no_post.json");
+    let refs = reference_items("tiny_mistral_no_post.json");
     let singles: Vec<&Value> = refs.iter().filter(|r| r["text_pair"].is_null()).collect();
     let texts: Vec<&str> = singles.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let v = ok(s, "/classify", json!({"input": texts}));
@@ -241,7 +231,7 @@ fn hf_overrides_and_classify_errors_stop_start_up() {
 #[test]
 fn runner_and_convert_are_the_task_by_another_name() {
     let s = start("tiny-llama", &["--runner", "pooling", "--convert", "reward", "--dtype", "float32"]);
-    check_rows(s, &reference("tiny_llama_token_states.json")[..2], 64);
+    check_rows(s, &reference_items("tiny_llama_token_states.json")[..2], 64);
     let s = start("tiny-llama", &["--runner", "pooling", "--dtype", "float32"]);
     let v = ok(s, "/v1/embeddings", json!({"input": "hello"}));
     assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 64);

@@ -7,7 +7,7 @@ mod common;
 use std::io::Read;
 use std::time::Instant;
 
-use common::{MODEL, Server};
+use common::{MODEL, Server, read_stream_signalling_start};
 use serde_json::{Value, json};
 
 /// One sequence at a time, so that the order of service is visible.
@@ -23,24 +23,10 @@ fn completion(prompt: &str, max_tokens: usize, priority: i64) -> Value {
 fn stream_text(s: &Server, body: &Value, started: std::sync::mpsc::Sender<()>) -> (String, Instant) {
     let mut body = body.clone();
     body["stream"] = json!(true);
-    let mut r = Server::client().post(s.url("/v1/completions")).json(&body).send().unwrap();
+    let r = Server::client().post(s.url("/v1/completions")).json(&body).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut told = false;
-    loop {
-        let n = r.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-        if !told {
-            let _ = started.send(());
-            told = true;
-        }
-    }
+    let text = read_stream_signalling_start(r, &started);
     let ended = Instant::now();
-    let text = String::from_utf8(raw).unwrap();
     let mut out = String::new();
     for event in text.split("\n\n").filter(|e| !e.is_empty()) {
         let data = event.strip_prefix("data: ").unwrap();

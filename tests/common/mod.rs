@@ -149,6 +149,36 @@ pub fn fixture(path: &str) -> String {
     format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The `items` of a reference file under tests/fixtures/reference/ (what the oracle wrote).
+pub fn reference_items(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(fixture(&format!("reference/{name}"))).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["items"].as_array().unwrap().clone()
+}
+
+/// A JSON array of numbers.
+pub fn floats(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+/// Reads a streamed response to its end, saying on `started` when its first bytes came.
+pub fn read_stream_signalling_start(mut r: reqwest::blocking::Response, started: &mpsc::Sender<()>) -> String {
+    use std::io::Read;
+    let (mut raw, mut buf, mut told) = (Vec::new(), [0u8; 4096], false);
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if !told {
+            let _ = started.send(());
+            told = true;
+        }
+    }
+    String::from_utf8(raw).unwrap()
+}
+
 impl Server {
     /// One figure from `/metrics` (the first series of that name).
     pub fn metric(&self, name: &str) -> f64 {
