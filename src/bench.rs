@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Output tokens per request (sent with ignore_eos).
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
+    /// Picks the prompts: runs with different seeds share no prompt, so repeated runs
+    /// against one server do not find their prompts in its prefix cache.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Requests sent before measuring, to warm the server up.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
@@ -79,7 +83,7 @@ impl Endpoint {
 
     /// Request `i`'s body (greedy, `ignore_eos`, so every request has the same length).
     fn body(self, model: &str, i: usize, args: &BenchArgs) -> Value {
-        let text = prompt(i, args.prompt_tokens);
+        let text = prompt(args.seed, i, args.prompt_tokens);
         let mut body = json!({"model": model, "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": true});
         let fields = body.as_object_mut().expect("an object");
         match self {
@@ -126,11 +130,11 @@ const WORDS: &[&str] = &[
     "mirror", "ladder", "tunnel", "basket", "candle", "desert", "feather", "compass", "anchor", "blanket",
 ];
 
-/// A prompt of about `tokens` tokens, different from every other request's from its first
-/// word on (so that no prefix cache can share it).
-fn prompt(i: usize, tokens: usize) -> String {
-    let mut x = crate::job::splitmix(i as u64 + 1);
-    let mut s = format!("Request {i}: tell a story about");
+/// A prompt of about `tokens` tokens, different from every other request's, and from every
+/// request of another seed's, from its first word on (so that no prefix cache can share it).
+fn prompt(seed: u64, i: usize, tokens: usize) -> String {
+    let mut x = crate::job::splitmix((i as u64 + 1) ^ (seed << 32));
+    let mut s = if seed == 0 { format!("Request {i}: tell a story about") } else { format!("Request {seed}-{i}: tell a story about") };
     // Common words are one token each with a leading space, in most BPE vocabularies.
     for _ in 0..tokens.saturating_sub(8) {
         x = crate::job::splitmix(x);
@@ -361,4 +365,23 @@ fn cpu_snapshot(pid: Option<u32>) -> Option<Cpu> {
     // utime and stime are fields 14 and 15; counted from the state (field 3), 11 and 12.
     let server = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(Cpu { total, busy: total - idle, server, cores })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prompt;
+
+    #[test]
+    fn prompts_differ_by_request_and_by_seed_from_the_first_word() {
+        let first_words = |s: &str| s.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        let a = prompt(0, 3, 50);
+        assert_eq!(first_words(&a), "Request 3:");
+        assert_eq!(a, prompt(0, 3, 50), "a prompt is a function of seed and index");
+        assert_ne!(first_words(&a), first_words(&prompt(0, 4, 50)));
+        let b = prompt(7, 3, 50);
+        assert_eq!(first_words(&b), "Request 7-3:");
+        // Past the header the words differ too, so no shared stretch is long.
+        assert_ne!(a.split_once(':').unwrap().1, b.split_once(':').unwrap().1);
+        assert!((40..60).contains(&b.split(' ').count()), "about the asked length: {b}");
+    }
 }
