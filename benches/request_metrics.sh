@@ -7,8 +7,8 @@
 # seconds apart put both halves of a pair in the same state, so the drift cancels out of
 # the on/off ratio where whole runs a minute apart could not resolve a few percent.
 # Prints one line per run (output tokens/s, TTFT and ITL p50, the CPU the driven server and
-# everything else used, in cores) and, at the end, the on/off throughput ratio: mean and
-# median over rounds, with a 95% confidence interval for the mean.
+# everything else used, in cores) and, at the end, the on/off ratios: mean over rounds with
+# a 95% confidence interval, and median (benches/paired.py).
 #   benches/request_metrics.sh [ROUNDS] [REQUESTS] [CONCURRENCY]   (defaults: 60, 16, 16)
 # PROMPT (~tokens) and OUT (output tokens, ignore_eos) set the request shape. Two checks on
 # the method: ON_FIRST=1 starts the flag-on server first (which server started first can
@@ -51,37 +51,8 @@ for r in $(seq 1 "$ROUNDS"); do
   for mode in "${order[@]}"; do
     "$BIN" bench --base-url "http://127.0.0.1:${port[$mode]}" --server-pid "${pid[$mode]}" --concurrency "$C" \
       --requests "$N" --prompt-tokens "$PROMPT" --max-tokens "$OUT" --warmup 0 --seed "$r" --json |
-      python3 -c '
-import json, sys
-o = json.load(sys.stdin)
-c = o.get("cpu", {})
-r, mode = sys.argv[1], sys.argv[2]
-tok, ttft, itl, errs = o["output_tokens_per_s"], o["ttft_ms"]["p50"], o["itl_ms"]["p50"], o["errors"]
-srv, oth = c.get("server_cores_used", 0), c.get("others_cores_used", 0)
-print(f"round {r:>2} metrics {mode:3}: {tok:7.1f} out tok/s  TTFT p50 {ttft:7.1f} ms  ITL p50 {itl:6.1f} ms  "
-      f"errors {errs}  CPU server {srv:.2f} others {oth:.2f}")
-' "$r" "$mode" | tee -a "$results"
+      python3 benches/paired.py record "$results" "$r" "$mode"
   done
 done
-python3 - "$results" <<'EOF'
-import re, statistics, sys
-runs = {}
-for line in open(sys.argv[1]):
-    m = re.match(r"round\s+(\d+) metrics (\w+)\s*:\s+([\d.]+)", line)
-    runs.setdefault(int(m[1]), {})[m[2]] = float(m[3])
-ratios = [r["on"] / r["off"] for r in runs.values() if "on" in r and "off" in r]
-off = statistics.mean(r["off"] for r in runs.values())
-on = statistics.mean(r["on"] for r in runs.values())
-mean = statistics.mean(ratios)
-# Student's t, two-sided 95%, by degrees of freedom (beyond 30: the normal value).
-t = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
-     11: 2.20, 12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 16: 2.12, 17: 2.11, 18: 2.10, 19: 2.09,
-     20: 2.09, 25: 2.06, 30: 2.04}
-df = len(ratios) - 1
-tv = t[max(k for k in t if k <= df)] if 0 < df <= 30 else 1.96
-half = tv * statistics.stdev(ratios) / len(ratios) ** 0.5 if df else float("nan")
-print(f"mean out tok/s: off {off:.1f}, on {on:.1f}")
-print(f"on/off over {len(ratios)} rounds: mean {mean:.4f} (95% CI {mean - half:.4f} to {mean + half:.4f}), "
-      f"median {statistics.median(ratios):.4f}, range {min(ratios):.3f} to {max(ratios):.3f}")
-EOF
+python3 benches/paired.py summary "$results" off on
 rm -f "$results"
