@@ -19,12 +19,11 @@ pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 1; done
 
-bench() { # ARM SEED [ARGS...]
+bench() { # ARM SEED
   local arm=$1 seed=$2 extra=()
   [ "$arm" = schema ] && extra=(--extra-body @benches/list_schema.json)
-  shift 2
   "$BIN" bench --base-url "http://127.0.0.1:$PORT" --server-pid "$pid" --endpoint "${ENDPOINT:-chat}" --concurrency "$C" \
-    --requests "$N" --prompt-tokens "$PROMPT" --max-tokens "$OUT" --warmup 0 --seed "$seed" "${extra[@]}" --json "$@"
+    --requests "$N" --prompt-tokens "$PROMPT" --max-tokens "$OUT" --warmup 0 --seed "$seed" "${extra[@]}" --json
 }
 
 # One unrecorded run of each first: the first constrained request builds the token trie.

@@ -3,9 +3,10 @@
 # with the flag off and one with it on; only one is driven at a time. Each round sends the
 # same streaming workload (`sluice bench`, new prompts each round so neither server's prefix
 # cache has seen them) to both, back to back, the order alternating. This machine's speed
-# drifts between a fast and a slow state every few tens of seconds; short rounds measured
-# seconds apart put both halves of a pair in the same state, so the drift cancels out of
-# the on/off ratio where whole runs a minute apart could not resolve a few percent.
+# flips between a fast and a slow state every few seconds to tens of seconds; short rounds
+# measured seconds apart mostly put both halves of a pair in the same state, so it largely
+# cancels out of the on/off ratio, where whole runs a minute apart could not resolve a few
+# percent.
 # Prints one line per run (output tokens/s, TTFT and ITL p50, the CPU the driven server and
 # everything else used, in cores) and, at the end, the on/off ratios: mean over rounds with
 # a 95% confidence interval, and median (benches/paired.py).
