@@ -126,14 +126,8 @@ __attribute__((always_inline)) inline void attend_items(const Args<T>& a, int64_
   }
 }
 
-// One entry point per dtype, built for several instruction sets (SLUICE_CLONES).
-SLUICE_CLONES void attend_f32(const Args<float>& a, int64_t begin, int64_t end) { attend_items(a, begin, end); }
-SLUICE_CLONES void attend_bf16(const Args<c10::BFloat16>& a, int64_t begin, int64_t end) { attend_items(a, begin, end); }
-SLUICE_CLONES void attend_f16(const Args<c10::Half>& a, int64_t begin, int64_t end) { attend_items(a, begin, end); }
-
-inline void attend(const Args<float>& a, int64_t begin, int64_t end) { attend_f32(a, begin, end); }
-inline void attend(const Args<c10::BFloat16>& a, int64_t begin, int64_t end) { attend_bf16(a, begin, end); }
-inline void attend(const Args<c10::Half>& a, int64_t begin, int64_t end) { attend_f16(a, begin, end); }
+// One entry point per dtype, built for several instruction sets.
+SLUICE_CLONED_RANGE(attend, attend_items)
 
 // The same computation with AVX-512 intrinsics, for float32 and bfloat16 with a head size
 // that is a multiple of 16 (at most 256): K and V rows are widened once into registers and

@@ -12,6 +12,17 @@
 // loops vectorise as wide as the CPU allows and still run anywhere.
 #define SLUICE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
+// Defines NAME(const Args<T>& a, int64_t begin, int64_t end) for float32, bfloat16 and
+// float16: each a SLUICE_CLONES function calling the template BODY (target_clones does not
+// take templates). Args is the kernel file's own argument struct.
+#define SLUICE_CLONED_RANGE(NAME, BODY)                                                                 \
+  SLUICE_CLONES void NAME##_f32(const Args<float>& a, int64_t b, int64_t e) { BODY(a, b, e); }          \
+  SLUICE_CLONES void NAME##_bf16(const Args<c10::BFloat16>& a, int64_t b, int64_t e) { BODY(a, b, e); } \
+  SLUICE_CLONES void NAME##_f16(const Args<c10::Half>& a, int64_t b, int64_t e) { BODY(a, b, e); }      \
+  inline void NAME(const Args<float>& a, int64_t b, int64_t e) { NAME##_f32(a, b, e); }                 \
+  inline void NAME(const Args<c10::BFloat16>& a, int64_t b, int64_t e) { NAME##_bf16(a, b, e); }        \
+  inline void NAME(const Args<c10::Half>& a, int64_t b, int64_t e) { NAME##_f16(a, b, e); }
+
 namespace sluice {
 
 inline float to_float(float x) { return x; }

@@ -49,14 +49,8 @@ __attribute__((always_inline)) inline void norm_rows(const Args<T>& a, int64_t b
   }
 }
 
-// One entry point per dtype, built for several instruction sets (SLUICE_CLONES).
-SLUICE_CLONES void norm_f32(const Args<float>& a, int64_t begin, int64_t end) { norm_rows(a, begin, end); }
-SLUICE_CLONES void norm_bf16(const Args<c10::BFloat16>& a, int64_t begin, int64_t end) { norm_rows(a, begin, end); }
-SLUICE_CLONES void norm_f16(const Args<c10::Half>& a, int64_t begin, int64_t end) { norm_rows(a, begin, end); }
-
-inline void norm(const Args<float>& a, int64_t begin, int64_t end) { norm_f32(a, begin, end); }
-inline void norm(const Args<c10::BFloat16>& a, int64_t begin, int64_t end) { norm_bf16(a, begin, end); }
-inline void norm(const Args<c10::Half>& a, int64_t begin, int64_t end) { norm_f16(a, begin, end); }
+// One entry point per dtype, built for several instruction sets.
+SLUICE_CLONED_RANGE(norm, norm_rows)
 
 template <typename T>
 void rms_norm_rows(T* out, const T* x, const T* w, int64_t n, int64_t dim, float eps) {

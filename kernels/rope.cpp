@@ -71,14 +71,8 @@ __attribute__((always_inline)) inline void tokens(const Args<T>& a, int64_t begi
   }
 }
 
-// One entry point per dtype, built for several instruction sets (SLUICE_CLONES).
-SLUICE_CLONES void tokens_f32(const Args<float>& a, int64_t b, int64_t e) { tokens(a, b, e); }
-SLUICE_CLONES void tokens_bf16(const Args<c10::BFloat16>& a, int64_t b, int64_t e) { tokens(a, b, e); }
-SLUICE_CLONES void tokens_f16(const Args<c10::Half>& a, int64_t b, int64_t e) { tokens(a, b, e); }
-
-inline void run_tokens(const Args<float>& a, int64_t b, int64_t e) { tokens_f32(a, b, e); }
-inline void run_tokens(const Args<c10::BFloat16>& a, int64_t b, int64_t e) { tokens_bf16(a, b, e); }
-inline void run_tokens(const Args<c10::Half>& a, int64_t b, int64_t e) { tokens_f16(a, b, e); }
+// One entry point per dtype, built for several instruction sets.
+SLUICE_CLONED_RANGE(run_tokens, tokens)
 
 }  // namespace
 

@@ -264,8 +264,8 @@ struct AttnPlan {
 }
 
 struct DecodeGroup {
-    rows: Tensor,   // [b] rows of the flat batch
-    gather: Tensor, // [b·lmax] cache slots (padding reads the zeroed pad slot)
+    rows: Tensor,  // [b] rows of the flat batch
+    slots: Tensor, // [b, lmax] cache slots (padding reads the zeroed pad slot)
     /// How the group is attended: on the CPU our kernel reads the cache in place.
     path: DecodePath,
     b: i64,
@@ -276,8 +276,17 @@ enum DecodePath {
     /// `kernels::paged_decode_attention` with each context's length `[b]`.
     Kernel { lens: Tensor },
     /// Gathered K and V with padding, as tensor operations (CUDA); `masked_out: [b, 1, 1,
-    /// lmax]` is true where not attended.
+    /// lmax]` is true at the padding.
     Gathered { masked_out: Tensor },
+}
+
+impl DecodePath {
+    /// The tensor-operations path for contexts of `lens: [b]` padded to `lmax`.
+    fn gathered(lens: &Tensor, lmax: i64, dev: Device) -> Self {
+        let positions = Tensor::arange(lmax, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+        let masked_out = positions.ge_tensor(&lens.unsqueeze(1)).view([lens.size()[0], 1, 1, lmax]);
+        DecodePath::Gathered { masked_out: masked_out.to_device(dev) }
+    }
 }
 
 struct PrefillSeq {
@@ -300,24 +309,16 @@ impl AttnPlan {
                 gather[i * lmax..i * lmax + s.context_len].copy_from_slice(&s.context_slots);
             }
             let rows: Vec<i64> = decoding.iter().map(|s| s.row as i64).collect();
-            let path = if dev == Device::Cpu {
-                let lens: Vec<i64> = decoding.iter().map(|s| s.context_len as i64).collect();
-                DecodePath::Kernel { lens: Tensor::from_slice(&lens) }
-            } else {
-                let mut mask = vec![false; b * lmax];
-                for (i, s) in decoding.iter().enumerate() {
-                    mask[i * lmax..i * lmax + s.context_len].iter_mut().for_each(|m| *m = true);
-                }
-                DecodePath::Gathered {
-                    masked_out: Tensor::from_slice(&mask).view([b as i64, 1, 1, lmax as i64]).logical_not().to_device(dev),
-                }
-            };
+            let (b, lmax) = (b as i64, lmax as i64);
+            let lens: Vec<i64> = decoding.iter().map(|s| s.context_len as i64).collect();
+            let lens = Tensor::from_slice(&lens);
+            let path = if dev == Device::Cpu { DecodePath::Kernel { lens } } else { DecodePath::gathered(&lens, lmax, dev) };
             DecodeGroup {
                 rows: Tensor::from_slice(&rows).to_device(dev),
-                gather: Tensor::from_slice(&gather).to_device(dev),
+                slots: Tensor::from_slice(&gather).view([b, lmax]).to_device(dev),
                 path,
-                b: b as i64,
-                lmax: lmax as i64,
+                b,
+                lmax,
             }
         });
         let prefill = batch
@@ -362,8 +363,9 @@ impl AttnPlan {
         scale: f64,
     ) -> Tensor {
         let qd = q.index_select(0, &g.rows).view([g.b, kvh, h / kvh, d]);
-        let kd = kc.index_select(0, &g.gather).view([g.b, g.lmax, kvh, d]).permute([0, 2, 3, 1]); // [b, kvh, d, l]
-        let vd = vc.index_select(0, &g.gather).view([g.b, g.lmax, kvh, d]).transpose(1, 2); // [b, kvh, l, d]
+        let gather = g.slots.view([g.b * g.lmax]);
+        let kd = kc.index_select(0, &gather).view([g.b, g.lmax, kvh, d]).permute([0, 2, 3, 1]); // [b, kvh, d, l]
+        let vd = vc.index_select(0, &gather).view([g.b, g.lmax, kvh, d]).transpose(1, 2); // [b, kvh, l, d]
         let scores = (qd.matmul(&kd).to_kind(Kind::Float) * scale).masked_fill(masked_out, f64::NEG_INFINITY);
         let o = scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&vd); // [b, kvh, h/kvh, d]
         o.view([g.b, h, d])
@@ -377,7 +379,7 @@ impl AttnPlan {
             let o = match &g.path {
                 DecodePath::Kernel { lens } => {
                     let qd = q.index_select(0, &g.rows);
-                    kernels::paged_decode_attention(&qd, kc, vc, &g.gather.view([g.b, g.lmax]), lens, scale)
+                    kernels::paged_decode_attention(&qd, kc, vc, &g.slots, lens, scale)
                 }
                 DecodePath::Gathered { masked_out } => Self::gathered_decode(g, masked_out, q, kc, vc, h, kvh, d, scale),
             };
@@ -400,5 +402,42 @@ impl AttnPlan {
             out.narrow(0, p.row, p.len).copy_(&o.squeeze_dim(0).transpose(0, 1));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CUDA path's tensor operations, run on the CPU, agree with the CPU kernel on
+    /// padded contexts of different lengths.
+    #[test]
+    fn gathered_decode_matches_the_kernel() {
+        let (h, kvh, d, nslots) = (4i64, 2i64, 16i64, 12i64);
+        let _guard = tch::no_grad_guard();
+        tch::manual_seed(7);
+        let opts = (Kind::Float, Device::Cpu);
+        let q = Tensor::randn([2, h, d], opts);
+        let kc = Tensor::randn([nslots, kvh, d], opts);
+        let vc = Tensor::randn([nslots, kvh, d], opts);
+        let _ = kc.get(KvCache::PAD_SLOT).zero_();
+        let _ = vc.get(KvCache::PAD_SLOT).zero_();
+        let lmax = 5;
+        let pad = KvCache::PAD_SLOT;
+        let slots = Tensor::from_slice(&[3, 7, 1, 9, 4, 10, 2, pad, pad, pad]).view([2, lmax]);
+        let lens = Tensor::from_slice(&[5i64, 2]);
+        let g = DecodeGroup {
+            rows: Tensor::from_slice(&[0i64, 1]),
+            slots: slots.shallow_clone(),
+            path: DecodePath::gathered(&lens, lmax, Device::Cpu),
+            b: 2,
+            lmax,
+        };
+        let DecodePath::Gathered { masked_out } = &g.path else { unreachable!() };
+        let scale = 1.0 / (d as f64).sqrt();
+        let gathered = AttnPlan::gathered_decode(&g, masked_out, &q, &kc, &vc, h, kvh, d, scale);
+        let kernel = kernels::paged_decode_attention(&q, &kc, &vc, &slots, &lens, scale);
+        let diff = (gathered - kernel).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "largest difference {diff}");
     }
 }

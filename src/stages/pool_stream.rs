@@ -12,7 +12,7 @@ use crate::api::pooling::*;
 use crate::api::request_metrics::RequestMetrics;
 use crate::job::{Item, Payload, PoolJob, PoolShape, Reply, RequestCtx};
 use crate::model::encoder::PoolingInfo;
-use crate::model::pooling::normalize;
+use crate::model::pooling::{normalize, softmax};
 use crate::pipeline::{Outlet, Stage};
 
 pub struct PoolStream {
@@ -41,13 +41,6 @@ impl Stage<Item> for PoolStream {
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-fn softmax(v: &[f32]) -> Vec<f32> {
-    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = v.iter().map(|x| (x - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
