@@ -133,11 +133,11 @@ const WORDS: &[&str] = &[
 /// A prompt of about `tokens` tokens, different from every other request's, and from every
 /// request of another seed's, from its first word on (so that no prefix cache can share it).
 fn prompt(seed: u64, i: usize, tokens: usize) -> String {
-    let mut x = crate::job::splitmix((i as u64 + 1) ^ (seed << 32));
+    let mut x = crate::ids::splitmix((i as u64 + 1) ^ (seed << 32));
     let mut s = if seed == 0 { format!("Request {i}: tell a story about") } else { format!("Request {seed}-{i}: tell a story about") };
     // Common words are one token each with a leading space, in most BPE vocabularies.
     for _ in 0..tokens.saturating_sub(8) {
-        x = crate::job::splitmix(x);
+        x = crate::ids::splitmix(x);
         s.push(' ');
         s.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
     }

@@ -8,7 +8,7 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use tower_http::cors::{self, CorsLayer};
 use tch::{Device, Kind};
 
-use crate::api::server::{AppState, router};
+use crate::http::server::{AppState, router};
 use crate::cli::{ContentFormatArg, DeviceArg, SchedulingPolicy, ServeArgs};
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::{Engine, EngineConfig};
@@ -19,7 +19,8 @@ use crate::model::encoder::{self, encoder_arch};
 use crate::model::{self, LoadOptions, resolve};
 use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::sampling::SamplingDefaults;
-use crate::serving::{ContentFormat, ServingContext, Task};
+use crate::api::context::{ContentFormat, ServingContext};
+use crate::model::task::Task;
 use crate::stages;
 
 pub fn device(arg: DeviceArg) -> Result<Device> {
@@ -67,7 +68,7 @@ fn chat_template_arg(arg: &str) -> Result<String> {
 /// Everything `serve` starts, ready to listen.
 pub struct Server {
     pub app: Arc<AppState>,
-    pub pipeline: Pipeline<crate::job::Item>,
+    pub pipeline: Pipeline<crate::stages::item::Item>,
 }
 
 impl Server {
@@ -363,7 +364,7 @@ fn build_pooling(
 }
 
 fn root_path(args: &ServeArgs) -> Result<String> {
-    crate::api::docs::normalize_root_path(args.root_path.as_deref()).map_err(anyhow::Error::msg)
+    crate::http::docs::normalize_root_path(args.root_path.as_deref()).map_err(anyhow::Error::msg)
 }
 
 /// `--generation-config`: which generation_config.json gives the sampling defaults.
@@ -468,7 +469,10 @@ fn engine_config(
         scheduler: SchedulerConfig {
             max_num_seqs: args.max_num_seqs,
             max_batched_tokens: args.max_num_batched_tokens,
-            policy: args.scheduling_policy,
+            policy: match args.scheduling_policy {
+                SchedulingPolicy::Fcfs => crate::engine::scheduler::SchedulingPolicy::Fcfs,
+                SchedulingPolicy::Priority => crate::engine::scheduler::SchedulingPolicy::Priority,
+            },
             prefix_caching: !args.no_enable_prefix_caching,
         },
         max_model_len: info.max_model_len,
@@ -496,7 +500,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         use tower_layer::Layer as _;
         let app = axum::middleware::map_request(move |req| {
             let root = root.clone();
-            async move { crate::api::docs::strip_root_path(&root, req) }
+            async move { crate::http::docs::strip_root_path(&root, req) }
         })
         .layer(router(server.app.clone()).layer(cors));
         axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))

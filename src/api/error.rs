@@ -105,6 +105,13 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// The engine's errors reach the client as server errors: the request was valid.
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, [(header::CONTENT_TYPE, "application/json")], self.to_json()).into_response();

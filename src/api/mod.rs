@@ -1,11 +1,12 @@
-//! The OpenAI-compatible HTTP API.
+//! The OpenAI/vLLM wire format: response types, errors as clients expect them, and the
+//! validation that turns a wire request into a validated internal request.
 
-pub mod docs;
+pub mod context;
+pub mod endpoint;
 pub mod error;
 pub mod pooling;
 pub mod protocol;
+pub mod request;
 pub mod request_metrics;
-pub mod server;
-pub mod structured;
-pub mod tokenize;
 pub mod tools;
+pub mod validate;

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::job::RequestCtx;
+use crate::engine::latency::Timeline;
+use crate::pipeline::StageTrace;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestMetrics {
@@ -48,11 +49,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl RequestMetrics {
-    /// The request's figures up to `now`; None when it is not traced (the flag is off).
-    pub fn of(ctx: &RequestCtx, now: Instant) -> Option<RequestMetrics> {
-        let trace = ctx.trace.as_ref()?;
-        let m = ctx.timeline.milestones();
-        let generates = ctx.endpoint.generates();
+    /// A traced request's figures up to `now`: its stage trace, its milestones, when it
+    /// arrived (Unix seconds) and whether it generates text.
+    pub fn of(trace: &StageTrace, timeline: &Timeline, arrival_time: f64, generates: bool, now: Instant) -> RequestMetrics {
+        let m = timeline.milestones();
         let between = |a: Option<Duration>, b: Option<Duration>| Some(ms(b?.saturating_sub(a?)));
         let stages = trace
             .snapshot(now)
@@ -62,16 +62,16 @@ impl RequestMetrics {
                 (name, v)
             })
             .collect();
-        Some(RequestMetrics {
-            arrival_time: ctx.arrival_time,
-            e2e_ms: ms(ctx.timeline.since_arrival(now)),
+        RequestMetrics {
+            arrival_time,
+            e2e_ms: ms(timeline.since_arrival(now)),
             queue_ms: between(m.admitted, m.scheduled),
             ttft_ms: m.first_token.map(ms),
             prefill_ms: between(m.scheduled, m.first_token),
             decode_ms: between(m.first_token, m.last_token),
             num_preemptions: generates.then_some(m.preemptions),
             stages,
-        })
+        }
     }
 
     /// Adds `"metrics"` as the last key of a JSON object already written out.
@@ -96,30 +96,23 @@ impl RequestMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::Endpoint;
-    use crate::pipeline::StageTrace;
-
-    #[test]
-    fn untraced_requests_have_no_metrics() {
-        let (ctx, _rx) = RequestCtx::new(Endpoint::Completions, None, None);
-        assert!(RequestMetrics::of(&ctx, Instant::now()).is_none());
-    }
 
     #[test]
     fn a_traced_request_reports_milestones_and_every_stage() {
         let names: std::sync::Arc<[String]> = vec!["decode".to_string(), "engine".to_string()].into();
-        let (ctx, _rx) = RequestCtx::new(Endpoint::Completions, None, Some(StageTrace::new(names)));
-        let t0 = ctx.arrived;
+        let t0 = Instant::now();
+        let timeline = Timeline::new(t0);
+        let trace = StageTrace::new(names);
         let at = |n| t0 + Duration::from_millis(n);
-        ctx.timeline.mark_admitted(at(2));
-        ctx.timeline.mark_scheduled(at(5));
-        ctx.timeline.mark_token(at(20));
-        ctx.timeline.mark_token(at(30));
-        let trace = ctx.trace.as_ref().unwrap();
+        timeline.mark_admitted(at(2));
+        timeline.mark_scheduled(at(5));
+        timeline.mark_token(at(20));
+        timeline.mark_token(at(30));
         trace.queued(0, Duration::from_micros(100));
         trace.begin(0, t0);
         trace.end(0, Duration::from_micros(1500));
-        let m = RequestMetrics::of(&ctx, at(31)).unwrap();
+        let m = RequestMetrics::of(&trace, &timeline, 1.5, true, at(31));
+        assert_eq!(m.arrival_time, 1.5);
         assert_eq!((m.queue_ms, m.ttft_ms, m.prefill_ms, m.decode_ms), (Some(3.0), Some(20.0), Some(15.0), Some(10.0)));
         assert_eq!(m.e2e_ms, 31.0);
         assert_eq!(m.num_preemptions, Some(0));

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::api::error::ApiError;
-use crate::api::server::{no_route, usable_request_id};
-use crate::job::Endpoint;
+use crate::api::endpoint::Endpoint;
+use crate::http::server::{no_route, usable_request_id};
 
 /// What one line of the batch file asks for.
 #[derive(Debug)]

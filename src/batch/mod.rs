@@ -19,9 +19,9 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::api::error::ApiError;
-use crate::api::server::{AppState, refuse_endpoint};
+use crate::http::server::{AppState, refuse_endpoint};
 use crate::cli::ServeArgs;
-use crate::job::{Item, Payload, Reply, RequestCtx};
+use crate::stages::item::{Item, Payload, Reply, RequestCtx};
 use crate::pipeline::SendError;
 use crate::serve::{Edge, Server, build_for};
 use input::{Line, SeenIds, parse_line};
@@ -211,7 +211,7 @@ fn read_lines(
         if let Some(id) = &custom_id {
             seen.claim(id, number);
         }
-        let request_id = format!("batch-req-{}", crate::job::random_hex(number as u64));
+        let request_id = format!("batch-req-{}", crate::ids::random_hex(number as u64));
         let body = error.to_json();
         let answer = Answer {
             custom_id: custom_id.as_deref(),

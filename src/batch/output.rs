@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use crate::api::error::ApiError;
-use crate::job::random_hex;
+use crate::ids::random_hex;
 
 /// One answer, ready to become an output line.
 pub struct Answer<'a> {

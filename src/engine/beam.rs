@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::blocks::BlockManager;
-use crate::job::RequestCtx;
+use super::request::Client;
 use super::sequence::{SeqId, Sequence};
 
 /// A request's beam-search settings.
@@ -47,7 +47,7 @@ pub struct Finished {
 pub struct BeamGroup {
     pub params: BeamParams,
     pub ignore_eos: bool,
-    pub ctx: Arc<RequestCtx>,
+    pub client: Arc<dyn Client>,
     pub prompt: Arc<Vec<u32>>,
     pub prompt_index: usize,
     /// Choices in the whole request.
@@ -77,7 +77,7 @@ impl BeamGroup {
         BeamGroup {
             params,
             ignore_eos,
-            ctx: root.ctx.clone(),
+            client: root.client.clone(),
             prompt: root.prompt.clone(),
             prompt_index: root.prompt_index,
             choices: root.choices,
@@ -159,7 +159,7 @@ impl BeamGroup {
             let p = &parent.seq;
             let child = Sequence {
                 id: *next_id,
-                ctx: p.ctx.clone(),
+                client: p.client.clone(),
                 choice: p.choice,
                 prompt_index: p.prompt_index,
                 choices: p.choices,

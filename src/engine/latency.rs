@@ -43,6 +43,11 @@ impl Timeline {
         }
     }
 
+    /// When the request arrived.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
+    }
+
     /// One of the request's sequences lost its KV blocks, to be computed again.
     pub fn mark_preempted(&self) {
         self.preemptions.fetch_add(1, Ordering::Relaxed);

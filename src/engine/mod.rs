@@ -6,6 +6,7 @@ pub mod beam;
 pub mod blocks;
 pub mod latency;
 pub mod prefix;
+pub mod request;
 pub mod scheduler;
 pub mod sequence;
 pub mod stats;
@@ -18,13 +19,13 @@ use rand_chacha::ChaCha8Rng;
 use tch::Tensor;
 
 use crate::guided::{GuideState, TokenMask};
-use crate::job::{Finish, Job, RequestCtx, StopReason, TokenEvent};
 use crate::model::batch::{SeqChunk, StepBatch};
 use crate::model::kv_cache::KvCache;
 use crate::model::llama::Llama;
 use crate::sampling::processors::{self, RowContext};
 use crate::sampling::{self, SampleRow};
 use blocks::BlockManager;
+pub use request::{Client, EngineError, EngineEvent, EngineRequest, Finish, StopReason, TokenEvent};
 use scheduler::{Scheduler, SchedulerConfig};
 use sequence::{SeqId, Sequence};
 use stats::EngineStats;
@@ -36,11 +37,6 @@ pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
     pub max_model_len: usize,
     pub eos_ids: Vec<u32>,
-}
-
-/// Where the engine's output goes; the pipeline stage adapts this to its outlet.
-pub trait Emit {
-    fn emit(&mut self, ctx: &Arc<RequestCtx>, event: TokenEvent);
 }
 
 /// Time spent in each part of a step, for profiles.
@@ -101,7 +97,7 @@ impl Engine {
         let requests = |ids: &[SeqId]| {
             ids.iter()
                 .filter_map(|id| self.sched.get(*id))
-                .map(|s| s.ctx.key)
+                .map(|s| s.client.key())
                 .collect::<std::collections::HashSet<_>>()
                 .len() as u64
         };
@@ -135,17 +131,11 @@ impl Engine {
         self.blocks.num_free()
     }
 
-    /// Admits a tokenized job: one sequence per prompt and choice.
-    pub fn admit(&mut self, ctx: Arc<RequestCtx>, job: &Job) {
-        let prompts = job.token_prompts().expect("the engine takes tokenized jobs");
-        if let (Some(req), None) = (&job.constraint, &job.guide) {
-            ctx.fail(crate::api::error::ApiError::invalid(
-                req.field.clone(),
-                "Structured outputs need the `guide` stage before the engine in the pipeline file.",
-            ));
-            return;
-        }
-        ctx.timeline.mark_admitted(Instant::now());
+    /// Admits a request: one sequence per prompt and choice.
+    pub fn admit(&mut self, job: EngineRequest) {
+        let prompts = &job.prompts;
+        let client = &job.client;
+        client.timeline().mark_admitted(Instant::now());
         let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
         self.stats.prompt_tokens.fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
         let choices = prompts.len() * job.n;
@@ -159,11 +149,11 @@ impl Engine {
                 let choice = p * job.n + j;
                 let seed = match job.sampling.seed {
                     Some(s) => s.wrapping_add(choice as u64),
-                    None => crate::job::splitmix(ctx.key ^ (self.next_id << 20) ^ now_nanos()),
+                    None => crate::ids::splitmix(client.key() ^ (self.next_id << 20) ^ now_nanos()),
                 };
                 let seq = Sequence {
                     id: self.next_id,
-                    ctx: ctx.clone(),
+                    client: client.clone(),
                     choice,
                     prompt_index: p,
                     choices,
@@ -177,7 +167,7 @@ impl Engine {
                     hashes: Vec::new(),
                     salt: prefix::chain_start(job.cache_salt.as_deref()),
                     priority: job.priority,
-                    arrival: ctx.arrived,
+                    arrival: client.timeline().arrived(),
                     prompt_logprobs: Vec::new(),
                     announced: false,
                     guide: job.guide.as_ref().map(|g| g.start()),
@@ -195,21 +185,21 @@ impl Engine {
     }
 
     /// Drops sequences whose client left or whose choice was ended downstream.
-    pub fn reap_cancelled(&mut self, out: &mut dyn Emit) {
+    pub fn reap_cancelled(&mut self) {
         let gone: Vec<SeqId> = self
             .sched
             .ids()
             .filter(|&id| {
                 let s = self.sched.get(id).expect("listed");
-                s.ctx.is_cancelled() || s.ctx.is_stopped(s.choice)
+                s.client.is_cancelled() || s.client.is_stopped(s.choice)
             })
             .collect();
         let any = !gone.is_empty();
         for id in gone {
             if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
                 match self.beam_of.remove(&id) {
-                    Some(group) => self.abort_beams(group, &seq, out),
-                    None => out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort))),
+                    Some(group) => self.abort_beams(group, &seq),
+                    None => seq.client.send(EngineEvent::Tokens(event(&seq, vec![], vec![], Some(Finish::Abort)))),
                 }
             }
         }
@@ -220,17 +210,17 @@ impl Engine {
 
     /// Ends every sequence with an error (after a failed step, whose state cannot be
     /// trusted), freeing all blocks, so that the engine can go on with new requests.
-    pub fn fail_all(&mut self, out: &mut dyn Emit, message: &str) {
+    pub fn fail_all(&mut self, error: EngineError) {
         let ids: Vec<SeqId> = self.sched.ids().collect();
         let mut told = std::collections::HashSet::new();
         for id in ids {
             if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
-                if told.insert(seq.ctx.key) {
-                    seq.ctx.fail(crate::api::error::ApiError::internal(message));
+                if told.insert(seq.client.key()) {
+                    seq.client.send(EngineEvent::Failed(error.clone()));
                 }
                 match self.beam_of.remove(&id) {
-                    Some(group) => self.abort_beams(group, &seq, out),
-                    None => out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort))),
+                    Some(group) => self.abort_beams(group, &seq),
+                    None => seq.client.send(EngineEvent::Tokens(event(&seq, vec![], vec![], Some(Finish::Abort)))),
                 }
             }
         }
@@ -238,7 +228,7 @@ impl Engine {
     }
 
     /// One step: schedule, forward, sample, report. Returns what it spent its time on.
-    pub fn step(&mut self, out: &mut dyn Emit) -> StepTimes {
+    pub fn step(&mut self) -> StepTimes {
         let mut times = StepTimes::default();
         let t0 = Instant::now();
         let plan = self.sched.schedule(&self.cfg.scheduler, &mut self.blocks);
@@ -254,7 +244,7 @@ impl Engine {
         let mut row = 0i64;
         for &(id, n) in &plan.entries {
             let seq = self.sched.get(id).expect("planned sequence");
-            seq.ctx.timeline.mark_scheduled(t0);
+            seq.client.timeline().mark_scheduled(t0);
             let tokens: Vec<u32> = (seq.computed..seq.computed + n).map(|i| seq.token(i)).collect();
             let completes = seq.computed + n == seq.len();
             let mut logits_for = Vec::new();
@@ -306,10 +296,10 @@ impl Engine {
         if !sampled.is_empty() {
             let ids: Vec<SeqId> = sampled.iter().map(|&(id, _)| id).collect();
             let all_rows = prompt_rows.is_empty() && beams.is_empty();
-            self.sample_and_report(&if all_rows { logits.shallow_clone() } else { rows_of(&sampled) }, &ids, out);
+            self.sample_and_report(&if all_rows { logits.shallow_clone() } else { rows_of(&sampled) }, &ids);
         }
         if !beams.is_empty() {
-            self.beam_step(&rows_of(&beams), &beams.iter().map(|&(id, _)| id).collect::<Vec<_>>(), out);
+            self.beam_step(&rows_of(&beams), &beams.iter().map(|&(id, _)| id).collect::<Vec<_>>());
         }
         times.sample = t2.elapsed();
         self.publish();
@@ -331,7 +321,7 @@ impl Engine {
         }
     }
 
-    fn sample_and_report(&mut self, logits: &Tensor, ids: &[SeqId], out: &mut dyn Emit) {
+    fn sample_and_report(&mut self, logits: &Tensor, ids: &[SeqId]) {
         // Every random row draws exactly one number per step from its own generator,
         // whatever else is in the batch.
         self.stats.generation_tokens.fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -383,18 +373,18 @@ impl Engine {
         for ((&id, s), broken) in ids.iter().zip(drawn).zip(broken) {
             let seq = self.sched.get_mut(id).expect("sampled sequence");
             if let Some(e) = broken {
-                tracing::error!("request {}: the structured-output constraint failed: {e}", seq.ctx.id);
-                seq.ctx.fail(crate::api::error::ApiError::internal(format!("The structured-output constraint failed: {e}")));
+                tracing::error!("request {}: the structured-output constraint failed: {e}", seq.client.id());
+                seq.client.send(EngineEvent::Failed(EngineError::ConstraintFailed(e)));
                 if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
-                    out.emit(&seq.ctx, event(&seq, vec![], vec![], Some(Finish::Abort)));
+                    seq.client.send(EngineEvent::Tokens(event(&seq, vec![], vec![], Some(Finish::Abort))));
                 }
                 continue;
             }
-            self.stats.latency.on_token(&seq.ctx.timeline, now);
+            self.stats.latency.on_token(seq.client.timeline(), now);
             seq.output.push(s.token);
             if !self.cfg.eos_ids.contains(&s.token) {
                 if let Some(Err(e)) = seq.guide.as_mut().map(|g| g.advance(s.token)) {
-                    tracing::warn!("request {}: the constraint refused a token it allowed: {e}", seq.ctx.id);
+                    tracing::warn!("request {}: the constraint refused a token it allowed: {e}", seq.client.id());
                 }
             }
             let first = !seq.announced;
@@ -409,17 +399,17 @@ impl Engine {
                 ev.prompt = Some(seq.prompt.clone());
                 ev.first_token_at = Some(Instant::now());
             }
-            let ctx = seq.ctx.clone();
+            let client = seq.client.clone();
             if finish.is_some() {
                 self.sched.remove(id, &mut self.blocks);
             }
-            out.emit(&ctx, ev);
+            client.send(EngineEvent::Tokens(ev));
         }
     }
 
     /// Beam rows: each beam's most likely next tokens (raw logprobs) go to its group;
     /// groups whose beams are all in choose the next beams, or report their best ones.
-    fn beam_step(&mut self, logits: &Tensor, ids: &[SeqId], out: &mut dyn Emit) {
+    fn beam_step(&mut self, logits: &Tensor, ids: &[SeqId]) {
         self.stats.generation_tokens.fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let k = ids.iter().map(|id| self.beams[&self.beam_of[id]].candidates_per_beam()).max().unwrap_or(1);
         let k = k.min(logits.size()[1] as usize) as i64;
@@ -455,14 +445,14 @@ impl Engine {
                 }
                 beam::Next::Done(best) => {
                     let g = self.beams.remove(&group).expect("group");
-                    self.report_beams(&g, best, out);
+                    self.report_beams(&g, best);
                 }
             }
         }
     }
 
     /// The finished search's beams, as the request's choices for their prompt, best first.
-    fn report_beams(&mut self, g: &beam::BeamGroup, best: Vec<beam::Finished>, out: &mut dyn Emit) {
+    fn report_beams(&mut self, g: &beam::BeamGroup, best: Vec<beam::Finished>) {
         let width = g.params.width;
         for j in 0..width {
             let (tokens, finish) = match best.get(j) {
@@ -482,13 +472,13 @@ impl Engine {
                 prompt_logprobs: None,
                 first_token_at: Some(Instant::now()),
             };
-            out.emit(&g.ctx, ev);
+            g.client.send(EngineEvent::Tokens(ev));
         }
     }
 
     /// Ends a beam group early (its client left, or a step failed): every beam leaves the
     /// scheduler, every held block is freed, and each of its choices ends as aborted.
-    fn abort_beams(&mut self, group: u64, seq: &Sequence, out: &mut dyn Emit) {
+    fn abort_beams(&mut self, group: u64, seq: &Sequence) {
         let Some(mut g) = self.beams.remove(&group) else { return };
         g.release(&mut self.blocks);
         let others: Vec<SeqId> = self.beam_of.iter().filter(|&(_, &grp)| grp == group).map(|(&id, _)| id).collect();
@@ -499,7 +489,7 @@ impl Engine {
         for j in 0..g.params.width {
             let mut ev = event(seq, vec![], vec![], Some(Finish::Abort));
             ev.choice = g.prompt_index * g.params.width + j;
-            out.emit(&seq.ctx, ev);
+            seq.client.send(EngineEvent::Tokens(ev));
         }
     }
 

@@ -12,7 +12,16 @@ use std::collections::HashMap;
 use super::blocks::BlockManager;
 use super::prefix;
 use super::sequence::{SeqId, Sequence};
-pub use crate::cli::SchedulingPolicy;
+
+/// The order of admission (`--scheduling-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulingPolicy {
+    /// First come, first served.
+    Fcfs,
+    /// By the request's `priority` (lower first), then arrival; a waiting request may
+    /// preempt a running one of lower priority.
+    Priority,
+}
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -105,7 +114,7 @@ impl Scheduler {
     fn preempt(&mut self, id: SeqId, blocks: &mut BlockManager) {
         let seq = self.seqs.get_mut(&id).expect("preempting a known sequence");
         blocks.release(&mut seq.blocks);
-        seq.ctx.timeline.mark_preempted();
+        seq.client.timeline().mark_preempted();
         seq.computed = 0;
         seq.hashes.clear();
         let key = seq.order_key();

@@ -7,14 +7,16 @@ use std::time::Instant;
 use rand_chacha::ChaCha8Rng;
 
 use crate::guided::GuideState;
-use crate::job::RequestCtx;
 use crate::sampling::{SamplingParams, TokenLogprobs};
+
+use super::request::Client;
 
 pub type SeqId = u64;
 
 pub struct Sequence {
     pub id: SeqId,
-    pub ctx: Arc<RequestCtx>,
+    /// The request's sender.
+    pub client: Arc<dyn Client>,
     /// Index of this choice in the response.
     pub choice: usize,
     pub prompt_index: usize,

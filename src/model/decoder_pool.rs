@@ -28,7 +28,7 @@ use super::resolve::{Format, ModelLocation};
 use super::tokenizer::Tokenizer;
 use super::weights::{SafetensorsWeights, WeightSource};
 use super::{LoadError, LoadOptions};
-use crate::serving::Task;
+use super::task::Task;
 
 /// Slots per block of the scratch cache (any size works; this wastes little per input).
 const BLOCK: usize = 16;

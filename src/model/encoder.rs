@@ -14,7 +14,7 @@ use super::pooling::{self, PoolingConfig, PoolingMode};
 use super::resolve::{Format, ModelLocation};
 use super::tokenizer::Tokenizer;
 use super::{LoadError, ModelInfo, read_json, weights};
-use crate::serving::Task;
+use super::task::Task;
 
 /// What the encoder's outputs are.
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ pub mod llama;
 pub mod pooling;
 pub mod quant;
 pub mod resolve;
+pub mod task;
 pub mod tokenizer;
 pub mod weights;
 

@@ -16,7 +16,7 @@ use clap::Args;
 use crate::batch::{execute, output::Previous};
 use crate::cli::ServeArgs;
 use crate::serve::{Edge, build_for};
-use crate::serving::Task;
+use crate::model::task::Task;
 use report::Report;
 
 #[derive(Debug, Clone, Args)]
@@ -56,7 +56,7 @@ fn synthetic(args: &ProfileArgs, model: &str, task: Task) -> Vec<String> {
     (0..args.num_prompts)
         .map(|i| {
             let text: Vec<&str> = (0..args.input_len)
-                .map(|w| WORDS[(crate::job::splitmix((i * 7919 + w) as u64) % WORDS.len() as u64) as usize])
+                .map(|w| WORDS[(crate::ids::splitmix((i * 7919 + w) as u64) % WORDS.len() as u64) as usize])
                 .collect();
             let text = text.join(" ");
             let (url, body) = match task {

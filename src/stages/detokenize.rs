@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::detok::{IncrementalDecoder, Released, StopMatcher};
-use crate::job::{Finish, Item, Payload, StopReason, TextEvent, TokenEvent};
+use crate::engine::{Finish, StopReason, TokenEvent};
+use crate::stages::item::{Item, Payload, TextEvent};
 use crate::model::tokenizer::Tokenizer;
 use crate::pipeline::{Inlet, Outlet, Stage};
 

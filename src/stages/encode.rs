@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::api::error::ApiError;
 use crate::engine::stats::EngineStats;
-use crate::job::{Item, Payload};
+use crate::stages::item::{Item, Payload};
 use crate::model::bert::EncoderInput;
 use crate::model::encoder::EncoderModel;
 use crate::pipeline::{Inlet, Outlet, Stage};

@@ -1,14 +1,20 @@
-//! engine: the pipeline stage around `crate::engine::Engine`. Its one worker admits new
-//! jobs between steps and runs steps while there is work; each step's duration is the
-//! stage's service time.
+//! engine: the pipeline stage around `crate::engine::Engine`. Its one worker turns each
+//! ready job into an engine request, admits new requests between steps and runs steps
+//! while there is work; each step's duration is the stage's service time. The engine's
+//! events come back through the request's `Client`, which wraps them into items for the
+//! next stage (and an engine error into the client's error answer).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Emit, Engine};
-use crate::job::{Item, Payload, RequestCtx, TokenEvent};
+use crate::api::error::ApiError;
+use crate::api::request::{Job, Prompt};
+use crate::engine::latency::Timeline;
+use crate::engine::{Client, Engine, EngineError, EngineEvent, EngineRequest};
 use crate::pipeline::{Inlet, Outlet, Stage};
+use crate::stages::item::{Item, Payload, RequestCtx};
 
 pub struct EngineStage {
     engine: Mutex<Option<Engine>>,
@@ -20,23 +26,48 @@ impl EngineStage {
     }
 }
 
-struct ToOutlet<'a> {
-    out: &'a Outlet<Item>,
+/// A request in the engine, as the engine sees its sender: the request's context, and
+/// the outlet its token events leave by.
+struct Admitted {
+    ctx: Arc<RequestCtx>,
+    out: Outlet<Item>,
     /// The stage's position, for traced requests' stage times.
     stage: usize,
-    /// Traced requests: choices finished so far, by request key.
-    finished: HashMap<u64, usize>,
+    /// Traced requests: choices finished so far.
+    finished: AtomicUsize,
 }
 
-impl Emit for ToOutlet<'_> {
-    fn emit(&mut self, ctx: &Arc<RequestCtx>, event: TokenEvent) {
+impl Client for Admitted {
+    fn id(&self) -> &str {
+        &self.ctx.id
+    }
+
+    fn key(&self) -> u64 {
+        self.ctx.key
+    }
+
+    fn timeline(&self) -> &Timeline {
+        &self.ctx.timeline
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.ctx.is_cancelled()
+    }
+
+    fn is_stopped(&self, choice: usize) -> bool {
+        self.ctx.is_stopped(choice)
+    }
+
+    fn send(&self, event: EngineEvent) {
+        let event = match event {
+            EngineEvent::Tokens(ev) => ev,
+            EngineEvent::Failed(e) => return self.ctx.fail(ApiError::from(e)),
+        };
+        let ctx = &self.ctx;
         if let (Some(trace), true) = (&ctx.trace, event.finish.is_some()) {
             // The engine is done with a request when every choice has finished: its
             // service is the time from admission to now.
-            let done = self.finished.entry(ctx.key).or_default();
-            *done += 1;
-            if *done >= event.choices {
-                self.finished.remove(&ctx.key);
+            if self.finished.fetch_add(1, Ordering::Relaxed) + 1 >= event.choices {
                 if let Some(admitted) = ctx.timeline.milestones().admitted {
                     trace.add_service(self.stage, ctx.timeline.since_arrival(Instant::now()).saturating_sub(admitted));
                 }
@@ -46,16 +77,37 @@ impl Emit for ToOutlet<'_> {
     }
 }
 
-impl EngineStage {
-    fn admit(engine: &mut Engine, item: Item) {
-        match item.payload {
-            Payload::Job(job) => {
-                if !item.ctx.is_cancelled() {
-                    engine.admit(item.ctx, &job);
-                }
-            }
-            _ => unreachable!("the engine takes tokenized jobs"),
-        }
+/// The engine request for a tokenized, guided job; None (the client answered) when the
+/// job cannot run.
+fn engine_request(ctx: Arc<RequestCtx>, job: Job, out: &Outlet<Item>, stage: usize) -> Option<EngineRequest> {
+    if let (Some(req), None) = (&job.constraint, &job.guide) {
+        ctx.fail(ApiError::invalid(
+            req.field.clone(),
+            "Structured outputs need the `guide` stage before the engine in the pipeline file.",
+        ));
+        return None;
+    }
+    let Prompt::Tokens(prompts) = job.prompt else { unreachable!("the engine takes tokenized jobs") };
+    let client = Arc::new(Admitted { ctx, out: out.clone(), stage, finished: AtomicUsize::new(0) });
+    Some(EngineRequest {
+        prompts,
+        sampling: job.sampling,
+        n: job.n,
+        priority: job.priority,
+        cache_salt: job.cache_salt,
+        guide: job.guide,
+        beam: job.beam,
+        client,
+    })
+}
+
+fn admit(engine: &mut Engine, item: Item, out: &Outlet<Item>, stage: usize) {
+    let Payload::Job(job) = item.payload else { unreachable!("the engine takes tokenized jobs") };
+    if item.ctx.is_cancelled() {
+        return;
+    }
+    if let Some(request) = engine_request(item.ctx, *job, out, stage) {
+        engine.admit(request);
     }
 }
 
@@ -69,7 +121,7 @@ impl Stage<Item> for EngineStage {
             return;
         };
         let stats = engine.stats();
-        let mut emit = ToOutlet { out: &out, stage: inlet.stage(), finished: HashMap::new() };
+        let stage = inlet.stage();
         let mut closed = false;
         loop {
             if engine.is_idle() {
@@ -77,29 +129,29 @@ impl Stage<Item> for EngineStage {
                     return;
                 }
                 match inlet.recv() {
-                    Some(item) => Self::admit(&mut engine, item),
+                    Some(item) => admit(&mut engine, item, &out, stage),
                     None => return,
                 }
             }
             // Take everything that arrived while the last step ran.
             while !closed {
                 match inlet.try_recv() {
-                    Ok(item) => Self::admit(&mut engine, item),
+                    Ok(item) => admit(&mut engine, item, &out, stage),
                     Err(is_closed) => {
                         closed = is_closed;
                         break;
                     }
                 }
             }
-            engine.reap_cancelled(&mut emit);
+            engine.reap_cancelled();
             let start = Instant::now();
-            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step(&mut emit)));
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step()));
             let times = match step {
                 Ok(t) => t,
                 Err(panic) => {
                     let what = super::panic_message(&*panic);
                     tracing::error!("an engine step failed: {what}; failing the requests it held");
-                    engine.fail_all(&mut emit, "The engine failed while running this request; see the server log.");
+                    engine.fail_all(EngineError::StepFailed);
                     continue;
                 }
             };
@@ -112,7 +164,7 @@ impl Stage<Item> for EngineStage {
             } else if !engine.is_idle() {
                 // Nothing could be scheduled (waiting for blocks): wait for news briefly.
                 if let Ok(item) = inlet.recv_timeout(Duration::from_millis(5)) {
-                    Self::admit(&mut engine, item);
+                    admit(&mut engine, item, &out, stage);
                 }
             }
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::api::error::ApiError;
 use crate::guided::{CompileError, Guides};
-use crate::job::{Item, Payload};
+use crate::stages::item::{Item, Payload};
 use crate::pipeline::{Outlet, Stage};
 
 pub struct GuideStage {

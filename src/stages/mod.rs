@@ -6,6 +6,7 @@ pub mod detokenize;
 pub mod encode;
 pub mod engine;
 pub mod guide;
+pub mod item;
 pub mod pool_decode;
 pub mod pool_stream;
 pub mod pool_tokenize;
@@ -17,9 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::Engine;
 use crate::model::encoder::EncoderModel;
-use crate::job::Item;
+use crate::stages::item::Item;
 use crate::pipeline::{Registry, Stage, StageShape};
-use crate::serving::ServingContext;
+use crate::api::context::ServingContext;
 
 /// The built-in pipeline for `sluice serve`; `--pipeline FILE` replaces it.
 pub const SERVE_TOML: &str = include_str!("../../stages/serve.toml");

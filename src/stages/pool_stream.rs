@@ -9,8 +9,8 @@ use crate::engine::stats::EngineStats;
 use std::sync::Arc;
 
 use crate::api::pooling::*;
-use crate::api::request_metrics::RequestMetrics;
-use crate::job::{Item, Payload, PoolJob, PoolShape, Reply, RequestCtx};
+use crate::api::request::{PoolJob, PoolShape};
+use crate::stages::item::{Item, Payload, Reply, RequestCtx};
 use crate::model::encoder::PoolingInfo;
 use crate::model::pooling::{normalize, softmax};
 use crate::pipeline::{Outlet, Stage};
@@ -30,7 +30,7 @@ impl Stage<Item> for PoolStream {
             return;
         }
         let mut body = self.answer(&item.ctx, *job);
-        if let Some(m) = RequestMetrics::of(&item.ctx, Instant::now()) {
+        if let Some(m) = item.ctx.metrics(Instant::now()) {
             m.append_to(&mut body);
         }
         // Counted before the reply, so that whoever got the answer sees it counted.

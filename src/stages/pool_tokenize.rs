@@ -7,10 +7,12 @@
 use std::sync::Arc;
 
 use crate::api::error::ApiError;
-use crate::job::{Endpoint, Item, Payload, PoolInput, PoolJob};
+use crate::api::endpoint::Endpoint;
+use crate::api::request::{PoolInput, PoolJob};
+use crate::stages::item::{Item, Payload};
 use crate::model::bert::EncoderInput;
 use crate::pipeline::{Outlet, Stage};
-use crate::serving::ServingContext;
+use crate::api::context::ServingContext;
 use crate::stages::render::render_chat;
 
 pub struct PoolTokenize {

@@ -7,9 +7,10 @@ use serde_json::{Value, json};
 
 use crate::api::error::ApiError;
 use crate::api::protocol::ChatMessage;
-use crate::job::{ChatPrompt, Item, Payload, Prompt};
+use crate::api::request::{ChatPrompt, Prompt};
+use crate::stages::item::{Item, Payload};
 use crate::pipeline::{Outlet, Stage};
-use crate::serving::ServingContext;
+use crate::api::context::ServingContext;
 
 pub struct Render {
     pub serving: Arc<ServingContext>,

@@ -14,7 +14,9 @@ use crate::api::request_metrics::RequestMetrics;
 use crate::engine::latency::FinishedReason;
 use crate::engine::stats::EngineStats;
 use crate::api::tools::{StreamSplit, ToolCallDelta, ToolUse};
-use crate::job::{Endpoint, Finish, Item, Payload, Reply, RequestCtx, StopReason, TextEvent};
+use crate::api::endpoint::Endpoint;
+use crate::engine::{Finish, StopReason};
+use crate::stages::item::{Item, Payload, Reply, RequestCtx, TextEvent};
 use crate::model::tokenizer::Tokenizer;
 use crate::pipeline::{Inlet, Outlet, Stage};
 use crate::sampling::TokenLogprobs;
@@ -177,7 +179,7 @@ impl Stream {
             // The last chunk a client sees before [DONE] carries the metrics: the usage
             // chunk when there is one, else the finish of the choice that ends last.
             let complete = p.finished == p.choices.len();
-            let metrics = || if complete && !meta.output.include_usage { RequestMetrics::of(ctx, Instant::now()) } else { None };
+            let metrics = || if complete && !meta.output.include_usage { ctx.metrics(Instant::now()) } else { None };
             if ctx.is_cancelled() {
                 // The client is gone; keep counting so the state is dropped when complete.
             } else if chat {
@@ -280,7 +282,7 @@ impl Stream {
                         .collect(),
                     usage,
                     prompt_logprobs: p.choices.first_mut().and_then(|c| c.prompt_logprobs.take()),
-                    metrics: RequestMetrics::of(ctx, Instant::now()),
+                    metrics: ctx.metrics(Instant::now()),
                 })
             } else {
                 serde_json::to_string(&CompletionResponse {
@@ -302,7 +304,7 @@ impl Stream {
                         })
                         .collect(),
                     usage: Some(usage),
-                    metrics: RequestMetrics::of(ctx, Instant::now()),
+                    metrics: ctx.metrics(Instant::now()),
                 })
             };
             self.finished(ctx, p);
@@ -339,7 +341,7 @@ impl Stream {
 
     fn send_usage(&self, ctx: &RequestCtx, model: &str, p: &Pending, chat: bool) {
         let usage = Some(usage(p));
-        let metrics = RequestMetrics::of(ctx, Instant::now());
+        let metrics = ctx.metrics(Instant::now());
         let json = if chat {
             serde_json::to_string(&ChatChunk {
                 id: ctx.id.clone(),

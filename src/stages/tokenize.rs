@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use crate::api::error::ApiError;
-use crate::job::{Item, Job, Payload, Prompt};
+use crate::api::request::{Job, Prompt};
+use crate::stages::item::{Item, Payload};
 use crate::model::tokenizer::Tokenizer;
 use crate::pipeline::{Outlet, Stage};
-use crate::serving::ServingContext;
+use crate::api::context::ServingContext;
 
 pub struct Tokenize {
     pub serving: Arc<ServingContext>,

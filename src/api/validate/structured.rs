@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::api::error::ApiError;
 use crate::guided::{Constraint, RequestedConstraint, TagStructure, Whitespace};
-use crate::stages::decode::Fields;
+use super::Fields;
 
 /// The names `guided_decoding_backend` accepts; every one is served by the same engine.
 const BACKENDS: [&str; 7] = ["auto", "llguidance", "guidance", "xgrammar", "outlines", "lm-format-enforcer", "lm_format_enforcer"];

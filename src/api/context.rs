@@ -1,6 +1,6 @@
-//! What the request-handling stages share about the served model: names, tokenizer, chat
-//! template, limits and defaults. Built once at start-up from the loaded model and the
-//! resolved flags; read-only afterwards.
+//! What validating and answering a request needs to know about the served model: names,
+//! tokenizer, chat template, limits and defaults. Built once at start-up from the loaded
+//! model and the resolved flags; read-only afterwards.
 
 use std::sync::Arc;
 
@@ -17,6 +17,14 @@ pub enum ContentFormat {
     String,
     /// The list of `{"type": "text", "text": …}` parts as sent.
     OpenAi,
+}
+
+impl ContentFormat {
+    /// The format a template reads: the list of parts when it iterates over a message's
+    /// content, else one string (vLLM's detection).
+    pub fn read_by(template: &ChatTemplate) -> ContentFormat {
+        if template.iterates_content_parts() { ContentFormat::OpenAi } else { ContentFormat::String }
+    }
 }
 
 pub struct ServingContext {
@@ -54,10 +62,8 @@ impl ServingContext {
         chat_template: Option<ChatTemplate>,
         content_format: Option<ContentFormat>,
     ) -> Self {
-        let content_format = content_format.unwrap_or_else(|| match &chat_template {
-            Some(t) if t.iterates_content_parts() => ContentFormat::OpenAi,
-            _ => ContentFormat::String,
-        });
+        let content_format =
+            content_format.or_else(|| chat_template.as_ref().map(ContentFormat::read_by)).unwrap_or(ContentFormat::String);
         ServingContext {
             served_names,
             root: info.location.path().display().to_string(),
@@ -80,54 +86,14 @@ impl ServingContext {
         }
     }
 
+    /// The content format for a request: the one its own template reads, else the
+    /// server's (`--chat-template-content-format`, or what the server's template reads).
+    pub fn content_format_for(&self, request_template: Option<&ChatTemplate>) -> ContentFormat {
+        request_template.map_or(self.content_format, ContentFormat::read_by)
+    }
+
     /// The name responses report.
     pub fn model_name(&self) -> &str {
         &self.served_names[0]
-    }
-}
-
-/// What the served model does, from `--task` and its architecture (vLLM's task names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Task {
-    /// Completions and chat.
-    Generate,
-    /// An embedding model: embeddings, pooling, and scores by cosine similarity.
-    Embed,
-    /// A classifier or cross-encoder: classification, pooling, and scores.
-    Classify,
-    /// Per-token outputs (a reward model's rewards, or a causal LM's hidden states):
-    /// pooling only.
-    Reward,
-}
-
-impl Task {
-    pub fn name(self) -> &'static str {
-        match self {
-            Task::Generate => "generate",
-            Task::Embed => "embed",
-            Task::Classify => "classify",
-            Task::Reward => "reward",
-        }
-    }
-
-    /// Whether requests to `endpoint` can be served.
-    pub fn serves(self, endpoint: crate::job::Endpoint) -> bool {
-        use crate::job::Endpoint::*;
-        match self {
-            Task::Generate => endpoint.generates(),
-            Task::Embed => matches!(endpoint, Embeddings | Pooling | Score | Rerank),
-            Task::Classify => matches!(endpoint, Classify | Pooling | Score | Rerank),
-            Task::Reward => matches!(endpoint, Pooling),
-        }
-    }
-
-    /// The routes this task answers, for messages.
-    pub fn routes(self) -> &'static str {
-        match self {
-            Task::Generate => "/v1/completions and /v1/chat/completions",
-            Task::Embed => "/v1/embeddings, /pooling, /score and /rerank",
-            Task::Classify => "/classify, /pooling, /score and /rerank",
-            Task::Reward => "/pooling",
-        }
     }
 }

@@ -108,10 +108,10 @@ mod tests {
         assert_eq!(doc["servers"][0]["url"], "/p");
         assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
         let paths = doc["paths"].as_object().unwrap();
-        for (method, path) in crate::api::server::ROUTES {
+        for (method, path) in crate::http::server::ROUTES {
             let op = paths.get(*path).unwrap_or_else(|| panic!("{path} missing from schemas/openapi.json"));
             assert!(op.get(method.to_lowercase()).is_some(), "{method} {path} missing from schemas/openapi.json");
         }
-        assert_eq!(paths.values().map(|p| p.as_object().unwrap().len()).sum::<usize>(), crate::api::server::ROUTES.len());
+        assert_eq!(paths.values().map(|p| p.as_object().unwrap().len()).sum::<usize>(), crate::http::server::ROUTES.len());
     }
 }

@@ -9,10 +9,11 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::error::ApiError;
+use crate::api::error::ApiError;
 use super::server::{AppState, read_json_body};
-use crate::job::ChatPrompt;
-use crate::stages::decode::{Fields, chat_message};
+use crate::api::request::ChatPrompt;
+use crate::api::validate::Fields;
+use crate::api::validate::chat::chat_message;
 use crate::stages::render::render_chat;
 
 pub async fn tokenize(State(app): State<Arc<AppState>>, req: Request) -> Response {

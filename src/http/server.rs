@@ -16,12 +16,14 @@ use bytes::Bytes;
 use futures_util::stream;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::error::ApiError;
-use super::protocol::{ModelCard, ModelList};
+use crate::api::context::ServingContext;
+use crate::api::endpoint::{self, Endpoint};
+use crate::api::error::ApiError;
+use crate::api::protocol::{ModelCard, ModelList};
 use crate::engine::stats::EngineStats;
-use crate::job::{Endpoint, Item, Payload, Reply, RequestCtx};
+use crate::stages::item::{Item, Payload, Reply, RequestCtx};
 use crate::pipeline::{Exposition, Outlet, SendError, StageMetrics};
-use crate::serving::{ServingContext, Task};
+use crate::model::task::Task;
 
 pub struct AppState {
     pub serving: Arc<ServingContext>,
@@ -208,13 +210,13 @@ async fn rerank(State(app): State<Arc<AppState>>, req: Request) -> Response {
 
 /// The answer to a request for an API the model is not served for (none when it is).
 pub fn refuse_endpoint(serving: &ServingContext, task: Task, endpoint: Endpoint) -> Option<ApiError> {
-    (!task.serves(endpoint)).then(|| {
+    (!endpoint::serves(task, endpoint)).then(|| {
         ApiError::bad_request(format!(
             "The model `{}` does not support the {} API: it is served for --task {}, which answers {}.",
             serving.model_name(),
             endpoint.api_name(),
             task.name(),
-            task.routes()
+            endpoint::routes(task)
         ))
     })
 }

@@ -1,0 +1,88 @@
+//! Which API a request came in on, and which of them a served model answers.
+
+use crate::model::task::Task;
+
+/// Which API a request came in on; it decides how the body is read and answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Completions,
+    ChatCompletions,
+    /// `/v1/embeddings`
+    Embeddings,
+    /// `/pooling`: the pooler's raw output.
+    Pooling,
+    /// `/classify`
+    Classify,
+    /// `/score`, `/v1/score`
+    Score,
+    /// `/rerank`, `/v1/rerank`, `/v2/rerank`
+    Rerank,
+}
+
+impl Endpoint {
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            Endpoint::Completions => "cmpl",
+            Endpoint::ChatCompletions => "chatcmpl",
+            Endpoint::Embeddings => "embd",
+            Endpoint::Pooling => "pool",
+            Endpoint::Classify => "classify",
+            Endpoint::Score => "score",
+            Endpoint::Rerank => "rerank",
+        }
+    }
+
+    /// The API's name in messages ("the Embeddings API").
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Endpoint::Completions => "Completions",
+            Endpoint::ChatCompletions => "Chat Completions",
+            Endpoint::Embeddings => "Embeddings",
+            Endpoint::Pooling => "Pooling",
+            Endpoint::Classify => "Classification",
+            Endpoint::Score => "Score",
+            Endpoint::Rerank => "Rerank",
+        }
+    }
+
+    /// The endpoint a request path names (the POST routes the server answers, which are
+    /// also the `url`s a batch file may use).
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/v1/completions" => Endpoint::Completions,
+            "/v1/chat/completions" => Endpoint::ChatCompletions,
+            "/v1/embeddings" => Endpoint::Embeddings,
+            "/pooling" => Endpoint::Pooling,
+            "/classify" => Endpoint::Classify,
+            "/score" | "/v1/score" => Endpoint::Score,
+            "/rerank" | "/v1/rerank" | "/v2/rerank" => Endpoint::Rerank,
+            _ => return None,
+        })
+    }
+
+    /// Whether the endpoint generates text (as opposed to pooling an encoder's states).
+    pub fn generates(self) -> bool {
+        matches!(self, Endpoint::Completions | Endpoint::ChatCompletions)
+    }
+}
+
+/// Whether a model served for `task` answers requests to `endpoint` (vLLM's task names).
+pub fn serves(task: Task, endpoint: Endpoint) -> bool {
+    use Endpoint::*;
+    match task {
+        Task::Generate => endpoint.generates(),
+        Task::Embed => matches!(endpoint, Embeddings | Pooling | Score | Rerank),
+        Task::Classify => matches!(endpoint, Classify | Pooling | Score | Rerank),
+        Task::Reward => matches!(endpoint, Pooling),
+    }
+}
+
+/// The routes a model served for `task` answers, for messages.
+pub fn routes(task: Task) -> &'static str {
+    match task {
+        Task::Generate => "/v1/completions and /v1/chat/completions",
+        Task::Embed => "/v1/embeddings, /pooling, /score and /rerank",
+        Task::Classify => "/classify, /pooling, /score and /rerank",
+        Task::Reward => "/pooling",
+    }
+}

@@ -1,0 +1,148 @@
+//! A request as validation leaves it: what the stages after decode act on. Generation
+//! requests become a `Job` (the prompt, sampling and stopping parameters, the constraint)
+//! and a `RequestMeta` (how the answer is shaped); pooling requests a `PoolJob`. Later
+//! stages fill in what they compute (token ids, the compiled constraint, encoder outputs).
+
+use std::sync::Arc;
+
+use crate::api::protocol::ChatMessage;
+use crate::engine::beam::BeamParams;
+use crate::guided::{Guide, RequestedConstraint};
+use crate::model::chat_template::ChatTemplate;
+use crate::sampling::SamplingParams;
+
+/// What the stages after the engine need to shape the answer.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    /// The model name to echo in responses.
+    pub model: String,
+    pub output: OutputOptions,
+    /// Whether top logprobs were asked for (and how many).
+    pub logprobs: Option<usize>,
+    /// Show tokens in logprobs as `token_id:<id>` (vLLM's `return_tokens_as_token_ids`).
+    pub tokens_as_ids: bool,
+    /// `best_of` above `n`: the engine samples `best_of` choices per prompt and only this
+    /// many (`n`), those with the highest cumulative logprob, are returned.
+    pub best_of_keep: Option<usize>,
+    /// Chat with tools: how tool calls are read out of the answer.
+    pub tool_use: crate::api::tools::ToolUse,
+}
+
+/// A validated generation request: what the engine needs (output shaping is in
+/// `RequestMeta`).
+#[derive(Debug)]
+pub struct Job {
+    pub prompt: Prompt,
+    pub sampling: Arc<SamplingParams>,
+    /// Choices per prompt.
+    pub n: usize,
+    /// Lower runs earlier (with `--scheduling-policy priority`).
+    pub priority: i64,
+    /// Keeps this request's prefix-cache blocks apart from requests with another salt.
+    pub cache_salt: Option<String>,
+    /// Keep only this many tokens from the end of each prompt (vLLM's
+    /// `truncate_prompt_tokens`).
+    pub truncate_prompt_tokens: Option<usize>,
+    /// What the output must match (`response_format`, `guided_*`, `structured_outputs`).
+    pub constraint: Option<Arc<RequestedConstraint>>,
+    /// The constraint compiled; set by the guide stage, which every constrained job passes.
+    pub guide: Option<Arc<Guide>>,
+    /// Beam search instead of sampling (`use_beam_search`; the width is `n`).
+    pub beam: Option<BeamParams>,
+}
+
+impl Job {
+    /// Token ids per prompt; set once the tokenize stage has run.
+    pub fn token_prompts(&self) -> Option<&[Vec<u32>]> {
+        match &self.prompt {
+            Prompt::Tokens(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Prompt {
+    /// Chat messages, to be rendered with the chat template.
+    Chat(ChatPrompt),
+    /// Prompt texts, to be tokenized.
+    Texts { texts: Vec<String>, add_special_tokens: bool },
+    /// Token ids, one list per prompt.
+    Tokens(Vec<Vec<u32>>),
+}
+
+#[derive(Debug)]
+pub struct ChatPrompt {
+    pub messages: Vec<ChatMessage>,
+    pub add_generation_prompt: bool,
+    /// Leave the last (assistant) message open, to be continued.
+    pub continue_final_message: bool,
+    pub add_special_tokens: bool,
+    /// The request's own template (`chat_template`), compiled; else the server's.
+    pub template: Option<Arc<ChatTemplate>>,
+    /// Extra template variables (`chat_template_kwargs`); they win over the defaults.
+    pub template_kwargs: serde_json::Map<String, serde_json::Value>,
+    /// Retrieval documents, for templates that render them.
+    pub documents: Option<Vec<serde_json::Value>>,
+    /// The request's `tools`, for templates that render them.
+    pub tools: Option<Vec<serde_json::Value>>,
+}
+
+/// How the output is shaped, beyond what the engine needs.
+#[derive(Debug, Clone, Default)]
+pub struct OutputOptions {
+    pub stream: bool,
+    pub include_usage: bool,
+    pub stop: Vec<String>,
+    pub include_stop_str_in_output: bool,
+    pub skip_special_tokens: bool,
+    /// Stop strings are not looked for before this many tokens (vLLM's `min_tokens`).
+    pub min_tokens: usize,
+    /// Completions: prepend the prompt to the text.
+    pub echo: bool,
+    /// Chat with `echo`: the last message's text, prepended to each answer (when that
+    /// message has the answer's role, as vLLM does).
+    pub chat_echo: Option<String>,
+    /// Chat: the role of the answer.
+    pub response_role: String,
+}
+
+/// A validated pooling request. The decode stage fills `inputs` and `shape`, tokenize
+/// `encoded`, the encoder `outputs` (one vector per input, in order).
+#[derive(Debug)]
+pub struct PoolJob {
+    /// The model name to echo in responses.
+    pub model: String,
+    pub inputs: Vec<PoolInput>,
+    /// Keep at most this many tokens per input (`truncate_prompt_tokens`).
+    pub truncate: Option<usize>,
+    pub add_special_tokens: bool,
+    pub shape: PoolShape,
+    pub encoded: Vec<crate::model::bert::EncoderInput>,
+    /// Embedding models: the pooled vector before normalization. Classifiers: logits.
+    pub outputs: Vec<Vec<f32>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PoolInput {
+    Text(String),
+    Tokens(Vec<u32>),
+    /// A (query, document) pair for a cross-encoder, tokenized as one input.
+    Pair(String, String),
+    /// Chat messages, rendered with the chat template into one input.
+    Chat(Arc<ChatPrompt>),
+}
+
+/// How the answer is shaped, per endpoint.
+#[derive(Debug, Clone)]
+pub enum PoolShape {
+    Embeddings { base64: bool, dimensions: Option<usize>, normalize: Option<bool> },
+    Pooling { base64: bool },
+    Classify,
+    /// Scores of pairs: `Some(pairs)` of input indexes to compare by cosine similarity
+    /// (embedding models); `None` when each input is a pair (cross-encoders).
+    Score { pairs: Option<Vec<(usize, usize)>> },
+    /// As `Score`, with the documents to return, ranked.
+    Rerank { pairs: Option<Vec<(usize, usize)>>, documents: Vec<String>, top_n: usize, return_documents: bool },
+}
+
