@@ -1,5 +1,5 @@
-//! Command line: vLLM's flag names, parsed by clap, then resolved once into ready-to-use
-//! settings (`ServeArgs::resolve`).
+//! Command line: vLLM's flag names, parsed by clap. What the flags mean is resolved once,
+//! in `crate::config` (`ServeConfig::resolve`); nothing else reads them.
 
 use std::path::PathBuf;
 
@@ -22,9 +22,9 @@ pub enum Command {
     /// Serve a model over the OpenAI API (a drop-in for `vllm serve`).
     Serve(Box<ServeArgs>),
     /// Run a JSONL file of requests through the model, offline (vLLM's batch format).
-    RunBatch(Box<crate::batch::BatchArgs>),
+    RunBatch(Box<BatchArgs>),
     /// Run a workload through the pipeline in this process and show where the time goes.
-    Profile(Box<crate::profile::ProfileArgs>),
+    Profile(Box<ProfileArgs>),
     /// Drive an OpenAI-compatible server with streaming requests and report its speed.
     Bench(crate::bench::BenchArgs),
 }
@@ -61,7 +61,7 @@ pub enum DeviceArg {
 
 /// vLLM's `--scheduling-policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SchedulingPolicy {
+pub enum SchedulingPolicyArg {
     /// First come, first served.
     Fcfs,
     /// By the request's `priority` (lower first), then arrival; a waiting request may
@@ -262,8 +262,8 @@ pub struct ServeArgs {
     pub generation_config: String,
 
     /// Order of admission: fcfs, or priority (the request field `priority`, lower first).
-    #[arg(long, value_enum, default_value_t = SchedulingPolicy::Fcfs)]
-    pub scheduling_policy: SchedulingPolicy,
+    #[arg(long, value_enum, default_value_t = SchedulingPolicyArg::Fcfs)]
+    pub scheduling_policy: SchedulingPolicyArg,
 
     /// Threads for tensor maths (default: all cores).
     #[arg(long)]
@@ -315,6 +315,54 @@ pub struct ServeArgs {
     /// Largest request body accepted.
     #[arg(long, value_parser = parse_bytes, default_value = "32MiB")]
     pub max_request_body: u64,
+}
+
+/// `sluice run-batch`.
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    /// The batch file: one request per line, {"custom_id", "method": "POST", "url", "body"}.
+    #[arg(short = 'i', long = "input-file", value_name = "FILE")]
+    pub input_file: PathBuf,
+
+    /// Where the answers go: one line per request, in input order, written as they complete.
+    #[arg(short = 'o', long = "output-file", value_name = "FILE")]
+    pub output_file: PathBuf,
+
+    /// Keep the output file's complete lines and run only the requests whose custom_id it
+    /// lacks (after an interrupted run).
+    #[arg(long)]
+    pub resume: bool,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// `sluice profile`.
+#[derive(Debug, Clone, Args)]
+pub struct ProfileArgs {
+    /// A batch file to run (vLLM's format, as `run-batch` takes); without it, a synthetic
+    /// workload of --num-prompts requests.
+    #[arg(short = 'i', long = "input-file", value_name = "FILE")]
+    pub input_file: Option<PathBuf>,
+
+    /// Synthetic workload: how many requests.
+    #[arg(long, default_value_t = 32)]
+    pub num_prompts: usize,
+
+    /// Synthetic workload: words in each prompt (about as many tokens).
+    #[arg(long, default_value_t = 64)]
+    pub input_len: usize,
+
+    /// Synthetic workload: tokens generated per request (end of sequence ignored).
+    #[arg(long, default_value_t = 32)]
+    pub output_len: usize,
+
+    /// Also draw the profile as an SVG chart (stacked bars per stage) in this file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 impl ServeArgs {

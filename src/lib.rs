@@ -12,6 +12,7 @@ pub mod api;
 pub mod batch;
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod detok;
 pub mod device;
 pub mod engine;

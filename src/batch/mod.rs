@@ -9,43 +9,24 @@ pub mod progress;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::api::error::ApiError;
 use crate::http::server::{AppState, refuse_endpoint};
-use crate::cli::ServeArgs;
+use crate::cli::{BatchArgs, ServeArgs};
 use crate::stages::item::{Item, Payload, Reply, RequestCtx};
 use crate::pipeline::SendError;
-use crate::serve::{Edge, Server, build_for};
+use crate::config::ServeConfig;
+use crate::serve::{Edge, Server, build};
 use input::{Line, SeenIds, parse_line};
 use output::{Answer, Previous, Writer, format_line, open_for_resume};
 use progress::Progress;
 
-#[derive(Debug, Clone, Args)]
-pub struct BatchArgs {
-    /// The batch file: one request per line, {"custom_id", "method": "POST", "url", "body"}.
-    #[arg(short = 'i', long = "input-file", value_name = "FILE")]
-    pub input_file: PathBuf,
-
-    /// Where the answers go: one line per request, in input order, written as they complete.
-    #[arg(short = 'o', long = "output-file", value_name = "FILE")]
-    pub output_file: PathBuf,
-
-    /// Keep the output file's complete lines and run only the requests whose custom_id it
-    /// lacks (after an interrupted run).
-    #[arg(long)]
-    pub resume: bool,
-
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
 
 /// A line on its way to the output: already answered, or waiting for the pipeline.
 enum Pending {
@@ -99,7 +80,7 @@ pub fn run(args: &BatchArgs) -> Result<()> {
         );
     }
 
-    let server = build_for(&args.serve, Edge::Jsonl)?;
+    let server = build(&ServeConfig::resolve(&args.serve)?, Edge::Jsonl)?;
     tracing::info!("running the {total} lines of {}", path.display());
     let input = File::open(path).with_context(|| format!("--input-file {}: cannot open it", path.display()))?;
     let lines = BufReader::new(input).lines();

@@ -7,44 +7,17 @@ pub mod svg;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
 
 use crate::batch::{execute, output::Previous};
-use crate::cli::ServeArgs;
-use crate::serve::{Edge, build_for};
+use crate::cli::ProfileArgs;
+use crate::config::ServeConfig;
+use crate::serve::{Edge, build};
 use crate::model::task::Task;
 use report::Report;
 
-#[derive(Debug, Clone, Args)]
-pub struct ProfileArgs {
-    /// A batch file to run (vLLM's format, as `run-batch` takes); without it, a synthetic
-    /// workload of --num-prompts requests.
-    #[arg(short = 'i', long = "input-file", value_name = "FILE")]
-    pub input_file: Option<PathBuf>,
-
-    /// Synthetic workload: how many requests.
-    #[arg(long, default_value_t = 32)]
-    pub num_prompts: usize,
-
-    /// Synthetic workload: words in each prompt (about as many tokens).
-    #[arg(long, default_value_t = 64)]
-    pub input_len: usize,
-
-    /// Synthetic workload: tokens generated per request (end of sequence ignored).
-    #[arg(long, default_value_t = 32)]
-    pub output_len: usize,
-
-    /// Also draw the profile as an SVG chart (stacked bars per stage) in this file.
-    #[arg(long, value_name = "FILE")]
-    pub svg: Option<PathBuf>,
-
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
 
 const WORDS: [&str; 24] = [
     "river", "stone", "light", "garden", "window", "music", "paper", "cloud", "market", "engine", "forest", "letter",
@@ -79,7 +52,7 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     if args.input_file.is_none() && (args.num_prompts == 0 || args.output_len == 0) {
         bail!("--num-prompts and --output-len must be at least 1");
     }
-    let server = build_for(&args.serve, Edge::Jsonl)?;
+    let server = build(&ServeConfig::resolve(&args.serve)?, Edge::Jsonl)?;
     let (lines, total): (Vec<std::io::Result<String>>, usize) = match &args.input_file {
         Some(path) => {
             let f = File::open(path).with_context(|| format!("--input-file {}: cannot open it", path.display()))?;

@@ -1,0 +1,387 @@
+//! Flags resolved once: clap's `ServeArgs` (vLLM's names, as typed) become a `ServeConfig`
+//! (what `serve`, `run-batch` and `profile` assemble the pipeline from). Everything that
+//! can be checked before the weights load is checked here, so that a wrong command line
+//! stops at once with a message naming the flag.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use axum::http::{HeaderName, HeaderValue, Method};
+use serde_json::Value;
+use tch::Device;
+
+use crate::api::context::ContentFormat;
+use crate::api::tools::ToolParser;
+use crate::cli::{ContentFormatArg, ConvertArg, DeviceArg, RunnerArg, SchedulingPolicyArg, ServeArgs, StringList, TaskArg};
+use crate::engine::scheduler::{SchedulerConfig, SchedulingPolicy};
+use crate::model::decoder_pool::{FromToken, is_decoder_reward};
+use crate::model::encoder::{self, encoder_arch};
+use crate::model::resolve::{self, ModelLocation};
+use crate::model::task::Task;
+
+/// Everything a command that runs the pipeline needs from its flags, resolved.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// Where the model is, with `--hf-overrides` applied to its config.
+    pub location: ModelLocation,
+    pub task: Task,
+    pub device: Device,
+    /// `--dtype` as given (`auto` is resolved per model by the loader).
+    pub dtype: String,
+    pub max_model_len: Option<usize>,
+    /// libtorch threads (`--threads`); None: all cores.
+    pub threads: Option<usize>,
+    /// `--pipeline`; None: the built-in file for the task and the edge.
+    pub pipeline_file: Option<PathBuf>,
+    /// `--override-pooler-config`, parsed.
+    pub pooler_overrides: Option<Value>,
+    pub engine: EngineSettings,
+    pub serving: ServingSettings,
+    pub http: HttpSettings,
+    /// `--enable-per-request-metrics`.
+    pub per_request_metrics: bool,
+}
+
+/// How the engine (or the encoder) is sized and scheduled.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    pub kv_cache: KvBudget,
+    pub scheduler: SchedulerConfig,
+}
+
+/// How much memory the KV cache gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KvBudget {
+    /// Exactly this many bytes (`--kv-cache-memory`, or the CPU default).
+    Bytes(u64),
+    /// On CUDA: this share of the device's memory for the whole server
+    /// (`--gpu-memory-utilization`), less what is in use once the weights are loaded.
+    GpuShare(f64),
+}
+
+/// The KV cache a CPU server gets unless `--kv-cache-memory` says otherwise.
+pub const CPU_KV_CACHE_BYTES: u64 = 2 << 30;
+
+/// What validation and the answers need beyond the model itself.
+#[derive(Debug, Clone)]
+pub struct ServingSettings {
+    /// Names clients may use in `model`; the first is reported in responses.
+    pub served_names: Vec<String>,
+    /// `--chat-template`'s source text; None: the model's own.
+    pub chat_template: Option<String>,
+    /// `--chat-template-content-format`; None: detected from the template.
+    pub content_format: Option<ContentFormat>,
+    pub response_role: String,
+    pub tokens_as_ids: bool,
+    /// `--enable-log-requests`: log each request, its prompt cut to this many characters.
+    pub log_requests: Option<usize>,
+    pub trust_request_chat_template: bool,
+    /// `--enable-auto-tool-choice --tool-call-parser`.
+    pub tool_parser: Option<ToolParser>,
+    pub max_logprobs: usize,
+    pub generation_config: GenerationConfig,
+}
+
+/// `--generation-config`: where requests' sampling defaults come from.
+#[derive(Debug, Clone)]
+pub enum GenerationConfig {
+    /// The model's generation_config.json (`auto`).
+    Model,
+    /// None: OpenAI's defaults (`vllm`).
+    None,
+    /// A folder's generation_config.json, read.
+    Given(Value),
+}
+
+/// The HTTP edge's settings (`serve` only; the other commands refuse these flags).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `host:port` to listen on.
+    pub address: String,
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+    /// `--enable-request-id-headers`.
+    pub request_id_headers: bool,
+    /// `--root-path`, normalized ("" or "/prefix").
+    pub root_path: String,
+    pub cors: CorsSettings,
+}
+
+/// vLLM's CORS flags, parsed.
+#[derive(Debug, Clone)]
+pub struct CorsSettings {
+    pub origins: Allowed<HeaderValue>,
+    pub methods: Allowed<Method>,
+    pub headers: Allowed<HeaderName>,
+    pub credentials: bool,
+}
+
+/// A CORS list: `["*"]`, or the values given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Allowed<T> {
+    Any,
+    Only(Vec<T>),
+}
+
+impl ServeConfig {
+    /// Checks and resolves every flag; reads the model's config (not its weights).
+    pub fn resolve(args: &ServeArgs) -> Result<ServeConfig> {
+        check_vllm_flags(args)?;
+        let mut location = resolve::resolve(args.model_arg())?;
+        if let Some(arg) = &args.hf_overrides {
+            let overrides = resolve::parse_overrides(arg).map_err(anyhow::Error::msg)?;
+            tracing::info!("--hf-overrides over config.json: {overrides}");
+            location.hf_overrides = Some(overrides);
+        }
+        let from_token = FromToken::from_config(location.config()?.as_ref())
+            .map_err(|m| anyhow::anyhow!("--hf-overrides / config.json: {m}"))?
+            .is_some();
+        let task = resolve_runner(args, &encoder::architectures(&location)?, from_token)?;
+        if args.override_pooler_config.is_some() && task == Task::Generate {
+            bail!("--override-pooler-config is for pooling models; this model is served for --task generate");
+        }
+        if from_token && task != Task::Classify {
+            // vLLM, too, converts only a model served as a classifier.
+            tracing::warn!(
+                "classifier_from_token is not used for --task {}: serve the model with --task classify, or name a \
+                 *ForSequenceClassification architecture in --hf-overrides so that --task score and auto classify",
+                task.name()
+            );
+        }
+        let pooler_overrides = match &args.override_pooler_config {
+            None => None,
+            Some(arg) => Some(
+                serde_json::from_str(arg)
+                    .map_err(|e| anyhow::anyhow!("--override-pooler-config is not valid JSON ({e}): {arg}"))?,
+            ),
+        };
+        let device = device(args.device)?;
+        let engine = engine_settings(args, device)?;
+        let served_names =
+            if args.served_model_name.is_empty() { vec![location.default_name.clone()] } else { args.served_model_name.clone() };
+        let serving = ServingSettings {
+            served_names,
+            chat_template: args.chat_template.as_deref().map(chat_template_arg).transpose()?,
+            content_format: match args.chat_template_content_format {
+                ContentFormatArg::Auto => None,
+                ContentFormatArg::String => Some(ContentFormat::String),
+                ContentFormatArg::Openai => Some(ContentFormat::OpenAi),
+            },
+            response_role: args.response_role.clone(),
+            tokens_as_ids: args.return_tokens_as_token_ids,
+            log_requests: (args.enable_log_requests && !args.disable_log_requests)
+                .then(|| args.max_log_len.unwrap_or(usize::MAX)),
+            trust_request_chat_template: args.trust_request_chat_template,
+            tool_parser: args.tool_call_parser.filter(|_| args.enable_auto_tool_choice),
+            max_logprobs: args.max_logprobs,
+            generation_config: generation_config(&args.generation_config)?,
+        };
+        let http = HttpSettings {
+            address: format!("{}:{}", args.host, args.port),
+            api_key: args.api_key.clone(),
+            max_body_bytes: args.max_request_body as usize,
+            request_id_headers: args.enable_request_id_headers,
+            root_path: crate::http::docs::normalize_root_path(args.root_path.as_deref()).map_err(anyhow::Error::msg)?,
+            cors: cors_settings(args)?,
+        };
+        Ok(ServeConfig {
+            location,
+            task,
+            device,
+            dtype: args.dtype.clone(),
+            max_model_len: args.max_model_len,
+            threads: args.threads,
+            pipeline_file: args.pipeline.clone(),
+            pooler_overrides,
+            engine,
+            serving,
+            http,
+            per_request_metrics: args.enable_per_request_metrics,
+        })
+    }
+}
+
+/// The device a `--device` flag names (auto: CUDA when there is one).
+pub fn device(arg: DeviceArg) -> Result<Device> {
+    Ok(match arg {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda | DeviceArg::Auto => {
+            crate::device::load_cuda_backend();
+            match (arg, tch::Cuda::is_available()) {
+                (_, true) => Device::Cuda(0),
+                (DeviceArg::Auto, false) => Device::Cpu,
+                _ => bail!("--device cuda was asked for, but no CUDA device is available"),
+            }
+        }
+    })
+}
+
+fn engine_settings(args: &ServeArgs, device: Device) -> Result<EngineSettings> {
+    let util = args.gpu_memory_utilization;
+    if !(util > 0.0 && util <= 1.0) {
+        bail!("--gpu-memory-utilization must be in (0, 1], got {util}");
+    }
+    if args.block_size == 0 || args.block_size > 1024 {
+        bail!("--block-size must be between 1 and 1024");
+    }
+    if args.max_num_seqs == 0 || args.max_num_batched_tokens == 0 {
+        bail!("--max-num-seqs and --max-num-batched-tokens must be at least 1");
+    }
+    Ok(EngineSettings {
+        block_size: args.block_size,
+        kv_cache: match (args.kv_cache_memory, device) {
+            (Some(bytes), _) => KvBudget::Bytes(bytes),
+            (None, Device::Cpu) => KvBudget::Bytes(CPU_KV_CACHE_BYTES),
+            (None, _) => KvBudget::GpuShare(util),
+        },
+        scheduler: SchedulerConfig {
+            max_num_seqs: args.max_num_seqs,
+            max_batched_tokens: args.max_num_batched_tokens,
+            policy: match args.scheduling_policy {
+                SchedulingPolicyArg::Fcfs => SchedulingPolicy::Fcfs,
+                SchedulingPolicyArg::Priority => SchedulingPolicy::Priority,
+            },
+            prefix_caching: !args.no_enable_prefix_caching,
+        },
+    })
+}
+
+/// vLLM flags accepted so that its command lines run unchanged: parallelism must be 1
+/// (one device), and the flags that are what sluice always does are noted in the log.
+fn check_vllm_flags(args: &ServeArgs) -> Result<()> {
+    if args.tensor_parallel_size != 1 || args.pipeline_parallel_size != 1 {
+        bail!(
+            "--tensor-parallel-size {} --pipeline-parallel-size {}: sluice runs a model on one device; leave them at 1",
+            args.tensor_parallel_size,
+            args.pipeline_parallel_size
+        );
+    }
+    if args.trust_remote_code {
+        tracing::info!("--trust-remote-code: no model code is ever loaded (architectures are built in); nothing changes");
+    }
+    if args.enforce_eager {
+        tracing::info!("--enforce-eager: every step already runs eagerly; nothing changes");
+    }
+    Ok(())
+}
+
+/// `--chat-template`: a readable file's contents, else the argument itself.
+fn chat_template_arg(arg: &str) -> Result<String> {
+    let path = std::path::Path::new(arg);
+    if !arg.contains("{%") && !arg.contains("{{") {
+        return std::fs::read_to_string(path).with_context(|| format!("--chat-template {arg}: cannot read the file"));
+    }
+    Ok(arg.to_string())
+}
+
+/// `--generation-config`: auto, vllm, or a folder whose generation_config.json is read now.
+fn generation_config(arg: &str) -> Result<GenerationConfig> {
+    Ok(match arg {
+        "auto" => GenerationConfig::Model,
+        "vllm" => GenerationConfig::None,
+        folder => {
+            let path = std::path::Path::new(folder).join("generation_config.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--generation-config {folder}: cannot read {}", path.display()))?;
+            GenerationConfig::Given(
+                serde_json::from_str(&text).with_context(|| format!("--generation-config: {} is not JSON", path.display()))?,
+            )
+        }
+    })
+}
+
+/// vLLM's CORS flags: `["*"]` allows any value; otherwise each value must be valid there.
+fn cors_settings(args: &ServeArgs) -> Result<CorsSettings> {
+    Ok(CorsSettings {
+        origins: allowed("allowed-origins", &args.allowed_origins, |o| HeaderValue::from_str(o).ok())?,
+        methods: allowed("allowed-methods", &args.allowed_methods, |m| Method::from_bytes(m.as_bytes()).ok())?,
+        headers: allowed("allowed-headers", &args.allowed_headers, |h| HeaderName::from_bytes(h.as_bytes()).ok())?,
+        credentials: args.allow_credentials,
+    })
+}
+
+/// Every value of a list flag, parsed; the error names the flag and the value.
+fn allowed<T>(flag: &str, values: &StringList, parse: impl Fn(&str) -> Option<T>) -> Result<Allowed<T>> {
+    if values.0.iter().any(|v| v == "*") {
+        return Ok(Allowed::Any);
+    }
+    let parsed = values.0.iter().map(|v| parse(v).with_context(|| format!("--{flag}: {v:?} is not valid there")));
+    Ok(Allowed::Only(parsed.collect::<Result<_>>()?))
+}
+
+/// What `--task` asks for, checked against the model's architectures (vLLM's rules:
+/// `auto` picks generation for `*ForCausalLM` and GGUF files, embeddings for encoders,
+/// classification for `*ForSequenceClassification`, rewards for reward models; `embed` or
+/// `score` on a causal LM pools its last token, `reward` returns its tokens' hidden states,
+/// and `classify` needs a head — the folder's, or one `classifier_from_token` converts from
+/// the LM head).
+pub fn resolve_task(arg: TaskArg, archs: &[String], from_token: bool) -> Result<Task> {
+    let encoder = archs.iter().find_map(|a| encoder_arch(a));
+    let named = archs.first().map(String::as_str).unwrap_or("the model");
+    let generative = archs.is_empty() || archs.iter().any(|a| a.ends_with("ForCausalLM"));
+    if archs.iter().any(|a| is_decoder_reward(a)) {
+        return match arg {
+            TaskArg::Auto | TaskArg::Reward => Ok(Task::Reward),
+            _ => bail!(
+                "--task {}: {named} is a reward model; serve it with --task reward (per-token rewards on /pooling)",
+                format!("{arg:?}").to_lowercase()
+            ),
+        };
+    }
+    Ok(match (arg, encoder) {
+        (TaskArg::Reward, None) if generative => Task::Reward,
+        (TaskArg::Reward, Some(_)) => {
+            bail!("--task reward: {named} is not a reward model or a causal LM; serve it with --task embed, classify or score")
+        }
+        (TaskArg::Auto | TaskArg::Generate, None) if generative => Task::Generate,
+        (TaskArg::Auto, Some(false)) | (TaskArg::Embed, Some(false)) | (TaskArg::Score, Some(false)) => Task::Embed,
+        (TaskArg::Auto, Some(true)) | (TaskArg::Classify, Some(true)) | (TaskArg::Score, Some(true)) => Task::Classify,
+        (TaskArg::Generate, Some(_)) => {
+            bail!("--task generate: {named} is a pooling model; serve it with --task embed, classify or score")
+        }
+        (TaskArg::Embed, Some(true)) => {
+            bail!("--task embed: {named} is a classifier; serve it with --task classify or score")
+        }
+        (TaskArg::Classify, Some(false)) => {
+            bail!("--task classify: {named} has no classification head; serve it with --task embed or score")
+        }
+        (TaskArg::Embed | TaskArg::Score, None) if generative => Task::Embed,
+        (TaskArg::Classify, None) if generative && from_token => Task::Classify,
+        (TaskArg::Classify, None) if generative => bail!(
+            "--task classify: {named} has no classification head; serve a *ForSequenceClassification model, or \
+             convert this one from its LM head with --hf-overrides '{{\"classifier_from_token\": [...], \"method\": \
+             \"from_2_way_softmax\" or \"no_post_processing\"}}' (a causal LM serves --task embed, with last-token \
+             pooling)"
+        ),
+        (_, None) => bail!(
+            "architecture {named} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and \
+             their ForSequenceClassification forms, Qwen2ForRewardModel, BertModel, BertForSequenceClassification are)"
+        ),
+    })
+}
+
+/// `--task`, or newer vLLM's `--runner` and `--convert` (one spelling at a time):
+/// `--convert embed|classify|reward` is that task, `--runner generate` is `--task
+/// generate`, and `--runner pooling` alone serves the architecture's own pooling task —
+/// embeddings for a causal LM.
+pub fn resolve_runner(args: &ServeArgs, archs: &[String], from_token: bool) -> Result<Task> {
+    if args.task != TaskArg::Auto && (args.runner != RunnerArg::Auto || args.convert != ConvertArg::Auto) {
+        bail!("give either --task or --runner/--convert, not both");
+    }
+    let pick = |t| resolve_task(t, archs, from_token);
+    match (args.runner, args.convert) {
+        (RunnerArg::Auto, ConvertArg::Auto) => pick(args.task),
+        (RunnerArg::Generate, ConvertArg::Auto | ConvertArg::None) => pick(TaskArg::Generate),
+        (RunnerArg::Generate, c) => bail!("--convert {}: conversions are for --runner pooling", format!("{c:?}").to_lowercase()),
+        (_, ConvertArg::Embed) => pick(TaskArg::Embed),
+        (_, ConvertArg::Classify) => pick(TaskArg::Classify),
+        (_, ConvertArg::Reward) => pick(TaskArg::Reward),
+        (RunnerArg::Auto, ConvertArg::None) => pick(TaskArg::Auto),
+        (RunnerArg::Pooling, ConvertArg::Auto | ConvertArg::None) => match pick(TaskArg::Auto)? {
+            Task::Generate => pick(TaskArg::Embed),
+            pooling => Ok(pooling),
+        },
+    }
+}

@@ -1,0 +1,199 @@
+//! From a resolved `ServeConfig` to a running pipeline: the one path `serve`, `run-batch`
+//! and `profile` all take. It picks the pipeline file, loads the model (a generator behind
+//! the engine, or a pooling model behind the encoder), builds the serving context, starts
+//! the stages and the state the HTTP edge (or the batch reader) hands requests to.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::api::context::{ContentFormat, ServingContext};
+use crate::config::{GenerationConfig, ServeConfig};
+use crate::engine::Engine;
+use crate::engine::scheduler::SchedulingPolicy;
+use crate::engine::stats::EngineStats;
+use crate::http::server::AppState;
+use crate::model::chat_template::ChatTemplate;
+use crate::model::encoder;
+use crate::model::task::Task;
+use crate::model::{self, LoadOptions};
+use crate::pipeline::{Pipeline, PipelineSpec, Registry};
+use crate::sampling::SamplingDefaults;
+use crate::stages::{self, item::Item};
+
+/// Where requests enter the pipeline: HTTP connections (`serve`) or the lines of a JSONL
+/// file (`run-batch`, `profile`). Everything after the entry is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    Http,
+    Jsonl,
+}
+
+impl Edge {
+    /// The pipeline file's `source` for this edge.
+    pub fn source(self) -> &'static str {
+        match self {
+            Edge::Http => "http",
+            Edge::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// Everything a command starts, ready to take requests.
+pub struct Server {
+    pub app: Arc<AppState>,
+    pub pipeline: Pipeline<Item>,
+}
+
+impl Server {
+    /// Closes the pipeline's entry and waits for every stage to finish its work.
+    pub fn shutdown(self) {
+        let Server { app, pipeline } = self;
+        drop(app);
+        pipeline.shutdown();
+    }
+}
+
+/// Loads the model and starts the pipeline fed by `edge`.
+pub fn build(cfg: &ServeConfig, edge: Edge) -> Result<Server> {
+    // The pipeline file before the weights: a wrong one should not wait for the model to load.
+    let spec = pipeline_spec(cfg, edge)?;
+    if let Some(t) = cfg.threads {
+        tch::set_num_threads(t as i32);
+    }
+    tracing::info!("loading {} from {} for --task {}", cfg.location.default_name, cfg.location.path().display(), cfg.task.name());
+    let t0 = Instant::now();
+    let (mut registry, serving, engine_stats) = match cfg.task {
+        Task::Generate => generator(cfg, t0)?,
+        _ => pooling_model(cfg, t0)?,
+    };
+    registry.source(edge.source(), stages::SOURCE_OUTPUT);
+    let pipeline = Pipeline::start(&spec, &registry)?;
+    let app = Arc::new(AppState {
+        serving,
+        entry: pipeline.entry().clone(),
+        api_key: cfg.http.api_key.clone(),
+        max_body_bytes: cfg.http.max_body_bytes,
+        request_id_headers: cfg.http.request_id_headers,
+        engine_stats,
+        task: cfg.task,
+        stages: pipeline.metrics.clone(),
+        root_path: cfg.http.root_path.clone(),
+        traced_stages: cfg.per_request_metrics.then(|| pipeline.stage_names()),
+    });
+    Ok(Server { app, pipeline })
+}
+
+/// `--pipeline`, or the built-in file for the task and the edge.
+fn pipeline_spec(cfg: &ServeConfig, edge: Edge) -> Result<PipelineSpec> {
+    let generates = cfg.task == Task::Generate;
+    Ok(match (&cfg.pipeline_file, generates, edge) {
+        (Some(path), _, _) => PipelineSpec::load(path)?,
+        (None, true, Edge::Http) => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
+        (None, false, Edge::Http) => PipelineSpec::parse(stages::POOLING_TOML, "stages/pooling.toml (built in)")?,
+        (None, true, Edge::Jsonl) => PipelineSpec::parse(stages::BATCH_TOML, "stages/batch.toml (built in)")?,
+        (None, false, Edge::Jsonl) => PipelineSpec::parse(stages::BATCH_POOLING_TOML, "stages/batch-pooling.toml (built in)")?,
+    })
+}
+
+type Assembled = (Registry<Item>, Arc<ServingContext>, Arc<EngineStats>);
+
+/// A causal LM behind the engine.
+fn generator(cfg: &ServeConfig, t0: Instant) -> Result<Assembled> {
+    let opts = LoadOptions { device: cfg.device, dtype: &cfg.dtype, max_model_len: cfg.max_model_len };
+    let location = cfg.location.clone();
+    let loaded = model::on_passing_thread(|| model::load(location, &opts))?;
+    let (llama, info) = (loaded.llama, loaded.info);
+    let c = &llama.cfg;
+    tracing::info!(
+        "loaded in {:.1}s: {:?}, {} layers, hidden {}, {} heads ({} KV), vocab {}, dtype {:?}, device {:?}, context {}",
+        t0.elapsed().as_secs_f64(),
+        c.arch,
+        c.num_layers,
+        c.hidden_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.vocab_size,
+        llama.dtype,
+        cfg.device,
+        info.max_model_len
+    );
+    let serving = Arc::new(serving_context(cfg, &info)?);
+    let engine_cfg = super::kv::engine_config(&cfg.engine, &llama.cfg, llama.dtype, llama.device, &info)?;
+    let engine = Engine::new(llama, engine_cfg);
+    let stats = engine.stats();
+    Ok((stages::registry(serving.clone(), engine), serving, stats))
+}
+
+/// An encoder (or a decoder used for pooling) behind the encode stage.
+fn pooling_model(cfg: &ServeConfig, t0: Instant) -> Result<Assembled> {
+    let location = cfg.location.clone();
+    let loaded =
+        model::on_passing_thread(|| encoder::load(location, cfg.task, cfg.device, &cfg.dtype, cfg.max_model_len))?;
+    let (mut model, info) = (loaded.model, loaded.info);
+    if let Some(overrides) = &cfg.pooler_overrides {
+        model.override_pooler(overrides).map_err(|m| anyhow::anyhow!("--override-pooler-config: {m}"))?;
+    }
+    tracing::info!(
+        "loaded in {:.1}s: {}, device {:?}, longest input {} tokens",
+        t0.elapsed().as_secs_f64(),
+        model.backbone.describe(),
+        cfg.device,
+        info.max_model_len
+    );
+    let serving = Arc::new(serving_context(cfg, &info)?);
+    let stats = Arc::new(EngineStats::default());
+    let sched = &cfg.engine.scheduler;
+    let registry = stages::pooling_registry(serving.clone(), model, sched.max_num_seqs, sched.max_batched_tokens, stats.clone());
+    Ok((registry, serving, stats))
+}
+
+/// What validating and answering requests needs: the model's tokenizer and limits, the
+/// chat template (`--chat-template`, else the model's), and the serving flags.
+fn serving_context(cfg: &ServeConfig, info: &model::ModelInfo) -> Result<ServingContext> {
+    let s = &cfg.serving;
+    let template = match s.chat_template.as_ref().or(info.chat_template.as_ref()) {
+        Some(src) => Some(ChatTemplate::new(src).map_err(|e| anyhow::anyhow!("the chat template does not compile: {e}"))?),
+        None => {
+            tracing::warn!("the model has no chat template: chat requests will be refused (see --chat-template)");
+            None
+        }
+    };
+    let mut serving = ServingContext::new(info, s.served_names.clone(), template, s.content_format);
+    if s.content_format.is_none() && serving.chat_template.is_some() {
+        tracing::info!(
+            "Detected the chat template content format to be '{}'",
+            match serving.content_format {
+                ContentFormat::String => "string",
+                ContentFormat::OpenAi => "openai",
+            }
+        );
+    }
+    serving.trust_request_chat_template = s.trust_request_chat_template;
+    serving.priority_scheduling = cfg.engine.scheduler.policy == SchedulingPolicy::Priority;
+    serving.log_requests = s.log_requests;
+    serving.response_role = s.response_role.clone();
+    serving.tokens_as_ids = s.tokens_as_ids;
+    serving.max_logprobs = s.max_logprobs;
+    serving.tool_parser = s.tool_parser;
+    serving.defaults = sampling_defaults(&s.generation_config, info);
+    Ok(serving)
+}
+
+/// The sampling defaults `--generation-config` names.
+fn sampling_defaults(source: &GenerationConfig, info: &model::ModelInfo) -> SamplingDefaults {
+    let config = match source {
+        GenerationConfig::None => None,
+        GenerationConfig::Model => info.generation_config.as_ref(),
+        GenerationConfig::Given(v) => Some(v),
+    };
+    let defaults = config.map(SamplingDefaults::from_generation_config).unwrap_or_default();
+    if !defaults.is_empty() {
+        tracing::info!(
+            "sampling defaults from the model's generation_config.json (requests override them; \
+             --generation-config vllm turns them off): {defaults:?}"
+        );
+    }
+    defaults
+}
