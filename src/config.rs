@@ -183,7 +183,7 @@ impl ServeConfig {
             api_key: args.api_key.clone(),
             max_body_bytes: args.max_request_body as usize,
             request_id_headers: args.enable_request_id_headers,
-            root_path: crate::http::docs::normalize_root_path(args.root_path.as_deref()).map_err(anyhow::Error::msg)?,
+            root_path: normalize_root_path(args.root_path.as_deref()).map_err(anyhow::Error::msg)?,
             cors: cors_settings(args)?,
         };
         Ok(ServeConfig {
@@ -292,6 +292,15 @@ fn generation_config(arg: &str) -> Result<GenerationConfig> {
     })
 }
 
+/// `--root-path`: a value starting with `/` and without a trailing `/` (empty: none).
+pub fn normalize_root_path(arg: Option<&str>) -> Result<String, String> {
+    match arg.map(|s| s.trim_end_matches('/')) {
+        None | Some("") => Ok(String::new()),
+        Some(p) if p.starts_with('/') && !p.contains(['?', '#']) => Ok(p.to_string()),
+        Some(p) => Err(format!("--root-path must be a path starting with '/', got {p:?}")),
+    }
+}
+
 /// vLLM's CORS flags: `["*"]` allows any value; otherwise each value must be valid there.
 fn cors_settings(args: &ServeArgs) -> Result<CorsSettings> {
     Ok(CorsSettings {
@@ -383,5 +392,17 @@ pub fn resolve_runner(args: &ServeArgs, archs: &[String], from_token: bool) -> R
             Task::Generate => pick(TaskArg::Embed),
             pooling => Ok(pooling),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_path_flag_is_checked() {
+        assert_eq!(normalize_root_path(Some("/api/")).unwrap(), "/api");
+        assert_eq!(normalize_root_path(None).unwrap(), "");
+        assert!(normalize_root_path(Some("api")).is_err());
     }
 }

@@ -1,12 +1,17 @@
 //! sluice: an OpenAI-compatible LLM serving engine, built as a pipeline of stages.
+//! ARCHITECTURE.md has the map; in short, from the edges in:
 //!
+//! - `cli`, `config`: flags as typed, and resolved once into a `ServeConfig`.
+//! - `serve`, `batch`, `profile`, `bench`: the commands; `serve::build` assembles the
+//!   pipeline for all of them.
+//! - `http`: the HTTP edge (routes, API key, CORS, SSE). `api`: the OpenAI wire format,
+//!   errors, and the validation that turns a wire request into an internal one.
+//! - `stages`: the stage kinds (decode, render, tokenize, guide, engine, detokenize,
+//!   stream; the pooling stages) and the items that flow between them.
+//! - `engine`: scheduling, KV blocks, sequences, behind its own request/event types.
+//! - `model`: model files, tokenizer, chat template, forward pass. `sampling`: logits to
+//!   tokens. `guided`: constraints compiled to token masks. `detok`: incremental text.
 //! - `pipeline`: the generic staged-dataflow runtime (channels, wiring, metrics).
-//! - `stages`: the stage kinds (decode, render, tokenize, guide, engine, detokenize, stream).
-//! - `api`: the OpenAI wire format, errors and the HTTP edge.
-//! - `model`: model files, tokenizer, chat template, forward pass.
-//! - `batch`: `run-batch`, JSONL files through the same pipeline. `profile`: where time goes.
-//! - `engine`: scheduling, KV blocks, sequences. `sampling`: logits to tokens.
-//! - `guided`: structured-output constraints compiled to token masks.
 
 pub mod api;
 pub mod batch;

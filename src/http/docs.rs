@@ -42,15 +42,6 @@ pub async fn swagger(State(app): State<Arc<AppState>>) -> Html<String> {
     ))
 }
 
-/// `--root-path`: a value starting with `/` and without a trailing `/` (empty: none).
-pub fn normalize_root_path(arg: Option<&str>) -> Result<String, String> {
-    match arg.map(|s| s.trim_end_matches('/')) {
-        None | Some("") => Ok(String::new()),
-        Some(p) if p.starts_with('/') && !p.contains(['?', '#']) => Ok(p.to_string()),
-        Some(p) => Err(format!("--root-path must be a path starting with '/', got {p:?}")),
-    }
-}
-
 /// Strips the root path from a request's path before routing, when it carries it.
 pub fn strip_root_path(root: &str, mut req: Request) -> Request {
     if root.is_empty() {
@@ -93,13 +84,6 @@ mod tests {
         assert_eq!(path_after("/api", "/apiary/v1/models"), "/apiary/v1/models");
         assert_eq!(path_after("/api", "/v1/models"), "/v1/models");
         assert_eq!(path_after("", "/api/v1/models"), "/api/v1/models");
-    }
-
-    #[test]
-    fn root_path_flag_is_checked() {
-        assert_eq!(normalize_root_path(Some("/api/")).unwrap(), "/api");
-        assert_eq!(normalize_root_path(None).unwrap(), "");
-        assert!(normalize_root_path(Some("api")).is_err());
     }
 
     #[test]

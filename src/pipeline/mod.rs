@@ -12,6 +12,6 @@ pub mod trace;
 pub use channel::{Inlet, Keyed, Outlet, SendError};
 pub use exposition::Exposition;
 pub use metrics::{LatencyHistogram, StageMetrics, Summary};
-pub use runtime::{Pipeline, Registry, Stage, StageShape};
+pub use runtime::{Catalog, Pipeline, Registry, Stage, StageShape};
 pub use spec::{PipelineSpec, SpecError, StageSpec};
 pub use trace::{Service, StageTime, StageTrace};

@@ -26,66 +26,94 @@ pub trait Stage<T: Keyed>: Send + Sync + 'static {
 }
 
 /// What a stage kind consumes and produces, by label, so the wiring can be checked before
-/// anything starts ("tokenize" must follow something that produces prompts).
+/// anything starts ("tokenize" must follow something that produces prompts), and how many
+/// workers it can run on.
 #[derive(Debug, Clone, Copy)]
 pub struct StageShape {
     pub input: &'static str,
     pub output: &'static str,
     /// Items with the same key must reach the same worker, in order.
     pub ordered: bool,
+    /// At most this many workers (a stage that owns a model: one); None: any number.
+    pub max_workers: Option<usize>,
+    /// Why `max_workers` holds, for the message when a file asks for more.
+    pub why: &'static str,
+}
+
+impl StageShape {
+    /// A stage taking `input` and giving `output`, on any number of workers, in any order.
+    pub const fn new(input: &'static str, output: &'static str) -> Self {
+        StageShape { input, output, ordered: false, max_workers: None, why: "" }
+    }
+
+    /// Items of one key go to one worker, in order.
+    pub const fn ordered(self) -> Self {
+        StageShape { ordered: true, ..self }
+    }
+
+    /// One worker only, for the reason given.
+    pub const fn single(self, why: &'static str) -> Self {
+        StageShape { max_workers: Some(1), why, ..self }
+    }
 }
 
 pub type Constructor<T> = Box<dyn Fn() -> Result<Arc<dyn Stage<T>>, String>>;
 
-/// Kind name → shape and constructor.
-pub struct Registry<T> {
-    kinds: HashMap<&'static str, (StageShape, Constructor<T>)>,
-    sources: HashMap<&'static str, &'static str>,
+/// The stage kinds a pipeline may name, with their shapes, and the sources that may feed
+/// it: what a pipeline file is checked against, before anything is built (so before a
+/// model loads).
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// In the order they were added (the order messages list them in).
+    kinds: Vec<(&'static str, StageShape)>,
+    sources: Vec<(&'static str, &'static str)>,
 }
 
-impl<T: Send + Keyed + 'static> Default for Registry<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T: Send + Keyed + 'static> Registry<T> {
+impl Catalog {
     pub fn new() -> Self {
-        Registry { kinds: HashMap::new(), sources: HashMap::new() }
+        Self::default()
     }
 
-    pub fn stage(&mut self, kind: &'static str, shape: StageShape, make: Constructor<T>) -> &mut Self {
-        self.kinds.insert(kind, (shape, make));
+    pub fn kind(&mut self, kind: &'static str, shape: StageShape) -> &mut Self {
+        self.kinds.retain(|(k, _)| *k != kind);
+        self.kinds.push((kind, shape));
         self
     }
 
     /// A source and the label of what it produces.
     pub fn source(&mut self, name: &'static str, output: &'static str) -> &mut Self {
-        self.sources.insert(name, output);
+        self.sources.retain(|(n, _)| *n != name);
+        self.sources.push((name, output));
         self
     }
-}
 
-/// A running pipeline.
-pub struct Pipeline<T> {
-    entry: Outlet<T>,
-    pub metrics: Vec<Arc<StageMetrics>>,
-    handles: Vec<JoinHandle<()>>,
-}
+    fn shape(&self, kind: &str) -> Option<&StageShape> {
+        self.kinds.iter().find(|(k, _)| *k == kind).map(|(_, s)| s)
+    }
 
-impl<T: Send + Keyed + 'static> Pipeline<T> {
-    /// Checks the wiring and starts every stage's workers.
-    pub fn start(spec: &PipelineSpec, registry: &Registry<T>) -> Result<Self, SpecError> {
-        let Some(&source_output) = registry.sources.get(spec.source.as_str()) else {
+    /// Checks a pipeline file against the kinds and sources: every kind known, within its
+    /// worker limit, each stage taking what the one before gives, the last delivering.
+    /// Returns each stage's shape.
+    pub fn check(&self, spec: &PipelineSpec) -> Result<Vec<StageShape>, SpecError> {
+        let Some(&(_, source_output)) = self.sources.iter().find(|(n, _)| *n == spec.source) else {
             return Err(SpecError(format!("{}: source {:?} is not available here", spec.origin, spec.source)));
         };
-        // Check kinds and the chain of labels first: nothing starts on a wrong file.
         let mut shapes = Vec::new();
         let mut previous = (source_output, format!("source {:?}", spec.source));
         for s in &spec.stages {
-            let (shape, _) = registry.kinds.get(s.kind.as_str()).ok_or_else(|| {
-                SpecError(format!("{}: kind {:?} is not available in this pipeline", spec.locate(s), s.kind))
+            let shape = self.shape(&s.kind).ok_or_else(|| {
+                let known: Vec<String> = self.kinds.iter().map(|(k, _)| format!("{k:?}")).collect();
+                SpecError(format!("{}: {:?} is not one of {}", spec.locate_field(s, "kind"), s.kind, known.join(", ")))
             })?;
+            if let Some(max) = shape.max_workers.filter(|&m| s.workers > m) {
+                return Err(SpecError(format!(
+                    "{}: {} is more than {:?} can run on ({max}): {}",
+                    spec.locate_field(s, "workers"),
+                    s.workers,
+                    s.kind,
+                    shape.why
+                )));
+            }
             if shape.input != previous.0 {
                 return Err(SpecError(format!(
                     "{}: {:?} takes {} but follows {}, which produces {}",
@@ -105,10 +133,70 @@ impl<T: Send + Keyed + 'static> Pipeline<T> {
                 spec.origin, previous.1, previous.0
             )));
         }
+        Ok(shapes)
+    }
+}
 
+/// A catalog with a constructor for each kind.
+pub struct Registry<T> {
+    catalog: Catalog,
+    makers: HashMap<&'static str, Constructor<T>>,
+}
+
+impl<T: Send + Keyed + 'static> Default for Registry<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Send + Keyed + 'static> Registry<T> {
+    pub fn new() -> Self {
+        Self::with_catalog(Catalog::new())
+    }
+
+    /// Constructors for a catalog's kinds are given next, with `make`.
+    pub fn with_catalog(catalog: Catalog) -> Self {
+        Registry { catalog, makers: HashMap::new() }
+    }
+
+    /// A kind with its shape and constructor.
+    pub fn stage(&mut self, kind: &'static str, shape: StageShape, make: Constructor<T>) -> &mut Self {
+        self.catalog.kind(kind, shape);
+        self.makers.insert(kind, make);
+        self
+    }
+
+    /// The constructor of a kind the catalog already has.
+    pub fn make(&mut self, kind: &'static str, make: Constructor<T>) -> &mut Self {
+        assert!(self.catalog.shape(kind).is_some(), "stage kind {kind:?} is not in the catalog");
+        self.makers.insert(kind, make);
+        self
+    }
+
+    /// A source and the label of what it produces.
+    pub fn source(&mut self, name: &'static str, output: &'static str) -> &mut Self {
+        self.catalog.source(name, output);
+        self
+    }
+}
+
+/// A running pipeline.
+pub struct Pipeline<T> {
+    entry: Outlet<T>,
+    pub metrics: Vec<Arc<StageMetrics>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl<T: Send + Keyed + 'static> Pipeline<T> {
+    /// Checks the wiring and starts every stage's workers.
+    pub fn start(spec: &PipelineSpec, registry: &Registry<T>) -> Result<Self, SpecError> {
+        // Check kinds and the chain of labels first: nothing starts on a wrong file.
+        let shapes = registry.catalog.check(spec)?;
         let mut stages = Vec::new();
         for s in &spec.stages {
-            let (_, make) = &registry.kinds[s.kind.as_str()];
+            let make = registry.makers.get(s.kind.as_str()).ok_or_else(|| {
+                SpecError(format!("{}: kind {:?} has no constructor in this pipeline", spec.locate(s), s.kind))
+            })?;
             let stage = make().map_err(|e| SpecError(format!("{}: {e}", spec.locate(s))))?;
             stages.push(stage);
         }
@@ -192,13 +280,13 @@ mod tests {
 
     fn registry(sink: Arc<Mutex<Vec<Item>>>) -> Registry<Item> {
         let mut r = Registry::new();
-        let shape = |i, o| StageShape { input: i, output: o, ordered: false };
+        let shape = StageShape::new;
         r.source("http", "a");
         r.stage("decode", shape("a", "b"), Box::new(|| Ok(Arc::new(Tag("decode")) as Arc<dyn Stage<Item>>)));
         r.stage("render", shape("b", "c"), Box::new(|| Ok(Arc::new(Tag("render")) as Arc<dyn Stage<Item>>)));
         r.stage(
             "stream",
-            StageShape { input: "c", output: "nothing", ordered: true },
+            StageShape::new("c", "nothing").ordered(),
             Box::new(move || Ok(Arc::new(Collect(sink.clone())) as Arc<dyn Stage<Item>>)),
         );
         r
@@ -250,7 +338,7 @@ mod tests {
     #[test]
     fn traced_items_get_every_stage_time() {
         let mut r: Registry<Traced> = Registry::new();
-        let shape = |i, o| StageShape { input: i, output: o, ordered: false };
+        let shape = StageShape::new;
         r.source("http", "a");
         r.stage("decode", shape("a", "b"), Box::new(|| Ok(Arc::new(Pass) as Arc<dyn Stage<Traced>>)));
         r.stage("stream", shape("b", "nothing"), Box::new(|| Ok(Arc::new(Pass) as Arc<dyn Stage<Traced>>)));
@@ -273,6 +361,24 @@ mod tests {
         let sink = Arc::new(Mutex::new(Vec::new()));
         let err = Pipeline::start(&spec(&["render", "decode", "stream"]), &registry(sink)).err().unwrap().0;
         assert!(err.contains("stage 1 (\"render\"): \"render\" takes b but follows source \"http\", which produces a"), "{err}");
+    }
+
+    #[test]
+    fn unknown_kinds_are_refused_naming_every_kind() {
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        let err = Pipeline::start(&spec(&["decode", "rendr", "stream"]), &registry(sink)).err().unwrap().0;
+        assert!(err.contains("t.toml:8: stage 2 (\"rendr\"): kind: \"rendr\" is not one of \"decode\", \"render\", \"stream\""), "{err}");
+    }
+
+    #[test]
+    fn a_single_worker_kind_refuses_more() {
+        let mut c = Catalog::new();
+        c.source("http", "a").kind("engine", StageShape::new("a", "nothing").single("it owns the model"));
+        // spec() gives every stage two workers.
+        let err = c.check(&spec(&["engine"])).unwrap_err().0;
+        assert!(err.contains("t.toml:5: stage 1 (\"engine\"): workers: 2 is more than \"engine\" can run on (1): it owns the model"), "{err}");
+        let one = PipelineSpec::parse("name = \"t\"\nsource = \"http\"\n[[stage]]\nkind = \"engine\"\nworkers = 1\nqueue = 4\n", "t.toml").unwrap();
+        assert!(c.check(&one).is_ok());
     }
 
     #[test]

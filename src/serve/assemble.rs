@@ -18,7 +18,7 @@ use crate::model::chat_template::ChatTemplate;
 use crate::model::encoder;
 use crate::model::task::Task;
 use crate::model::{self, LoadOptions};
-use crate::pipeline::{Pipeline, PipelineSpec, Registry};
+use crate::pipeline::{Catalog, Pipeline, PipelineSpec, Registry};
 use crate::sampling::SamplingDefaults;
 use crate::stages::{self, item::Item};
 
@@ -59,16 +59,18 @@ impl Server {
 pub fn build(cfg: &ServeConfig, edge: Edge) -> Result<Server> {
     // The pipeline file before the weights: a wrong one should not wait for the model to load.
     let spec = pipeline_spec(cfg, edge)?;
+    let mut catalog = if cfg.task == Task::Generate { stages::generation_catalog() } else { stages::pooling_catalog() };
+    catalog.source(edge.source(), stages::SOURCE_OUTPUT);
+    catalog.check(&spec)?;
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t as i32);
     }
     tracing::info!("loading {} from {} for --task {}", cfg.location.default_name, cfg.location.path().display(), cfg.task.name());
     let t0 = Instant::now();
-    let (mut registry, serving, engine_stats) = match cfg.task {
-        Task::Generate => generator(cfg, t0)?,
-        _ => pooling_model(cfg, t0)?,
+    let (registry, serving, engine_stats) = match cfg.task {
+        Task::Generate => generator(cfg, catalog, t0)?,
+        _ => pooling_model(cfg, catalog, t0)?,
     };
-    registry.source(edge.source(), stages::SOURCE_OUTPUT);
     let pipeline = Pipeline::start(&spec, &registry)?;
     let app = Arc::new(AppState {
         serving,
@@ -100,7 +102,7 @@ fn pipeline_spec(cfg: &ServeConfig, edge: Edge) -> Result<PipelineSpec> {
 type Assembled = (Registry<Item>, Arc<ServingContext>, Arc<EngineStats>);
 
 /// A causal LM behind the engine.
-fn generator(cfg: &ServeConfig, t0: Instant) -> Result<Assembled> {
+fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Assembled> {
     let opts = LoadOptions { device: cfg.device, dtype: &cfg.dtype, max_model_len: cfg.max_model_len };
     let location = cfg.location.clone();
     let loaded = model::on_passing_thread(|| model::load(location, &opts))?;
@@ -123,11 +125,11 @@ fn generator(cfg: &ServeConfig, t0: Instant) -> Result<Assembled> {
     let engine_cfg = super::kv::engine_config(&cfg.engine, &llama.cfg, llama.dtype, llama.device, &info)?;
     let engine = Engine::new(llama, engine_cfg);
     let stats = engine.stats();
-    Ok((stages::registry(serving.clone(), engine), serving, stats))
+    Ok((stages::registry(catalog, serving.clone(), engine), serving, stats))
 }
 
 /// An encoder (or a decoder used for pooling) behind the encode stage.
-fn pooling_model(cfg: &ServeConfig, t0: Instant) -> Result<Assembled> {
+fn pooling_model(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Assembled> {
     let location = cfg.location.clone();
     let loaded =
         model::on_passing_thread(|| encoder::load(location, cfg.task, cfg.device, &cfg.dtype, cfg.max_model_len))?;
@@ -145,7 +147,8 @@ fn pooling_model(cfg: &ServeConfig, t0: Instant) -> Result<Assembled> {
     let serving = Arc::new(serving_context(cfg, &info)?);
     let stats = Arc::new(EngineStats::default());
     let sched = &cfg.engine.scheduler;
-    let registry = stages::pooling_registry(serving.clone(), model, sched.max_num_seqs, sched.max_batched_tokens, stats.clone());
+    let registry =
+        stages::pooling_registry(catalog, serving.clone(), model, sched.max_num_seqs, sched.max_batched_tokens, stats.clone());
     Ok((registry, serving, stats))
 }
 

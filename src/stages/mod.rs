@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use crate::engine::Engine;
 use crate::model::encoder::EncoderModel;
 use crate::stages::item::Item;
-use crate::pipeline::{Registry, Stage, StageShape};
+use crate::pipeline::{Catalog, Registry, Stage, StageShape};
 use crate::api::context::ServingContext;
 
 /// The built-in pipeline for `sluice serve`; `--pipeline FILE` replaces it.
@@ -38,39 +38,50 @@ pub const BATCH_POOLING_TOML: &str = include_str!("../../stages/batch-pooling.to
 /// registers the source its edge provides.
 pub const SOURCE_OUTPUT: &str = "bodies";
 
-const fn shape(input: &'static str, output: &'static str, ordered: bool) -> StageShape {
-    StageShape { input, output, ordered }
+/// The stage kinds of a generator's pipeline, what each takes and gives, and its worker
+/// rules. The command adds the source its edge provides (`Catalog::source`).
+pub fn generation_catalog() -> Catalog {
+    let mut c = Catalog::new();
+    c.kind("decode", StageShape::new("bodies", "requests"))
+        .kind("render", StageShape::new("requests", "prompts"))
+        .kind("tokenize", StageShape::new("prompts", "tokenized requests"))
+        .kind("guide", StageShape::new("tokenized requests", "ready requests"))
+        .kind("engine", StageShape::new("ready requests", "tokens").single("the engine owns the model and the KV cache"))
+        .kind("detokenize", StageShape::new("tokens", "text").ordered())
+        .kind("stream", StageShape::new("text", "nothing").ordered());
+    c
+}
+
+/// The stage kinds of a pooling model's pipeline (embeddings, classification, scores).
+pub fn pooling_catalog() -> Catalog {
+    let mut c = Catalog::new();
+    c.kind("pool_decode", StageShape::new("bodies", "pooling requests"))
+        .kind("pool_tokenize", StageShape::new("pooling requests", "tokenized pooling requests"))
+        .kind("encode", StageShape::new("tokenized pooling requests", "pooled outputs").single("the encoder owns the pooling model"))
+        .kind("pool_stream", StageShape::new("pooled outputs", "nothing"));
+    c
 }
 
 fn boxed<S: Stage<Item>>(s: S) -> Result<Arc<dyn Stage<Item>>, String> {
     Ok(Arc::new(s))
 }
 
-/// Every stage kind, bound to the served model. The engine can be built once only. The
-/// caller adds the source (`Registry::source`).
-pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> {
-    let mut r = Registry::new();
+/// The generation catalog's kinds, bound to the served model. The engine can be built
+/// once only.
+pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> {
+    let mut r = Registry::with_catalog(catalog);
     let s = serving.clone();
-    r.stage("decode", shape("bodies", "requests", false), Box::new(move || boxed(decode::Decode { serving: s.clone() })));
+    r.make("decode", Box::new(move || boxed(decode::Decode { serving: s.clone() })));
     let s = serving.clone();
-    r.stage("render", shape("requests", "prompts", false), Box::new(move || boxed(render::Render { serving: s.clone() })));
+    r.make("render", Box::new(move || boxed(render::Render { serving: s.clone() })));
     let s = serving.clone();
-    r.stage(
-        "tokenize",
-        shape("prompts", "tokenized requests", false),
-        Box::new(move || boxed(tokenize::Tokenize { serving: s.clone() })),
-    );
+    r.make("tokenize", Box::new(move || boxed(tokenize::Tokenize { serving: s.clone() })));
     let guides = Arc::new(crate::guided::Guides::new(serving.tokenizer.clone(), engine.cfg.eos_ids.clone()));
-    r.stage(
-        "guide",
-        shape("tokenized requests", "ready requests", false),
-        Box::new(move || boxed(guide::GuideStage { guides: guides.clone() })),
-    );
+    r.make("guide", Box::new(move || boxed(guide::GuideStage { guides: guides.clone() })));
     let stats = engine.stats();
     let engine = Mutex::new(Some(engine));
-    r.stage(
+    r.make(
         "engine",
-        shape("ready requests", "tokens", false),
         Box::new(move || {
             let e = engine.lock().unwrap_or_else(|e| e.into_inner()).take();
             e.map(|e| Arc::new(engine::EngineStage::new(e)) as Arc<dyn Stage<Item>>)
@@ -78,23 +89,16 @@ pub fn registry(serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> 
         }),
     );
     let tok = serving.tokenizer.clone();
-    r.stage(
-        "detokenize",
-        shape("tokens", "text", true),
-        Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })),
-    );
+    r.make("detokenize", Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })));
     let tok = serving.tokenizer.clone();
-    r.stage(
-        "stream",
-        shape("text", "nothing", true),
-        Box::new(move || boxed(stream::Stream { tokenizer: tok.clone(), stats: stats.clone() })),
-    );
+    r.make("stream", Box::new(move || boxed(stream::Stream { tokenizer: tok.clone(), stats: stats.clone() })));
     r
 }
 
-/// Every stage kind of a pooling model's pipeline, bound to the served model. The encoder
-/// can be built once only; `max_seqs` and `max_tokens` bound each forward pass.
+/// The pooling catalog's kinds, bound to the served model. The encoder can be built once
+/// only; `max_seqs` and `max_tokens` bound each forward pass.
 pub fn pooling_registry(
+    catalog: Catalog,
     serving: Arc<ServingContext>,
     model: EncoderModel,
     max_seqs: usize,
@@ -102,24 +106,15 @@ pub fn pooling_registry(
     stats: Arc<crate::engine::stats::EngineStats>,
 ) -> Registry<Item> {
     let info = Arc::new(model.info());
-    let mut r = Registry::new();
+    let mut r = Registry::with_catalog(catalog);
     let (s, i) = (serving.clone(), info.clone());
-    r.stage(
-        "pool_decode",
-        shape("bodies", "pooling requests", false),
-        Box::new(move || boxed(pool_decode::PoolDecode { serving: s.clone(), model: i.clone() })),
-    );
+    r.make("pool_decode", Box::new(move || boxed(pool_decode::PoolDecode { serving: s.clone(), model: i.clone() })));
     let s = serving.clone();
-    r.stage(
-        "pool_tokenize",
-        shape("pooling requests", "tokenized pooling requests", false),
-        Box::new(move || boxed(pool_tokenize::PoolTokenize { serving: s.clone() })),
-    );
+    r.make("pool_tokenize", Box::new(move || boxed(pool_tokenize::PoolTokenize { serving: s.clone() })));
     let model = Mutex::new(Some(model));
     let st = stats.clone();
-    r.stage(
+    r.make(
         "encode",
-        shape("tokenized pooling requests", "pooled outputs", false),
         Box::new(move || {
             let m = model.lock().unwrap_or_else(|e| e.into_inner()).take();
             m.map(|m| Arc::new(encode::Encode::new(m, max_seqs, max_tokens, st.clone())) as Arc<dyn Stage<Item>>)
@@ -128,11 +123,7 @@ pub fn pooling_registry(
     );
     let i = info.clone();
     let st = stats;
-    r.stage(
-        "pool_stream",
-        shape("pooled outputs", "nothing", false),
-        Box::new(move || boxed(pool_stream::PoolStream { model: i.clone(), stats: st.clone() })),
-    );
+    r.make("pool_stream", Box::new(move || boxed(pool_stream::PoolStream { model: i.clone(), stats: st.clone() })));
     r
 }
 
