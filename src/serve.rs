@@ -88,7 +88,7 @@ impl Server {
 pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String], from_token: bool) -> Result<Task> {
     let encoder = archs.iter().find_map(|a| encoder_arch(a));
     let named = archs.first().map(String::as_str).unwrap_or("the model");
-    let generative = archs.is_empty() || archs.iter().any(|a| a.ends_with("ForCausalLM"));
+    let generative = archs.is_empty() || archs.iter().any(|a| crate::model::arch::has_role(a, crate::model::arch::Role::CausalLm));
     use crate::cli::TaskArg;
     if archs.iter().any(|a| is_decoder_reward(a)) {
         return match arg {
@@ -124,10 +124,7 @@ pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String], from_token: bool
              \"from_2_way_softmax\" or \"no_post_processing\"}}' (a causal LM serves --task embed, with last-token \
              pooling)"
         ),
-        (_, None) => bail!(
-            "architecture {named} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and \
-             their ForSequenceClassification forms, Qwen2ForRewardModel, BertModel, BertForSequenceClassification are)"
-        ),
+        (_, None) => bail!("{}", crate::model::arch::unsupported(named)),
     })
 }
 
@@ -224,7 +221,7 @@ pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
     }
     let opts = LoadOptions { device, dtype: &args.dtype, max_model_len: args.max_model_len };
     let loaded = model::on_passing_thread(|| model::load(location, &opts))?;
-    let llama = loaded.llama;
+    let llama = loaded.decoder;
     let info = loaded.info;
     let c = &llama.cfg;
     tracing::info!(
@@ -391,7 +388,7 @@ fn sampling_defaults(arg: &str, info: &model::ModelInfo) -> Result<SamplingDefau
 /// Bytes for the KV cache: `--kv-cache-memory` when given; on CUDA, the share of the
 /// device that `--gpu-memory-utilization` allows, less what is in use once the weights are
 /// loaded and an estimate of the largest step's activations; 2 GiB on CPU.
-fn kv_cache_budget(args: &ServeArgs, cfg: &model::config::LlamaConfig, kind: Kind, device: Device) -> Result<u64> {
+fn kv_cache_budget(args: &ServeArgs, cfg: &model::config::DecoderConfig, kind: Kind, device: Device) -> Result<u64> {
     let util = args.gpu_memory_utilization;
     if !(util > 0.0 && util <= 1.0) {
         bail!("--gpu-memory-utilization must be in (0, 1], got {util}");
@@ -435,7 +432,7 @@ fn gib(bytes: u64) -> f64 {
 
 fn engine_config(
     args: &ServeArgs,
-    cfg: &model::config::LlamaConfig,
+    cfg: &model::config::DecoderConfig,
     kind: Kind,
     device: Device,
     info: &model::ModelInfo,

@@ -21,7 +21,7 @@ use crate::guided::{GuideState, TokenMask};
 use crate::job::{Finish, Job, RequestCtx, StopReason, TokenEvent};
 use crate::model::batch::{SeqChunk, StepBatch};
 use crate::model::kv_cache::KvCache;
-use crate::model::llama::Llama;
+use crate::model::decoder::Decoder;
 use crate::sampling::processors::{self, RowContext};
 use crate::sampling::{self, SampleRow};
 use blocks::BlockManager;
@@ -54,7 +54,7 @@ pub struct StepTimes {
 }
 
 pub struct Engine {
-    model: Llama,
+    model: Decoder,
     cache: KvCache,
     blocks: BlockManager,
     sched: Scheduler,
@@ -67,7 +67,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(model: Llama, cfg: EngineConfig) -> Self {
+    pub fn new(model: Decoder, cfg: EngineConfig) -> Self {
         let c = &model.cfg;
         let cache = KvCache::new(
             c.num_layers,
