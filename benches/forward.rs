@@ -41,6 +41,7 @@ fn main() {
                 cached: ctx,
                 block_table: (0..per_seq_blocks).map(|b| (1 + s * per_seq_blocks + b) as u32).collect(),
                 logits_for: vec![new - 1],
+                prompt_len: ctx + new,
             })
             .collect();
         let batch = StepBatch::new(&chunks, bs);

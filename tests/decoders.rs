@@ -97,3 +97,13 @@ fn unknown_rope_type_stops_start_up() {
     assert!(err.contains("rope type \"dynamic\" is not supported"), "{err}");
     assert!(err.contains("default, linear, llama3, yarn, longrope are"), "{err}");
 }
+
+// A prompt longer than Phi-3's original context takes LongRoPE's long set in every chunk;
+// prefix-cache blocks of short and long prompts are never shared (the test sends both).
+tiny!(
+    phi3_matches_transformers_in_small_prefill_chunks,
+    "tiny-phi3",
+    "tiny_phi3_f32_greedy.json",
+    "--max-num-batched-tokens",
+    "16"
+);

@@ -175,7 +175,7 @@ impl Engine {
                     blocks: Vec::new(),
                     computed: 0,
                     hashes: Vec::new(),
-                    salt: prefix::chain_start(job.cache_salt.as_deref()),
+                    salt: prefix::chain_start(job.cache_salt.as_deref()) ^ self.model.prefix_salt(prompt.len()),
                     priority: job.priority,
                     arrival: ctx.arrived,
                     prompt_logprobs: Vec::new(),
@@ -276,7 +276,7 @@ impl Engine {
                 sample_rows.push(row);
                 row += 1;
             }
-            chunks.push(SeqChunk { tokens, cached: seq.computed, block_table: seq.blocks.clone(), logits_for });
+            chunks.push(SeqChunk { tokens, cached: seq.computed, block_table: seq.blocks.clone(), logits_for, prompt_len: seq.prompt.len() });
         }
         let batch = StepBatch::new(&chunks, self.cfg.block_size);
         times.tokens = batch.tokens.len();

@@ -263,9 +263,9 @@ mod tests {
         let vc = Tensor::randn([64, kvh, d], opts);
         // A decoding sequence (context 9), a whole prompt (7) and a later chunk (5 of 11).
         let chunks = vec![
-            SeqChunk { tokens: vec![1], cached: 8, block_table: vec![1, 2, 3], logits_for: vec![0] },
-            SeqChunk { tokens: vec![1; 7], cached: 0, block_table: vec![5, 6], logits_for: vec![6] },
-            SeqChunk { tokens: vec![1; 5], cached: 6, block_table: vec![8, 9, 10], logits_for: vec![4] },
+            SeqChunk { tokens: vec![1], cached: 8, block_table: vec![1, 2, 3], logits_for: vec![0], prompt_len: 0 },
+            SeqChunk { tokens: vec![1; 7], cached: 0, block_table: vec![5, 6], logits_for: vec![6], prompt_len: 0 },
+            SeqChunk { tokens: vec![1; 5], cached: 6, block_table: vec![8, 9, 10], logits_for: vec![4], prompt_len: 0 },
         ];
         let batch = StepBatch::new(&chunks, bs);
         let n = batch.tokens.len() as i64;

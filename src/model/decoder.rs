@@ -140,6 +140,17 @@ impl Decoder {
         Ok(Decoder { norm, cfg, device, dtype, embed, layers, lm_head, ropes })
     }
 
+    /// What the prefix cache keys a sequence's blocks with besides its tokens (0 for most
+    /// models): a LongRoPE model computes the keys of a prompt longer than its original
+    /// context with other frequencies than a shorter one's, so the two must not share blocks.
+    pub fn prefix_salt(&self, prompt_len: usize) -> u64 {
+        let long = self.cfg.ropes.iter().any(|r| match &r.scaling {
+            super::rope::Scaling::LongRope { original_max, .. } => prompt_len > *original_max,
+            _ => false,
+        });
+        if long { 0x6c6f_6e67_726f_7065 } else { 0 }
+    }
+
     /// The LM head `[vocab, hidden]` (the embedding table when tied).
     pub fn lm_head(&self) -> &Tensor {
         self.lm_head.weight()
@@ -183,10 +194,10 @@ impl Decoder {
         let tokens = Tensor::from_slice(&batch.tokens).to_device(dev);
         let positions = Tensor::from_slice(&batch.positions).to_device(dev).to_kind(Kind::Float);
         let slots = Tensor::from_slice(&batch.slots).to_device(dev);
-        // Each token's sequence length this step (LongRoPE picks its frequencies by it).
+        // The length each token's sequence is judged by (LongRoPE picks its frequencies by it).
         let mut lens = Vec::with_capacity(n as usize);
         for s in &batch.seqs {
-            lens.extend(std::iter::repeat_n(s.context_len as i64, s.len));
+            lens.extend(std::iter::repeat_n(s.rope_len as i64, s.len));
         }
         let rotary: Vec<(Tensor, Tensor)> = self.ropes.iter().map(|r| r.cos_sin(&positions, &lens, self.dtype)).collect();
         let mut plans: Vec<(Option<usize>, AttnPlan)> = Vec::new();

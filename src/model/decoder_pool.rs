@@ -247,6 +247,7 @@ impl DecoderPooler {
                     cached: 0,
                     block_table,
                     logits_for: if all { (0..n).collect() } else { vec![n - 1] },
+                    prompt_len: n,
                 }
             })
             .collect();
