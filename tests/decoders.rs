@@ -107,3 +107,14 @@ tiny!(
     "--max-num-batched-tokens",
     "16"
 );
+
+// The same models as GGUF files written the way llama.cpp's converter writes these
+// families (make_tiny_gguf.py: its names and metadata, permuted Q/K for `llama`, Gemma's
+// 1 + w norms, fused Phi-3 tensors, stacked experts, rope factor tensors), float32: the
+// same output as the folders.
+tiny!(qwen3_gguf_matches_transformers, "tiny-gguf/qwen3.gguf", "tiny_qwen3_f32_greedy.json");
+tiny!(qwen3_moe_gguf_matches_transformers, "tiny-gguf/qwen3-moe.gguf", "tiny_qwen3_moe_f32_greedy.json");
+tiny!(gemma2_gguf_matches_transformers, "tiny-gguf/gemma2.gguf", "tiny_gemma2_f32_greedy.json");
+tiny!(gemma3_gguf_matches_transformers, "tiny-gguf/gemma3.gguf", "tiny_gemma3_f32_greedy.json");
+tiny!(phi3_gguf_matches_transformers, "tiny-gguf/phi3.gguf", "tiny_phi3_f32_greedy.json");
+tiny!(llama3_rope_gguf_matches_transformers, "tiny-gguf/llama3.gguf", "tiny_llama3_f32_greedy.json");

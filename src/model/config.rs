@@ -277,7 +277,24 @@ impl DecoderConfig {
             Some("linear") => Scaling::Linear {
                 factor: g.arch_f64("rope.scaling.factor").ok_or("GGUF linear rope scaling lacks rope.scaling.factor")?,
             },
-            Some(other) => return Err(format!("GGUF rope scaling {other:?} is not supported (none, linear are)")),
+            Some("yarn") => {
+                let factor = g.arch_f64("rope.scaling.factor").ok_or("GGUF yarn rope scaling lacks rope.scaling.factor")?;
+                let original_max = g
+                    .arch_f64("rope.scaling.original_context_length")
+                    .ok_or("GGUF yarn rope scaling lacks rope.scaling.original_context_length")?;
+                let attention_factor = g
+                    .arch_f64("rope.scaling.yarn_attn_factor")
+                    .unwrap_or(if factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 });
+                Scaling::Yarn {
+                    factor,
+                    original_max,
+                    beta_fast: g.arch_f64("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+                    beta_slow: g.arch_f64("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+                    truncate: true,
+                    attention_factor,
+                }
+            }
+            Some(other) => return Err(format!("GGUF rope scaling {other:?} is not supported (none, linear, yarn are)")),
         };
         Ok(DecoderConfig {
             arch,

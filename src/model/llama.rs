@@ -43,8 +43,8 @@ pub fn adjust_gguf(c: &mut DecoderConfig, g: &GgufFile) -> Result<(), String> {
         if let Some(moe) = gguf_moe(g, true, false, super::mixtral::NAMES)? {
             c.arch = Arch::Mixtral;
             c.moe = Some(moe);
-            for l in &mut c.layers {
-                l.moe = true;
+            for (i, l) in c.layers.iter_mut().enumerate() {
+                l.moe = g.tensor(&format!("blk.{i}.ffn_gate_inp.weight")).is_some();
             }
         }
     }

@@ -45,8 +45,8 @@ pub fn adjust_gguf(c: &mut DecoderConfig, g: &GgufFile) -> Result<(), String> {
         // llama.cpp renormalises Qwen3-MoE's top-k weights unless the file says otherwise.
         let norm = g.get(&format!("{}.expert_weights_norm", g.architecture().unwrap_or(""))).and_then(|v| v.as_bool()).unwrap_or(true);
         c.moe = Some(gguf_moe(g, norm, true, NAMES)?.ok_or("a qwen3moe GGUF without expert_count")?);
-        for l in &mut c.layers {
-            l.moe = true;
+        for (i, l) in c.layers.iter_mut().enumerate() {
+            l.moe = g.tensor(&format!("blk.{i}.ffn_gate_inp.weight")).is_some();
         }
     }
     Ok(())
