@@ -118,3 +118,29 @@ tiny!(gemma2_gguf_matches_transformers, "tiny-gguf/gemma2.gguf", "tiny_gemma2_f3
 tiny!(gemma3_gguf_matches_transformers, "tiny-gguf/gemma3.gguf", "tiny_gemma3_f32_greedy.json");
 tiny!(phi3_gguf_matches_transformers, "tiny-gguf/phi3.gguf", "tiny_phi3_f32_greedy.json");
 tiny!(llama3_rope_gguf_matches_transformers, "tiny-gguf/llama3.gguf", "tiny_llama3_f32_greedy.json");
+
+/// vLLM's recipe for the original Qwen3-Reranker: the causal LM named
+/// `Qwen3ForSequenceClassification` with `is_original_qwen3_reranker` scores a pair as the
+/// sigmoid of the difference of two tokens' logits on the joined texts (here " no" and
+/// " good", the tiny vocabulary's stand-ins for "no" and "yes"), against transformers'
+/// last-token logits (reward_and_from_token.py).
+#[test]
+fn original_qwen3_reranker_recipe_scores_like_the_lm_head() {
+    const A: &[&str] = &[
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-qwen3"),
+        "--dtype",
+        "float32",
+        "--hf-overrides",
+        r#"{"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["Ġno", "Ġgood"], "is_original_qwen3_reranker": true}"#,
+    ];
+    let server = Server::shared(A);
+    let refs = common::reference_items("tiny_qwen3_reranker.json");
+    let pairs: Vec<&Value> = refs.iter().filter(|r| !r["text_pair"].is_null()).collect();
+    for p in &pairs {
+        let (status, v) = server.post("/score", &json!({"text_1": p["text"], "text_2": p["text_pair"]}));
+        assert_eq!(status, 200, "{v}");
+        let got = v["data"][0]["score"].as_f64().unwrap();
+        let want = p["probs"][0].as_f64().unwrap();
+        assert!((got - want).abs() < TOL, "{}: {got} vs {want}", p["id"]);
+    }
+}
