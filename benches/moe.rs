@@ -36,6 +36,9 @@ struct RandomWeights {
 
 impl WeightSource for RandomWeights {
     fn get(&self, name: &str) -> Result<Option<Tensor>, LoadError> {
+        if !name.ends_with(".weight") {
+            return Ok(None);
+        }
         let shape: Vec<i64> = match name.rsplit('.').nth(1).unwrap_or("") {
             _ if name.ends_with("embed_tokens.weight") || name == "lm_head.weight" => vec![VOCAB, HIDDEN],
             "q_norm" | "k_norm" => vec![HEAD_DIM],
