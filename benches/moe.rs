@@ -122,13 +122,13 @@ fn main() {
             .collect();
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
         for (i, (_, m)) in models.iter().enumerate() {
-            m.forward(&batch, &mut caches[i]); // warm-up
+            let _ = m.forward(&batch, &mut caches[i]); // warm-up
         }
         for _ in 0..rounds {
             for (i, (_, m)) in models.iter().enumerate() {
                 let t0 = Instant::now();
                 for _ in 0..iters {
-                    m.forward(&batch, &mut caches[i]);
+                    let _ = m.forward(&batch, &mut caches[i]);
                 }
                 times[i].push(t0.elapsed().as_secs_f64() * 1e3 / iters as f64);
             }
