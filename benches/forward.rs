@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use sluice::model::batch::{SeqChunk, StepBatch};
 use sluice::model::kv_cache::KvCache;
-use sluice::model::llama::OpTimes;
+use sluice::model::decoder::OpTimes;
 use sluice::model::{self, LoadOptions, resolve};
 
 fn main() {
@@ -16,7 +16,7 @@ fn main() {
     }
     let loc = resolve::resolve(None).expect("default model");
     let m = model::load(loc, &LoadOptions { device: tch::Device::Cpu, dtype: &dtype, max_model_len: None }).unwrap();
-    let llama = m.llama;
+    let llama = m.decoder;
     let c = &llama.cfg;
     let bs = 16;
     let mut cache = KvCache::new(c.num_layers, 4096, bs, c.num_kv_heads, c.head_dim, llama.dtype, llama.device);
@@ -41,6 +41,7 @@ fn main() {
                 cached: ctx,
                 block_table: (0..per_seq_blocks).map(|b| (1 + s * per_seq_blocks + b) as u32).collect(),
                 logits_for: vec![new - 1],
+                prompt_len: ctx + new,
             })
             .collect();
         let batch = StepBatch::new(&chunks, bs);

@@ -65,7 +65,15 @@ struct Args {
   const int64_t* lens;
   int64_t lmax, h, kvh, d;
   float scale;
+  float softcap;  // > 0: scores become softcap * tanh(score / softcap) (Gemma 2)
 };
+
+// Soft-capping of one query head's scaled scores, each step rounded to the dtype as
+// transformers' eager attention does it.
+template <typename T>
+inline void cap_scores(float* s, int64_t len, float cap) {
+  for (int64_t j = 0; j < len; ++j) s[j] = round_to<T>(round_to<T>(std::tanh(round_to<T>(s[j] / cap))) * cap);
+}
 
 // Work items begin..end, each one (sequence, KV head) pair.
 template <typename T>
@@ -98,6 +106,7 @@ __attribute__((always_inline)) inline void attend_items(const Args<T>& a, int64_
     }
     for (int64_t r = 0; r < group; ++r) {
       float* s = scores.data() + r * len;
+      if (a.softcap > 0.0f) cap_scores<T>(s, len, a.softcap);
       float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
       for (int64_t j = 0; j < len; ++j) mx = std::max(mx, s[j]);
@@ -239,7 +248,17 @@ SLUICE_AVX512 void attend_items_avx512(const Args<T>& a, int64_t begin, int64_t 
         scores[r * len + j] = _mm512_reduce_add_ps(dot);
       }
     }
-    for (int64_t r = 0; r < group; ++r) softmax16<T>(scores.data() + r * len, len, a.scale);
+    for (int64_t r = 0; r < group; ++r) {
+      float* s = scores.data() + r * len;
+      if (a.softcap > 0.0f) {
+        // Scale and cap first; the softmax then sees the capped scores (scale 1).
+        for (int64_t j = 0; j < len; ++j) s[j] = round_to<T>(s[j]) * a.scale;
+        cap_scores<T>(s, len, a.softcap);
+        softmax16<T>(s, len, 1.0f);
+      } else {
+        softmax16<T>(s, len, a.scale);
+      }
+    }
     for (int64_t i = 0; i < group * nv; ++i) acc[i] = _mm512_setzero_ps();
     for (int64_t j = 0; j < len; ++j) {
       const T* v = a.vc + (seq_slots[j] * kvh + g) * d;
@@ -277,14 +296,15 @@ void decode_attention(const Args<T>& a, int64_t b, bool allow_avx512) {
 }  // namespace
 
 // out, q: [b, h, d]; kc, vc: [slots, kvh, d]; slots: int64 [b, lmax], the cache slot of each
-// context position (entries past a sequence's length are not read); lens: int64 [b].
+// context position (entries past a sequence's length are not read); lens: int64 [b];
+// softcap > 0 caps the scaled scores (0: none).
 // `allow_avx512` 0 keeps to the portable loops (tests compare both). Returns null, or a
 // message saying what was wrong (valid until the next call on this thread).
 extern "C" const char* sluice_paged_decode_attention(at::Tensor* out, const at::Tensor* q,
                                                      const at::Tensor* kc, const at::Tensor* vc,
                                                      const at::Tensor* slots,
                                                      const at::Tensor* lens, double scale,
-                                                     int allow_avx512) {
+                                                     double softcap, int allow_avx512) {
   return sluice::guarded([&] {
     TORCH_CHECK(q->dim() == 3 && kc->dim() == 3 && vc->dim() == 3, "q, k and v must be 3-d");
     TORCH_CHECK(q->device().is_cpu() && kc->device().is_cpu() && vc->device().is_cpu() && out->device().is_cpu() &&
@@ -312,7 +332,7 @@ extern "C" const char* sluice_paged_decode_attention(at::Tensor* out, const at::
     auto run = [&](auto zero) {
       using T = decltype(zero);
       const Args<T> args{out->data_ptr<T>(), q->data_ptr<T>(), kc->data_ptr<T>(), vc->data_ptr<T>(), sp, lp,
-                         lmax, h, kvh, d, static_cast<float>(scale)};
+                         lmax, h, kvh, d, static_cast<float>(scale), static_cast<float>(softcap)};
       decode_attention<T>(args, b, allow_avx512 != 0);
     };
     sluice::dispatch_float_types(q->scalar_type(), "decode attention", run);

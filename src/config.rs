@@ -14,6 +14,7 @@ use crate::api::context::ContentFormat;
 use crate::api::tools::ToolParser;
 use crate::cli::{ContentFormatArg, ConvertArg, DeviceArg, RunnerArg, SchedulingPolicyArg, ServeArgs, StringList, TaskArg};
 use crate::engine::scheduler::{SchedulerConfig, SchedulingPolicy};
+use crate::model::arch;
 use crate::model::decoder_pool::{FromToken, is_decoder_reward};
 use crate::model::encoder::{self, encoder_arch};
 use crate::model::resolve::{self, ModelLocation};
@@ -329,7 +330,7 @@ fn allowed<T>(flag: &str, values: &StringList, parse: impl Fn(&str) -> Option<T>
 pub fn resolve_task(arg: TaskArg, archs: &[String], from_token: bool) -> Result<Task> {
     let encoder = archs.iter().find_map(|a| encoder_arch(a));
     let named = archs.first().map(String::as_str).unwrap_or("the model");
-    let generative = archs.is_empty() || archs.iter().any(|a| a.ends_with("ForCausalLM"));
+    let generative = archs.is_empty() || archs.iter().any(|a| arch::has_role(a, arch::Role::CausalLm));
     if archs.iter().any(|a| is_decoder_reward(a)) {
         return match arg {
             TaskArg::Auto | TaskArg::Reward => Ok(Task::Reward),
@@ -364,10 +365,7 @@ pub fn resolve_task(arg: TaskArg, archs: &[String], from_token: bool) -> Result<
              \"from_2_way_softmax\" or \"no_post_processing\"}}' (a causal LM serves --task embed, with last-token \
              pooling)"
         ),
-        (_, None) => bail!(
-            "architecture {named} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and \
-             their ForSequenceClassification forms, Qwen2ForRewardModel, BertModel, BertForSequenceClassification are)"
-        ),
+        (_, None) => bail!("{}", arch::unsupported(named)),
     })
 }
 

@@ -222,8 +222,8 @@ fn hf_overrides_and_classify_errors_stop_start_up() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
     // The overrides reach architecture resolution: an architecture we do not have is named.
-    let err = common::start_fails(&[&llama, "--hf-overrides", r#"{"architectures": ["Qwen3ForSequenceClassification"]}"#]);
-    assert!(err.contains("Qwen3ForSequenceClassification is not supported"), "{err}");
+    let err = common::start_fails(&[&llama, "--hf-overrides", r#"{"architectures": ["FalconForSequenceClassification"]}"#]);
+    assert!(err.contains("FalconForSequenceClassification is not supported"), "{err}");
 }
 
 /// Newer vLLM's spelling: `--runner pooling --convert reward` is `--task reward`, and

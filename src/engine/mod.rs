@@ -21,7 +21,7 @@ use tch::Tensor;
 use crate::guided::{GuideState, TokenMask};
 use crate::model::batch::{SeqChunk, StepBatch};
 use crate::model::kv_cache::KvCache;
-use crate::model::llama::Llama;
+use crate::model::decoder::Decoder;
 use crate::sampling::processors::{self, RowContext};
 use crate::sampling::{self, SampleRow};
 use blocks::BlockManager;
@@ -50,7 +50,7 @@ pub struct StepTimes {
 }
 
 pub struct Engine {
-    model: Llama,
+    model: Decoder,
     cache: KvCache,
     blocks: BlockManager,
     sched: Scheduler,
@@ -63,7 +63,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(model: Llama, cfg: EngineConfig) -> Self {
+    pub fn new(model: Decoder, cfg: EngineConfig) -> Self {
         let c = &model.cfg;
         let cache = KvCache::new(
             c.num_layers,
@@ -165,7 +165,7 @@ impl Engine {
                     blocks: Vec::new(),
                     computed: 0,
                     hashes: Vec::new(),
-                    salt: prefix::chain_start(job.cache_salt.as_deref()),
+                    salt: prefix::chain_start(job.cache_salt.as_deref()) ^ self.model.prefix_salt(prompt.len()),
                     priority: job.priority,
                     arrival: client.timeline().arrived(),
                     prompt_logprobs: Vec::new(),
@@ -266,7 +266,7 @@ impl Engine {
                 sample_rows.push(row);
                 row += 1;
             }
-            chunks.push(SeqChunk { tokens, cached: seq.computed, block_table: seq.blocks.clone(), logits_for });
+            chunks.push(SeqChunk { tokens, cached: seq.computed, block_table: seq.blocks.clone(), logits_for, prompt_len: seq.prompt.len() });
         }
         let batch = StepBatch::new(&chunks, self.cfg.block_size);
         times.tokens = batch.tokens.len();

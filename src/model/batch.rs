@@ -12,6 +12,8 @@ pub struct SeqChunk {
     pub block_table: Vec<u32>,
     /// Rows (offsets into `tokens`) whose logits the caller wants back.
     pub logits_for: Vec<usize>,
+    /// The sequence's prompt length (LongRoPE models pick their frequencies by it).
+    pub prompt_len: usize,
 }
 
 impl SeqChunk {
@@ -40,6 +42,9 @@ pub struct SeqSpan {
     pub context_len: usize,
     /// Cache slots of the whole context, `context_len` of them.
     pub context_slots: Vec<i64>,
+    /// The length a LongRoPE model judges this step's tokens by: the prompt's or the
+    /// context's, whichever is longer (so a long prompt's chunks all take the long set).
+    pub rope_len: usize,
 }
 
 impl StepBatch {
@@ -62,6 +67,7 @@ impl StepBatch {
                 len: c.tokens.len(),
                 context_len: ctx,
                 context_slots: (0..ctx).map(slot).collect(),
+                rope_len: ctx.max(c.prompt_len),
             });
         }
         b

@@ -8,7 +8,7 @@
 //! returns every token's final hidden state, and `Qwen2ForRewardModel` its head's reward
 //! per token (vLLM's ALL pooling, no normalisation).
 //!
-//! The forward pass is the generation model's own (`Llama::hidden_states`), run as one
+//! The forward pass is the generation model's own (`Decoder::hidden_states`), run as one
 //! prefill of the batch into a scratch KV cache sized for exactly these inputs and dropped
 //! afterwards, so pooling never touches the serving cache or its block manager.
 //!
@@ -22,7 +22,7 @@ use super::batch::{SeqChunk, StepBatch};
 use super::bert::EncoderInput;
 use super::encoder::{EncoderKind, EncoderModel, LoadedEncoder, PoolingBackbone, architectures, labels};
 use super::kv_cache::KvCache;
-use super::llama::Llama;
+use super::decoder::Decoder;
 use super::pooling::{self, PoolingConfig, PoolingMode};
 use super::resolve::{Format, ModelLocation};
 use super::tokenizer::Tokenizer;
@@ -46,18 +46,18 @@ enum Head {
 }
 
 pub struct DecoderPooler {
-    llama: Llama,
+    llama: Decoder,
     head: Head,
 }
 
 /// Whether an architecture is a decoder with a classification head.
 pub fn is_decoder_classifier(arch: &str) -> bool {
-    matches!(arch, "LlamaForSequenceClassification" | "MistralForSequenceClassification" | "Qwen2ForSequenceClassification")
+    super::arch::has_role(arch, super::arch::Role::DecoderClassifier)
 }
 
 /// Whether an architecture is a decoder reward model with its own per-token head.
 pub fn is_decoder_reward(arch: &str) -> bool {
-    matches!(arch, "Qwen2ForRewardModel" | "Qwen2ForProcessRewardModel")
+    super::arch::has_role(arch, super::arch::Role::DecoderReward)
 }
 
 /// vLLM's conversion of a causal LM into a classifier from its LM head (`as_seq_cls_model`
@@ -74,7 +74,7 @@ pub enum FromToken {
 impl FromToken {
     /// Reads `classifier_from_token` and `method`; none when neither is given.
     /// `is_original_qwen3_reranker` implies `from_2_way_softmax` (vLLM reads that key for
-    /// Qwen3 only; here, for any architecture).
+    /// Qwen3; here, for any architecture).
     pub fn from_config(config: Option<&Json>) -> Result<Option<Self>, String> {
         let Some(c) = config else { return Ok(None) };
         let tokens = c.get("classifier_from_token").filter(|v| !v.is_null());
@@ -183,7 +183,7 @@ pub fn load(
         }
     };
     let loaded = super::load(location, &LoadOptions { device, dtype, max_model_len })?;
-    let (llama, mut info) = (loaded.llama, loaded.info);
+    let (llama, mut info) = (loaded.decoder, loaded.info);
     let place = |t: Tensor| t.to_device(llama.device).to_kind(llama.dtype).contiguous();
     // As in vLLM, a classifier's score layer runs in float32 whatever the trunk's dtype.
     let score_f32 = |t: Tensor| t.to_device(llama.device).to_kind(Kind::Float).contiguous();
@@ -247,6 +247,7 @@ impl DecoderPooler {
                     cached: 0,
                     block_table,
                     logits_for: if all { (0..n).collect() } else { vec![n - 1] },
+                    prompt_len: n,
                 }
             })
             .collect();

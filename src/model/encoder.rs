@@ -117,11 +117,11 @@ pub fn architectures(location: &ModelLocation) -> Result<Vec<String>, LoadError>
 /// Architectures that are pooling models only, and whether each has a classification
 /// head. (Causal LMs are generation models that `--task embed` may also pool.)
 pub fn encoder_arch(arch: &str) -> Option<bool> {
-    match arch {
-        "BertModel" => Some(false),
-        "BertForSequenceClassification" => Some(true),
-        a if super::decoder_pool::is_decoder_classifier(a) => Some(true),
-        _ => None,
+    use super::arch::Role;
+    match super::arch::lookup(arch)?.role {
+        Role::EncoderEmbedding => Some(false),
+        Role::EncoderClassifier | Role::DecoderClassifier => Some(true),
+        Role::CausalLm | Role::DecoderReward => None,
     }
 }
 

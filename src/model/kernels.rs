@@ -14,9 +14,10 @@ unsafe extern "C" {
         slots: *const c_void,
         lens: *const c_void,
         scale: f64,
+        softcap: f64,
         allow_avx512: i32,
     ) -> *const c_char;
-    fn sluice_rms_norm(out: *mut c_void, x: *const c_void, w: *const c_void, eps: f64) -> *const c_char;
+    fn sluice_rms_norm(out: *mut c_void, x: *const c_void, w: *const c_void, eps: f64, unit_offset: i32) -> *const c_char;
     fn sluice_rope_and_cache(
         q_out: *mut c_void,
         kc: *mut c_void,
@@ -39,23 +40,28 @@ fn check(kernel: &str, err: *const c_char) {
 
 /// transformers' LlamaRMSNorm of each row of `x: [n, dim]` with weight `w: [dim]` (both
 /// contiguous, one dtype, on the CPU): float32 statistics, rounded to the dtype before and
-/// after the weight. One pass instead of eight tensor operations.
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+/// after the weight. One pass instead of eight tensor operations. With `unit_offset`
+/// (Gemma's RMSNorm) the weight is stored as w − 1 and `(1 + w)·x̂` is taken in float32
+/// before the one rounding.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, unit_offset: bool) -> Tensor {
     let mut out = x.empty_like();
     // SAFETY: live tensors for the whole call; the kernel validates shapes, dtypes and
     // contiguity before touching memory, and writes only into `out`.
-    let err = unsafe { sluice_rms_norm(out.as_mut_ptr().cast(), x.as_ptr().cast(), w.as_ptr().cast(), eps) };
+    let err = unsafe {
+        sluice_rms_norm(out.as_mut_ptr().cast(), x.as_ptr().cast(), w.as_ptr().cast(), eps, unit_offset as i32)
+    };
     check("RMSNorm", err);
     out
 }
 
 /// Rotary embedding and cache write for the new tokens of a step: rotates the query and key
-/// heads of `qkv: [n, (h + 2·kvh)·d]` with each token's `cos`/`sin: [n, d]` rows, returns the
+/// heads of `qkv: [n, (h + 2·kvh)·d]` with each token's `cos`/`sin: [n, rd]` rows (the first
+/// `rd <= d` dimensions of each head turn, the rest are copied), returns the
 /// rotated queries `[n, h, d]`, and writes the rotated keys and the values to each token's
 /// `slots: i64 [n]` entry of `kc`/`vc: [slots, kvh, d]`. All contiguous, one dtype, on the
 /// CPU; rounding as transformers' `apply_rotary_pos_emb`.
 pub fn rope_and_cache(qkv: &Tensor, cos: &Tensor, sin: &Tensor, slots: &Tensor, kc: &mut Tensor, vc: &mut Tensor, h: i64) -> Tensor {
-    let (n, d) = (qkv.size()[0], cos.size()[1]);
+    let (n, d) = (qkv.size()[0], kc.size()[2]);
     let mut q = Tensor::empty([n, h, d], (qkv.kind(), qkv.device()));
     // SAFETY: live tensors for the whole call; the kernel validates shapes, dtypes,
     // contiguity and every slot before touching memory, and writes only into `q` and the
@@ -78,10 +84,11 @@ pub fn rope_and_cache(qkv: &Tensor, cos: &Tensor, sin: &Tensor, slots: &Tensor, 
 /// Attention of one query token per sequence over its context, read in place from the
 /// paged cache: `q: [b, h, d]`, `kc`/`vc: [slots, kvh, d]` (all contiguous, one dtype, on
 /// the CPU), `slots: i64 [b, lmax]` the cache slot of each context position, `lens: i64
-/// [b]` each context's length. Returns `[b, h, d]`. Panics on tensors that break these
+/// [b]` each context's length. Scores are `q·k · scale`, soft-capped to `softcap·tanh(s /
+/// softcap)` when `softcap > 0`. Returns `[b, h, d]`. Panics on tensors that break these
 /// rules (the kernel checks every shape and slot before reading).
-pub fn paged_decode_attention(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &Tensor, lens: &Tensor, scale: f64) -> Tensor {
-    decode_attention_with(q, kc, vc, slots, lens, scale, Isa::Best)
+pub fn paged_decode_attention(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &Tensor, lens: &Tensor, scale: f64, softcap: f64) -> Tensor {
+    decode_attention_with(q, kc, vc, slots, lens, scale, softcap, Isa::Best)
 }
 
 /// Which of the kernel's code paths may run.
@@ -94,7 +101,8 @@ enum Isa {
     Portable,
 }
 
-fn decode_attention_with(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &Tensor, lens: &Tensor, scale: f64, isa: Isa) -> Tensor {
+#[allow(clippy::too_many_arguments)]
+fn decode_attention_with(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &Tensor, lens: &Tensor, scale: f64, softcap: f64, isa: Isa) -> Tensor {
     let mut out = q.empty_like();
     // SAFETY: the handles are live tch tensors for the whole call; the kernel validates
     // shapes, dtypes, contiguity and every slot index before touching memory, and writes
@@ -108,6 +116,7 @@ fn decode_attention_with(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &Tensor, l
             slots.as_ptr().cast(),
             lens.as_ptr().cast(),
             scale,
+            softcap,
             matches!(isa, Isa::Best) as i32,
         )
     };
@@ -122,7 +131,7 @@ mod tests {
     use super::*;
 
     /// Attention computed the plain way: gather each context, score, softmax, weigh.
-    fn reference(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &[Vec<i64>], scale: f64) -> Tensor {
+    fn reference(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &[Vec<i64>], scale: f64, softcap: f64) -> Tensor {
         let h = q.size()[1];
         let kvh = kc.size()[1];
         let rows: Vec<Tensor> = slots
@@ -133,14 +142,18 @@ mod tests {
                 let k = kc.index_select(0, &idx).to_kind(Kind::Double).repeat_interleave_self_int(h / kvh, 1, None); // [l, h, d]
                 let v = vc.index_select(0, &idx).to_kind(Kind::Double).repeat_interleave_self_int(h / kvh, 1, None);
                 let qi = q.get(i as i64).to_kind(Kind::Double); // [h, d]
-                let scores = qi.unsqueeze(1).matmul(&k.permute([1, 2, 0])).squeeze_dim(1) * scale; // [h, l]
+                let mut scores = qi.unsqueeze(1).matmul(&k.permute([1, 2, 0])).squeeze_dim(1) * scale; // [h, l]
+                if softcap > 0.0 {
+                    scores = (scores / softcap).tanh() * softcap;
+                }
                 scores.softmax(-1, Kind::Double).unsqueeze(1).matmul(&v.transpose(0, 1)).squeeze_dim(1) // [h, d]
             })
             .collect();
         Tensor::stack(&rows, 0)
     }
 
-    fn case(kind: Kind, isa: Isa, h: i64, kvh: i64, d: i64, lens: &[usize], tol: f64) {
+    #[allow(clippy::too_many_arguments)]
+    fn case(kind: Kind, isa: Isa, h: i64, kvh: i64, d: i64, lens: &[usize], softcap: f64, tol: f64) {
         tch::manual_seed(7);
         let num_slots = 64 * 16;
         let kc = Tensor::randn([num_slots, kvh, d], (Kind::Float, Device::Cpu)).to_kind(kind);
@@ -161,10 +174,10 @@ mod tests {
         let table = Tensor::from_slice(&flat).view([b, lmax as i64]);
         let lens_t = Tensor::from_slice(&lens.iter().map(|&l| l as i64).collect::<Vec<_>>());
         let scale = 1.0 / (d as f64).sqrt();
-        let got = decode_attention_with(&q, &kc, &vc, &table, &lens_t, scale, isa).to_kind(Kind::Double);
-        let want = reference(&q, &kc, &vc, &slots, scale);
+        let got = decode_attention_with(&q, &kc, &vc, &table, &lens_t, scale, softcap, isa).to_kind(Kind::Double);
+        let want = reference(&q, &kc, &vc, &slots, scale, softcap);
         let err = (got - want).abs().max().double_value(&[]);
-        assert!(err <= tol, "{kind:?} {isa:?} h={h} kvh={kvh} d={d} lens={lens:?}: max error {err} > {tol}");
+        assert!(err <= tol, "{kind:?} {isa:?} h={h} kvh={kvh} d={d} lens={lens:?} cap={softcap}: max error {err} > {tol}");
     }
 
     #[test]
@@ -175,10 +188,12 @@ mod tests {
         let lens = [1usize, 7, 16, 17, 300];
         for isa in [Isa::Best, Isa::Portable] {
             for (h, kvh, d) in shapes {
-                case(Kind::Float, isa, h, kvh, d, &lens, 1e-6);
-                // bfloat16 rounds scores and probabilities as transformers' eager attention.
-                case(Kind::BFloat16, isa, h, kvh, d, &lens, 1e-2);
-                case(Kind::Half, isa, h, kvh, d, &lens, 2e-3);
+                for cap in [0.0, 0.5] {
+                    case(Kind::Float, isa, h, kvh, d, &lens, cap, 1e-6);
+                    // bfloat16 rounds scores and probabilities as transformers' eager attention.
+                    case(Kind::BFloat16, isa, h, kvh, d, &lens, cap, 1e-2);
+                    case(Kind::Half, isa, h, kvh, d, &lens, cap, 2e-3);
+                }
             }
         }
     }
@@ -193,7 +208,7 @@ mod tests {
             let x32 = x.to_kind(Kind::Float);
             let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
             let want = &w * (x32 * (var + 1e-5).rsqrt()).to_kind(kind);
-            let got = rms_norm(&x, &w, 1e-5);
+            let got = rms_norm(&x, &w, 1e-5, false);
             // Rounded results may differ by one step of the dtype where the float32 sums
             // are added in another order; count those, and bound the float32 error.
             let diff = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double)).abs();
@@ -241,11 +256,51 @@ mod tests {
     }
 
     #[test]
+    fn gemma_rms_norm_matches_the_tensor_operations() {
+        tch::manual_seed(4);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let x = (Tensor::randn([9, 256], (Kind::Float, Device::Cpu)) * 3.0).to_kind(kind);
+            let w = (Tensor::randn([256], (Kind::Float, Device::Cpu)) * 0.2).to_kind(kind);
+            // transformers' Gemma2RMSNorm: everything in float32, one rounding at the end.
+            let x32 = x.to_kind(Kind::Float);
+            let normed = &x32 * (x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float) + 1e-6).rsqrt();
+            let want = (normed * (w.to_kind(Kind::Float) + 1.0)).to_kind(kind);
+            let got = rms_norm(&x, &w, 1e-6, true);
+            let diff = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double)).abs();
+            let rel = (&diff / want.to_kind(Kind::Double).abs().clamp_min(1e-3)).max().double_value(&[]);
+            assert!(rel <= if kind == Kind::Float { 1e-5 } else { 1e-2 }, "{kind:?}: relative error {rel}");
+        }
+    }
+
+    /// Partial rotary (Phi-4-mini's 0.75): the first `rd` dimensions of each head turn, the
+    /// rest pass through.
+    #[test]
+    fn partial_rope_turns_only_the_leading_dimensions() {
+        tch::manual_seed(6);
+        let (n, h, kvh, d, rd) = (3i64, 4i64, 2i64, 16i64, 12i64);
+        let qkv = Tensor::randn([n, (h + 2 * kvh) * d], (Kind::Float, Device::Cpu));
+        let angles = Tensor::rand([n, rd / 2], (Kind::Float, Device::Cpu)) * 20.0;
+        let emb = Tensor::cat(&[&angles, &angles], -1);
+        let (cos, sin) = (emb.cos(), emb.sin());
+        let slots = Tensor::from_slice(&[1i64, 2, 3]);
+        let mut kc = Tensor::zeros([8, kvh, d], (Kind::Float, Device::Cpu));
+        let mut vc = Tensor::zeros([8, kvh, d], (Kind::Float, Device::Cpu));
+        let q = rope_and_cache(&qkv, &cos, &sin, &slots, &mut kc, &mut vc, h);
+        let x = qkv.narrow(1, 0, h * d).view([n, h, d]);
+        let (rot, pass) = (x.narrow(2, 0, rd), x.narrow(2, rd, d - rd));
+        let halves = rot.chunk(2, -1);
+        let rotated = Tensor::cat(&[&halves[1].neg(), &halves[0]], -1);
+        let want = Tensor::cat(&[&rot * cos.unsqueeze(1) + rotated * sin.unsqueeze(1), pass], -1);
+        let err = (q - want).abs().max().double_value(&[]);
+        assert!(err <= 1e-6, "max difference {err}");
+    }
+
+    #[test]
     #[should_panic(expected = "a slot is out of range")]
     fn refuses_a_slot_outside_the_cache() {
         let kc = Tensor::zeros([16, 1, 16], (Kind::Float, Device::Cpu));
         let q = Tensor::zeros([1, 1, 16], (Kind::Float, Device::Cpu));
         let slots = Tensor::from_slice(&[3i64, 16]).view([1, 2]);
-        let _ = paged_decode_attention(&q, &kc, &kc, &slots, &Tensor::from_slice(&[2i64]), 1.0);
+        let _ = paged_decode_attention(&q, &kc, &kc, &slots, &Tensor::from_slice(&[2i64]), 1.0, 0.0);
     }
 }

@@ -1,19 +1,29 @@
 //! Models: finding the files, reading weights (GGUF, safetensors), the tokenizer, the chat
 //! template, and the forward pass.
 
+pub mod arch;
+pub mod attention;
 pub mod batch;
 pub mod bert;
 pub mod chat_template;
 pub mod config;
+pub mod decoder;
 pub mod decoder_pool;
 pub mod encoder;
+pub mod gemma;
 pub mod gguf;
 pub mod kernels;
 pub mod kv_cache;
+pub mod linear;
 pub mod llama;
+pub mod mixtral;
+pub mod moe;
+pub mod phi3;
 pub mod pooling;
 pub mod quant;
+pub mod qwen3;
 pub mod resolve;
+pub mod rope;
 pub mod task;
 pub mod tokenizer;
 pub mod weights;
@@ -24,8 +34,8 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 use tch::{Device, Kind};
 
-use config::LlamaConfig;
-use llama::Llama;
+use config::DecoderConfig;
+use decoder::Decoder;
 use resolve::ModelLocation;
 use tokenizer::Tokenizer;
 
@@ -63,12 +73,12 @@ pub struct ModelInfo {
 
 /// A loaded generation model: the forward pass and what goes with it.
 pub struct LoadedModel {
-    pub llama: Llama,
+    pub decoder: Decoder,
     pub info: ModelInfo,
 }
 
 /// The dtype a `--dtype` value asks for on a device.
-pub fn resolve_dtype(requested: &str, cfg: &LlamaConfig, device: Device) -> Result<Kind, LoadError> {
+pub fn resolve_dtype(requested: &str, cfg: &DecoderConfig, device: Device) -> Result<Kind, LoadError> {
     resolve_dtype_named(requested, cfg.torch_dtype.as_deref(), device)
 }
 
@@ -119,7 +129,7 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
             let path = path.clone();
             let file = gguf::GgufFile::open(&path)?;
             let bad = |msg: String| LoadError::Format { path: path.clone(), msg };
-            let cfg = LlamaConfig::from_gguf(&file).map_err(bad)?;
+            let cfg = DecoderConfig::from_gguf(&file).map_err(bad)?;
             let tokenizer = Tokenizer::from_gguf(&file, &path)?;
             let mut eos_ids: Vec<u32> = tokenizer.special.eos.iter().map(|(id, _)| *id).collect();
             if let Some(eot) = file.get_u64("tokenizer.ggml.eot_token_id") {
@@ -136,9 +146,9 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
                 num_kv_heads: cfg.num_kv_heads,
             };
             let max_model_len = limit_len(&cfg, opts.max_model_len)?;
-            let llama = Llama::load(cfg, &src, opts.device, dtype)?;
+            let decoder = Decoder::load(cfg, &src, opts.device, dtype)?;
             Ok(LoadedModel {
-                llama,
+                decoder,
                 info: ModelInfo {
                     tokenizer: Arc::new(tokenizer),
                     chat_template,
@@ -154,7 +164,7 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
             let config = location
                 .config()?
                 .ok_or_else(|| LoadError::Format { path: dir.clone(), msg: "no config.json".into() })?;
-            let cfg = LlamaConfig::from_hf(&config).map_err(|msg| LoadError::Format { path: dir.clone(), msg })?;
+            let cfg = DecoderConfig::from_hf(&config).map_err(|msg| LoadError::Format { path: dir.clone(), msg })?;
             let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
             let tokenizer = Tokenizer::from_hf_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
             let generation_config = read_json(&dir.join("generation_config.json"))?;
@@ -168,9 +178,9 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
             let dtype = resolve_dtype(opts.dtype, &cfg, opts.device)?;
             let src = weights::SafetensorsWeights::open(&dir)?;
             let max_model_len = limit_len(&cfg, opts.max_model_len)?;
-            let llama = Llama::load(cfg, &src, opts.device, dtype)?;
+            let decoder = Decoder::load(cfg, &src, opts.device, dtype)?;
             Ok(LoadedModel {
-                llama,
+                decoder,
                 info: ModelInfo {
                     tokenizer: Arc::new(tokenizer),
                     chat_template,
@@ -184,7 +194,7 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
     }
 }
 
-fn limit_len(cfg: &LlamaConfig, requested: Option<usize>) -> Result<usize, LoadError> {
+fn limit_len(cfg: &DecoderConfig, requested: Option<usize>) -> Result<usize, LoadError> {
     match requested {
         Some(n) if n > cfg.max_position_embeddings => Err(LoadError::Unsupported(format!(
             "--max-model-len {n} is larger than the model's {} positions",

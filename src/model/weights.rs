@@ -30,8 +30,10 @@ pub struct GgufWeights<'a> {
     pub num_kv_heads: usize,
 }
 
-/// Hugging Face name → GGUF name.
-fn gguf_name(hf: &str) -> Option<String> {
+/// Hugging Face name → GGUF name, for a file of family `arch` (Gemma's norms after
+/// attention and around the MLP have names of their own). `model.layers.N.experts_stacked.
+/// {gate,up,down}` asks for the `[experts, rows, cols]` stack of every expert's projection.
+fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -44,9 +46,21 @@ fn gguf_name(hf: &str) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, suffix) = rest.rsplit_once('.')?;
+    if module == "experts_stacked" {
+        return Some(format!("blk.{layer}.ffn_{suffix}_exps.weight"));
+    }
+    let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
     let short = match module {
         "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" if gemma => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
+        "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "self_attn.qkv_proj" => "attn_qkv",
+        "mlp.gate_up_proj" => "ffn_up",
+        "mlp.gate" | "block_sparse_moe.gate" => "ffn_gate_inp",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
@@ -61,7 +75,7 @@ fn gguf_name(hf: &str) -> Option<String> {
 
 impl WeightSource for GgufWeights<'_> {
     fn get(&self, name: &str) -> Result<Option<Tensor>, LoadError> {
-        let Some(gname) = gguf_name(name) else { return Ok(None) };
+        let Some(gname) = gguf_name(name, self.arch) else { return Ok(None) };
         let Some(info) = self.file.tensor(&gname) else { return Ok(None) };
         let mut data = vec![0f32; info.numel()];
         quant::dequantize(info.ggml_type, self.file.bytes(info), &mut data);
@@ -73,10 +87,14 @@ impl WeightSource for GgufWeights<'_> {
             Some("attn_k") => Some(self.num_kv_heads),
             _ => None,
         };
+        // Only the Llama-style converters permute (not Qwen's, Gemma's or Phi-3's).
+        let permuted = matches!(self.arch, Arch::Llama | Arch::Mistral | Arch::Mixtral);
         let t = match heads {
-            Some(h) if self.arch != Arch::Qwen2 => unpermute_rows(&t, h),
+            Some(h) if permuted => unpermute_rows(&t, h),
             _ => t,
         };
+        // llama.cpp's Gemma converter stores every RMSNorm weight as 1 + w.
+        let t = if matches!(self.arch, Arch::Gemma2 | Arch::Gemma3) && gname.ends_with("norm.weight") { t - 1.0 } else { t };
         Ok(Some(t))
     }
 }
@@ -154,11 +172,19 @@ mod tests {
 
     #[test]
     fn names_map_to_gguf() {
-        assert_eq!(gguf_name("model.layers.12.self_attn.k_proj.weight").unwrap(), "blk.12.attn_k.weight");
-        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").unwrap(), "blk.0.ffn_down.weight");
-        assert_eq!(gguf_name("model.layers.0.self_attn.q_proj.bias").unwrap(), "blk.0.attn_q.bias");
-        assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
-        assert!(gguf_name("model.layers.0.unknown.weight").is_none());
+        let name = |n: &str| gguf_name(n, Arch::Llama);
+        assert_eq!(name("model.layers.12.self_attn.k_proj.weight").unwrap(), "blk.12.attn_k.weight");
+        assert_eq!(name("model.layers.0.mlp.down_proj.weight").unwrap(), "blk.0.ffn_down.weight");
+        assert_eq!(name("model.layers.0.self_attn.q_proj.bias").unwrap(), "blk.0.attn_q.bias");
+        assert_eq!(name("lm_head.weight").unwrap(), "output.weight");
+        assert!(name("model.layers.0.unknown.weight").is_none());
+        assert_eq!(name("model.layers.1.post_attention_layernorm.weight").unwrap(), "blk.1.ffn_norm.weight");
+        let gemma = |n: &str| gguf_name(n, Arch::Gemma2).unwrap();
+        assert_eq!(gemma("model.layers.1.post_attention_layernorm.weight"), "blk.1.post_attention_norm.weight");
+        assert_eq!(gemma("model.layers.1.pre_feedforward_layernorm.weight"), "blk.1.ffn_norm.weight");
+        assert_eq!(gemma("model.layers.1.post_feedforward_layernorm.weight"), "blk.1.post_ffw_norm.weight");
+        assert_eq!(name("model.layers.2.experts_stacked.gate").unwrap(), "blk.2.ffn_gate_exps.weight");
+        assert_eq!(name("model.layers.2.mlp.gate.weight").unwrap(), "blk.2.ffn_gate_inp.weight");
     }
 
     #[test]

@@ -106,8 +106,8 @@ fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Assembl
     let opts = LoadOptions { device: cfg.device, dtype: &cfg.dtype, max_model_len: cfg.max_model_len };
     let location = cfg.location.clone();
     let loaded = model::on_passing_thread(|| model::load(location, &opts))?;
-    let (llama, info) = (loaded.llama, loaded.info);
-    let c = &llama.cfg;
+    let (decoder, info) = (loaded.decoder, loaded.info);
+    let c = &decoder.cfg;
     tracing::info!(
         "loaded in {:.1}s: {:?}, {} layers, hidden {}, {} heads ({} KV), vocab {}, dtype {:?}, device {:?}, context {}",
         t0.elapsed().as_secs_f64(),
@@ -117,13 +117,13 @@ fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Assembl
         c.num_heads,
         c.num_kv_heads,
         c.vocab_size,
-        llama.dtype,
+        decoder.dtype,
         cfg.device,
         info.max_model_len
     );
     let serving = Arc::new(serving_context(cfg, &info)?);
-    let engine_cfg = super::kv::engine_config(&cfg.engine, &llama.cfg, llama.dtype, llama.device, &info)?;
-    let engine = Engine::new(llama, engine_cfg);
+    let engine_cfg = super::kv::engine_config(&cfg.engine, &decoder.cfg, decoder.dtype, decoder.device, &info)?;
+    let engine = Engine::new(decoder, engine_cfg);
     let stats = engine.stats();
     Ok((stages::registry(catalog, serving.clone(), engine), serving, stats))
 }

@@ -7,13 +7,13 @@ use tch::{Device, Kind};
 use crate::config::{EngineSettings, KvBudget};
 use crate::engine::EngineConfig;
 use crate::model::ModelInfo;
-use crate::model::config::LlamaConfig;
+use crate::model::config::DecoderConfig;
 use crate::model::kv_cache::KvCache;
 
 /// Bytes for the KV cache: the budget's bytes; on CUDA, the share of the device that
 /// `--gpu-memory-utilization` allows, less what is in use once the weights are loaded and
 /// an estimate of the largest step's activations.
-fn budget_bytes(engine: &EngineSettings, cfg: &LlamaConfig, kind: Kind, device: Device) -> Result<u64> {
+fn budget_bytes(engine: &EngineSettings, cfg: &DecoderConfig, kind: Kind, device: Device) -> Result<u64> {
     let util = match engine.kv_cache {
         KvBudget::Bytes(bytes) => return Ok(bytes),
         KvBudget::GpuShare(util) => util,
@@ -55,7 +55,7 @@ fn gib(bytes: u64) -> f64 {
 
 /// The engine's configuration for a loaded model: its KV blocks, scheduler, context
 /// length and stop ids.
-pub fn engine_config(engine: &EngineSettings, cfg: &LlamaConfig, kind: Kind, device: Device, info: &ModelInfo) -> Result<EngineConfig> {
+pub fn engine_config(engine: &EngineSettings, cfg: &DecoderConfig, kind: Kind, device: Device, info: &ModelInfo) -> Result<EngineConfig> {
     let budget = budget_bytes(engine, cfg, kind, device)?;
     let block_size = engine.block_size;
     let per_block = KvCache::bytes_per_block(cfg.num_layers, block_size, cfg.num_kv_heads, cfg.head_dim, kind);

@@ -18,6 +18,8 @@ macro_rules! snap {
     };
 }
 
+pub mod greedy;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,402 @@
+//! The decoder skeleton every causal LM family here runs (Llama, Mistral, Qwen2/3,
+//! Qwen3-MoE, Mixtral, Gemma 2/3, Phi-3), in libtorch.
+//!
+//! One call runs one step for a whole batch: the new tokens of every sequence are laid end
+//! to end (`StepBatch`), projected together, written into the paged KV cache, and attend
+//! to their own sequence's context read back from the cache. What differs between the
+//! families is a handful of `DecoderConfig` fields: norms around attention and the MLP,
+//! per-head q/k norms, sliding windows and rotary variants per layer, soft-capping, a dense
+//! MLP or a mixture of experts. The maths follows transformers operation for operation
+//! (norms in f32, rotary angles in f32, half-rotation), which is what lets float32 greedy
+//! output match it token for token.
+
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind, Tensor};
+
+use super::LoadError;
+use super::attention::{AttnPlan, ScoreRule};
+use super::batch::StepBatch;
+use super::config::{DecoderConfig, LayerSpec, MoeConfig};
+use super::kernels;
+use super::kv_cache::KvCache;
+use super::linear::Linear;
+use super::moe::{Mlp, SparseMoe};
+use super::rope::RopeTables;
+use super::weights::WeightSource;
+
+struct Attention {
+    /// Q, K and V projections stacked: `[(H + 2·KVH)·D, hidden]`.
+    qkv: Linear,
+    o: Linear,
+    /// Per-head RMSNorm weights `[D]` of queries and keys (Qwen3, Gemma 3).
+    qk_norm: Option<(Tensor, Tensor)>,
+}
+
+enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
+struct Layer {
+    spec: LayerSpec,
+    attn_norm: Tensor,
+    attn: Attention,
+    /// Gemma's norm of the attention output before the residual add.
+    attn_post_norm: Option<Tensor>,
+    mlp_norm: Tensor,
+    ffn: FeedForward,
+    /// Gemma's norm of the MLP output before the residual add.
+    mlp_post_norm: Option<Tensor>,
+}
+
+pub struct Decoder {
+    pub cfg: DecoderConfig,
+    pub device: Device,
+    pub dtype: Kind,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    ropes: Vec<RopeTables>,
+}
+
+impl Decoder {
+    pub fn load(cfg: DecoderConfig, src: &dyn WeightSource, device: Device, dtype: Kind) -> Result<Self, LoadError> {
+        let _guard = tch::no_grad_guard();
+        let get = |name: &str| -> Result<Tensor, LoadError> {
+            src.get(name)?.ok_or_else(|| LoadError::MissingTensor(name.to_string()))
+        };
+        let place = |t: Tensor| t.to_device(device).to_kind(dtype).contiguous();
+        let linear = |w: Tensor, b: Option<Tensor>| Linear::new(w, b, device, dtype);
+        // A Gemma 3 image-text checkpoint keeps its text model under another prefix.
+        let mut found = None;
+        for p in [cfg.prefix.as_str(), "model.language_model.", "language_model.model."] {
+            if let Some(t) = src.get(&format!("{p}embed_tokens.weight"))? {
+                found = Some((p.to_string(), t));
+                break;
+            }
+        }
+        let (prefix, embed) = found.ok_or_else(|| LoadError::MissingTensor(format!("{}embed_tokens.weight", cfg.prefix)))?;
+        let embed = place(embed);
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for (i, spec) in cfg.layers.iter().enumerate() {
+            let p = format!("{prefix}layers.{i}");
+            let w = |n: &str| get(&format!("{p}.{n}"));
+            let opt = |n: &str| src.get(&format!("{p}.{n}"));
+            let qkv = if cfg.fused_projections {
+                linear(w("self_attn.qkv_proj.weight")?, None)
+            } else {
+                let weight = Tensor::cat(&[w("self_attn.q_proj.weight")?, w("self_attn.k_proj.weight")?, w("self_attn.v_proj.weight")?], 0);
+                let bias = if cfg.qkv_bias {
+                    Some(Tensor::cat(&[w("self_attn.q_proj.bias")?, w("self_attn.k_proj.bias")?, w("self_attn.v_proj.bias")?], 0))
+                } else {
+                    None
+                };
+                linear(weight, bias)
+            };
+            let qk_norm = if cfg.qk_norm {
+                Some((place(w("self_attn.q_norm.weight")?), place(w("self_attn.k_norm.weight")?)))
+            } else {
+                None
+            };
+            let attn = Attention { qkv, o: linear(w("self_attn.o_proj.weight")?, opt("self_attn.o_proj.bias")?), qk_norm };
+            let (attn_post_norm, mlp_norm, mlp_post_norm) = if cfg.sandwich_norms {
+                (
+                    Some(place(w("post_attention_layernorm.weight")?)),
+                    place(w("pre_feedforward_layernorm.weight")?),
+                    Some(place(w("post_feedforward_layernorm.weight")?)),
+                )
+            } else {
+                (None, place(w("post_attention_layernorm.weight")?), None)
+            };
+            let ffn = match (&cfg.moe, spec.moe) {
+                (Some(moe), true) => FeedForward::Sparse(load_moe(src, &p, moe, &cfg, device, dtype)?),
+                _ => {
+                    let gate_up = if cfg.fused_projections {
+                        w("mlp.gate_up_proj.weight")?
+                    } else {
+                        Tensor::cat(&[w("mlp.gate_proj.weight")?, w("mlp.up_proj.weight")?], 0)
+                    };
+                    FeedForward::Dense(Mlp { gate_up: linear(gate_up, None), down: linear(w("mlp.down_proj.weight")?, None), act: cfg.activation })
+                }
+            };
+            layers.push(Layer {
+                spec: spec.clone(),
+                attn_norm: place(w("input_layernorm.weight")?),
+                attn,
+                attn_post_norm,
+                mlp_norm,
+                ffn,
+                mlp_post_norm,
+            });
+        }
+        let lm_head = match src.get("lm_head.weight")? {
+            Some(t) if !cfg.tie_word_embeddings => linear(t, None),
+            _ => Linear::new(embed.shallow_clone(), None, device, dtype),
+        };
+        let ropes = cfg.ropes.iter().map(|r| RopeTables::new(r, device)).collect();
+        let norm = place(get(&format!("{prefix}norm.weight"))?);
+        Ok(Decoder { norm, cfg, device, dtype, embed, layers, lm_head, ropes })
+    }
+
+    /// What the prefix cache keys a sequence's blocks with besides its tokens (0 for most
+    /// models): a LongRoPE model computes the keys of a prompt longer than its original
+    /// context with other frequencies than a shorter one's, so the two must not share blocks.
+    pub fn prefix_salt(&self, prompt_len: usize) -> u64 {
+        let long = self.cfg.ropes.iter().any(|r| match &r.scaling {
+            super::rope::Scaling::LongRope { original_max, .. } => prompt_len > *original_max,
+            _ => false,
+        });
+        if long { 0x6c6f_6e67_726f_7065 } else { 0 }
+    }
+
+    /// The LM head `[vocab, hidden]` (the embedding table when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        self.lm_head.weight()
+    }
+
+    /// Runs one step and returns f32 logits `[batch.logits_rows.len(), vocab]`.
+    pub fn forward(&self, batch: &StepBatch, cache: &mut KvCache) -> Tensor {
+        self.forward_timed(batch, cache, &mut None)
+    }
+
+    /// `forward`, adding the time each kind of operation took to `times` when given.
+    /// (CPU operations are synchronous, so wall time per section is what it cost; on CUDA
+    /// the figures only say where work was queued.)
+    pub fn forward_timed(&self, batch: &StepBatch, cache: &mut KvCache, times: &mut Option<&mut OpTimes>) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let mut clock = Clock::new(times);
+        let last = self.trunk(batch, cache, &mut clock);
+        let mut logits = self.lm_head.forward(&last);
+        if let Some(cap) = self.cfg.final_softcap {
+            logits = (logits / cap).tanh() * cap;
+        }
+        let logits = logits.to_kind(Kind::Float);
+        clock.lap(|t| &mut t.lm_head);
+        logits
+    }
+
+    /// The final hidden states (after the last norm, in the model's dtype) of the rows
+    /// `batch.logits_rows`: what pooling models read instead of logits.
+    pub fn hidden_states(&self, batch: &StepBatch, cache: &mut KvCache) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        self.trunk(batch, cache, &mut Clock::new(&mut None))
+    }
+
+    /// Every layer, then the final norm of the rows `batch.logits_rows`.
+    fn trunk(&self, batch: &StepBatch, cache: &mut KvCache, clock: &mut Clock<'_, '_>) -> Tensor {
+        let dev = self.device;
+        let c = &self.cfg;
+        let (h, kvh, d) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let n = batch.tokens.len() as i64;
+
+        let tokens = Tensor::from_slice(&batch.tokens).to_device(dev);
+        let positions = Tensor::from_slice(&batch.positions).to_device(dev).to_kind(Kind::Float);
+        let slots = Tensor::from_slice(&batch.slots).to_device(dev);
+        // The length each token's sequence is judged by (LongRoPE picks its frequencies by it).
+        let mut lens = Vec::with_capacity(n as usize);
+        for s in &batch.seqs {
+            lens.extend(std::iter::repeat_n(s.rope_len as i64, s.len));
+        }
+        let rotary: Vec<(Tensor, Tensor)> = self.ropes.iter().map(|r| r.cos_sin(&positions, &lens, self.dtype)).collect();
+        let mut plans: Vec<(Option<usize>, AttnPlan)> = Vec::new();
+        for l in &self.layers {
+            if !plans.iter().any(|(w, _)| *w == l.spec.window) {
+                plans.push((l.spec.window, AttnPlan::new(batch, dev, l.spec.window)));
+            }
+        }
+        let rule = ScoreRule { scale: c.attn_scale, softcap: c.attn_softcap };
+
+        let mut x = self.embed.index_select(0, &tokens); // [n, hidden]
+        if c.scale_embeddings {
+            // transformers rounds √hidden to the model's dtype before the product.
+            x = x * Tensor::from((c.hidden_size as f64).sqrt()).to_kind(Kind::Float).to_kind(self.dtype).to_device(dev);
+        }
+        clock.lap(|t| &mut t.setup);
+        for (li, layer) in self.layers.iter().enumerate() {
+            let hs = self.rms_norm(&x, &layer.attn_norm);
+            clock.lap(|t| &mut t.norm);
+            let mut qkv = layer.attn.qkv.forward(&hs);
+            if let Some((qn, kn)) = &layer.attn.qk_norm {
+                qkv = self.norm_heads(&qkv, qn, kn);
+            }
+            clock.lap(|t| &mut t.qkv);
+            let (cos, sin) = &rotary[layer.spec.rope];
+            let q = if dev == Device::Cpu {
+                let (kc, vc) = cache.layer_mut(li);
+                kernels::rope_and_cache(&qkv, cos, sin, &slots, kc, vc, h)
+            } else {
+                let parts = qkv.split_with_sizes([h * d, kvh * d, kvh * d], -1);
+                let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
+                let q = apply_rope(&parts[0].view([n, h, d]), &cos, &sin);
+                let k = apply_rope(&parts[1].view([n, kvh, d]), &cos, &sin);
+                cache.write(li, &slots, &k, &parts[2].view([n, kvh, d]));
+                q
+            };
+            clock.lap(|t| &mut t.rope_cache);
+            let plan = &plans.iter().find(|(w, _)| *w == layer.spec.window).expect("a plan per window").1;
+            let attn = plan.attend(&q, cache.keys(li), cache.values(li), kvh, rule);
+            clock.lap(|t| &mut t.attention);
+            let mut o = layer.attn.o.forward(&attn.reshape([n, h * d]));
+            if let Some(w) = &layer.attn_post_norm {
+                o = self.rms_norm(&o, w);
+            }
+            let x1 = x + o;
+            clock.lap(|t| &mut t.o_proj);
+            let hs = self.rms_norm(&x1, &layer.mlp_norm);
+            clock.lap(|t| &mut t.norm);
+            let mut mlp = match &layer.ffn {
+                FeedForward::Dense(mlp) => {
+                    let gu = mlp.gate_up.forward(&hs);
+                    clock.lap(|t| &mut t.gate_up);
+                    let act = mlp.activate(&gu);
+                    clock.lap(|t| &mut t.activation);
+                    mlp.down.forward(&act)
+                }
+                FeedForward::Sparse(moe) => {
+                    let y = moe.forward(&hs);
+                    clock.lap(|t| &mut t.experts);
+                    y
+                }
+            };
+            if let Some(w) = &layer.mlp_post_norm {
+                mlp = self.rms_norm(&mlp, w);
+            }
+            x = x1 + mlp;
+            clock.lap(|t| &mut t.down);
+        }
+        let rows = Tensor::from_slice(&batch.logits_rows).to_device(dev);
+        let last = self.rms_norm(&x.index_select(0, &rows), &self.norm);
+        clock.lap(|t| &mut t.norm);
+        last
+    }
+
+    /// RMSNorm as transformers computes it: in f32, scaled by the weight after the cast back
+    /// — or, for Gemma, by (1 + weight) before it (on the CPU in one pass by our kernel).
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        let offset = self.cfg.unit_offset_norms;
+        if self.device == Device::Cpu {
+            return kernels::rms_norm(&x.contiguous(), w, self.cfg.rms_norm_eps, offset);
+        }
+        let x32 = x.to_kind(Kind::Float);
+        let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = x32 * (var + self.cfg.rms_norm_eps).rsqrt();
+        if offset { (normed * (w.to_kind(Kind::Float) + 1.0)).to_kind(self.dtype) } else { w * normed.to_kind(self.dtype) }
+    }
+
+    /// `qkv: [n, (H + 2·KVH)·D]` with every query and key head RMS-normalised.
+    fn norm_heads(&self, qkv: &Tensor, qn: &Tensor, kn: &Tensor) -> Tensor {
+        let c = &self.cfg;
+        let (n, h, kvh, d) = (qkv.size()[0], c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let parts = qkv.split_with_sizes([h * d, kvh * d, kvh * d], -1);
+        let q = self.rms_norm(&parts[0].reshape([n * h, d]), qn).view([n, h * d]);
+        let k = self.rms_norm(&parts[1].reshape([n * kvh, d]), kn).view([n, kvh * d]);
+        Tensor::cat(&[&q, &k, &parts[2]], -1)
+    }
+}
+
+fn load_moe(
+    src: &dyn WeightSource,
+    layer: &str,
+    moe: &MoeConfig,
+    cfg: &DecoderConfig,
+    device: Device,
+    dtype: Kind,
+) -> Result<SparseMoe, LoadError> {
+    let get = |name: String| -> Result<Tensor, LoadError> { src.get(&name)?.ok_or(LoadError::MissingTensor(name)) };
+    let names = &moe.names;
+    let router = Linear::new(get(format!("{layer}.{}.weight", names.router))?, None, device, dtype);
+    // GGUF files stack each projection of every expert in one `[E, rows, cols]` tensor.
+    let stacked = |which: &str| src.get(&format!("{layer}.experts_stacked.{which}"));
+    let mut experts = Vec::with_capacity(moe.num_experts);
+    match (stacked("gate")?, stacked("up")?, stacked("down")?) {
+        (Some(g), Some(u), Some(dn)) => {
+            for e in 0..moe.num_experts as i64 {
+                let gate_up = Tensor::cat(&[g.get(e), u.get(e)], 0);
+                experts.push(Mlp {
+                    gate_up: Linear::new(gate_up, None, device, dtype),
+                    down: Linear::new(dn.get(e), None, device, dtype),
+                    act: cfg.activation,
+                });
+            }
+        }
+        _ => {
+            for e in 0..moe.num_experts {
+                let w = |n: &str| get(format!("{layer}.{}.{e}.{n}.weight", names.experts));
+                let gate_up = Tensor::cat(&[w(names.gate)?, w(names.up)?], 0);
+                experts.push(Mlp {
+                    gate_up: Linear::new(gate_up, None, device, dtype),
+                    down: Linear::new(w(names.down)?, None, device, dtype),
+                    act: cfg.activation,
+                });
+            }
+        }
+    }
+    Ok(SparseMoe::new(router, experts, moe))
+}
+
+/// Time spent per kind of operation in forward passes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpTimes {
+    pub setup: Duration,
+    pub norm: Duration,
+    pub qkv: Duration,
+    pub rope_cache: Duration,
+    pub attention: Duration,
+    pub o_proj: Duration,
+    pub gate_up: Duration,
+    pub activation: Duration,
+    pub experts: Duration,
+    pub down: Duration,
+    pub lm_head: Duration,
+}
+
+impl OpTimes {
+    pub fn rows(&self) -> [(&'static str, Duration); 11] {
+        [
+            ("setup", self.setup),
+            ("rms_norm", self.norm),
+            ("qkv_proj", self.qkv),
+            ("rope+cache_write", self.rope_cache),
+            ("attention", self.attention),
+            ("o_proj+residual", self.o_proj),
+            ("gate_up_proj", self.gate_up),
+            ("silu*up", self.activation),
+            ("experts (MoE)", self.experts),
+            ("down_proj+residual", self.down),
+            ("lm_head", self.lm_head),
+        ]
+    }
+}
+
+/// Adds elapsed time to one field of `OpTimes` per lap; free when not timing.
+struct Clock<'a, 'b> {
+    times: &'a mut Option<&'b mut OpTimes>,
+    last: Instant,
+}
+
+impl<'a, 'b> Clock<'a, 'b> {
+    fn new(times: &'a mut Option<&'b mut OpTimes>) -> Self {
+        Clock { times, last: Instant::now() }
+    }
+
+    fn lap(&mut self, field: impl FnOnce(&mut OpTimes) -> &mut Duration) {
+        if let Some(t) = self.times.as_deref_mut() {
+            let now = Instant::now();
+            *field(t) += now - self.last;
+            self.last = now;
+        }
+    }
+}
+
+/// `x · cos + rotate_half(x) · sin` over the first `cos.size(-1)` dimensions of each head of
+/// `x: [n, heads, d]`; the rest pass through.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let (d, rd) = (x.size()[2], cos.size()[2]);
+    let rot = x.narrow(2, 0, rd);
+    let halves = rot.chunk(2, -1);
+    let rotated = Tensor::cat(&[&halves[1].neg(), &halves[0]], -1);
+    let turned = &rot * cos + rotated * sin;
+    if rd == d { turned } else { Tensor::cat(&[turned, x.narrow(2, rd, d - rd)], -1) }
+}
