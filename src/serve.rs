@@ -182,7 +182,7 @@ pub fn build(args: &ServeArgs) -> Result<Server> {
 /// Loads the model and starts the pipeline fed by `edge`.
 pub fn build_for(args: &ServeArgs, edge: Edge) -> Result<Server> {
     check_vllm_flags(args)?;
-    let mut location = resolve::resolve(args.model_arg())?;
+    let mut location = resolve::resolve_source(&args.model_source())?;
     if let Some(arg) = &args.hf_overrides {
         let overrides = resolve::parse_overrides(arg).map_err(anyhow::Error::msg)?;
         tracing::info!("--hf-overrides over config.json: {overrides}");

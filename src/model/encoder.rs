@@ -191,9 +191,10 @@ pub fn load(
         Some(n) => n,
         None => model_len,
     };
-    let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
-    let tokenizer = Tokenizer::from_hf_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
-    let chat_template = super::hf_chat_template(&dir, tok_config.as_ref())?;
+    let tok_dir = location.tokenizer_dir().unwrap_or(&dir).to_owned();
+    let tok_config = read_json(&tok_dir.join("tokenizer_config.json"))?;
+    let tokenizer = Tokenizer::from_hf_file(&tok_dir.join("tokenizer.json"), tok_config.as_ref())?;
+    let chat_template = super::hf_chat_template(&tok_dir, tok_config.as_ref())?;
     tracing::info!("pooling model: {arch}, {:?}", kind);
     Ok(LoadedEncoder {
         model: EncoderModel { backbone: Box::new(bert), kind, matryoshka, width, join_pairs: false },
