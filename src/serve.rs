@@ -126,7 +126,8 @@ pub fn resolve_task(arg: crate::cli::TaskArg, archs: &[String], from_token: bool
         ),
         (_, None) => bail!(
             "architecture {named} is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and \
-             their ForSequenceClassification forms, Qwen2ForRewardModel, BertModel, BertForSequenceClassification are)"
+             their ForSequenceClassification forms, Qwen2ForRewardModel, BertModel, BertForSequenceClassification, \
+             XLMRobertaModel, XLMRobertaForSequenceClassification are)"
         ),
     })
 }

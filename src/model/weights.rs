@@ -20,6 +20,11 @@ use super::quant;
 pub trait WeightSource {
     /// The tensor, or None when the file has no such tensor.
     fn get(&self, name: &str) -> Result<Option<Tensor>, LoadError>;
+
+    /// Whether the source has the tensor (without reading it, where the source can tell).
+    fn contains(&self, name: &str) -> Result<bool, LoadError> {
+        Ok(self.get(name)?.is_some())
+    }
 }
 
 pub struct GgufWeights<'a> {
@@ -145,6 +150,10 @@ impl WeightSource for SafetensorsWeights {
         };
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         Ok(Some(Tensor::from_data_size(bytes, &shape, kind)))
+    }
+
+    fn contains(&self, name: &str) -> Result<bool, LoadError> {
+        Ok(self.index.contains_key(name))
     }
 }
 
