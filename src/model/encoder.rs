@@ -178,7 +178,7 @@ pub fn load(
         })?;
     let cfg = BertConfig::from_hf(&config).map_err(bad)?;
     let dtype = super::resolve_dtype_named(dtype, cfg.torch_dtype.as_deref(), device)?;
-    let src = weights::SafetensorsWeights::open(&dir)?;
+    let src = weights::SafetensorsWeights::open_as(&dir, dtype)?;
     let bert = Bert::load(cfg.clone(), &src, with_head, device, dtype)?;
 
     let kind = if with_head {

@@ -176,7 +176,7 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
             eos_ids.sort_unstable();
             eos_ids.dedup();
             let dtype = resolve_dtype(opts.dtype, &cfg, opts.device)?;
-            let src = weights::SafetensorsWeights::open(&dir)?;
+            let src = weights::SafetensorsWeights::open_as(&dir, dtype)?;
             let max_model_len = limit_len(&cfg, opts.max_model_len)?;
             let llama = Llama::load(cfg, &src, opts.device, dtype)?;
             Ok(LoadedModel {
