@@ -108,14 +108,32 @@ pub enum ConvertArg {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// A GGUF file, a Hugging Face model folder, or the id of a model in the local Hugging
-    /// Face cache. Default: SmolLM2-135M-Instruct as installed by the project's setup.
+    /// A GGUF file, a Hugging Face model folder, or a Hugging Face id (ORG/NAME; ORG/NAME:QUANT
+    /// for one GGUF file of a repository): the local Hugging Face cache first, else downloaded
+    /// into it. Default: SmolLM2-135M-Instruct as installed by the project's setup.
     #[arg(value_name = "MODEL")]
     pub model_tag: Option<String>,
 
     /// The model, as a flag (same as MODEL).
     #[arg(long, conflicts_with = "model_tag")]
     pub model: Option<String>,
+
+    /// The model's revision on the Hub: a branch, tag or commit hash (default: main).
+    #[arg(long)]
+    pub revision: Option<String>,
+
+    /// The tokenizer (and chat template) from another folder or Hugging Face id than the model.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+
+    /// The tokenizer's revision on the Hub (default: main).
+    #[arg(long)]
+    pub tokenizer_revision: Option<String>,
+
+    /// The Hugging Face cache folder to find and download models in (default: HF_HUB_CACHE,
+    /// else $HF_HOME/hub, else ~/.cache/huggingface/hub).
+    #[arg(long, value_name = "DIR")]
+    pub download_dir: Option<PathBuf>,
 
     /// What to serve the model for: text generation, or a pooling task (embed, classify,
     /// score, reward). auto picks from the model's architecture.

@@ -130,7 +130,7 @@ impl ServeConfig {
     /// Checks and resolves every flag; reads the model's config (not its weights).
     pub fn resolve(args: &ServeArgs) -> Result<ServeConfig> {
         check_vllm_flags(args)?;
-        let mut location = resolve::resolve(args.model_arg())?;
+        let mut location = resolve::resolve_source(&model_source(args))?;
         if let Some(arg) = &args.hf_overrides {
             let overrides = resolve::parse_overrides(arg).map_err(anyhow::Error::msg)?;
             tracing::info!("--hf-overrides over config.json: {overrides}");
@@ -201,6 +201,17 @@ impl ServeConfig {
             http,
             per_request_metrics: args.enable_per_request_metrics,
         })
+    }
+}
+
+/// The model argument with the Hub flags that say where its files come from.
+fn model_source(args: &ServeArgs) -> resolve::ModelSource<'_> {
+    resolve::ModelSource {
+        model: args.model_arg(),
+        revision: args.revision.as_deref(),
+        tokenizer: args.tokenizer.as_deref(),
+        tokenizer_revision: args.tokenizer_revision.as_deref(),
+        download_dir: args.download_dir.as_deref(),
     }
 }
 

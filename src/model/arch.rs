@@ -73,6 +73,11 @@ pub const ARCHITECTURES: &[Architecture] = &[
     entry("Phi3ForSequenceClassification", Phi3, DecoderClassifier),
     entry("BertModel", Bert, EncoderEmbedding),
     entry("BertForSequenceClassification", Bert, EncoderClassifier),
+    // RoBERTa's position offset and head on the BERT skeleton.
+    entry("XLMRobertaModel", Bert, EncoderEmbedding),
+    entry("XLMRobertaForSequenceClassification", Bert, EncoderClassifier),
+    entry("RobertaModel", Bert, EncoderEmbedding),
+    entry("RobertaForSequenceClassification", Bert, EncoderClassifier),
 ];
 
 /// config.json's `model_type`, for configs that name no architecture.
@@ -88,6 +93,8 @@ const MODEL_TYPES: &[(&str, &str)] = &[
     ("gemma3", "Gemma3ForConditionalGeneration"),
     ("phi3", "Phi3ForCausalLM"),
     ("bert", "BertModel"),
+    ("xlm-roberta", "XLMRobertaModel"),
+    ("roberta", "RobertaModel"),
 ];
 
 pub fn lookup(name: &str) -> Option<&'static Architecture> {

@@ -1,5 +1,12 @@
 //! BERT encoders in libtorch: `BertModel` (sentence-transformers embedding models such as
-//! all-MiniLM-L6-v2) and `BertForSequenceClassification` (classifiers, cross-encoders).
+//! all-MiniLM-L6-v2) and `BertForSequenceClassification` (classifiers, cross-encoders), and
+//! the RoBERTa family on the same skeleton: `XLMRobertaModel` (bge-m3) and
+//! `XLMRobertaForSequenceClassification` (bge-reranker-base, bge-reranker-v2-m3). RoBERTa
+//! differs in three places only: positions start after the padding id and skip pad tokens
+//! (`padding_idx + 1 + the count of non-pad tokens before`, pad tokens at `padding_idx`),
+//! there is one token type (transformers passes no `token_type_ids`, so all are 0), and the
+//! classification head is named `classifier.dense` / `classifier.out_proj` (the same
+//! Linear-tanh-Linear on the first token as BERT's pooler and classifier).
 //!
 //! One call encodes a batch of whole inputs: no KV cache, no causal mask. The inputs' tokens
 //! are laid end to end for every dense operation and padded only for attention, where
@@ -12,8 +19,17 @@ use tch::{Device, Kind, Tensor};
 use super::LoadError;
 use super::weights::WeightSource;
 
+/// Which encoder family a checkpoint is: the maths is shared, the details above differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Bert,
+    /// RoBERTa and XLM-RoBERTa, with the padding id their positions are counted from.
+    Roberta { padding_idx: usize },
+}
+
 #[derive(Debug, Clone)]
 pub struct BertConfig {
+    pub family: Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -37,18 +53,31 @@ impl BertConfig {
         if pos != "absolute" {
             return Err(format!("BERT position_embedding_type {pos:?} is not supported (absolute is)"));
         }
+        let family = match cfg.get("model_type").and_then(serde_json::Value::as_str) {
+            Some("xlm-roberta" | "roberta") => Family::Roberta { padding_idx: usize_of("pad_token_id").unwrap_or(1) },
+            _ => Family::Bert,
+        };
         let hidden_size = need("hidden_size")?;
         let num_heads = need("num_attention_heads")?;
         if hidden_size % num_heads != 0 {
             return Err(format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"));
         }
+        let max_position_embeddings = usize_of("max_position_embeddings").unwrap_or(512);
+        if let Family::Roberta { padding_idx } = family {
+            if max_position_embeddings <= padding_idx + 1 {
+                return Err(format!(
+                    "max_position_embeddings {max_position_embeddings} leaves no position after pad_token_id {padding_idx}"
+                ));
+            }
+        }
         Ok(BertConfig {
+            family,
             vocab_size: need("vocab_size")?,
             hidden_size,
             intermediate_size: need("intermediate_size")?,
             num_layers: need("num_hidden_layers")?,
             num_heads,
-            max_position_embeddings: usize_of("max_position_embeddings").unwrap_or(512),
+            max_position_embeddings,
             type_vocab_size: usize_of("type_vocab_size").unwrap_or(2),
             layer_norm_eps: cfg.get("layer_norm_eps").and_then(serde_json::Value::as_f64).unwrap_or(1e-12),
             torch_dtype: cfg
@@ -57,6 +86,25 @@ impl BertConfig {
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned),
         })
+    }
+}
+
+impl BertConfig {
+    /// The longest input the position table allows: all of it for BERT; for RoBERTa, what
+    /// is left after the positions up to the padding id (514 → 512, bge-m3's 8194 → 8192).
+    pub fn max_input_len(&self) -> usize {
+        match self.family {
+            Family::Bert => self.max_position_embeddings,
+            Family::Roberta { padding_idx } => self.max_position_embeddings - padding_idx - 1,
+        }
+    }
+
+    /// The family's name, for logs and messages.
+    pub fn family_name(&self) -> &'static str {
+        match self.family {
+            Family::Bert => "BERT",
+            Family::Roberta { .. } => "XLM-RoBERTa",
+        }
     }
 }
 
@@ -79,8 +127,9 @@ struct Layer {
     mlp_norm: Norm,
 }
 
-/// The classification head of `BertForSequenceClassification`: tanh pooler over `[CLS]`,
-/// then a linear layer to the labels.
+/// The classification head: a Linear and tanh over the first token (`[CLS]`, `<s>`), then
+/// a linear layer to the labels — BERT's `pooler` + `classifier`, RoBERTa's
+/// `classifier.dense` + `classifier.out_proj`.
 struct Head {
     pooler: Tensor,
     pooler_bias: Tensor,
@@ -121,7 +170,8 @@ pub struct EncoderInput {
 
 impl Bert {
     /// Loads the encoder; `with_head` also loads the sequence-classification head.
-    /// Weight names may carry a `bert.` prefix (task models) or none (`BertModel`).
+    /// Weight names may carry a `bert.` / `roberta.` prefix (task models) or none (`BertModel`,
+    /// `XLMRobertaModel`).
     pub fn load(
         cfg: BertConfig,
         src: &dyn WeightSource,
@@ -130,7 +180,12 @@ impl Bert {
         dtype: Kind,
     ) -> Result<Self, LoadError> {
         let _guard = tch::no_grad_guard();
-        let prefix = if src.get("bert.embeddings.word_embeddings.weight")?.is_some() { "bert." } else { "" };
+        let mut prefix = "";
+        for p in ["bert.", "roberta."] {
+            if src.contains(&format!("{p}embeddings.word_embeddings.weight"))? {
+                prefix = p;
+            }
+        }
         let get = |name: &str| -> Result<Tensor, LoadError> {
             src.get(name)?.ok_or_else(|| LoadError::MissingTensor(name.to_string()))
         };
@@ -173,15 +228,20 @@ impl Bert {
                 mlp_norm: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
-        let head = if with_head {
-            Some(Head {
+        let head = match (with_head, cfg.family) {
+            (false, _) => None,
+            (true, Family::Bert) => Some(Head {
                 pooler: w("pooler.dense.weight")?,
                 pooler_bias: w("pooler.dense.bias")?,
                 classifier: place(get("classifier.weight")?),
                 classifier_bias: place(get("classifier.bias")?),
-            })
-        } else {
-            None
+            }),
+            (true, Family::Roberta { .. }) => Some(Head {
+                pooler: place(get("classifier.dense.weight")?),
+                pooler_bias: place(get("classifier.dense.bias")?),
+                classifier: place(get("classifier.out_proj.weight")?),
+                classifier_bias: place(get("classifier.out_proj.bias")?),
+            }),
         };
         Ok(Bert {
             word: w("embeddings.word_embeddings.weight")?,
@@ -215,10 +275,20 @@ impl Bert {
             (Vec::with_capacity(total), Vec::with_capacity(total), Vec::with_capacity(total), Vec::with_capacity(total));
         let mut mask = vec![0f32; b * len];
         for (r, input) in inputs.iter().enumerate() {
+            // RoBERTa: pad tokens sit at `padding_idx`, the others count on from it.
+            let mut counted = 0i64;
             for (c, &t) in input.ids.iter().enumerate() {
                 ids.push(t as i64);
-                types.push(input.type_ids.get(c).copied().unwrap_or(0) as i64);
-                positions.push(c as i64);
+                let (ty, pos) = match self.cfg.family {
+                    Family::Bert => (input.type_ids.get(c).copied().unwrap_or(0) as i64, c as i64),
+                    Family::Roberta { padding_idx } if t as usize == padding_idx => (0, padding_idx as i64),
+                    Family::Roberta { padding_idx } => {
+                        counted += 1;
+                        (0, padding_idx as i64 + counted)
+                    }
+                };
+                types.push(ty);
+                positions.push(pos);
                 slots.push((r * len + c) as i64);
                 mask[r * len + c] = 1.0;
             }

@@ -75,8 +75,13 @@ impl PoolingBackbone for Bert {
     fn describe(&self) -> String {
         let c = &self.cfg;
         format!(
-            "BERT, {} layers, hidden {}, {} heads, vocab {}, dtype {:?}",
-            c.num_layers, c.hidden_size, c.num_heads, c.vocab_size, self.dtype
+            "{}, {} layers, hidden {}, {} heads, vocab {}, dtype {:?}",
+            c.family_name(),
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.vocab_size,
+            self.dtype
         )
     }
 }
@@ -106,8 +111,11 @@ pub fn architectures(location: &ModelLocation) -> Result<Vec<String>, LoadError>
     let mut archs: Vec<String> = list.into_iter().flatten().filter_map(Json::as_str).map(str::to_owned).collect();
     if archs.is_empty() {
         if let Some(t) = cfg.as_ref().and_then(|c| c.get("model_type")).and_then(Json::as_str) {
-            if t == "bert" {
-                archs.push("BertModel".into());
+            match t {
+                "bert" => archs.push("BertModel".into()),
+                "xlm-roberta" => archs.push("XLMRobertaModel".into()),
+                "roberta" => archs.push("RobertaModel".into()),
+                _ => {}
             }
         }
     }
@@ -125,8 +133,13 @@ pub fn encoder_arch(arch: &str) -> Option<bool> {
     }
 }
 
-/// Loads a pooling model for `task`: BERT folders here, decoders (folders or GGUF) in
-/// `decoder_pool`.
+/// The encoders of `bert.rs`: BERT and (XLM-)RoBERTa, plain or with a classification head.
+pub fn is_bert_family(arch: &str) -> bool {
+    super::arch::lookup(arch).is_some_and(|a| a.arch == super::arch::Arch::Bert)
+}
+
+/// Loads a pooling model for `task`: BERT and XLM-RoBERTa folders here, decoders (folders
+/// or GGUF) in `decoder_pool`.
 pub fn load(
     location: ModelLocation,
     task: Task,
@@ -135,11 +148,11 @@ pub fn load(
     max_model_len: Option<usize>,
 ) -> Result<LoadedEncoder, LoadError> {
     let archs = architectures(&location)?;
-    if !archs.iter().any(|a| a.starts_with("Bert")) {
+    if !archs.iter().any(|a| is_bert_family(a)) {
         return super::decoder_pool::load(location, task, device, dtype, max_model_len);
     }
     let Format::HfDir(dir) = &location.format else {
-        return Err(LoadError::Unsupported("a GGUF file holds a decoder, not a BERT model".into()));
+        return Err(LoadError::Unsupported("a GGUF file holds a decoder, not a BERT or XLM-RoBERTa model".into()));
     };
     let dir = dir.clone();
     let bad = |msg: String| LoadError::Format { path: dir.clone(), msg };
@@ -150,13 +163,15 @@ pub fn load(
         .find_map(|a| encoder_arch(a).map(|h| (a.clone(), h)))
         .ok_or_else(|| {
             LoadError::Unsupported(format!(
-                "architecture {} is not a supported pooling model (BertModel, BertForSequenceClassification are)",
+                "architecture {} is not a supported pooling model (BertModel, BertForSequenceClassification, \
+                 XLMRobertaModel, XLMRobertaForSequenceClassification, RobertaModel, \
+                 RobertaForSequenceClassification are)",
                 archs.first().map(String::as_str).unwrap_or("(none)")
             ))
         })?;
     let cfg = BertConfig::from_hf(&config).map_err(bad)?;
     let dtype = super::resolve_dtype_named(dtype, cfg.torch_dtype.as_deref(), device)?;
-    let src = weights::SafetensorsWeights::open(&dir)?;
+    let src = weights::SafetensorsWeights::open_as(&dir, dtype)?;
     let bert = Bert::load(cfg.clone(), &src, with_head, device, dtype)?;
 
     let kind = if with_head {
@@ -168,32 +183,33 @@ pub fn load(
         EncoderKind::Embedding(_) => cfg.hidden_size,
         EncoderKind::Classifier { labels } => labels.len(),
         EncoderKind::TokenRewards | EncoderKind::StepRewards { .. } => {
-            unreachable!("BERT loads as an embedding model or a classifier")
+            unreachable!("an encoder loads as an embedding model or a classifier")
         }
     };
     let matryoshka = matryoshka(&config);
 
     // The longest input: the position table, or less where sentence-transformers says so.
-    let mut model_len = cfg.max_position_embeddings;
+    let mut model_len = cfg.max_input_len();
     if let EncoderKind::Embedding(p) = &kind {
         if let Some(m) = p.max_seq_length {
             model_len = model_len.min(m);
         }
     }
     let max_model_len = match max_model_len {
-        Some(n) if n > cfg.max_position_embeddings => {
+        Some(n) if n > cfg.max_input_len() => {
             return Err(LoadError::Unsupported(format!(
                 "--max-model-len {n} is larger than the model's {} positions",
-                cfg.max_position_embeddings
+                cfg.max_input_len()
             )));
         }
         Some(0) => return Err(LoadError::Unsupported("--max-model-len must be at least 1".into())),
         Some(n) => n,
         None => model_len,
     };
-    let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
-    let tokenizer = Tokenizer::from_hf_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
-    let chat_template = super::hf_chat_template(&dir, tok_config.as_ref())?;
+    let tok_dir = location.tokenizer_dir().unwrap_or(&dir).to_owned();
+    let tok_config = read_json(&tok_dir.join("tokenizer_config.json"))?;
+    let tokenizer = Tokenizer::from_hf_file(&tok_dir.join("tokenizer.json"), tok_config.as_ref())?;
+    let chat_template = super::hf_chat_template(&tok_dir, tok_config.as_ref())?;
     tracing::info!("pooling model: {arch}, {:?}", kind);
     Ok(LoadedEncoder {
         model: EncoderModel { backbone: Box::new(bert), kind, matryoshka, width, join_pairs: false },

@@ -12,6 +12,7 @@ pub mod decoder_pool;
 pub mod encoder;
 pub mod gemma;
 pub mod gguf;
+pub mod hub;
 pub mod kernels;
 pub mod kv_cache;
 pub mod linear;
@@ -49,8 +50,10 @@ pub enum LoadError {
     MissingTensor(String),
     #[error("{0}")]
     Unsupported(String),
-    #[error("model {0:?} was not found: give a GGUF file, a Hugging Face model folder, or the id of a model in the local Hugging Face cache")]
+    #[error("model {0:?} was not found: give a GGUF file, a Hugging Face model folder, or a Hugging Face id (ORG/NAME)")]
     NotFound(String),
+    #[error(transparent)]
+    Hub(#[from] hub::HubError),
 }
 
 impl LoadError {
@@ -130,13 +133,20 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
             let file = gguf::GgufFile::open(&path)?;
             let bad = |msg: String| LoadError::Format { path: path.clone(), msg };
             let cfg = DecoderConfig::from_gguf(&file).map_err(bad)?;
-            let tokenizer = Tokenizer::from_gguf(&file, &path)?;
+            let (tokenizer, tok_template) = match location.tokenizer_dir() {
+                Some(dir) => {
+                    let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
+                    let t = Tokenizer::from_hf_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
+                    (t, hf_chat_template(dir, tok_config.as_ref())?)
+                }
+                None => (Tokenizer::from_gguf(&file, &path)?, None),
+            };
             let mut eos_ids: Vec<u32> = tokenizer.special.eos.iter().map(|(id, _)| *id).collect();
             if let Some(eot) = file.get_u64("tokenizer.ggml.eot_token_id") {
                 eos_ids.push(eot as u32);
             }
             eos_ids.dedup();
-            let chat_template = file.get_str("tokenizer.chat_template").map(str::to_owned);
+            let chat_template = tok_template.or_else(|| file.get_str("tokenizer.chat_template").map(str::to_owned));
             let dtype = resolve_dtype(opts.dtype, &cfg, opts.device)?;
             let src = weights::GgufWeights {
                 file: &file,
@@ -165,10 +175,11 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
                 .config()?
                 .ok_or_else(|| LoadError::Format { path: dir.clone(), msg: "no config.json".into() })?;
             let cfg = DecoderConfig::from_hf(&config).map_err(|msg| LoadError::Format { path: dir.clone(), msg })?;
-            let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
-            let tokenizer = Tokenizer::from_hf_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
+            let tok_dir = location.tokenizer_dir().unwrap_or(&dir).to_owned();
+            let tok_config = read_json(&tok_dir.join("tokenizer_config.json"))?;
+            let tokenizer = Tokenizer::from_hf_file(&tok_dir.join("tokenizer.json"), tok_config.as_ref())?;
             let generation_config = read_json(&dir.join("generation_config.json"))?;
-            let chat_template = hf_chat_template(&dir, tok_config.as_ref())?;
+            let chat_template = hf_chat_template(&tok_dir, tok_config.as_ref())?;
             let mut eos_ids: Vec<u32> = tokenizer.special.eos.iter().map(|(id, _)| *id).collect();
             for src in [Some(&config), generation_config.as_ref()].into_iter().flatten() {
                 eos_ids.extend(ids_of(src.get("eos_token_id")));
@@ -176,7 +187,7 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
             eos_ids.sort_unstable();
             eos_ids.dedup();
             let dtype = resolve_dtype(opts.dtype, &cfg, opts.device)?;
-            let src = weights::SafetensorsWeights::open(&dir)?;
+            let src = weights::SafetensorsWeights::open_as(&dir, dtype)?;
             let max_model_len = limit_len(&cfg, opts.max_model_len)?;
             let decoder = Decoder::load(cfg, &src, opts.device, dtype)?;
             Ok(LoadedModel {

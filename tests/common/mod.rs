@@ -40,8 +40,19 @@ pub struct Server {
 impl Server {
     /// Starts `sluice serve` with `args` on a free port and waits until it answers.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_env(args, &[])
+    }
+
+    /// As `start`, with environment variables set (`Some`) or removed (`None`).
+    pub fn start_env(args: &[&str], env: &[(&str, Option<&str>)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("serve").args(args).args(["--port", "0"]);
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         // SAFETY: prctl in the child before exec; the server dies with the test process.
         unsafe {
