@@ -5,6 +5,7 @@ pub mod batch;
 pub mod bert;
 pub mod chat_template;
 pub mod config;
+pub mod ct2;
 pub mod decoder_pool;
 pub mod encoder;
 pub mod gguf;
@@ -16,6 +17,7 @@ pub mod quant;
 pub mod resolve;
 pub mod tokenizer;
 pub mod weights;
+
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
