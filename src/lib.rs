@@ -7,8 +7,10 @@
 //! - `batch`: `run-batch`, JSONL files through the same pipeline. `profile`: where time goes.
 //! - `engine`: scheduling, KV blocks, sequences. `sampling`: logits to tokens.
 //! - `guided`: structured-output constraints compiled to token masks.
+//! - `audio`: audio files to Whisper's log-mel features.
 
 pub mod api;
+pub mod audio;
 pub mod batch;
 pub mod bench;
 pub mod cli;
