@@ -255,8 +255,8 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 }
 
 /// How each sequence of a step reads its context back from the cache, built once per step
-/// and shared by every layer.
-struct AttnPlan {
+/// and shared by every layer (Whisper's decoder uses it too).
+pub(crate) struct AttnPlan {
     /// Sequences decoding one token: attended together, padded to the longest context.
     decode: Option<DecodeGroup>,
     /// Sequences with several new tokens (prompt chunks): attended one at a time.
@@ -299,7 +299,7 @@ struct PrefillSeq {
 }
 
 impl AttnPlan {
-    fn new(batch: &StepBatch, dev: Device) -> Self {
+    pub(crate) fn new(batch: &StepBatch, dev: Device) -> Self {
         let decoding: Vec<_> = batch.seqs.iter().filter(|s| s.len == 1).collect();
         let decode = (!decoding.is_empty()).then(|| {
             let b = decoding.len();
@@ -373,7 +373,12 @@ impl AttnPlan {
 
     /// Attention output `[n, h, d]` for queries `q: [n, h, d]`.
     fn attend(&self, q: &Tensor, kc: &Tensor, vc: &Tensor, h: i64, kvh: i64, d: i64) -> Tensor {
-        let scale = 1.0 / (d as f64).sqrt();
+        self.attend_scaled(q, kc, vc, h, kvh, d, 1.0 / (d as f64).sqrt())
+    }
+
+    /// `attend` with the scores scaled by `scale` (1 for queries scaled beforehand).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attend_scaled(&self, q: &Tensor, kc: &Tensor, vc: &Tensor, h: i64, kvh: i64, d: i64, scale: f64) -> Tensor {
         let mut out = q.zeros_like();
         if let Some(g) = &self.decode {
             let o = match &g.path {

@@ -17,7 +17,7 @@ pub mod quant;
 pub mod resolve;
 pub mod tokenizer;
 pub mod weights;
-
+pub mod whisper;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
