@@ -1,12 +1,13 @@
 //! The audio front end against its references (tests/fixtures/audio, made by
 //! make_audio_fixtures.py there): log-mel features equal transformers'
-//! `WhisperFeatureExtractor` within 1e-4 on the same 16 kHz samples, and every supported
-//! container/codec decodes to the clip it was encoded from.
+//! `WhisperFeatureExtractor` within 1e-4 on the same 16 kHz samples (and faster-whisper's,
+//! with its padding), and every supported container/codec decodes to the clip it was
+//! encoded from.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use sluice::audio::features::{FeatureExtractor, MelConfig};
+use sluice::audio::features::{FeatureExtractor, MelConfig, Padding};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audio").join(rel)
@@ -42,6 +43,23 @@ fn log_mel_matches_whisper_feature_extractor() {
         }
         assert!(worst < 1e-4, "{name}: largest difference {worst}");
     }
+}
+
+#[test]
+fn feature_padding_matches_faster_whisper() {
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(fixture("mel.json")).unwrap()).unwrap();
+    let frames = meta["faster_whisper"]["chirp"]["frames"].as_u64().unwrap() as usize;
+    let raw = std::fs::read(fixture("chirp.fw.mel.f32")).unwrap();
+    let want: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let got = FeatureExtractor::new(MelConfig::whisper(80)).extract_padded(&samples("chirp.wav"), Padding::Features);
+    let mut worst = 0.0f32;
+    for mel in 0..80 {
+        for f in 0..frames {
+            worst = worst.max((got[mel * 3000 + f] - want[mel * frames + f]).abs());
+        }
+        assert!(got[mel * 3000 + frames..(mel + 1) * 3000].iter().all(|&v| v == 0.0), "mel {mel}: not zero after the audio");
+    }
+    assert!(worst < 1e-4, "largest difference {worst}");
 }
 
 /// Normalised cross-correlation of `a` against `b` at the best lag within ±`max_lag`.

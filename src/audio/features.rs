@@ -8,6 +8,10 @@
 //! Computed in float64 and returned as float32 (transformers computes in float32; the two
 //! agree within 1e-4). Frames that see only the padding silence are not transformed: their
 //! power is exactly zero, their value the floor.
+//!
+//! openai-whisper's `transcribe` and faster-whisper fill the window differently: the log-mel
+//! of the audio alone, then zeros (`Padding::Features`). Both are here; on short clips the
+//! choice can change a greedy transcript.
 
 use std::sync::Arc;
 
@@ -67,6 +71,17 @@ impl MelConfig {
     }
 }
 
+/// How a window is filled after the audio ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// transformers' `WhisperFeatureExtractor` (and so vLLM): the samples are padded with
+    /// silence to 30 s before the log-mel, so the rest of the window holds the floor value.
+    Samples,
+    /// openai-whisper's `transcribe` and faster-whisper: the log-mel of the audio and 10 ms of
+    /// silence, normalised over that, its frames after the audio's own set to 0.
+    Features,
+}
+
 /// Computes features; holds the filterbank, the window and the FFT plan.
 pub struct FeatureExtractor {
     pub config: MelConfig,
@@ -84,34 +99,70 @@ impl FeatureExtractor {
         FeatureExtractor { config, filters, window, fft }
     }
 
-    /// Features `[n_mels × window_frames]` (mel-major) of one window of 16 kHz samples:
-    /// shorter input is padded with silence, longer is cut.
+    /// Features `[n_mels × window_frames]` (mel-major) of one window of 16 kHz samples, as
+    /// transformers computes them (`Padding::Samples`): shorter input is padded with
+    /// silence, longer is cut.
     pub fn extract(&self, samples: &[f32]) -> Vec<f32> {
+        self.extract_padded(samples, Padding::Samples)
+    }
+
+    /// `extract` with the window filled after the audio as `padding` says.
+    pub fn extract_padded(&self, samples: &[f32], padding: Padding) -> Vec<f32> {
         let c = &self.config;
         let total = c.window_samples();
-        let x = &samples[..samples.len().min(total)];
-        let (n_fft, hop, pad) = (c.n_fft, c.hop_length, c.n_fft / 2);
         let frames = c.window_frames();
-        let bins = n_fft / 2 + 1;
-        // Sample `i` of the reflect-padded window (the window is `x` then zeros up to `total`).
+        let x = &samples[..samples.len().min(total)];
+        let (hop, pad) = (c.hop_length, c.n_fft / 2);
+        match padding {
+            Padding::Samples => {
+                // Frames from `live` on see only the silence after the audio (unless the
+                // audio fills the window, where the end's reflection mirrors it).
+                let live = if x.len() + pad >= total { frames } else { ((x.len() + pad).div_ceil(hop) + 1).min(frames) };
+                let mut spec = self.log_mel(x, total, live, frames);
+                // Their power is 0, clamped to 1e-10.
+                for m in 0..c.n_mels {
+                    spec[m * frames + live..(m + 1) * frames].fill(-10.0);
+                }
+                normalise(&spec)
+            }
+            Padding::Features => {
+                // The audio and one hop of silence; the STFT's last frame is dropped, and the
+                // frame after the audio's own is not part of the content.
+                let len = x.len() + hop;
+                let computed = len / hop;
+                let content = computed.saturating_sub(1).min(frames);
+                let spec = self.log_mel(x, len, computed, computed);
+                let normed = normalise(&spec);
+                let mut out = vec![0.0f32; c.n_mels * frames];
+                for m in 0..c.n_mels {
+                    out[m * frames..m * frames + content].copy_from_slice(&normed[m * computed..m * computed + content]);
+                }
+                out
+            }
+        }
+    }
+
+    /// `log10` mel energies `[n_mels × stride]` of the first `count` STFT frames of `x`
+    /// followed by silence up to `len` samples, reflect-padded at both ends (the rest of
+    /// each row left at -inf).
+    fn log_mel(&self, x: &[f32], len: usize, count: usize, stride: usize) -> Vec<f64> {
+        let c = &self.config;
+        let (n_fft, hop, pad) = (c.n_fft, c.hop_length, c.n_fft / 2);
         let at = |i: usize| -> f64 {
             let j = i as i64 - pad as i64;
             let idx = if j < 0 {
                 -j
-            } else if j >= total as i64 {
-                2 * (total as i64 - 1) - j
+            } else if j >= len as i64 {
+                2 * (len as i64 - 1) - j
             } else {
                 j
             };
             x.get(idx as usize).map_or(0.0, |&v| v as f64)
         };
-        // Frames past this one only see the silence after the audio (reflect padding at the
-        // end mirrors that silence unless the audio fills the window).
-        let live = if x.len() + pad >= total { frames } else { ((x.len() + pad).div_ceil(hop) + 1).min(frames) };
-        let mut log_spec = vec![f64::NEG_INFINITY; c.n_mels * frames];
+        let mut spec = vec![f64::NEG_INFINITY; c.n_mels * stride];
         let mut buf = vec![Complex::new(0.0, 0.0); n_fft];
-        let mut power = vec![0.0f64; bins];
-        for f in 0..live {
+        let mut power = vec![0.0f64; n_fft / 2 + 1];
+        for f in 0..count {
             for (k, b) in buf.iter_mut().enumerate() {
                 *b = Complex::new(at(f * hop + k) * self.window[k], 0.0);
             }
@@ -121,16 +172,17 @@ impl FeatureExtractor {
             }
             for (m, filt) in self.filters.iter().enumerate() {
                 let e: f64 = filt.iter().zip(&power).map(|(w, p)| w * p).sum();
-                log_spec[m * frames + f] = e.max(1e-10).log10();
+                spec[m * stride + f] = e.max(1e-10).log10();
             }
         }
-        // Silent frames: power 0, clamped to 1e-10.
-        for m in 0..c.n_mels {
-            log_spec[m * frames + live..(m + 1) * frames].fill(-10.0);
-        }
-        let max = log_spec.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        log_spec.iter().map(|&v| ((v.max(max - 8.0) + 4.0) / 4.0) as f32).collect()
+        spec
     }
+}
+
+/// Floors at 8 below the maximum, then `(x + 4) / 4`.
+fn normalise(spec: &[f64]) -> Vec<f32> {
+    let max = spec.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    spec.iter().map(|&v| ((v.max(max - 8.0) + 4.0) / 4.0) as f32).collect()
 }
 
 #[cfg(test)]
@@ -153,6 +205,20 @@ mod tests {
         // After the audio, everything sits at the floor (max - 8).
         let floor = f.iter().copied().fold(f32::INFINITY, f32::min);
         assert!(f[2999] == floor && f[79 * 3000 + 2500] == floor);
+    }
+
+    #[test]
+    fn feature_padding_keeps_the_audio_frames_and_zeros_the_rest() {
+        let fe = FeatureExtractor::new(MelConfig::whisper(80));
+        let tone: Vec<f32> = (0..8000).map(|i| (i as f32 * 0.3).sin() * 0.2).collect();
+        let f = fe.extract_padded(&tone, Padding::Features);
+        // (8000 + 160) / 160 = 51 frames computed, the last dropped: 50 of content.
+        assert!(f[49] != 0.0 && f[50] == 0.0 && f[2999] == 0.0);
+        assert!(f.iter().all(|v| v.is_finite()));
+        // The audio's frames are the log-mel of the audio alone: away from its end they
+        // equal the other padding's up to the normalisation, which shares the maximum here.
+        let g = fe.extract(&tone);
+        assert!((f[10] - g[10]).abs() < 1e-5, "{} vs {}", f[10], g[10]);
     }
 
     #[test]
