@@ -281,3 +281,28 @@ fn tiny_en_transcribes_the_committed_clips_as_the_references_do() {
         assert_eq!(m.decode_text(&out).trim(), reference["clips"][clip]["faster_whisper_transcribe"].as_str().unwrap(), "{clip}");
     }
 }
+
+#[test]
+fn base_is_installed_joined_and_multilingual() {
+    use sluice::model::resolve::WHISPER_BASE_ID;
+    use sluice::model::tokenizer::Tokenizer;
+    use sluice::model::whisper::config::WhisperConfig;
+    use sluice::model::whisper::tokens::WhisperTokens;
+    let dir = resolve::resolve(Some(WHISPER_BASE_ID)).unwrap().path().to_owned();
+    assert_eq!(whisper::detect(&dir), Some(WhisperFormat::Ct2));
+    let m = Ct2Model::open(&dir.join("model.bin")).unwrap();
+    let cfg = WhisperConfig::from_ct2(&m).unwrap();
+    assert_eq!((cfg.d_model, cfg.encoder_layers, cfg.decoder_heads, cfg.vocab_size), (512, 6, 8, 51865));
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let tok = Tokenizer::from_hf_file(&dir.join("tokenizer.json"), None).unwrap();
+    let t = WhisperTokens::from_ct2(&config, &tok, cfg.vocab_size).unwrap();
+    assert!(t.multilingual);
+    assert_eq!((t.languages.len(), t.language("en"), t.language("German")), (99, Ok(Some(50259)), Ok(Some(50261))));
+    assert_eq!((t.sot, t.transcribe, t.translate, t.no_timestamps), (50258, Some(50359), Some(50358), 50363));
+}
+
+#[test]
+fn other_folders_are_not_whisper() {
+    let err = whisper::load(&fixture("tiny-llama"), "float32", Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("not a Whisper model folder"), "{err}");
+}
