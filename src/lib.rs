@@ -11,9 +11,11 @@
 //! - `engine`: scheduling, KV blocks, sequences, behind its own request/event types.
 //! - `model`: model files, tokenizer, chat template, forward pass. `sampling`: logits to
 //!   tokens. `guided`: constraints compiled to token masks. `detok`: incremental text.
+//!   `audio`: audio files to Whisper's log-mel features.
 //! - `pipeline`: the generic staged-dataflow runtime (channels, wiring, metrics).
 
 pub mod api;
+pub mod audio;
 pub mod batch;
 pub mod bench;
 pub mod cli;

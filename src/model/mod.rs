@@ -7,6 +7,7 @@ pub mod batch;
 pub mod bert;
 pub mod chat_template;
 pub mod config;
+pub mod ct2;
 pub mod decoder;
 pub mod decoder_pool;
 pub mod encoder;
@@ -28,6 +29,7 @@ pub mod rope;
 pub mod task;
 pub mod tokenizer;
 pub mod weights;
+pub mod whisper;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

