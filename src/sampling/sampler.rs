@@ -118,14 +118,20 @@ fn draw(logits: &Tensor, params: &[&SamplingParams], u: &[f32]) -> Vec<i64> {
         let probs = scaled.softmax(-1, Kind::Float);
         return pick(&probs, &u, None, r);
     }
-    // Work in descending order so each filter is a prefix of the row.
-    let (sorted, order) = scaled.sort(-1, true);
+    // Work in descending order so each filter is a prefix of the row. The sort is stable:
+    // equal logits stay in id order, so a tie at the top-p boundary keeps the lowest ids,
+    // as greedy's argmax does.
+    let (sorted, order) = scaled.sort_stable(true, -1, true);
     let vocab = sorted.size()[1];
-    let ranks = Tensor::arange(vocab, (Kind::Int64, dev)).unsqueeze(0);
-    let k = Tensor::from_slice(&params.iter().map(|p| if p.top_k == 0 { vocab } else { p.top_k as i64 }).collect::<Vec<_>>())
-        .to_device(dev)
-        .unsqueeze(1);
-    let mut masked = sorted.masked_fill(&ranks.ge_tensor(&k), f64::NEG_INFINITY);
+    // top-k keeps every token at least as likely as the k-th, so tokens tied with it stay
+    // too (vLLM and transformers compare with the k-th value, not the rank).
+    let k = Tensor::from_slice(
+        &params.iter().map(|p| if p.top_k == 0 { vocab } else { (p.top_k as i64).min(vocab) }).collect::<Vec<_>>(),
+    )
+    .to_device(dev)
+    .unsqueeze(1);
+    let kth = sorted.gather(1, &(k - 1), false);
+    let mut masked = sorted.masked_fill(&sorted.lt_tensor(&kth), f64::NEG_INFINITY);
     let probs = masked.softmax(-1, Kind::Float);
     // top-p: drop a token when the mass before it already reaches p (the first always stays).
     let before = probs.cumsum(-1, Kind::Float) - &probs;
