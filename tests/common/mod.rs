@@ -38,6 +38,11 @@ pub struct Server {
 impl Server {
     /// Starts `sluice serve` with `args` on a free port and waits until it answers.
     pub fn start(args: &[&str]) -> Server {
+        Self::try_start(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `start`, but a server that does not come up is an error holding its log.
+    pub fn try_start(args: &[&str]) -> Result<Server, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("serve").args(args).args(["--port", "0"]);
         cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
@@ -48,7 +53,7 @@ impl Server {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().expect("start sluice");
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run sluice serve {args:?}: {e}"))?;
         let stderr = child.stderr.take().expect("stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
@@ -56,7 +61,7 @@ impl Server {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log2.lock().unwrap().push_str(&format!("{line}\n"));
+                log2.lock().unwrap_or_else(|e| e.into_inner()).push_str(&format!("{line}\n"));
                 if let Some(at) = line.find("on http://") {
                     if let Some(t) = tx.take() {
                         let _ = t.send(line[at + 3..].trim().to_string());
@@ -64,37 +69,54 @@ impl Server {
                 }
             }
         });
-        let base = match rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(b) => b,
+        // Disconnected (the server exited) comes at once; a hung start-up after 180 s.
+        match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(base) => Ok(Server { child, base, log }),
             Err(_) => {
                 let _ = child.kill();
-                panic!("server did not start:\n{}", log.lock().unwrap());
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                Err(format!("sluice serve {args:?} did not start ({status}):\n{log}"))
             }
-        };
-        Server { child, base, log }
+        }
     }
 
     /// A server whose life is the test process's: started once, shared by a binary's tests.
+    /// Different servers start side by side; tests asking for one being started wait for
+    /// it. A server that fails to start fails every test that asks for it with the same
+    /// first error (its log), not with a poisoned lock.
     pub fn shared(args: &'static [&'static str]) -> &'static Server {
-        static SERVERS: std::sync::Mutex<Vec<(&'static [&'static str], &'static Server)>> =
-            std::sync::Mutex::new(Vec::new());
-        let mut all = SERVERS.lock().unwrap();
-        if let Some((_, s)) = all.iter().find(|(a, _)| *a == args) {
-            return s;
-        }
-        // Started from a thread that lives as long as the process: PDEATHSIG fires when the
-        // spawning thread exits.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let s: &'static Server = Box::leak(Box::new(Server::start(args)));
-            tx.send(s).unwrap();
-            loop {
-                std::thread::park();
+        type Slot = std::sync::Arc<std::sync::OnceLock<Result<&'static Server, String>>>;
+        static SERVERS: std::sync::Mutex<Vec<(&'static [&'static str], Slot)>> = std::sync::Mutex::new(Vec::new());
+        let slot = {
+            // Held only to find or add the slot: nothing in here can panic.
+            let mut all = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
+            match all.iter().find(|(a, _)| *a == args) {
+                Some((_, slot)) => slot.clone(),
+                None => {
+                    let slot = Slot::default();
+                    all.push((args, slot.clone()));
+                    slot
+                }
             }
+        };
+        let started = slot.get_or_init(|| {
+            // Started from a thread that lives as long as the process: PDEATHSIG fires when
+            // the spawning thread exits.
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let started = Server::try_start(args).map(|s| &*Box::leak(Box::new(s)));
+                let _ = tx.send(started);
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().unwrap_or_else(|_| Err(format!("the thread starting sluice serve {args:?} died")))
         });
-        let s = rx.recv().expect("server thread");
-        all.push((args, s));
-        s
+        match started {
+            Ok(s) => s,
+            Err(e) => panic!("shared server: {e}"),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
