@@ -183,6 +183,29 @@ pub fn floats(v: &Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
+/// The little-endian float32 values in a base64 string (what `encoding_format: base64`
+/// answers).
+pub fn base64_f32s(s: &str) -> Vec<f64> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let mut bytes = Vec::new();
+    for chunk in s.as_bytes().chunks(4) {
+        let pad = chunk.iter().filter(|&&c| c == b'=').count();
+        let n = chunk.iter().take(4 - pad).enumerate().fold(0u32, |n, (i, &c)| n | (val(c) << (18 - 6 * i)));
+        bytes.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    assert_eq!(bytes.len() % 4, 0, "{} bytes are not whole float32s", bytes.len());
+    bytes.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()
+}
+
 /// Reads a streamed response to its end, saying on `started` when its first bytes came.
 pub fn read_stream_signalling_start(mut r: reqwest::blocking::Response, started: &mpsc::Sender<()>) -> String {
     use std::io::Read;
