@@ -22,6 +22,13 @@ fn post(path: &str, body: &Value) -> (u16, Value) {
     (status, serde_json::from_str(&r.text().unwrap()).unwrap())
 }
 
+/// POSTs with the key and returns the body of a 200 (any other status fails the test).
+fn ok(path: &str, body: &Value) -> Value {
+    let (status, v) = post(path, body);
+    assert_eq!(status, 200, "{path} {body}: {v}");
+    v
+}
+
 fn post_raw(path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
     let r = Server::client()
         .post(server().url(path))
@@ -89,8 +96,8 @@ fn chat_stream_shape() {
 #[test]
 fn chat_content_parts_are_joined_for_a_string_template() {
     let parts = json!([{"type": "text", "text": "Hello!"}]);
-    let (_, a) = post("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user", "content": parts}], "max_tokens": 8, "temperature": 0}));
-    let (_, b) = post("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8, "temperature": 0}));
+    let a = ok("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user", "content": parts}], "max_tokens": 8, "temperature": 0}));
+    let b = ok("/v1/chat/completions", &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8, "temperature": 0}));
     assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
     assert_eq!(a["usage"], b["usage"]);
 }
@@ -98,7 +105,7 @@ fn chat_content_parts_are_joined_for_a_string_template() {
 #[test]
 fn stop_strings_end_the_choice_before_the_stop() {
     // Greedy continuation is " Paris.\n\nThe answer is: 2018-01-22 12:12:53."
-    let (_, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 30, "temperature": 0, "stop": ["answer"]}));
+    let body = ok("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 30, "temperature": 0, "stop": ["answer"]}));
     let c = &body["choices"][0];
     assert_eq!(c["text"], " Paris.\n\nThe ");
     assert_eq!(c["finish_reason"], "stop");
@@ -106,7 +113,7 @@ fn stop_strings_end_the_choice_before_the_stop() {
     // " Paris", ".", "\n", "\n", "The", " answer": counted up to the token that completed the stop.
     assert_eq!(body["usage"]["completion_tokens"], 6);
 
-    let (_, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 30, "temperature": 0, "stop": ["answer"], "include_stop_str_in_output": true}));
+    let body = ok("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 30, "temperature": 0, "stop": ["answer"], "include_stop_str_in_output": true}));
     assert_eq!(body["choices"][0]["text"], " Paris.\n\nThe answer");
 
     // Streamed: the same text, in pieces.
@@ -119,8 +126,8 @@ fn stop_strings_end_the_choice_before_the_stop() {
 #[test]
 fn seeded_sampling_repeats_and_n_gives_choices() {
     let req = json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 1.0, "seed": 1234, "n": 3, "ignore_eos": true});
-    let (_, a) = post("/v1/completions", &req);
-    let (_, b) = post("/v1/completions", &req);
+    let a = ok("/v1/completions", &req);
+    let b = ok("/v1/completions", &req);
     assert_eq!(a["choices"], b["choices"]);
     let texts: Vec<&str> = a["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap()).collect();
     assert_eq!(texts.len(), 3);
@@ -134,8 +141,8 @@ fn list_prompts_give_one_choice_each() {
     let texts = json!(["The capital of France is", "Once upon a time"]);
     // The first prompt's token ids, and the second's.
     let ids = json!([[504, 3575, 282, 4649, 314], [6403, 1980, 253, 655]]);
-    let (_, a) = post("/v1/completions", &json!({"model": MODEL, "prompt": texts, "max_tokens": 3, "temperature": 0}));
-    let (_, b) = post("/v1/completions", &json!({"model": MODEL, "prompt": ids, "max_tokens": 3, "temperature": 0}));
+    let a = ok("/v1/completions", &json!({"model": MODEL, "prompt": texts, "max_tokens": 3, "temperature": 0}));
+    let b = ok("/v1/completions", &json!({"model": MODEL, "prompt": ids, "max_tokens": 3, "temperature": 0}));
     assert_eq!(a["choices"].as_array().unwrap().len(), 2);
     assert_eq!(a["choices"], b["choices"]);
     assert_eq!(a["choices"][0]["text"], " Paris.\n");
@@ -144,7 +151,7 @@ fn list_prompts_give_one_choice_each() {
 
 #[test]
 fn echo_prepends_the_prompt() {
-    let (_, body) = post("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 2, "temperature": 0, "echo": true}));
+    let body = ok("/v1/completions", &json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 2, "temperature": 0, "echo": true}));
     assert_eq!(body["choices"][0]["text"], "The capital of France is Paris.");
 }
 
@@ -180,6 +187,38 @@ fn errors_are_openai_shaped_and_name_the_field() {
     // After all that, still serving.
     let (status, _) = post("/v1/completions", &json!({"model": MODEL, "prompt": "hi", "max_tokens": 1}));
     assert_eq!(status, 200);
+}
+
+/// Where sluice and vLLM agree on an error's status and `param` (README, "Errors beside
+/// vLLM's", read from vLLM's source), they must go on agreeing: clients branch on those.
+/// (`type` and `code` differ throughout: vLLM names exception classes and repeats the
+/// status, sluice uses OpenAI's types and codes.)
+#[test]
+fn errors_keep_the_status_and_param_vllm_gives() {
+    let chat = |extra: Value| {
+        let mut b = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let completion = |extra: Value| {
+        let mut b = json!({"model": MODEL, "prompt": "hi"});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let cases: Vec<(&str, &str, Value, u16, Value)> = vec![
+        ("unknown model", "/v1/completions", completion(json!({"model": "gpt-5"})), 404, json!("model")),
+        ("temperature below 0", "/v1/completions", completion(json!({"temperature": -1})), 400, json!("temperature")),
+        ("top_p above 1", "/v1/chat/completions", chat(json!({"top_p": 1.5})), 400, json!("top_p")),
+        ("max_tokens past the context", "/v1/completions", completion(json!({"max_tokens": 100000})), 400, json!("max_tokens")),
+        ("logprobs over --max-logprobs", "/v1/completions", completion(json!({"logprobs": 21})), 400, json!("logprobs")),
+        ("stream_options without stream", "/v1/chat/completions", chat(json!({"stream_options": {"include_usage": true}})), 400, json!("stream_options")),
+    ];
+    for (what, path, body, status, param) in cases {
+        let (got, e) = post(path, &body);
+        assert_eq!((got, &e["error"]["param"]), (status, &param), "{what}: {e}");
+    }
+    let (status, e) = post_raw("/v1/completions", "application/json", b"{\"model\": ".to_vec());
+    assert_eq!((status, &e["error"]["param"]), (400, &Value::Null), "a body that is not JSON: {e}");
 }
 
 #[test]
@@ -251,8 +290,9 @@ fn tokenize_and_detokenize() {
     assert_eq!(r["max_model_len"], 8192);
     assert_eq!(r["token_strs"][0], "<|im_start|>");
     assert_eq!(r["token_strs"].as_array().unwrap().len(), 14);
-    let (_, r) = post("/tokenize", &json!({"prompt": "hi"}));
-    assert!(r["token_strs"].is_null(), "the model is optional and token_strs only on request: {r}");
+    let r = ok("/tokenize", &json!({"prompt": "hi"}));
+    assert_eq!(r["count"], 1, "{r}");
+    assert!(r.get("token_strs").is_none_or(Value::is_null), "the model is optional and token_strs only on request: {r}");
 
     let (status, r) = post("/detokenize", &json!({"model": MODEL, "tokens": ids}));
     assert_eq!(status, 200, "{r}");
@@ -260,20 +300,21 @@ fn tokenize_and_detokenize() {
 
     // Messages are rendered with the chat template, as a chat completion would be.
     let messages = json!([{"role": "user", "content": "What is the capital of France?"}]);
-    let (_, t) = post("/tokenize", &json!({"model": MODEL, "messages": messages}));
-    let (_, c) = post("/v1/chat/completions", &json!({"model": MODEL, "messages": messages, "max_tokens": 1}));
+    let t = ok("/tokenize", &json!({"model": MODEL, "messages": messages}));
+    let c = ok("/v1/chat/completions", &json!({"model": MODEL, "messages": messages, "max_tokens": 1}));
+    assert!(t["count"].as_u64().is_some_and(|n| n > 20), "the template's system message and the question: {t}");
     assert_eq!(t["count"], c["usage"]["prompt_tokens"], "{t}");
 
     let (status, r) = post("/detokenize", &json!({"tokens": [99999999]}));
     assert_eq!((status, &r["error"]["param"]), (400, &json!("tokens")), "{r}");
     let (status, r) = post("/tokenize", &json!({"model": "gpt-5", "prompt": "hi"}));
     assert_eq!(status, 404, "{r}");
-    let (status, _) = post("/tokenize", &json!({}));
-    assert_eq!(status, 400);
+    let (status, r) = post("/tokenize", &json!({}));
+    assert_eq!(status, 400, "{r}");
     // The key guards them; /version and /ping stay open, like /health.
     let r = Server::client().post(server().url("/tokenize")).json(&json!({"prompt": "hi"})).send().unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    assert_eq!(server().get("/version").1["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(server().get("/version"), (200, json!({"version": env!("CARGO_PKG_VERSION")})));
     assert_eq!(server().get("/ping").0, 200);
 }
 
@@ -282,13 +323,16 @@ fn request_id_headers() {
     let s = Server::shared(&["--dtype", "float32", "--enable-request-id-headers"]);
     let body = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 1});
     let r = Server::client().post(s.url("/v1/completions")).header("X-Request-Id", "abc-123").json(&body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     assert_eq!(r.json::<Value>().unwrap()["id"], "cmpl-abc-123");
     let r = Server::client().post(s.url("/v1/completions")).json(&body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     let header = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(r.json::<Value>().unwrap()["id"], header.as_str(), "without one, the response id is the header");
     // Without the flag the id still follows the client's, but no header comes back.
     let r = Server::client().post(server().url("/v1/completions")).bearer_auth(KEY).header("X-Request-Id", "xyz").json(&body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     assert!(r.headers().get("x-request-id").is_none());
     assert_eq!(r.json::<Value>().unwrap()["id"], "cmpl-xyz");
 }
@@ -323,6 +367,7 @@ fn body_request_id_names_the_response_and_the_header_wins() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["id"], "cmpl-from-body");
     let r = Server::client().post(server().url("/v1/completions")).bearer_auth(KEY).header("X-Request-Id", "from-header").json(&body).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.json::<Value>().unwrap()["id"], "cmpl-from-header");
 }
 
@@ -381,6 +426,9 @@ fn openapi_document_and_root_path() {
     assert_eq!(doc, s.get("/openapi.json").1, "the document is the same with and without the prefix");
     let file: Value = serde_json::from_str(include_str!("../schemas/openapi.json")).unwrap();
     assert_eq!(doc["paths"], file["paths"], "the served document is schemas/openapi.json");
+    // Every documented route answers under the prefix: a GET (and POST /ping) with 200, any
+    // other POST, sent an empty object, with a 400 that says what was wrong — reached the
+    // handler, which refused the body.
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
             let url = s.url(&format!("/api{path}"));
@@ -393,7 +441,14 @@ fn openapi_document_and_root_path() {
             .unwrap();
             let status = r.status().as_u16();
             let body = r.text().unwrap();
-            assert!(!(status == 404 && body.contains("No route")), "{method} {path} is in the document but not served");
+            if method == "get" || path == "/ping" {
+                assert_eq!(status, 200, "{method} {path}: {body}");
+            } else {
+                assert_eq!(status, 400, "{method} {path} with {{}}: {body}");
+                let e: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {body}"));
+                assert_eq!(e["error"]["type"], "invalid_request_error", "{method} {path}: {e}");
+                assert!(e["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{method} {path}: {e}");
+            }
         }
     }
     let (status, models) = s.get("/api/v1/models");

@@ -117,29 +117,8 @@ fn token_ids_and_base64_give_the_same_vectors() {
 
     let b64 = embed(json!({"input": refs[1].text, "encoding_format": "base64"}));
     let s = b64["data"][0]["embedding"].as_str().expect("base64 is a string");
-    let bytes = decode_base64(s);
-    let v: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let v: Vec<f32> = common::base64_f32s(s).into_iter().map(|x| x as f32).collect();
     assert_close(&refs[1].id, &v, &refs[1].embedding);
-}
-
-fn decode_base64(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
-    };
-    let mut out = Vec::new();
-    for chunk in s.as_bytes().chunks(4) {
-        let pad = chunk.iter().filter(|&&c| c == b'=').count();
-        let n = chunk.iter().take(4 - pad).enumerate().fold(0u32, |n, (i, &c)| n | (val(c) << (18 - 6 * i)));
-        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
-    }
-    out
 }
 
 #[test]

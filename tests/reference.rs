@@ -2,11 +2,12 @@
 //! every prompt in tests/fixtures/reference (made with shared/oracle; regenerate.sh there):
 //! SmolLM2 from its GGUF, and tiny random-weight Llama, Qwen2 and Mistral folders
 //! (safetensors, tokenizer.json, chat_template.jinja; Qwen2 has Q/K/V biases, Mistral an
-//! untied lm_head).
+//! untied lm_head). The default dtype (bfloat16) is held to transformers in bfloat16, up to
+//! its near-ties.
 
 mod common;
 
-use common::greedy::check_model_item;
+use common::greedy::{check_model_item, generate, paired, reference_top};
 use common::{MODEL, Server, fixture};
 use serde_json::{Value, json};
 
@@ -33,11 +34,10 @@ fn check_item(server: &Server, prompt: &Value, item: &Value, stream: bool) {
 fn greedy_matches_transformers() {
     let server = Server::shared(ARGS);
     let reference = reference();
-    let items = reference["items"].as_array().unwrap();
     let prompts = prompts();
-    assert!(items.len() >= 8);
-    for (prompt, item) in prompts.iter().zip(items) {
-        assert_eq!(prompt["id"], item["id"]);
+    let pairs = paired(&prompts, &reference);
+    assert!(pairs.len() >= 8);
+    for (prompt, item) in pairs {
         check_item(server, prompt, item, false);
     }
 }
@@ -46,7 +46,8 @@ fn greedy_matches_transformers() {
 fn greedy_matches_transformers_when_streamed() {
     let server = Server::shared(ARGS);
     let reference = reference();
-    for (prompt, item) in prompts().iter().zip(reference["items"].as_array().unwrap()) {
+    let prompts = prompts();
+    for (prompt, item) in paired(&prompts, &reference) {
         check_item(server, prompt, item, true);
     }
 }
@@ -58,7 +59,7 @@ fn greedy_matches_transformers_concurrently() {
     let reference = reference();
     let prompts = prompts();
     std::thread::scope(|s| {
-        for (prompt, item) in prompts.iter().zip(reference["items"].as_array().unwrap()) {
+        for (prompt, item) in paired(&prompts, &reference) {
             s.spawn(move || check_item(server, prompt, item, false));
         }
     });
@@ -74,7 +75,7 @@ fn greedy_matches_transformers_under_preemption_and_chunked_prefill() {
     let reference = reference();
     let prompts = prompts();
     std::thread::scope(|s| {
-        for (prompt, item) in prompts.iter().zip(reference["items"].as_array().unwrap()) {
+        for (prompt, item) in paired(&prompts, &reference) {
             s.spawn(move || check_item(server, prompt, item, false));
         }
     });
@@ -86,8 +87,7 @@ fn check_tiny(args: &'static [&'static str], reference: &str) {
     let server = Server::shared(args);
     let reference = load(reference);
     let prompts: Vec<Value> = serde_json::from_value(load("tiny_prompts.json")).unwrap();
-    for (prompt, item) in prompts.iter().zip(reference["items"].as_array().unwrap()) {
-        assert_eq!(prompt["id"], item["id"]);
+    for (prompt, item) in paired(&prompts, &reference) {
         // Text from random weights can hold lone bytes: ids and logprobs are what count.
         check_model_item(server, "tiny", prompt, item, false, false, 2e-4);
     }
@@ -119,7 +119,7 @@ fn prompt_logprobs_match_transformers() {
     let server = Server::shared(ARGS);
     let reference = load("smollm2_f32_prompt_logprobs.json");
     let prompts: Vec<Value> = serde_json::from_value(load("smollm2_prompt_logprobs_prompts.json")).unwrap();
-    for (prompt, item) in prompts.iter().zip(reference["items"].as_array().unwrap()) {
+    for (prompt, item) in paired(&prompts, &reference) {
         let name = item["id"].as_str().unwrap();
         let chat = prompt.get("messages").is_some();
         let mut body = json!({"model": MODEL, "temperature": 0, "max_tokens": 1, "prompt_logprobs": 5});
@@ -148,7 +148,12 @@ fn prompt_logprobs_match_transformers() {
                 let slack = if wrank <= 5 { 0 } else { wrank / 100 + 1 };
                 assert!(rank.abs_diff(wrank) <= slack, "{name} ({attempt}) token {i}: rank {rank} vs {wrank}");
                 // The four most likely alternatives (the fifth may swap with a near-tie).
-                for alt in w["top_logprobs"].as_array().unwrap().iter().take(4) {
+                let alts = w["top_logprobs"].as_array().unwrap();
+                assert_eq!(alts.len(), 5, "{name}: the reference's top 5 at {i}");
+                // vLLM's shape: the top 5, and the prompt's own token when it is not among them.
+                let entries = g.as_object().map_or(0, |o| o.len());
+                assert_eq!(entries, if rank <= 5 { 5 } else { 6 }, "{name} ({attempt}) token {i}: {g}");
+                for alt in alts.iter().take(4) {
                     let e = &g[alt["token_id"].to_string()];
                     let (a, wa) = (e["logprob"].as_f64(), alt["logprob"].as_f64().unwrap());
                     assert!(a.is_some_and(|a| (a - wa).abs() < 2e-4), "{name} ({attempt}) token {i}: {alt} vs {g}");
@@ -156,4 +161,80 @@ fn prompt_logprobs_match_transformers() {
             }
         }
     }
+}
+
+/// `--dtype auto` serves bfloat16 on the CPU; transformers in bfloat16 is its reference
+/// (smollm2_bf16_greedy.json). bf16 logits are coarse — at these magnitudes a step is 1/16
+/// to 1/8 of a nat, so the top two often tie or nearly tie, and transformers' own cached
+/// and uncached passes differ by up to 0.64 in a logprob — so a prompt's tokens must equal
+/// the reference's to the end, or up to a step where the reference's top two were within
+/// NEAR_TIE (there, another rounding may take the other one); up to that step every
+/// logprob within BF16_LOGPROB, and their mean within BF16_LOGPROB_MEAN.
+const NEAR_TIE: f64 = 0.25;
+/// Seen: 0.21 at most.
+const BF16_LOGPROB: f64 = 0.3;
+/// Seen: 0.02 to 0.04 per prompt.
+const BF16_LOGPROB_MEAN: f64 = 0.08;
+
+#[test]
+fn the_default_dtype_matches_transformers_in_bfloat16() {
+    let server = Server::shared(&[]);
+    let reference = load("smollm2_bf16_greedy.json");
+    assert_eq!(reference["meta"]["dtype"], "bfloat16");
+    let float32 = self::reference();
+    let prompts = prompts();
+    let f32_items = float32["items"].as_array().unwrap();
+    let (mut compared, mut whole, mut off_f32, mut vs_f32) = (0, 0, 0.0, 0);
+    for ((prompt, item), f32_item) in paired(&prompts, &reference).into_iter().zip(f32_items) {
+        assert_eq!(item["id"], f32_item["id"]);
+        let name = item["id"].as_str().unwrap();
+        let want: Vec<u32> = item["output_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let margins = common::floats(&item["margins"]);
+        let want_lp = common::floats(&item["output_logprobs"]);
+        assert_eq!((margins.len(), want_lp.len()), (want.len(), want.len()), "{name}: the reference's lists");
+        let got = generate(server, MODEL, prompt, name, want.len(), false);
+        assert_eq!(got.tokens.len(), got.usage["completion_tokens"].as_u64().unwrap() as usize, "{name}");
+        let same = got.tokens.iter().zip(&want).take_while(|(g, w)| g.0 == **w).count();
+        if same < want.len() {
+            assert!(
+                margins[same] <= NEAR_TIE,
+                "{name}: token {same} is {:?}, transformers' is {} with a margin of {} over the next (not a near-tie)",
+                got.tokens.get(same).map(|t| t.0),
+                want[same],
+                margins[same]
+            );
+        } else {
+            whole += 1;
+            assert_eq!(got.finish, item["finish_reason"], "{name}");
+            assert_eq!(got.usage["prompt_tokens"], item["num_prompt_tokens"], "{name}");
+        }
+        let mut sum = 0.0;
+        for (i, t) in got.tokens[..same].iter().enumerate() {
+            assert!((t.1 - want_lp[i]).abs() < BF16_LOGPROB, "{name}: logprob {i}: {} vs {}", t.1, want_lp[i]);
+            sum += (t.1 - want_lp[i]).abs();
+            // The reference's best alternative is among ours, unless it was a near-tie.
+            let alt = reference_top(item, i)[1];
+            assert!(
+                margins[i] <= NEAR_TIE || t.2.iter().any(|a| a.0 == alt.0),
+                "{name}: transformers' second choice {alt:?} at {i} is not in our top 5 {:?}",
+                t.2
+            );
+        }
+        let mean = if same == 0 { 0.0 } else { sum / same as f64 };
+        assert!(mean < BF16_LOGPROB_MEAN, "{name}: mean logprob error {mean}");
+        compared += same;
+        // Where the float32 reference took the same tokens, its logprobs are float32's:
+        // ours must be bfloat16's, further off than float32 noise (2e-4).
+        let f32_lp = common::floats(&f32_item["output_logprobs"]);
+        let f32_ids = f32_item["output_token_ids"].as_array().unwrap();
+        for (i, t) in got.tokens.iter().enumerate().take_while(|(i, t)| f32_ids.get(*i).and_then(Value::as_u64) == Some(t.0 as u64)) {
+            off_f32 += (t.1 - f32_lp[i]).abs();
+            vs_f32 += 1;
+        }
+    }
+    let total: usize = reference["items"].as_array().unwrap().iter().map(|i| i["output_token_ids"].as_array().unwrap().len()).sum();
+    // Seen: 232 of 318 tokens, 6 of 10 prompts whole.
+    assert!(compared * 2 >= total, "only {compared} of {total} tokens compared before a near-tie");
+    assert!(whole >= 3, "only {whole} prompts agree to the end");
+    assert!(vs_f32 > 50 && off_f32 / vs_f32 as f64 > 5e-3, "served logprobs are float32's ({off_f32} over {vs_f32} tokens): --dtype auto should serve bfloat16");
 }

@@ -20,11 +20,15 @@ const POOLING_STAGES: [&str; 4] = ["pool_decode", "pool_tokenize", "encode", "po
 /// Stages that take a request in one item, one after another, before the engine's last
 /// token: their times lie inside the request's life without overlapping.
 const SEQUENTIAL: [&str; 5] = ["decode", "render", "tokenize", "guide", "engine"];
-/// Rounding: every figure is rounded to the microsecond.
+/// Rounding: every figure is rounded to the microsecond, so a sum of a dozen of them may
+/// be off by 0.006 ms. No other slack: every comparison below holds by construction, since
+/// the figures are differences of instants on one monotonic clock taken in an order the
+/// pipeline fixes (a stage's share ends at the instant it hands the item on, which is the
+/// instant the next stage's queue wait starts; the engine's share ends when it hands on the
+/// last token, after that token's milestone; the answer's figures are taken when it is
+/// written, after all of those). However long a thread is descheduled between two of them,
+/// the order holds.
 const ROUNDING_MS: f64 = 0.01;
-/// A request's share of a stage's service ends when the item is handed on, so sequential
-/// stages do not overlap; what remains is timer granularity between threads.
-const SLACK_MS: f64 = 1.0;
 
 fn events(server: &Server, path: &str, body: &Value) -> Vec<Value> {
     let all = server.post_sse(path, body);
@@ -62,19 +66,21 @@ fn check_preempted(m: &Value, stages: &[&str], generates: bool, preemptions: u64
         }
     }
     if generates {
-        assert!(chain <= e2e + SLACK_MS, "decode..engine add up to {chain} ms, more than e2e: {m}");
+        assert!(chain <= e2e + ROUNDING_MS, "decode..engine add up to {chain} ms, more than e2e: {m}");
         let (queue, ttft, prefill, decode) = (num(m, "queue_ms"), num(m, "ttft_ms"), num(m, "prefill_ms"), num(m, "decode_ms"));
         assert!(queue >= 0.0 && prefill >= 0.0 && decode >= 0.0, "{m}");
         assert!(ttft <= e2e, "ttft after e2e: {m}");
         assert!(queue + prefill <= ttft + ROUNDING_MS, "{m}");
         assert!(ttft + decode <= e2e + ROUNDING_MS, "{m}");
-        // The engine's service runs from admission to the last token: queue, prefill, decode.
+        // The engine's service runs from admission to handing on the last token: its queue,
+        // prefill and decode (admission to the last token's milestone), and then the hand-off
+        // itself, which the chain above bounds.
         let engine = num(&m["stages"]["engine"], "service_ms");
-        assert!((engine - (queue + prefill + decode)).abs() <= 1.0, "engine {engine} vs its parts: {m}");
+        assert!(engine + ROUNDING_MS >= queue + prefill + decode, "engine {engine} shorter than its parts: {m}");
         assert_eq!(m["num_preemptions"], preemptions, "{m}");
     } else {
         let total: f64 = per_stage.values().map(|s| num(s, "queue_ms") + num(s, "service_ms")).sum();
-        assert!(total <= e2e + SLACK_MS, "stages add up to {total} ms, more than e2e: {m}");
+        assert!(total <= e2e + ROUNDING_MS, "stages add up to {total} ms, more than e2e: {m}");
         for k in ["queue_ms", "ttft_ms", "prefill_ms", "decode_ms", "num_preemptions"] {
             assert!(m.get(k).is_none(), "a pooling answer has no {k}: {m}");
         }

@@ -48,6 +48,7 @@ fn check_rows(s: &Server, refs: &[Value], width: usize) {
         assert_eq!(d["object"], "pooling");
         let (got, want) = (rows(&d["data"]), rows(&r["rows"]));
         assert_eq!(got.len(), r["token_ids"].as_array().unwrap().len(), "{}: one row per token", r["id"]);
+        assert_eq!(got.len(), want.len(), "{}: as many rows as the reference", r["id"]);
         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(g.len(), width);
             assert_close(&format!("{} token {k}", r["id"]), g, w, 1e-4);
@@ -67,7 +68,8 @@ fn task_reward_on_a_causal_lm_returns_every_tokens_hidden_state() {
     let alone = ok(s, "/pooling", json!({"input": [r["token_ids"]]}));
     assert_close("alone", &rows(&alone["data"][0]["data"]).concat(), &rows(&r["rows"]).concat(), 1e-4);
     let b64 = ok(s, "/pooling", json!({"input": r["text"], "encoding_format": "base64"}));
-    assert!(b64["data"][0]["data"].is_string(), "{b64}");
+    let packed = b64["data"][0]["data"].as_str().unwrap_or_else(|| panic!("base64 is a string: {b64}"));
+    assert_close("base64", &common::base64_f32s(packed), &rows(&r["rows"]).concat(), 1e-4);
 
     // Only /pooling: the other pooling APIs and generation are 400s naming the task.
     for (path, body) in [
@@ -100,8 +102,10 @@ fn a_qwen2_process_reward_model_scores_the_step_tokens() {
     let s = start("tiny-qwen2-prm", &["--dtype", "float32", "--override-pooler-config", r#"{"step_tag_id": 30}"#]);
     let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let v = ok(s, "/pooling", json!({"input": texts}));
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), refs.len(), "one answer per input: {v}");
     let mut steps = 0;
-    for (d, r) in v["data"].as_array().unwrap().iter().zip(&refs) {
+    for (d, r) in data.iter().zip(&refs) {
         let (got, want) = (rows(&d["data"]), rows(&r["rows"]));
         assert_eq!(got.len(), want.len(), "{}: one row per step token", r["id"]);
         for (g, w) in got.iter().zip(&want) {
@@ -111,9 +115,28 @@ fn a_qwen2_process_reward_model_scores_the_step_tokens() {
     }
     assert!(steps >= 3, "the texts have step tokens");
 
+    // The labels kept, in the order asked for: both, swapped, are the reference's columns
+    // swapped; one alone is softmaxed by itself (vLLM selects, then applies the softmax),
+    // one row of [1.0] per step token.
+    let s = start("tiny-qwen2-prm", &["--dtype", "float32", "--pooler-config", r#"{"step_tag_id": 30, "returned_token_ids": [1, 0]}"#]);
+    let v = ok(s, "/pooling", json!({"input": texts}));
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), refs.len(), "one answer per input: {v}");
+    for (d, r) in data.iter().zip(&refs) {
+        let (got, want) = (rows(&d["data"]), rows(&r["rows"]));
+        assert_eq!(got.len(), want.len(), "{}: one row per step token", r["id"]);
+        for (g, w) in got.iter().zip(&want) {
+            assert_close(&format!("{} swapped", r["id"]), g, &[w[1], w[0]], 1e-4);
+        }
+    }
     let s = start("tiny-qwen2-prm", &["--dtype", "float32", "--pooler-config", r#"{"step_tag_id": 30, "returned_token_ids": [1]}"#]);
-    let v = ok(s, "/pooling", json!({"input": texts[2]}));
-    assert_eq!(rows(&v["data"][0]["data"]), vec![vec![1.0]], "softmax over the one label kept");
+    let v = ok(s, "/pooling", json!({"input": texts}));
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), refs.len(), "one answer per input: {v}");
+    for (d, r) in data.iter().zip(&refs) {
+        let steps = rows(&r["rows"]).len();
+        assert_eq!(rows(&d["data"]), vec![vec![1.0]; steps], "{}: softmax over the one label kept", r["id"]);
+    }
 
     let prm = fixture("tiny-qwen2-prm");
     for (arg, want) in [
@@ -147,7 +170,9 @@ fn classifier_from_token_two_way_softmax_scores_like_the_lm_head() {
     let (singles, pairs): (Vec<&Value>, Vec<&Value>) = refs.iter().partition(|r| r["text_pair"].is_null());
     let texts: Vec<&str> = singles.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let v = ok(s, "/classify", json!({"input": texts}));
-    for (d, r) in v["data"].as_array().unwrap().iter().zip(&singles) {
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), singles.len(), "one answer per input: {v}");
+    for (d, r) in data.iter().zip(&singles) {
         assert_eq!(d["num_classes"], 1);
         check_probs(&format!("classify {}", r["id"]), &floats(&d["probs"]), r);
     }
@@ -159,17 +184,27 @@ fn classifier_from_token_two_way_softmax_scores_like_the_lm_head() {
     let query = pairs[0]["text"].as_str().unwrap();
     let same: Vec<&&Value> = pairs.iter().filter(|p| p["text"] == query).collect();
     let docs: Vec<&str> = same.iter().map(|p| p["text_pair"].as_str().unwrap()).collect();
+    assert!(docs.len() >= 2, "the reference scores one query against several documents");
     let v = ok(s, "/score", json!({"text_1": query, "text_2": docs}));
-    for (d, r) in v["data"].as_array().unwrap().iter().zip(&same) {
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), same.len(), "one score per pair: {v}");
+    for (k, (d, r)) in data.iter().zip(&same).enumerate() {
+        assert_eq!(d["index"], k, "{v}");
         check_probs(&format!("score {}", r["id"]), &[d["score"].as_f64().unwrap()], r);
     }
     let tokens: usize = same.iter().map(|r| r["input_ids"].as_array().unwrap().len()).sum();
     assert_eq!(v["usage"]["prompt_tokens"], tokens);
     let v = ok(s, "/rerank", json!({"query": query, "documents": docs}));
-    for res in v["results"].as_array().unwrap() {
+    let results = v["results"].as_array().unwrap();
+    let mut indices: Vec<u64> = results.iter().map(|res| res["index"].as_u64().unwrap()).collect();
+    let scores: Vec<f64> = results.iter().map(|res| res["relevance_score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "results best first: {v}");
+    for res in results {
         let r = same[res["index"].as_u64().unwrap() as usize];
         check_probs(&format!("rerank {}", r["id"]), &[res["relevance_score"].as_f64().unwrap()], r);
     }
+    indices.sort();
+    assert_eq!(indices, (0..docs.len() as u64).collect::<Vec<_>>(), "every document ranked once: {v}");
 }
 
 #[test]
@@ -182,7 +217,9 @@ fn classifier_from_token_without_post_processing_keeps_each_tokens_logit() {
     let singles: Vec<&Value> = refs.iter().filter(|r| r["text_pair"].is_null()).collect();
     let texts: Vec<&str> = singles.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let v = ok(s, "/classify", json!({"input": texts}));
-    for (d, r) in v["data"].as_array().unwrap().iter().zip(&singles) {
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), singles.len(), "one answer per input: {v}");
+    for (d, r) in data.iter().zip(&singles) {
         assert_eq!(d["num_classes"], 3);
         let probs = floats(&d["probs"]);
         check_probs(&format!("classify {}", r["id"]), &probs, r);

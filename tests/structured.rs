@@ -40,9 +40,9 @@ fn complete(prompt: &str, n: usize, seed: u64, max_tokens: usize, extra: Value) 
     body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     let (status, r) = server().post("/v1/completions", &body);
     assert_eq!(status, 200, "{r}");
-    r["choices"]
-        .as_array()
-        .unwrap()
+    let choices = r["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), n, "{r}");
+    choices
         .iter()
         .map(|c| (c["text"].as_str().unwrap().to_string(), c["finish_reason"].as_str().unwrap().to_string()))
         .collect()
@@ -281,7 +281,8 @@ fn streaming_choices_each_follow_the_constraint() {
     let mut plain = body.clone();
     plain["stream"] = json!(false);
     let (status, r) = server().post("/v1/chat/completions", &plain);
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"].as_array().map(Vec::len), Some(3), "{r}");
     let validator = jsonschema::validator_for(&schema).unwrap();
     for i in 0..3 {
         assert_eq!(finishes[i].as_deref(), Some("stop"));

@@ -13,7 +13,7 @@ pub struct SamplingParams {
     pub temperature: f32,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
     pub top_p: f32,
-    /// Keep only the k most likely tokens; 0 keeps all.
+    /// Keep only the k most likely tokens (and any tied with the k-th); 0 keeps all.
     pub top_k: usize,
     /// Drop tokens less likely than this fraction of the most likely one.
     pub min_p: f32,

@@ -118,14 +118,20 @@ fn draw(logits: &Tensor, params: &[&SamplingParams], u: &[f32]) -> Vec<i64> {
         let probs = scaled.softmax(-1, Kind::Float);
         return pick(&probs, &u, None, r);
     }
-    // Work in descending order so each filter is a prefix of the row.
-    let (sorted, order) = scaled.sort(-1, true);
+    // Work in descending order so each filter is a prefix of the row. The sort is stable:
+    // equal logits stay in id order, so a tie at the top-p boundary keeps the lowest ids,
+    // as greedy's argmax does.
+    let (sorted, order) = scaled.sort_stable(true, -1, true);
     let vocab = sorted.size()[1];
-    let ranks = Tensor::arange(vocab, (Kind::Int64, dev)).unsqueeze(0);
-    let k = Tensor::from_slice(&params.iter().map(|p| if p.top_k == 0 { vocab } else { p.top_k as i64 }).collect::<Vec<_>>())
-        .to_device(dev)
-        .unsqueeze(1);
-    let mut masked = sorted.masked_fill(&ranks.ge_tensor(&k), f64::NEG_INFINITY);
+    // top-k keeps every token at least as likely as the k-th, so tokens tied with it stay
+    // too (vLLM and transformers compare with the k-th value, not the rank).
+    let k = Tensor::from_slice(
+        &params.iter().map(|p| if p.top_k == 0 { vocab } else { (p.top_k as i64).min(vocab) }).collect::<Vec<_>>(),
+    )
+    .to_device(dev)
+    .unsqueeze(1);
+    let kth = sorted.gather(1, &(k - 1), false);
+    let mut masked = sorted.masked_fill(&sorted.lt_tensor(&kth), f64::NEG_INFINITY);
     let probs = masked.softmax(-1, Kind::Float);
     // top-p: drop a token when the mass before it already reaches p (the first always stays).
     let before = probs.cumsum(-1, Kind::Float) - &probs;
@@ -175,6 +181,58 @@ mod tests {
         SampleRow { params, uniform, ctx: RowContext { prompt: &[], output: &[], banned: vec![], mask: None } }
     }
 
+    /// Five tokens whose ids are not in the order of their probabilities: by rank the ids
+    /// are 2 (0.40), 3 (0.25), 4 (0.20), 0 (0.10), 1 (0.05). Every cut below lies at least
+    /// 0.05 away from a boundary, far beyond float rounding.
+    const P: [f64; 5] = [0.10, 0.05, 0.40, 0.25, 0.20];
+    /// Ties: 1 (0.3), then 0, 3 and 4 (0.2 each), then 2 (0.1).
+    const TIES: [f64; 5] = [0.2, 0.3, 0.1, 0.2, 0.2];
+    const ALL: [usize; 5] = [0, 1, 2, 3, 4];
+
+    /// Logits whose softmax is `probs`.
+    fn logits_of(probs: &[f64]) -> Vec<f32> {
+        probs.iter().map(|p| p.ln() as f32).collect()
+    }
+
+    /// Rows of the uniform sweep in `measured`.
+    const SWEEP: usize = 5_000;
+
+    /// The distribution `sample` draws from for one row of `logits` under `p`, measured
+    /// without randomness: SWEEP rows whose uniforms are evenly spaced over [0, 1). The
+    /// draw is an inverse CDF, so the share of rows that land on a token is its
+    /// probability to within 1/SWEEP.
+    fn measured(logits: &[f32], p: &SamplingParams) -> Vec<f64> {
+        let v = logits.len() as i64;
+        let t = Tensor::from_slice(logits).view([1, v]).expand([SWEEP as i64, v], false).contiguous();
+        let rows: Vec<SampleRow> = (0..SWEEP).map(|i| row(p, (i as f32 + 0.5) / SWEEP as f32)).collect();
+        let mut counts = vec![0usize; logits.len()];
+        for s in sample(&t, &rows) {
+            counts[s.token as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / SWEEP as f64).collect()
+    }
+
+    /// The closed form: softmax(logits / t) over the tokens in `kept`, zero elsewhere.
+    fn closed_form(logits: &[f32], t: f64, kept: &[usize]) -> Vec<f64> {
+        let z: f64 = kept.iter().map(|&i| (logits[i] as f64 / t).exp()).sum();
+        (0..logits.len()).map(|i| if kept.contains(&i) { (logits[i] as f64 / t).exp() / z } else { 0.0 }).collect()
+    }
+
+    /// The sampler draws exactly the tokens in `kept`, with the closed form's
+    /// probabilities at temperature `p.temperature`.
+    fn assert_draws(what: &str, probs: &[f64], p: &SamplingParams, kept: &[usize]) {
+        let logits = logits_of(probs);
+        let got = measured(&logits, p);
+        let drawn: Vec<usize> = (0..got.len()).filter(|&i| got[i] > 0.0).collect();
+        let mut want_set = kept.to_vec();
+        want_set.sort();
+        assert_eq!(drawn, want_set, "{what}: the kept set (measured {got:?})");
+        let want = closed_form(&logits, p.temperature as f64, kept);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 2.0 / SWEEP as f64 + 1e-6, "{what}: token {i}: {g} vs {w} (all: {got:?} vs {want:?})");
+        }
+    }
+
     #[test]
     fn greedy_takes_argmax_and_reports_logprobs() {
         let logits = Tensor::from_slice(&[0.0f32, 3.0, 1.0, 2.0]).view([1, 4]);
@@ -189,15 +247,123 @@ mod tests {
     }
 
     #[test]
-    fn top_k_one_is_greedy_and_top_p_keeps_the_head() {
-        let logits = Tensor::from_slice(&[0.0f32, 5.0, 4.9, -1.0]).view([1, 4]);
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        for _ in 0..20 {
-            assert_eq!(one(&logits, &SamplingParams { top_k: 1, ..params(1.0) }, &mut rng).token, 1);
-            let t = one(&logits, &SamplingParams { top_p: 0.6, ..params(1.0) }, &mut rng).token;
-            assert!(t == 1 || t == 2, "{t}");
-            let t = one(&logits, &SamplingParams { min_p: 0.5, ..params(1.0) }, &mut rng).token;
-            assert!(t == 1 || t == 2, "{t}");
+    fn top_k_keeps_the_k_most_likely() {
+        for (k, kept) in [(1, &[2][..]), (2, &[2, 3]), (3, &[2, 3, 4]), (4, &[2, 3, 4, 0]), (5, &ALL), (9, &ALL)] {
+            assert_draws(&format!("top_k {k}"), &P, &SamplingParams { top_k: k, ..params(1.0) }, kept);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_head_that_reaches_p() {
+        // The mass before each token by rank: 0, 0.40, 0.65, 0.85, 0.95.
+        for (top_p, kept) in [(0.3, &[2][..]), (0.5, &[2, 3]), (0.7, &[2, 3, 4]), (0.9, &[2, 3, 4, 0]), (0.99, &ALL)] {
+            assert_draws(&format!("top_p {top_p}"), &P, &SamplingParams { top_p, ..params(1.0) }, kept);
+        }
+    }
+
+    #[test]
+    fn min_p_drops_what_is_less_likely_than_a_share_of_the_best() {
+        // The best is 0.40: min_p 0.55 cuts at 0.22, 0.3 at 0.12, 0.2 at 0.08, 0.1 at 0.04.
+        for (min_p, kept) in [(1.0, &[2][..]), (0.55, &[2, 3]), (0.3, &[2, 3, 4]), (0.2, &[2, 3, 4, 0]), (0.1, &ALL)] {
+            assert_draws(&format!("min_p {min_p}"), &P, &SamplingParams { min_p, ..params(1.0) }, kept);
+        }
+    }
+
+    #[test]
+    fn ties_at_a_boundary() {
+        // top-k keeps every token tied with the k-th (vLLM and transformers compare with
+        // the k-th value): k = 2 keeps all three 0.2s.
+        for (k, kept) in [(1, &[1][..]), (2, &[1, 0, 3, 4]), (4, &[1, 0, 3, 4]), (5, &ALL)] {
+            assert_draws(&format!("tied top_k {k}"), &TIES, &SamplingParams { top_k: k, ..params(1.0) }, kept);
+        }
+        // top-p keeps the smallest head that reaches p; among equals, the lowest ids first.
+        // The mass before each token: 0, 0.3, 0.5, 0.7, 0.9.
+        for (top_p, kept) in [(0.2, &[1][..]), (0.4, &[1, 0]), (0.6, &[1, 0, 3]), (0.8, &[1, 0, 3, 4])] {
+            assert_draws(&format!("tied top_p {top_p}"), &TIES, &SamplingParams { top_p, ..params(1.0) }, kept);
+        }
+        // min-p keeps or drops equals together (the cut at 0.21 or 0.18).
+        for (min_p, kept) in [(0.7, &[1][..]), (0.6, &[1, 0, 3, 4])] {
+            assert_draws(&format!("tied min_p {min_p}"), &TIES, &SamplingParams { min_p, ..params(1.0) }, kept);
+        }
+        // A tie for the best: top_k 1 and min_p 1 keep both, top_p keeps the lower id.
+        let best = [0.4, 0.4, 0.2];
+        assert_draws("top_k 1, tied best", &best, &SamplingParams { top_k: 1, ..params(1.0) }, &[0, 1]);
+        assert_draws("min_p 1, tied best", &best, &SamplingParams { min_p: 1.0, ..params(1.0) }, &[0, 1]);
+        assert_draws("top_p 0.3, tied best", &best, &SamplingParams { top_p: 0.3, ..params(1.0) }, &[0]);
+    }
+
+    #[test]
+    fn top_p_applies_to_what_top_k_kept() {
+        // top_k 3 leaves 0.40, 0.25, 0.20, renormalised to 0.47, 0.29, 0.24: the mass
+        // before the third is 0.76, so top_p 0.7 drops it (over the full row it would be
+        // 0.65, and kept).
+        assert_draws("top_k 3 + top_p 0.7", &P, &SamplingParams { top_k: 3, top_p: 0.7, ..params(1.0) }, &[2, 3]);
+    }
+
+    #[test]
+    fn temperature_scales_the_logits_before_any_filter() {
+        for t in [0.5, 1.0, 2.0] {
+            assert_draws(&format!("T {t}"), &P, &params(t), &ALL);
+            assert_draws(&format!("T {t}, top_k 3"), &P, &SamplingParams { top_k: 3, ..params(t) }, &[2, 3, 4]);
+        }
+        // top_p 0.55: at T 0.5 the best alone holds 0.58; at T 1, 0.40 + 0.25; at T 2 the
+        // row is flatter (0.30, 0.24, 0.21, ...) and three tokens are needed.
+        assert_draws("T 0.5, top_p 0.55", &P, &SamplingParams { top_p: 0.55, ..params(0.5) }, &[2]);
+        assert_draws("T 1, top_p 0.55", &P, &SamplingParams { top_p: 0.55, ..params(1.0) }, &[2, 3]);
+        assert_draws("T 2, top_p 0.55", &P, &SamplingParams { top_p: 0.55, ..params(2.0) }, &[2, 3, 4]);
+        // min_p is relative to the best after temperature: at T 2 the 0.10 token holds
+        // 0.149 against the best's 0.298, so min_p 0.45 (a cut at 0.134) keeps it; at T 1
+        // the cut is 0.18 and it goes.
+        assert_draws("T 2, min_p 0.45", &P, &SamplingParams { min_p: 0.45, ..params(2.0) }, &[2, 3, 4, 0]);
+        assert_draws("T 1, min_p 0.45", &P, &SamplingParams { min_p: 0.45, ..params(1.0) }, &[2, 3, 4]);
+    }
+
+    /// `n` seeded draws as the engine makes them (each row its own uniform, from one
+    /// ChaCha8 stream), counted per token.
+    fn seeded_counts(probs: &[f64], p: &SamplingParams, seed: u64, n: usize) -> Vec<usize> {
+        let logits = logits_of(probs);
+        let v = logits.len() as i64;
+        let t = Tensor::from_slice(&logits).view([1, v]).expand([n as i64, v], false).contiguous();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let rows: Vec<SampleRow> = (0..n).map(|_| row(p, rng.random())).collect();
+        let mut counts = vec![0usize; logits.len()];
+        for s in sample(&t, &rows) {
+            counts[s.token as usize] += 1;
+        }
+        counts
+    }
+
+    /// Seeded draws: tokens outside `kept` never come, and the counts of the kept ones fit
+    /// the closed form. The chi-square bound of 40 (at most 4 degrees of freedom) is passed
+    /// by a correct sampler with probability above 1 - 1e-7 for any seed; a sampler that
+    /// ignored a filter here would draw the removed tokens (at least 15% of the mass)
+    /// about 1,500 times, and one that cut a kept token (at least 5%) would miss about 500
+    /// expected draws.
+    #[test]
+    fn seeded_draws_follow_the_filtered_distribution() {
+        const N: usize = 10_000;
+        let cases: [(&str, SamplingParams, &[usize]); 7] = [
+            ("T 1", params(1.0), &ALL),
+            ("top_k 2", SamplingParams { top_k: 2, ..params(1.0) }, &[2, 3]),
+            ("top_p 0.5", SamplingParams { top_p: 0.5, ..params(1.0) }, &[2, 3]),
+            ("min_p 0.3", SamplingParams { min_p: 0.3, ..params(1.0) }, &[2, 3, 4]),
+            ("T 2", params(2.0), &ALL),
+            ("T 0.5", params(0.5), &ALL),
+            ("T 2, top_p 0.55", SamplingParams { top_p: 0.55, ..params(2.0) }, &[2, 3, 4]),
+        ];
+        for (seed, (what, p, kept)) in cases.iter().enumerate() {
+            let counts = seeded_counts(&P, p, 100 + seed as u64, N);
+            let want = closed_form(&logits_of(&P), p.temperature as f64, kept);
+            let mut chi2 = 0.0;
+            for (i, &c) in counts.iter().enumerate() {
+                if kept.contains(&i) {
+                    let e = want[i] * N as f64;
+                    chi2 += (c as f64 - e).powi(2) / e;
+                } else {
+                    assert_eq!(c, 0, "{what}: token {i} was filtered out but drawn: {counts:?}");
+                }
+            }
+            assert!(chi2 < 40.0, "{what}: counts {counts:?} do not fit {want:?} (chi-square {chi2:.1})");
         }
     }
 
@@ -214,14 +380,5 @@ mod tests {
             // A row without filters draws the same beside a filtered one as alone.
             assert_eq!(batched[2].token, sample(&logits.narrow(0, 2, 1), &[row(&hot, u)])[0].token);
         }
-    }
-
-    #[test]
-    fn draws_follow_the_distribution() {
-        let logits = Tensor::from_slice(&[0.0f32, (3.0f32).ln()]).view([1, 2]); // p = 0.25, 0.75
-        let p = params(1.0);
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let ones = (0..4000).filter(|_| one(&logits, &p, &mut rng).token == 1).count();
-        assert!((2850..3150).contains(&ones), "{ones}");
     }
 }

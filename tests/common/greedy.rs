@@ -41,16 +41,42 @@ pub fn parse_logprobs(choice: &Value, chat: bool) -> Vec<(u32, f64, Vec<(u32, f6
     }
 }
 
-/// Sends one reference prompt and compares ids, logprobs (within `tol`), finish and usage
-/// (and the text, with `check_text`).
-pub fn check_model_item(server: &Server, model: &str, prompt: &Value, item: &Value, stream: bool, check_text: bool, tol: f64) {
-    let name = item["id"].as_str().unwrap();
-    let want_ids: Vec<u32> = item["output_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+/// Prompts beside the reference items made from them: as many of each, in the same order.
+pub fn paired<'a>(prompts: &'a [Value], reference: &'a Value) -> Vec<(&'a Value, &'a Value)> {
+    let items = reference["items"].as_array().expect("reference items");
+    assert_eq!(prompts.len(), items.len(), "one reference item per prompt");
+    for (p, i) in prompts.iter().zip(items) {
+        assert_eq!(p["id"], i["id"], "prompts and reference items in the same order");
+    }
+    prompts.iter().zip(items).collect()
+}
+
+/// A reference item's per-position list of (id, logprob) alternatives.
+pub fn reference_top(item: &Value, i: usize) -> Vec<(u32, f64)> {
+    item["top_logprobs"][i]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}: no top_logprobs at {i}", item["id"]))
+        .iter()
+        .map(|e| (e["token_id"].as_u64().unwrap() as u32, e["logprob"].as_f64().unwrap()))
+        .collect()
+}
+
+/// What one greedy request answered: the text, finish reason, usage, and per generated
+/// token its id, logprob and top-5 (id, logprob) list.
+pub struct Answer {
+    pub text: String,
+    pub finish: Value,
+    pub usage: Value,
+    pub tokens: Vec<(u32, f64, Vec<(u32, f64)>)>,
+}
+
+/// Sends one reference prompt greedily for `max_tokens`, with 5 top logprobs per token.
+pub fn generate(server: &Server, model: &str, prompt: &Value, name: &str, max_tokens: usize, stream: bool) -> Answer {
     let chat = prompt.get("messages").is_some();
     let mut body = json!({
         "model": model,
         "temperature": 0,
-        "max_tokens": want_ids.len(),
+        "max_tokens": max_tokens,
         "logprobs": if chat { json!(true) } else { json!(5) },
         "return_tokens_as_token_ids": true,
     });
@@ -90,10 +116,24 @@ pub fn check_model_item(server: &Server, model: &str, prompt: &Value, item: &Val
     } else {
         let (status, resp) = server.post(path, &body);
         assert_eq!(status, 200, "{name}: {resp}");
-        let c = &resp["choices"][0];
+        let choices = resp["choices"].as_array().unwrap_or_else(|| panic!("{name}: no choices in {resp}"));
+        assert_eq!(choices.len(), 1, "{name}: one choice");
+        let c = &choices[0];
         let text = if chat { c["message"]["content"].clone() } else { c["text"].clone() };
         (text.as_str().unwrap().to_string(), c["finish_reason"].clone(), resp["usage"].clone(), parse_logprobs(c, chat))
     };
+    for (i, (_, _, top)) in got.iter().enumerate() {
+        assert_eq!(top.len(), 5, "{name}: {} alternatives at {i}, asked for 5", top.len());
+    }
+    Answer { text, finish, usage, tokens: got }
+}
+
+/// Sends one reference prompt and compares ids, logprobs (within `tol`), finish and usage
+/// (and the text, with `check_text`).
+pub fn check_model_item(server: &Server, model: &str, prompt: &Value, item: &Value, stream: bool, check_text: bool, tol: f64) {
+    let name = item["id"].as_str().unwrap();
+    let want_ids: Vec<u32> = item["output_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let Answer { text, finish, usage, tokens: got } = generate(server, model, prompt, name, want_ids.len(), stream);
 
     let got_ids: Vec<u32> = got.iter().map(|t| t.0).collect();
     assert_eq!(got_ids, want_ids, "{name}: token ids differ from transformers");
@@ -104,12 +144,12 @@ pub fn check_model_item(server: &Server, model: &str, prompt: &Value, item: &Val
     assert_eq!(usage["prompt_tokens"], item["num_prompt_tokens"], "{name}: prompt tokens");
     assert_eq!(usage["completion_tokens"].as_u64().unwrap() as usize, want_ids.len(), "{name}: completion tokens");
     let want_lp = item["output_logprobs"].as_array().unwrap();
-    let want_top = item["top_logprobs"].as_array().unwrap();
+    assert_eq!(want_lp.len(), want_ids.len(), "{name}: one reference logprob per token");
     for (i, (_, lp, top)) in got.iter().enumerate() {
         let w = want_lp[i].as_f64().unwrap();
         assert!((lp - w).abs() < tol, "{name}: logprob {i}: {lp} vs {w}");
-        let wt: Vec<(u32, f64)> =
-            want_top[i].as_array().unwrap().iter().map(|e| (e["token_id"].as_u64().unwrap() as u32, e["logprob"].as_f64().unwrap())).collect();
+        let wt = reference_top(item, i);
+        assert_eq!(top.len(), wt.len(), "{name}: top logprobs at {i}: {top:?} vs {wt:?}");
         for (j, (g, w)) in top.iter().zip(&wt).enumerate() {
             assert!((g.1 - w.1).abs() < tol, "{name}: top {j} at {i}: {g:?} vs {w:?}");
             // Ids of alternatives may swap only where their logprobs (nearly) tie.
@@ -119,4 +159,3 @@ pub fn check_model_item(server: &Server, model: &str, prompt: &Value, item: &Val
         }
     }
 }
-

