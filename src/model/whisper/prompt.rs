@@ -1,6 +1,8 @@
 //! The decoder prompt Whisper is trained on:
 //!
-//!     [<|startofprev|> previous text…] <|startoftranscript|> [<|lang|> <|task|>] [<|notimestamps|>]
+//! ```text
+//! [<|startofprev|> previous text…] <|startoftranscript|> [<|lang|> <|task|>] [<|notimestamps|>]
+//! ```
 //!
 //! English-only models take no language or task token. The previous text (a request's
 //! `prompt`) keeps its last `max_target_positions / 2 - 1` tokens, as openai-whisper,
