@@ -50,3 +50,12 @@ fn gemma_refuses_a_system_turn_and_unordered_roles_as_transformers_does() {
         .unwrap_err();
     assert_eq!(e, "Conversation roles must alternate user/assistant/user/assistant/...");
 }
+
+#[test]
+fn content_format_is_read_as_vllm_reads_it() {
+    // Gemma 3 walks content parts; Qwen3 only tests its text (`'</think>' in message.content`).
+    let read = |name: &str| ChatTemplate::new(&std::fs::read_to_string(format!("{DIR}/{name}.jinja")).unwrap()).unwrap();
+    assert!(read("gemma3").iterates_content_parts());
+    assert!(!read("qwen3").iterates_content_parts());
+    assert!(!read("gemma2").iterates_content_parts());
+}
