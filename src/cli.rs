@@ -292,10 +292,26 @@ pub struct ServeArgs {
     #[arg(long, requires = "tool_call_parser")]
     pub enable_auto_tool_choice: bool,
 
-    /// The format tool calls are read in: hermes (`<tool_call>{json}</tool_call>`, as
-    /// Qwen2.5 and Hermes models write them).
+    /// The format tool calls are read in, by vLLM's names: hermes (`<tool_call>{json}</tool_call>`:
+    /// Hermes, Qwen2.5, Qwen3), llama3_json (Llama 3.1–3.3 JSON calls), mistral
+    /// (`[TOOL_CALLS]`), pythonic (`[f(a=1)]`: Llama 3.2/4), qwen3_coder (Qwen3-Coder XML).
     #[arg(long, value_enum)]
     pub tool_call_parser: Option<crate::api::tools::ToolParser>,
+
+    /// Split the reasoning off chat answers into `reasoning_content`, by vLLM's names:
+    /// deepseek_r1, qwen3 (`<think>…</think>`), granite. Structured outputs then constrain
+    /// only the answer after the reasoning.
+    #[arg(long, value_enum)]
+    pub reasoning_parser: Option<crate::api::reasoning::ReasoningParser>,
+
+    /// Responses kept for `previous_response_id` and `GET /v1/responses/{id}` (with
+    /// `store`, the default); the oldest goes first when full. 0 keeps none.
+    #[arg(long, default_value_t = 1000)]
+    pub responses_store_size: usize,
+
+    /// Seconds a stored response is kept after it was created.
+    #[arg(long, default_value_t = 3600)]
+    pub responses_store_ttl: u64,
 
     /// Most top logprobs a request may ask for (`logprobs`, `top_logprobs`,
     /// `prompt_logprobs`), as vLLM's flag.

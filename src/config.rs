@@ -81,6 +81,10 @@ pub struct ServingSettings {
     pub trust_request_chat_template: bool,
     /// `--enable-auto-tool-choice --tool-call-parser`.
     pub tool_parser: Option<ToolParser>,
+    /// `--reasoning-parser`.
+    pub reasoning_parser: Option<crate::api::reasoning::ReasoningParser>,
+    /// `--responses-store-size`, `--responses-store-ttl` (seconds).
+    pub responses_store: (usize, u64),
     pub max_logprobs: usize,
     pub generation_config: GenerationConfig,
 }
@@ -176,6 +180,8 @@ impl ServeConfig {
                 .then(|| args.max_log_len.unwrap_or(usize::MAX)),
             trust_request_chat_template: args.trust_request_chat_template,
             tool_parser: args.tool_call_parser.filter(|_| args.enable_auto_tool_choice),
+            reasoning_parser: args.reasoning_parser,
+            responses_store: (args.responses_store_size, args.responses_store_ttl),
             max_logprobs: args.max_logprobs,
             generation_config: generation_config(&args.generation_config)?,
         };

@@ -428,12 +428,14 @@ fn openapi_document_and_root_path() {
     assert_eq!(doc["paths"], file["paths"], "the served document is schemas/openapi.json");
     // Every documented route answers under the prefix: a GET (and POST /ping) with 200, any
     // other POST, sent an empty object, with a 400 that says what was wrong — reached the
-    // handler, which refused the body.
+    // handler, which refused the body. A route about a stored object, asked about one that
+    // does not exist, answers 404 in OpenAI's shape.
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
-            let url = s.url(&format!("/api{path}"));
+            let url = s.url(&format!("/api{}", path.replace("{response_id}", "resp_none")));
             let r = match method.as_str() {
                 "get" => Server::client().get(url),
+                "delete" => Server::client().delete(url),
                 "post" => Server::client().post(url).json(&json!({})),
                 m => panic!("unexpected method {m} for {path}"),
             }
@@ -441,7 +443,11 @@ fn openapi_document_and_root_path() {
             .unwrap();
             let status = r.status().as_u16();
             let body = r.text().unwrap();
-            if method == "get" || path == "/ping" {
+            if path.contains('{') {
+                assert_eq!(status, 404, "{method} {path}: {body}");
+                let e: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {body}"));
+                assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("resp_none")), "{method} {path}: {e}");
+            } else if method == "get" || path == "/ping" {
                 assert_eq!(status, 200, "{method} {path}: {body}");
             } else {
                 assert_eq!(status, 400, "{method} {path} with {{}}: {body}");

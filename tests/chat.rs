@@ -162,12 +162,17 @@ fn tool_calls_are_read_from_the_answer() {
         .filter(|d| *d != "[DONE]")
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
+    // As vLLM streams a call: its name (with the id) first, then the arguments.
     let with_calls: Vec<&Value> = chunks.iter().filter(|c| c["choices"][0]["delta"]["tool_calls"].is_array()).collect();
-    assert_eq!(with_calls.len(), 1, "{chunks:?}");
-    let delta = &with_calls[0]["choices"][0];
-    assert_eq!(delta["finish_reason"], "tool_calls");
-    assert_eq!(delta["delta"]["tool_calls"][0]["index"], 0);
-    assert_eq!(delta["delta"]["tool_calls"][0]["function"]["name"], "get_weather");
+    assert!(!with_calls.is_empty(), "{chunks:?}");
+    let first = &with_calls[0]["choices"][0]["delta"]["tool_calls"][0];
+    assert_eq!(first["index"], 0);
+    assert_eq!(first["function"]["name"], "get_weather");
+    assert!(first["id"].as_str().unwrap().starts_with("chatcmpl-tool-"), "{first}");
+    let args: String =
+        with_calls.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()).collect();
+    assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), json!({"city": "Paris"}));
+    assert_eq!(with_calls.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
     let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert!(!streamed.contains("<tool_call>"), "the call is not streamed as content: {streamed:?}");
 

@@ -49,6 +49,10 @@ pub struct ServingContext {
     pub defaults: SamplingDefaults,
     /// `--enable-auto-tool-choice --tool-call-parser`: how tool calls are read.
     pub tool_parser: Option<crate::api::tools::ToolParser>,
+    /// `--reasoning-parser`: how chat answers' reasoning is split off.
+    pub reasoning_parser: Option<crate::api::reasoning::ReasoningParser>,
+    /// Stored Responses API answers (`store`, `previous_response_id`).
+    pub responses: Arc<crate::api::responses::store::ResponseStore>,
     /// `--max-logprobs`: the most top logprobs a request may ask for.
     pub max_logprobs: usize,
     /// Unix seconds when the server started (`created` of `/v1/models`).
@@ -79,6 +83,8 @@ impl ServingContext {
             defaults: SamplingDefaults::default(),
             max_logprobs: 20,
             tool_parser: None,
+            reasoning_parser: None,
+            responses: Arc::new(crate::api::responses::store::ResponseStore::new(1000, std::time::Duration::from_secs(3600))),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -7,6 +7,8 @@ use crate::model::task::Task;
 pub enum Endpoint {
     Completions,
     ChatCompletions,
+    /// `/v1/responses`: a chat answered as a response object.
+    Responses,
     /// `/v1/embeddings`
     Embeddings,
     /// `/pooling`: the pooler's raw output.
@@ -24,6 +26,7 @@ impl Endpoint {
         match self {
             Endpoint::Completions => "cmpl",
             Endpoint::ChatCompletions => "chatcmpl",
+            Endpoint::Responses => "resp",
             Endpoint::Embeddings => "embd",
             Endpoint::Pooling => "pool",
             Endpoint::Classify => "classify",
@@ -32,11 +35,18 @@ impl Endpoint {
         }
     }
 
+    /// What joins the prefix and the rest of an id: OpenAI's response ids read
+    /// `resp_…`, the others `chatcmpl-…`.
+    pub fn id_separator(self) -> char {
+        if self == Endpoint::Responses { '_' } else { '-' }
+    }
+
     /// The API's name in messages ("the Embeddings API").
     pub fn api_name(self) -> &'static str {
         match self {
             Endpoint::Completions => "Completions",
             Endpoint::ChatCompletions => "Chat Completions",
+            Endpoint::Responses => "Responses",
             Endpoint::Embeddings => "Embeddings",
             Endpoint::Pooling => "Pooling",
             Endpoint::Classify => "Classification",
@@ -62,7 +72,7 @@ impl Endpoint {
 
     /// Whether the endpoint generates text (as opposed to pooling an encoder's states).
     pub fn generates(self) -> bool {
-        matches!(self, Endpoint::Completions | Endpoint::ChatCompletions)
+        matches!(self, Endpoint::Completions | Endpoint::ChatCompletions | Endpoint::Responses)
     }
 }
 
@@ -80,7 +90,7 @@ pub fn serves(task: Task, endpoint: Endpoint) -> bool {
 /// The routes a model served for `task` answers, for messages.
 pub fn routes(task: Task) -> &'static str {
     match task {
-        Task::Generate => "/v1/completions and /v1/chat/completions",
+        Task::Generate => "/v1/completions, /v1/chat/completions and /v1/responses",
         Task::Embed => "/v1/embeddings, /pooling, /score and /rerank",
         Task::Classify => "/classify, /pooling, /score and /rerank",
         Task::Reward => "/pooling",

@@ -37,6 +37,9 @@ pub enum PromptInput {
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
+    /// vLLM's: usage on every chunk, not only in a last one.
+    #[serde(default)]
+    pub continuous_usage_stats: Option<bool>,
 }
 
 /// A chat message as the template sees it: the JSON object the client sent, with its
@@ -125,6 +128,11 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatResponseMessage {
     pub role: String,
+    /// With `--reasoning-parser`: the reasoning, under vLLM's older and newer names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
     /// None when the answer is only tool calls.
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -163,6 +171,10 @@ pub struct ChatDelta {
     pub role: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<crate::api::tools::ToolCallDelta>>,
 }

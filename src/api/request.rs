@@ -24,8 +24,10 @@ pub struct RequestMeta {
     /// `best_of` above `n`: the engine samples `best_of` choices per prompt and only this
     /// many (`n`), those with the highest cumulative logprob, are returned.
     pub best_of_keep: Option<usize>,
-    /// Chat with tools: how tool calls are read out of the answer.
-    pub tool_use: crate::api::tools::ToolUse,
+    /// Chat: how the answer is read (reasoning, tool calls).
+    pub answer: crate::api::answer::AnswerOptions,
+    /// A Responses API request: what its response object repeats and stores.
+    pub responses: Option<Arc<crate::api::responses::ResponsesMeta>>,
 }
 
 /// A validated generation request: what the engine needs (output shaping is in
@@ -47,6 +49,10 @@ pub struct Job {
     pub constraint: Option<Arc<RequestedConstraint>>,
     /// The constraint compiled; set by the guide stage, which every constrained job passes.
     pub guide: Option<Arc<Guide>>,
+    /// With a reasoning parser, the constraint applies only after the output ends its
+    /// reasoning with one of these markers (as vLLM constrains only the answer); render
+    /// clears it when the prompt has already ended the reasoning.
+    pub guide_after: Vec<String>,
     /// Beam search instead of sampling (`use_beam_search`; the width is `n`).
     pub beam: Option<BeamParams>,
 }
@@ -93,6 +99,8 @@ pub struct ChatPrompt {
 pub struct OutputOptions {
     pub stream: bool,
     pub include_usage: bool,
+    /// `stream_options.continuous_usage_stats`: every chunk carries the usage so far.
+    pub continuous_usage: bool,
     pub stop: Vec<String>,
     pub include_stop_str_in_output: bool,
     pub skip_special_tokens: bool,

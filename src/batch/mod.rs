@@ -253,12 +253,12 @@ async fn answer(
     match reply {
         Some(Reply::Body(json)) => (seq, line(200, Some(&json), None), true, completion_tokens(&json)),
         Some(Reply::Error(e)) => (seq, line(e.status.as_u16(), Some(&e.to_json()), Some(&e)), false, 0),
-        Some(Reply::Chunk(_)) => {
+        Some(Reply::Chunk(_) | Reply::Event(..)) => {
             ctx.cancel();
             let e = ApiError::invalid("stream", "A batch file cannot hold a stream of events; leave `stream` out or set it to false.");
             (seq, line(400, Some(&e.to_json()), Some(&e)), false, 0)
         }
-        Some(Reply::Done) | None => {
+        Some(Reply::Done | Reply::End) | None => {
             let e = ApiError::internal("The request ended without a response.");
             (seq, line(500, Some(&e.to_json()), Some(&e)), false, 0)
         }

@@ -170,7 +170,7 @@ impl Engine {
                     arrival: client.timeline().arrived(),
                     prompt_logprobs: Vec::new(),
                     announced: false,
-                    guide: job.guide.as_ref().map(|g| g.start()),
+                    guide: job.guide.as_ref().map(|g| g.start_after(&job.guide_after)),
                 };
                 self.next_id += 1;
                 if let Some(params) = job.beam {
@@ -338,7 +338,7 @@ impl Engine {
             let seq = self.sched.get_mut(id).expect("sampled sequence");
             masks.push(match seq.guide.as_mut().map(GuideState::mask) {
                 None => None,
-                Some(Ok(m)) => Some(m),
+                Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     broken[i] = Some(e);
                     None

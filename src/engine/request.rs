@@ -28,6 +28,9 @@ pub struct EngineRequest {
     pub cache_salt: Option<String>,
     /// The structured-output constraint, compiled.
     pub guide: Option<Arc<Guide>>,
+    /// The constraint begins only once the output has one of these (the end of a
+    /// reasoning section); empty: from the first token.
+    pub guide_after: Vec<String>,
     /// Beam search instead of sampling.
     pub beam: Option<BeamParams>,
     /// Who sent it: asked between steps whether to go on, and told what happens.

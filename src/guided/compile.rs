@@ -224,7 +224,45 @@ impl std::fmt::Debug for Guide {
 impl Guide {
     /// A fresh walk for one sequence. Walks of one guide share its lexer's caches.
     pub fn start(&self) -> GuideState {
-        GuideState { matcher: Matcher::new(Ok(self.parser.clone())), vocab: self.vocab }
+        GuideState { matcher: Matcher::new(Ok(self.parser.clone())), vocab: self.vocab, gate: None }
+    }
+
+    /// A walk that begins only once the sequence has written one of `markers` (the end
+    /// of a reasoning section): until then every token is allowed, and the constraint
+    /// applies to what follows the marker.
+    pub fn start_after(&self, markers: &[String]) -> GuideState {
+        let mut state = self.start();
+        let env = state.matcher.tok_env().ok();
+        if let (Some(env), false) = (env, markers.is_empty()) {
+            state.gate = Some(Gate { markers: markers.iter().map(|m| m.as_bytes().to_vec()).collect(), written: Vec::new(), env });
+        }
+        state
+    }
+}
+
+/// Holds a constraint back until one of its markers has been written.
+struct Gate {
+    markers: Vec<Vec<u8>>,
+    /// The bytes written so far (the tail that could still hold a marker).
+    written: Vec<u8>,
+    env: TokEnv,
+}
+
+impl Gate {
+    /// Takes a token's bytes; true once a marker has been written.
+    fn passes(&mut self, token: u32) -> bool {
+        let bytes = self.env.tok_trie().token(token);
+        // Special tokens carry a marker byte before their text.
+        let bytes = bytes.strip_prefix(&[TokTrie::SPECIAL_TOKEN_MARKER]).unwrap_or(bytes);
+        self.written.extend_from_slice(bytes);
+        if self.markers.iter().any(|m| self.written.windows(m.len()).any(|w| w == m.as_slice())) {
+            return true;
+        }
+        let keep = self.markers.iter().map(Vec::len).max().unwrap_or(0);
+        if self.written.len() > keep {
+            self.written.drain(..self.written.len() - keep);
+        }
+        false
     }
 }
 
@@ -232,6 +270,8 @@ impl Guide {
 pub struct GuideState {
     matcher: Matcher,
     vocab: usize,
+    /// Set while the constraint waits for its start (the end of reasoning).
+    gate: Option<Gate>,
 }
 
 impl std::fmt::Debug for GuideState {
@@ -241,19 +281,29 @@ impl std::fmt::Debug for GuideState {
 }
 
 impl GuideState {
-    /// The tokens allowed next; EOS among them exactly when the text so far is complete.
-    pub fn mask(&mut self) -> Result<TokenMask, String> {
-        self.matcher.compute_mask().map(|v| TokenMask { bits: v, vocab: self.vocab }).map_err(|e| e.to_string())
+    /// The tokens allowed next, EOS among them exactly when the text so far is complete;
+    /// None while the constraint has not begun (every token is allowed).
+    pub fn mask(&mut self) -> Result<Option<TokenMask>, String> {
+        if self.gate.is_some() {
+            return Ok(None);
+        }
+        self.matcher.compute_mask().map(|v| Some(TokenMask { bits: v, vocab: self.vocab })).map_err(|e| e.to_string())
     }
 
     /// Takes a generated token (not EOS: the engine ends the choice there).
     pub fn advance(&mut self, token: u32) -> Result<(), String> {
+        if let Some(gate) = &mut self.gate {
+            if gate.passes(token) {
+                self.gate = None;
+            }
+            return Ok(());
+        }
         self.matcher.consume_token(token).map_err(|e| e.to_string())
     }
 
     /// The constraint is satisfied and nothing more may follow.
     pub fn is_finished(&self) -> bool {
-        self.matcher.is_stopped() && !self.matcher.is_error()
+        self.gate.is_none() && self.matcher.is_stopped() && !self.matcher.is_error()
     }
 }
 

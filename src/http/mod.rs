@@ -4,5 +4,6 @@
 
 pub mod cors;
 pub mod docs;
+pub mod responses;
 pub mod server;
 pub mod tokenize;

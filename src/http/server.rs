@@ -56,6 +56,10 @@ impl AppState {
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/completions"),
     ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{response_id}"),
+    ("DELETE", "/v1/responses/{response_id}"),
+    ("POST", "/v1/responses/{response_id}/cancel"),
     ("POST", "/v1/embeddings"),
     ("POST", "/pooling"),
     ("POST", "/classify"),
@@ -80,6 +84,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/responses", post(super::responses::create))
+        .route("/v1/responses/{response_id}", get(super::responses::get).delete(super::responses::delete))
+        .route("/v1/responses/{response_id}/cancel", post(super::responses::cancel))
         .route("/v1/embeddings", post(embeddings))
         .route("/pooling", post(pooling))
         .route("/classify", post(classify))
@@ -251,24 +258,42 @@ async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respons
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    submit_body(app, endpoint, &parts.headers, body).await
+}
+
+/// The request id a client gave: its X-Request-Id header, else the body's `request_id`.
+fn client_request_id(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let body_id = body_request_id(body);
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).or(body_id.as_deref()).and_then(usable_request_id).map(str::to_string)
+}
+
+/// Offers a read body to the first stage: the request's context and where its replies
+/// arrive, or the 503 of a full (or closed) queue.
+pub(super) fn enqueue(
+    app: &AppState,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(Arc<RequestCtx>, UnboundedReceiver<Reply>), ApiError> {
     // As in vLLM, a client's X-Request-Id (or else the body's `request_id`) becomes the
     // response id's tail.
-    let body_id = body_request_id(&body);
-    let request_id = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .or(body_id.as_deref())
-        .and_then(usable_request_id);
-    let (ctx, rx) = RequestCtx::new(endpoint, request_id, app.new_trace());
+    let request_id = client_request_id(headers, &body);
+    let (ctx, rx) = RequestCtx::new(endpoint, request_id.as_deref(), app.new_trace());
     match app.entry.try_send(Item { ctx: ctx.clone(), payload: Payload::Body(body) }) {
-        Ok(()) => {}
-        Err((SendError::Full, _)) => return ApiError::overloaded().into_response(),
-        Err((SendError::Closed, _)) => {
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The server is shutting down.").into_response();
-        }
+        Ok(()) => Ok((ctx, rx)),
+        Err((SendError::Full, _)) => Err(ApiError::overloaded()),
+        Err((SendError::Closed, _)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The server is shutting down.")),
     }
-    let echo = app.request_id_headers.then(|| request_id.map_or_else(|| ctx.id.clone(), str::to_string));
+}
+
+/// Submits a read body and answers with what the pipeline replies.
+pub(super) async fn submit_body(app: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, body: Bytes) -> Response {
+    let request_id = client_request_id(headers, &body);
+    let (ctx, rx) = match enqueue(&app, endpoint, headers, body) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let echo = app.request_id_headers.then(|| request_id.map_or_else(|| ctx.id.clone(), |r| r.to_string()));
     let mut response = respond(ctx, rx).await;
     if let Some(v) = echo.and_then(|r| HeaderValue::from_str(&r).ok()) {
         response.headers_mut().insert("x-request-id", v);
@@ -325,22 +350,30 @@ async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Resp
             guard.disarm();
             ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response()
         }
-        Some(Reply::Chunk(first)) => {
+        Some(first @ (Reply::Chunk(_) | Reply::Event(..))) => {
             let events = stream::unfold((Some(first), rx, guard, false), |(first, mut rx, guard, done)| async move {
                 if done {
                     guard.disarm();
                     return None;
                 }
-                if let Some(f) = first {
-                    return Some((Ok::<_, std::convert::Infallible>(sse(&f)), (None, rx, guard, false)));
-                }
-                match rx.recv().await {
-                    Some(Reply::Chunk(c)) => Some((Ok(sse(&c)), (None, rx, guard, false))),
-                    Some(Reply::Error(e)) => Some((Ok(sse(&e.to_json())), (None, rx, guard, true))),
-                    Some(Reply::Done) | Some(Reply::Body(_)) | None => {
-                        Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (None, rx, guard, true)))
+                let next = match first {
+                    Some(f) => Some(f),
+                    None => rx.recv().await,
+                };
+                let frame = match next {
+                    Some(Reply::Chunk(c)) => sse(&c),
+                    Some(Reply::Event(ty, json)) => typed_sse(ty, &json),
+                    Some(Reply::Error(e)) => return Some((Ok(sse(&e.to_json())), (None, rx, guard, true))),
+                    // A stream of typed events ends without `[DONE]`, as OpenAI's does.
+                    Some(Reply::End) => {
+                        guard.disarm();
+                        return None;
                     }
-                }
+                    Some(Reply::Done) | Some(Reply::Body(_)) | None => {
+                        return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (None, rx, guard, true)));
+                    }
+                };
+                Some((Ok::<_, std::convert::Infallible>(frame), (None, rx, guard, false)))
             });
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/event-stream")
@@ -348,8 +381,18 @@ async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Resp
                 .body(Body::from_stream(events))
                 .expect("valid SSE response")
         }
-        Some(Reply::Done) | None => ApiError::internal("The request ended without a response.").into_response(),
+        Some(Reply::Done | Reply::End) | None => ApiError::internal("The request ended without a response.").into_response(),
     }
+}
+
+/// A typed event: `event: TYPE` before its data line.
+fn typed_sse(ty: &str, json: &str) -> Bytes {
+    let mut b = Vec::with_capacity(json.len() + ty.len() + 16);
+    b.extend_from_slice(b"event: ");
+    b.extend_from_slice(ty.as_bytes());
+    b.extend_from_slice(b"\n");
+    b.extend_from_slice(&sse(json));
+    Bytes::from(b)
 }
 
 fn sse(json: &str) -> Bytes {

@@ -47,12 +47,18 @@ impl ChatTemplate {
     }
 
     /// Whether the template walks message content as a list of parts
-    /// (`for part in message['content']` or `content[0]`), vLLM's "openai" format.
+    /// (`for part in message['content']` or `content[0]`), vLLM's "openai" format. A test
+    /// such as `'</think>' in message.content` reads the content as a string.
     pub fn iterates_content_parts(&self) -> bool {
-        let s = self.source.replace(' ', "");
-        ["in message['content']", "in message[\"content\"]", "in message.content", "content[0]", "inmessage['content']", "inmessage.content"]
-            .iter()
-            .any(|p| s.contains(&p.replace(' ', "")))
+        let s = self.source.replace([' ', '\n', '\t'], "");
+        if s.contains("content'][0]") || s.contains("content\"][0]") || s.contains("content[0]") {
+            return true;
+        }
+        s.split("{%").skip(1).any(|block| {
+            let statement = block.split("%}").next().unwrap_or("").trim_start_matches(['-', '+']);
+            statement.starts_with("for")
+                && ["inmessage['content']", "inmessage[\"content\"]", "inmessage.content"].iter().any(|p| statement.contains(p))
+        })
     }
 }
 
@@ -162,6 +168,16 @@ mod tests {
     fn raise_exception_message_reaches_the_caller() {
         let t = ChatTemplate::new("{{ raise_exception('Only user and assistant roles are supported!') }}").unwrap();
         assert_eq!(t.render(&json!({})).unwrap_err(), "Only user and assistant roles are supported!");
+    }
+
+    #[test]
+    fn content_parts_only_when_a_loop_walks_them() {
+        let parts = ChatTemplate::new("{% for m in messages %}{%- for item in message['content'] -%}{{ item.text }}{% endfor %}{% endfor %}");
+        assert!(parts.unwrap().iterates_content_parts());
+        assert!(ChatTemplate::new("{{ messages[0]['content'][0]['text'] }}").unwrap().iterates_content_parts());
+        // Qwen3's templates test the content as a string.
+        let string = ChatTemplate::new("{% for message in messages %}{% if '</think>' in message.content %}x{% endif %}{% endfor %}");
+        assert!(!string.unwrap().iterates_content_parts());
     }
 
     #[test]

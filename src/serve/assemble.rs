@@ -180,6 +180,8 @@ fn serving_context(cfg: &ServeConfig, info: &model::ModelInfo) -> Result<Serving
     serving.tokens_as_ids = s.tokens_as_ids;
     serving.max_logprobs = s.max_logprobs;
     serving.tool_parser = s.tool_parser;
+    serving.reasoning_parser = s.reasoning_parser;
+    serving.responses = Arc::new(crate::api::responses::store::ResponseStore::new(s.responses_store.0, std::time::Duration::from_secs(s.responses_store.1)));
     serving.defaults = sampling_defaults(&s.generation_config, info);
     Ok(serving)
 }

@@ -96,6 +96,7 @@ fn engine_request(ctx: Arc<RequestCtx>, job: Job, out: &Outlet<Item>, stage: usi
         priority: job.priority,
         cache_salt: job.cache_salt,
         guide: job.guide,
+        guide_after: job.guide_after,
         beam: job.beam,
         client,
     })

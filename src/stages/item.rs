@@ -30,8 +30,12 @@ pub enum Reply {
     Chunk(String),
     /// The whole JSON body (not streaming). Last.
     Body(String),
-    /// The end of a stream.
+    /// The end of a stream (`data: [DONE]`).
     Done,
+    /// One typed server-sent event (the Responses API): its type and JSON.
+    Event(&'static str, String),
+    /// The end of a stream of typed events (no `[DONE]`, as OpenAI's Responses API).
+    End,
 }
 
 /// A request's identity and its way back, shared by every stage it passes.
@@ -47,6 +51,9 @@ pub struct RequestCtx {
     pub arrived: Instant,
     pub endpoint: Endpoint,
     cancelled: AtomicBool,
+    /// Set by render when the prompt has already closed the answer's reasoning (a
+    /// template that turns thinking off): the whole answer is content.
+    answer_is_content: AtomicBool,
     /// Choices ended early downstream (a stop string matched): the engine drops them.
     stopped: Mutex<HashSet<usize>>,
     reply: UnboundedSender<Reply>,
@@ -73,8 +80,8 @@ impl RequestCtx {
         let (tx, rx) = unbounded_channel();
         let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
         let id = match request_id {
-            Some(r) => format!("{}-{r}", endpoint.id_prefix()),
-            None => format!("{}-{}", endpoint.id_prefix(), random_hex(key)),
+            Some(r) => format!("{}{}{r}", endpoint.id_prefix(), endpoint.id_separator()),
+            None => format!("{}{}{}", endpoint.id_prefix(), endpoint.id_separator(), random_hex(key)),
         };
         let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let arrived = Instant::now();
@@ -88,6 +95,7 @@ impl RequestCtx {
             timeline: crate::engine::latency::Timeline::new(arrived),
             endpoint,
             cancelled: AtomicBool::new(false),
+            answer_is_content: AtomicBool::new(false),
             stopped: Mutex::new(HashSet::new()),
             reply: tx,
             meta: OnceLock::new(),
@@ -102,6 +110,15 @@ impl RequestCtx {
 
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed) || self.reply.is_closed()
+    }
+
+    /// The prompt has closed the reasoning: the answer holds none.
+    pub fn set_answer_is_content(&self) {
+        self.answer_is_content.store(true, Ordering::Relaxed);
+    }
+
+    pub fn answer_is_content(&self) -> bool {
+        self.answer_is_content.load(Ordering::Relaxed)
     }
 
     pub fn stop_choice(&self, choice: usize) {

@@ -91,7 +91,8 @@ pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine) 
     let tok = serving.tokenizer.clone();
     r.make("detokenize", Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })));
     let tok = serving.tokenizer.clone();
-    r.make("stream", Box::new(move || boxed(stream::Stream { tokenizer: tok.clone(), stats: stats.clone() })));
+    let store = serving.responses.clone();
+    r.make("stream", Box::new(move || boxed(stream::Stream { tokenizer: tok.clone(), stats: stats.clone(), responses: store.clone() })));
     r
 }
 

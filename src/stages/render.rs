@@ -21,7 +21,17 @@ impl Stage<Item> for Render {
         let Payload::Job(mut job) = item.payload else { unreachable!("render takes jobs") };
         if let Prompt::Chat(chat) = &job.prompt {
             match render_chat(&self.serving, chat) {
-                Ok(text) => job.prompt = Prompt::Texts { texts: vec![text], add_special_tokens: chat.add_special_tokens },
+                Ok(text) => {
+                    // With a reasoning parser: a prompt that already closed the reasoning
+                    // (thinking turned off) leaves only content, constrained from the start.
+                    if let Some(parser) = item.ctx.meta().answer.reasoning {
+                        if parser.answer_is_content(&text, &chat.template_kwargs) {
+                            item.ctx.set_answer_is_content();
+                            job.guide_after.clear();
+                        }
+                    }
+                    job.prompt = Prompt::Texts { texts: vec![text], add_special_tokens: chat.add_special_tokens };
+                }
                 Err(e) => {
                     item.ctx.fail(e);
                     return;

@@ -13,8 +13,10 @@ use crate::api::protocol::*;
 use crate::api::request_metrics::RequestMetrics;
 use crate::engine::latency::FinishedReason;
 use crate::engine::stats::EngineStats;
-use crate::api::tools::{StreamSplit, ToolCallDelta, ToolUse};
+use crate::api::answer::{read_whole, AnswerReader, Piece};
 use crate::api::endpoint::Endpoint;
+use crate::api::responses::events::{Counts, End, ResponseWriter};
+use crate::api::responses::store::ResponseStore;
 use crate::engine::{Finish, StopReason};
 use crate::stages::item::{Item, Payload, Reply, RequestCtx, TextEvent};
 use crate::model::tokenizer::Tokenizer;
@@ -25,6 +27,8 @@ pub struct Stream {
     pub tokenizer: Arc<Tokenizer>,
     /// Where finished requests are counted and their latencies recorded.
     pub stats: Arc<EngineStats>,
+    /// Where Responses API answers with `store` are kept.
+    pub responses: Arc<ResponseStore>,
 }
 
 #[derive(Default)]
@@ -41,10 +45,12 @@ struct ChoiceAcc {
     prompt_logprobs: Option<PromptLogprobs>,
     /// Sum of the sampled tokens' logprobs (ranks choices for `best_of`).
     cumulative_logprob: f64,
-    /// Streaming chat with tool calls read: what is held back from the first call on.
-    tool_split: Option<StreamSplit>,
-    /// Streaming chat with a forced tool call: the whole answer, read at the end.
-    tool_held: String,
+    /// Streaming chat: reads reasoning, content and tool calls as they come.
+    reader: Option<AnswerReader>,
+    /// Prompt tokens of this choice's prompt.
+    prompt_tokens: usize,
+    /// A Responses API answer being written.
+    writer: Option<ResponseWriter>,
 }
 
 struct Pending {
@@ -109,6 +115,9 @@ impl Stream {
 
     /// Handles one event; true when the request is complete.
     fn on_event(&self, ctx: &Arc<RequestCtx>, p: &mut Pending, ev: TextEvent) -> bool {
+        if ctx.endpoint == Endpoint::Responses {
+            return self.on_response_event(ctx, p, ev);
+        }
         let meta = ctx.meta().clone();
         let chat = ctx.endpoint == Endpoint::ChatCompletions;
         p.prompts.insert(ev.prompt_index, ev.prompt_tokens);
@@ -145,34 +154,7 @@ impl Stream {
         let acc = &mut p.choices[ev.choice];
         acc.finish = finish.clone();
 
-        // Streaming chat that reads tool calls: content streams up to the first call, and
-        // the calls go out whole at the end.
-        let mut calls = Vec::new();
-        if chat && meta.output.stream {
-            match &meta.tool_use {
-                ToolUse::None => {}
-                ToolUse::Auto => {
-                    let split = acc.tool_split.get_or_insert_with(StreamSplit::default);
-                    text = split.push(&text, finish.is_some());
-                    if finish.is_some() {
-                        let (rest, found) = split.finish();
-                        text.push_str(&rest);
-                        calls = found;
-                    }
-                }
-                forced => {
-                    acc.tool_held.push_str(&std::mem::take(&mut text));
-                    if finish.is_some() {
-                        let read = forced.read(std::mem::take(&mut acc.tool_held));
-                        text = read.content.unwrap_or_default();
-                        calls = read.calls;
-                    }
-                }
-            }
-        }
-        // Calls read by the parser end the choice with "tool_calls"; a forced call keeps
-        // the choice's own reason, as vLLM answers.
-        let calls_finish = if meta.tool_use == ToolUse::Auto { Some("tool_calls") } else { finish.as_ref().map(Finish::as_str) };
+        acc.prompt_tokens = ev.prompt_tokens;
 
         if meta.output.stream {
             let finish_reason = finish.as_ref().map(Finish::as_str);
@@ -180,25 +162,37 @@ impl Stream {
             // chunk when there is one, else the finish of the choice that ends last.
             let complete = p.finished == p.choices.len();
             let metrics = || if complete && !meta.output.include_usage { ctx.metrics(Instant::now()) } else { None };
+            let acc = &mut p.choices[ev.choice];
+            // `continuous_usage_stats`: this choice's usage so far on every chunk.
+            let usage = meta.output.continuous_usage.then(|| Usage::new(acc.prompt_tokens, acc.completion_tokens));
             if ctx.is_cancelled() {
                 // The client is gone; keep counting so the state is dropped when complete.
             } else if chat {
+                let content_only = ctx.answer_is_content();
+                let reader = acc.reader.get_or_insert_with(|| AnswerReader::new(&meta.answer, content_only));
+                let pieces = reader.push(&text, ev.tokens.len(), finish.is_some());
+                // Calls read by the parser end the choice with "tool_calls"; a forced call
+                // keeps the choice's own reason, as vLLM answers.
+                let called = reader.parser_called();
                 if first {
-                    let delta = ChatDelta { role: Some(meta.output.response_role.clone()), content: Some(String::new()), tool_calls: None };
-                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, None, None, None);
+                    let usage = meta.output.continuous_usage.then(|| Usage::new(acc.prompt_tokens, 0));
+                    let delta = ChatDelta { role: Some(meta.output.response_role.clone()), content: Some(String::new()), ..Default::default() };
+                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, (None, None), usage, None);
                 }
-                if !calls.is_empty() {
-                    if !text.is_empty() {
-                        let delta = ChatDelta { content: Some(text), ..Default::default() };
-                        self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, None, None, None);
-                    }
-                    let deltas = calls.into_iter().enumerate().map(|(index, call)| ToolCallDelta { index, call }).collect();
-                    let delta = ChatDelta { tool_calls: Some(deltas), ..Default::default() };
-                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, None, calls_finish, None, metrics());
-                } else if !text.is_empty() || finish.is_some() || ch_lp.as_ref().is_some_and(|l| !l.content.is_empty()) {
-                    let delta = ChatDelta { role: None, content: (!text.is_empty()).then_some(text), tool_calls: None };
-                    let m = if finish.is_some() { metrics() } else { None };
-                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, ch_lp, finish_reason, stop_reason(&finish), m);
+                let mut deltas: Vec<ChatDelta> = pieces.into_iter().map(delta_of).collect();
+                if deltas.is_empty() && (finish.is_some() || ch_lp.as_ref().is_some_and(|l| !l.content.is_empty())) {
+                    deltas.push(ChatDelta::default());
+                }
+                let n = deltas.len();
+                let mut lp = ch_lp;
+                for (i, delta) in deltas.into_iter().enumerate() {
+                    let end = (i + 1 == n).then_some(()).and(finish.as_ref());
+                    let (reason, stop, m) = match end {
+                        Some(_) if called => (Some("tool_calls"), None, metrics()),
+                        Some(f) => (Some(f.as_str()), stop_reason(&Some(f.clone())), metrics()),
+                        None => (None, None, None),
+                    };
+                    self.send_chat_chunk(ctx, &meta.model, ev.choice, delta, lp.take(), (reason, stop), usage.clone(), m);
                 }
             } else if !text.is_empty() || finish.is_some() || c_lp.is_some() {
                 let chunk = CompletionResponse {
@@ -214,7 +208,7 @@ impl Stream {
                         stop_reason: stop_reason(&finish),
                         prompt_logprobs: None, // refused with streaming
                     }],
-                    usage: None,
+                    usage,
                     metrics: if finish.is_some() { metrics() } else { None },
                 };
                 ctx.reply(Reply::Chunk(serde_json::to_string(&chunk).expect("chunks serialize")));
@@ -264,15 +258,16 @@ impl Stream {
                         .iter_mut()
                         .enumerate()
                         .map(|(i, c)| {
-                            let text = std::mem::take(&mut c.text);
-                            let parsed = meta.tool_use.read(text);
-                            let called = !parsed.calls.is_empty() && meta.tool_use == ToolUse::Auto;
+                            let answer = read_whole(&meta.answer, std::mem::take(&mut c.text), ctx.answer_is_content());
+                            let called = answer.parser_called;
                             ChatChoice {
                                 index: i,
                                 message: ChatResponseMessage {
                                     role: meta.output.response_role.clone(),
-                                    content: parsed.content,
-                                    tool_calls: parsed.calls,
+                                    reasoning_content: answer.reasoning.clone(),
+                                    reasoning: answer.reasoning,
+                                    content: answer.content,
+                                    tool_calls: answer.calls,
                                 },
                                 logprobs: c.chat_lp.take(),
                                 finish_reason: if called { Some("tool_calls") } else { c.finish.as_ref().map(Finish::as_str) },
@@ -315,6 +310,55 @@ impl Stream {
         true
     }
 
+    /// A Responses API answer (one choice): its typed events as they come when
+    /// streaming, else the response object at the end; stored when asked.
+    fn on_response_event(&self, ctx: &Arc<RequestCtx>, p: &mut Pending, ev: TextEvent) -> bool {
+        let meta = ctx.meta().clone();
+        let rmeta = meta.responses.clone().expect("decode sets the Responses fields");
+        p.prompts.insert(ev.prompt_index, ev.prompt_tokens);
+        let acc = &mut p.choices[ev.choice];
+        if acc.finish.is_some() {
+            return p.finished == p.choices.len();
+        }
+        let first = !acc.started;
+        acc.started = true;
+        acc.completion_tokens = ev.completion_tokens;
+        let content_only = ctx.answer_is_content();
+        let writer = acc.writer.get_or_insert_with(|| ResponseWriter::new(ctx.id.clone(), ctx.created, meta.model.clone()));
+        let reader = acc.reader.get_or_insert_with(|| AnswerReader::new(&meta.answer, content_only));
+        let mut events = if first { writer.start(&rmeta) } else { Vec::new() };
+        let pieces = reader.push(&ev.text, ev.tokens.len(), ev.finish.is_some());
+        events.extend(writer.pieces(pieces));
+        let mut object = None;
+        if let Some(f) = &ev.finish {
+            let end = match f {
+                Finish::Length => End::Length,
+                Finish::Abort => End::Failed,
+                Finish::Stop(_) => End::Completed,
+            };
+            let counts = Counts { input: ev.prompt_tokens, output: acc.completion_tokens, reasoning: reader.reasoning_tokens };
+            let (more, done) = writer.finish(&rmeta, end, counts);
+            events.extend(more);
+            if rmeta.store && !ctx.is_cancelled() {
+                let mut history = rmeta.history.clone();
+                history.extend(writer.history_messages());
+                self.responses.put(&ctx.id, done.clone(), history);
+            }
+            acc.finish = ev.finish.clone();
+            p.finished += 1;
+            object = Some(done);
+        }
+        if meta.output.stream && !ctx.is_cancelled() {
+            for (ty, body) in events {
+                ctx.reply(Reply::Event(ty, body.to_string()));
+            }
+        }
+        let Some(object) = object else { return false };
+        self.finished(ctx, p);
+        ctx.reply(if meta.output.stream { Reply::End } else { Reply::Body(object.to_string()) });
+        true
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn send_chat_chunk(
         &self,
@@ -323,8 +367,8 @@ impl Stream {
         index: usize,
         delta: ChatDelta,
         logprobs: Option<ChatLogprobs>,
-        finish_reason: Option<&'static str>,
-        stop_reason: Option<Value>,
+        (finish_reason, stop_reason): (Option<&'static str>, Option<Value>),
+        usage: Option<Usage>,
         metrics: Option<RequestMetrics>,
     ) {
         let chunk = ChatChunk {
@@ -333,7 +377,7 @@ impl Stream {
             created: ctx.created,
             model: model.to_string(),
             choices: vec![ChatChunkChoice { index, delta, logprobs, finish_reason, stop_reason }],
-            usage: None,
+            usage,
             metrics,
         };
         ctx.reply(Reply::Chunk(serde_json::to_string(&chunk).expect("chunks serialize")));
@@ -451,6 +495,16 @@ fn keep_best(p: &mut Pending, keep: usize) {
         kept.extend(group.into_iter().take(keep));
     }
     p.choices = kept;
+}
+
+/// A piece of a streamed answer as a chat delta. Reasoning goes out under both of vLLM's
+/// names, `reasoning_content` and the newer `reasoning`.
+fn delta_of(piece: Piece) -> ChatDelta {
+    match piece {
+        Piece::Reasoning(r) => ChatDelta { reasoning_content: Some(r.clone()), reasoning: Some(r), ..Default::default() },
+        Piece::Content(c) => ChatDelta { content: Some(c), ..Default::default() },
+        Piece::Call(d) => ChatDelta { tool_calls: Some(vec![d]), ..Default::default() },
+    }
 }
 
 fn usage(p: &Pending) -> Usage {

@@ -59,7 +59,12 @@ pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMes
         _ => return Err(ApiError::invalid(format!("{param}.role"), format!("`messages[{i}].role` is required."))),
     }
     let content = match obj.remove("content") {
-        None | Some(Value::Null) => Value::Null,
+        // As vLLM: no content (an assistant turn of only tool calls) is no text, so that
+        // templates that add strings to it render.
+        None | Some(Value::Null) => match format {
+            ContentFormat::String => Value::String(String::new()),
+            ContentFormat::OpenAi => Value::Array(Vec::new()),
+        },
         Some(Value::String(s)) => match format {
             ContentFormat::String => Value::String(s),
             ContentFormat::OpenAi => serde_json::json!([{"type": "text", "text": s}]),

@@ -10,7 +10,9 @@ use super::structured::take_constraint;
 use super::Fields;
 use crate::api::context::ServingContext;
 use crate::api::endpoint::Endpoint;
+use crate::api::answer::AnswerOptions;
 use crate::api::error::ApiError;
+use crate::api::tools::ToolUse;
 use crate::api::protocol::{OneOrMany, PromptInput, StreamOptions};
 use crate::api::request::{ChatPrompt, Job, OutputOptions, Prompt, RequestMeta};
 use crate::engine::beam::BeamParams;
@@ -25,8 +27,14 @@ pub fn generation_request(endpoint: Endpoint, body: &[u8], serving: &ServingCont
     match endpoint {
         Endpoint::Completions => g.completion(body),
         Endpoint::ChatCompletions => g.chat(body),
+        Endpoint::Responses => crate::api::responses::responses_request(body, serving),
         other => Err(ApiError::bad_request(format!("The {} API is not served by this pipeline.", other.api_name()))),
     }
+}
+
+/// A chat request already read into fields (what a Responses API request becomes).
+pub fn chat_request(fields: Fields, serving: &ServingContext) -> Result<(Job, RequestMeta), ApiError> {
+    Generation { serving }.chat_fields(fields)
 }
 
 struct Generation<'a> {
@@ -95,12 +103,16 @@ impl Generation<'_> {
             }
             Some(PromptInput::TokenLists(v)) => Prompt::Tokens(v),
         };
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, tool_use: Default::default() };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, answer: Default::default(), responses: None };
         Ok((c.job(prompt), meta))
     }
 
     fn chat(&self, body: &[u8]) -> Result<(Job, RequestMeta), ApiError> {
-        let mut f = Fields::parse(body)?;
+        self.chat_fields(Fields::parse(body)?)
+    }
+
+    /// A chat request's fields (also what a Responses API request becomes).
+    fn chat_fields(&self, mut f: Fields) -> Result<(Job, RequestMeta), ApiError> {
         let model = self.check_model(f.take("model")?)?;
         let messages: Vec<Value> = f.take("messages")?.ok_or_else(|| ApiError::invalid("messages", "`messages` is required."))?;
         if messages.is_empty() {
@@ -175,8 +187,22 @@ impl Generation<'_> {
             documents,
             tools,
         });
-        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, tool_use };
-        Ok((c.job(prompt), meta))
+        // Parsers whose markers are special tokens need them in the text (vLLM turns
+        // `skip_special_tokens` off for them too).
+        if let ToolUse::Auto(auto) = &tool_use {
+            if auto.parser.needs_special_tokens() {
+                c.output.skip_special_tokens = false;
+            }
+        }
+        let reasoning = self.serving.reasoning_parser;
+        let answer = AnswerOptions { reasoning, tool_use };
+        let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, answer, responses: None };
+        let mut job = c.job(prompt);
+        // Structured outputs constrain the answer after the reasoning, as vLLM does.
+        if let (Some(parser), Some(_)) = (reasoning, &job.constraint) {
+            job.guide_after = parser.end_markers();
+        }
+        Ok((job, meta))
     }
 }
 
@@ -191,6 +217,7 @@ impl Common {
             truncate_prompt_tokens: self.truncate_prompt_tokens,
             constraint: self.constraint.map(Arc::new),
             guide: None,
+            guide_after: Vec::new(),
             beam: self.beam,
         }
     }
@@ -346,9 +373,13 @@ fn common(
     // tokenizers are fast ones (tokenizer.json), which decode the same either way, as in
     // Hugging Face's and vLLM's fast path. The value is still checked.
     f.take::<bool>("spaces_between_special_tokens")?;
+    // As vLLM: given stream options include usage unless they say not to, and
+    // `continuous_usage_stats` puts it on every chunk.
+    let include_usage = stream_options.as_ref().is_some_and(|o| o.include_usage.unwrap_or(true));
     let output = OutputOptions {
         stream,
-        include_usage: stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        include_usage,
+        continuous_usage: include_usage && stream_options.and_then(|o| o.continuous_usage_stats).unwrap_or(false),
         stop,
         include_stop_str_in_output: f.take("include_stop_str_in_output")?.unwrap_or(false),
         skip_special_tokens: f.take("skip_special_tokens")?.unwrap_or(true),

@@ -28,6 +28,11 @@ pub struct Fields {
 }
 
 impl Fields {
+    /// A body already read as an object.
+    pub fn from_map(map: Map<String, Value>) -> Self {
+        Fields { map }
+    }
+
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         match serde_json::from_slice(body) {
             Ok(Value::Object(map)) => Ok(Fields { map }),

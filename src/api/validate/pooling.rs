@@ -85,12 +85,27 @@ impl Pooling<'_> {
                 let (inputs, pairs) = self.score_inputs(&left, &documents, &pairs);
                 (inputs, PoolShape::Rerank { pairs, documents, top_n, return_documents })
             }
-            Endpoint::Completions | Endpoint::ChatCompletions => {
+            Endpoint::Completions | Endpoint::ChatCompletions | Endpoint::Responses => {
                 unreachable!("the HTTP edge sends generation requests elsewhere")
             }
         };
         // OpenAI's own field that does not change the output; priority 0 is the default.
         f.ignore("user");
+        // vLLM's pooling parameter for custom poolers (plugins); no built-in pooler reads
+        // it, in vLLM either.
+        f.ignore("additional_data");
+        // vLLM's page sends `encoding_format` with scores; its score and rerank requests
+        // accept and ignore it (a score is a number either way), and so does this server.
+        if matches!(endpoint, Endpoint::Score | Endpoint::Rerank) {
+            if let Some(format) = f.take::<String>("encoding_format")? {
+                if format != "float" && format != "base64" {
+                    return Err(ApiError::invalid(
+                        "encoding_format",
+                        format!("`encoding_format` must be \"float\" or \"base64\", got {format:?}."),
+                    ));
+                }
+            }
+        }
         if f.take::<i64>("priority")?.is_some_and(|p| p != 0) {
             return Err(ApiError::invalid("priority", "`priority` is not supported by this server; leave it out or 0."));
         }
