@@ -64,6 +64,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/rerank"),
     ("POST", "/v1/rerank"),
     ("POST", "/v2/rerank"),
+    ("POST", "/v1/audio/transcriptions"),
+    ("POST", "/v1/audio/translations"),
     ("GET", "/v1/models"),
     ("POST", "/tokenize"),
     ("POST", "/detokenize"),
@@ -88,6 +90,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/rerank", post(rerank))
         .route("/v1/rerank", post(rerank))
         .route("/v2/rerank", post(rerank))
+        .route("/v1/audio/transcriptions", post(super::audio::transcriptions))
+        .route("/v1/audio/translations", post(super::audio::translations))
         .route("/v1/models", get(models))
         .route("/tokenize", post(super::tokenize::tokenize))
         .route("/detokenize", post(super::tokenize::detokenize))
@@ -260,8 +264,13 @@ async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .or(body_id.as_deref())
         .and_then(usable_request_id);
+    dispatch(app, endpoint, request_id, Payload::Body(body)).await
+}
+
+/// Hands a request to the first stage (a full queue is a 503) and relays its answer.
+pub(super) async fn dispatch(app: Arc<AppState>, endpoint: Endpoint, request_id: Option<&str>, payload: Payload) -> Response {
     let (ctx, rx) = RequestCtx::new(endpoint, request_id, app.new_trace());
-    match app.entry.try_send(Item { ctx: ctx.clone(), payload: Payload::Body(body) }) {
+    match app.entry.try_send(Item { ctx: ctx.clone(), payload }) {
         Ok(()) => {}
         Err((SendError::Full, _)) => return ApiError::overloaded().into_response(),
         Err((SendError::Closed, _)) => {
@@ -325,6 +334,10 @@ async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Resp
             guard.disarm();
             ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response()
         }
+        Some(Reply::Text { body, content_type }) => {
+            guard.disarm();
+            ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
+        }
         Some(Reply::Chunk(first)) => {
             let events = stream::unfold((Some(first), rx, guard, false), |(first, mut rx, guard, done)| async move {
                 if done {
@@ -337,7 +350,7 @@ async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Resp
                 match rx.recv().await {
                     Some(Reply::Chunk(c)) => Some((Ok(sse(&c)), (None, rx, guard, false))),
                     Some(Reply::Error(e)) => Some((Ok(sse(&e.to_json())), (None, rx, guard, true))),
-                    Some(Reply::Done) | Some(Reply::Body(_)) | None => {
+                    Some(Reply::Done) | Some(Reply::Body(_)) | Some(Reply::Text { .. }) | None => {
                         Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (None, rx, guard, true)))
                     }
                 }
