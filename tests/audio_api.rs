@@ -6,6 +6,8 @@
 //! - bad input (not audio, an empty file, a missing `file`, an unknown format or language,
 //!   a body over the limit, a body that is not a form, a text route) is an OpenAI-shaped
 //!   4xx naming what was wrong, and the server goes on serving;
+//! - the multilingual base model translates French and German to English, and detects the
+//!   language of a transcription, as faster-whisper does;
 //! - a text model refuses the audio routes with a 400 naming the routes it serves.
 
 mod common;
@@ -239,10 +241,36 @@ fn bad_input_is_a_clear_4xx_and_the_server_goes_on() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("/v1/audio/transcriptions"), "{body}");
 
+    // An English-only model transcribes but does not translate.
+    let (status, body) = post_form(s, "/v1/audio/translations", form().file("file", "a.wav", &wav));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("English-only"), "{body}");
+
     // And it still transcribes.
     let (status, body) = post_form(s, path, form().file("file", "speech2.wav", &clip("speech2")));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["text"], reference("speech2").as_str());
+}
+
+/// The multilingual base model: translations to English with the language detected, and
+/// transcriptions in the detected language, equal to faster-whisper's texts
+/// (tests/fixtures/audio/translations.json, made by make_translation_fixtures.py).
+#[test]
+fn translations_with_the_multilingual_base_model() {
+    let s = Server::shared(&["Systran/faster-whisper-base", "--dtype", "float32"]);
+    let refs: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("audio/translations.json")).unwrap()).unwrap();
+    for (name, language) in [("french", "french"), ("german", "german")] {
+        let want = &refs["clips"][name];
+        let form = || Multipart::new().file("file", &format!("{name}.wav"), &clip(name)).text("model", "Systran/faster-whisper-base");
+        let (status, body) = post_form(s, "/v1/audio/translations", form());
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["text"], want["translation"], "{name}");
+        let (status, body) = post_form(s, "/v1/audio/transcriptions", form().text("response_format", "verbose_json"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["language"], language, "{body}");
+        assert_eq!(body["text"], want["transcription_with_timestamps"], "{name}: {body}");
+    }
 }
 
 /// A text model has no audio routes: 400, naming the routes it does serve.
