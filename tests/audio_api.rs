@@ -8,7 +8,8 @@
 //!   4xx naming what was wrong, and the server goes on serving;
 //! - the multilingual base model translates French and German to English, and detects the
 //!   language of a transcription, as faster-whisper does;
-//! - a text model refuses the audio routes with a 400 naming the routes it serves.
+//! - a text model refuses the audio routes with a 400 naming the routes it serves;
+//! - run-batch transcribes lines whose audio is a base64 data URL.
 
 mod common;
 
@@ -281,4 +282,35 @@ fn a_text_model_refuses_audio() {
     let (status, body) = post_form(s, "/v1/audio/transcriptions", form);
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("/v1/chat/completions"), "{body}");
+}
+
+/// run-batch takes transcription lines with the audio as a base64 `data:` URL in
+/// `file_url` (batch lines are JSON, not multipart): a good line gets the server's text, a
+/// line whose file is not audio gets the server's 400, in input order.
+#[test]
+fn run_batch_transcribes_data_url_lines() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    let url = |bytes: &[u8]| format!("data:audio/wav;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes));
+    let line = |id: &str, file: &[u8]| {
+        serde_json::json!({"custom_id": id, "method": "POST", "url": "/v1/audio/transcriptions",
+                           "body": {"model": WHISPER, "file_url": url(file)}})
+        .to_string()
+    };
+    std::fs::write(&input, format!("{}\n{}\n", line("good", &clip("speech2")), line("bad", b"not audio at all"))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run-batch", "-i", input.to_str().unwrap(), "-o", output.to_str().unwrap(), WHISPER, "--dtype", "float32"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["custom_id"], "good");
+    assert_eq!(lines[0]["response"]["status_code"], 200, "{}", lines[0]);
+    assert_eq!(lines[0]["response"]["body"]["text"], reference("speech2").as_str());
+    assert_eq!(lines[1]["custom_id"], "bad");
+    assert_eq!(lines[1]["response"]["status_code"], 400, "{}", lines[1]);
+    assert_eq!(lines[1]["error"]["param"], "file", "{}", lines[1]);
 }
