@@ -85,6 +85,8 @@ pub enum TaskArg {
     Classify,
     Score,
     Reward,
+    /// Speech to text (Whisper): /v1/audio/transcriptions and /v1/audio/translations.
+    Transcription,
 }
 
 /// `--runner`: newer vLLM's spelling of the task's first half.
@@ -135,8 +137,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub download_dir: Option<PathBuf>,
 
-    /// What to serve the model for: text generation, or a pooling task (embed, classify,
-    /// score, reward). auto picks from the model's architecture.
+    /// What to serve the model for: text generation, a pooling task (embed, classify,
+    /// score, reward), or transcription (Whisper). auto picks from the model's architecture.
     #[arg(long, value_enum, default_value_t = TaskArg::Auto)]
     pub task: TaskArg,
 

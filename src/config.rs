@@ -143,7 +143,15 @@ impl ServeConfig {
         let from_token = FromToken::from_config(location.config()?.as_ref())
             .map_err(|m| anyhow::anyhow!("--hf-overrides / config.json: {m}"))?
             .is_some();
-        let task = resolve_runner(args, &encoder::architectures(&location)?, from_token)?;
+        let task = match crate::model::whisper::detect(location.path()) {
+            Some(_) => whisper_task(args)?,
+            None if args.task == TaskArg::Transcription => bail!(
+                "--task transcription serves Whisper models (a WhisperForConditionalGeneration folder, or a CTranslate2 \
+                 Whisper folder); {} is not one",
+                location.path().display()
+            ),
+            None => resolve_runner(args, &encoder::architectures(&location)?, from_token)?,
+        };
         if args.override_pooler_config.is_some() && task == Task::Generate {
             bail!("--override-pooler-config is for pooling models; this model is served for --task generate");
         }
@@ -358,6 +366,7 @@ pub fn resolve_task(arg: TaskArg, archs: &[String], from_token: bool) -> Result<
         };
     }
     Ok(match (arg, encoder) {
+        (TaskArg::Transcription, _) => bail!("--task transcription: {named} is not a Whisper model"),
         (TaskArg::Reward, None) if generative => Task::Reward,
         (TaskArg::Reward, Some(_)) => {
             bail!("--task reward: {named} is not a reward model or a causal LM; serve it with --task embed, classify or score")
@@ -384,6 +393,21 @@ pub fn resolve_task(arg: TaskArg, archs: &[String], from_token: bool) -> Result<
         ),
         (_, None) => bail!("{}", arch::unsupported(named)),
     })
+}
+
+/// A Whisper model is served for transcription (vLLM picks it from the architecture);
+/// any other task is refused.
+fn whisper_task(args: &ServeArgs) -> Result<Task> {
+    if args.runner != RunnerArg::Auto || args.convert != ConvertArg::Auto {
+        bail!("--runner/--convert: a Whisper model is served for --task transcription; leave them out");
+    }
+    match args.task {
+        TaskArg::Auto | TaskArg::Transcription => Ok(Task::Transcription),
+        other => bail!(
+            "--task {}: this is a Whisper model; serve it with --task transcription (or leave --task out)",
+            format!("{other:?}").to_lowercase()
+        ),
+    }
 }
 
 /// `--task`, or newer vLLM's `--runner` and `--convert` (one spelling at a time):

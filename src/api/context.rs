@@ -57,6 +57,8 @@ pub struct ServingContext {
     pub max_logprobs: usize,
     /// Unix seconds when the server started (`created` of `/v1/models`).
     pub started: u64,
+    /// A Whisper model's special tokens and languages (the audio APIs).
+    pub whisper: Option<Arc<crate::model::whisper::tokens::WhisperTokens>>,
 }
 
 impl ServingContext {
@@ -89,6 +91,7 @@ impl ServingContext {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            whisper: None,
         }
     }
 

@@ -19,6 +19,10 @@ pub enum Endpoint {
     Score,
     /// `/rerank`, `/v1/rerank`, `/v2/rerank`
     Rerank,
+    /// `/v1/audio/transcriptions`
+    Transcriptions,
+    /// `/v1/audio/translations`
+    Translations,
 }
 
 impl Endpoint {
@@ -32,6 +36,9 @@ impl Endpoint {
             Endpoint::Classify => "classify",
             Endpoint::Score => "score",
             Endpoint::Rerank => "rerank",
+            // vLLM names these responses after the task.
+            Endpoint::Transcriptions => "transcribe",
+            Endpoint::Translations => "translate",
         }
     }
 
@@ -52,6 +59,8 @@ impl Endpoint {
             Endpoint::Classify => "Classification",
             Endpoint::Score => "Score",
             Endpoint::Rerank => "Rerank",
+            Endpoint::Transcriptions => "Transcriptions",
+            Endpoint::Translations => "Translations",
         }
     }
 
@@ -66,13 +75,15 @@ impl Endpoint {
             "/classify" => Endpoint::Classify,
             "/score" | "/v1/score" => Endpoint::Score,
             "/rerank" | "/v1/rerank" | "/v2/rerank" => Endpoint::Rerank,
+            "/v1/audio/transcriptions" => Endpoint::Transcriptions,
+            "/v1/audio/translations" => Endpoint::Translations,
             _ => return None,
         })
     }
 
     /// Whether the endpoint generates text (as opposed to pooling an encoder's states).
     pub fn generates(self) -> bool {
-        matches!(self, Endpoint::Completions | Endpoint::ChatCompletions | Endpoint::Responses)
+        matches!(self, Endpoint::Completions | Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Transcriptions | Endpoint::Translations)
     }
 }
 
@@ -80,10 +91,11 @@ impl Endpoint {
 pub fn serves(task: Task, endpoint: Endpoint) -> bool {
     use Endpoint::*;
     match task {
-        Task::Generate => endpoint.generates(),
+        Task::Generate => matches!(endpoint, Completions | ChatCompletions),
         Task::Embed => matches!(endpoint, Embeddings | Pooling | Score | Rerank),
         Task::Classify => matches!(endpoint, Classify | Pooling | Score | Rerank),
         Task::Reward => matches!(endpoint, Pooling),
+        Task::Transcription => matches!(endpoint, Transcriptions | Translations),
     }
 }
 
@@ -94,5 +106,6 @@ pub fn routes(task: Task) -> &'static str {
         Task::Embed => "/v1/embeddings, /pooling, /score and /rerank",
         Task::Classify => "/classify, /pooling, /score and /rerank",
         Task::Reward => "/pooling",
+        Task::Transcription => "/v1/audio/transcriptions and /v1/audio/translations",
     }
 }

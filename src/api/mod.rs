@@ -2,9 +2,11 @@
 //! validation that turns a wire request into a validated internal request.
 
 pub mod answer;
+pub mod audio;
 pub mod context;
 pub mod endpoint;
 pub mod error;
+pub mod form;
 pub mod pooling;
 pub mod protocol;
 pub mod request;
@@ -12,4 +14,5 @@ pub mod reasoning;
 pub mod request_metrics;
 pub mod responses;
 pub mod tools;
+pub mod transcription;
 pub mod validate;

@@ -72,7 +72,7 @@ pub fn parse_line(text: &str, number: usize) -> Line {
         let error = no_route("POST", &url);
         let message = format!(
             "{} Batch lines may use /v1/chat/completions, /v1/completions, /v1/embeddings, /pooling, /classify, \
-             /score and /rerank.",
+             /score, /rerank, /v1/audio/transcriptions and /v1/audio/translations.",
             error.message
         );
         return Line::Bad { custom_id: id, error: ApiError { message, param: Some("url".into()), ..error } };

@@ -252,6 +252,11 @@ async fn answer(
     };
     match reply {
         Some(Reply::Body(json)) => (seq, line(200, Some(&json), None), true, completion_tokens(&json)),
+        // A text answer (the audio APIs' text, srt and vtt formats) is the body as a JSON string.
+        Some(Reply::Text { body, .. }) => {
+            let json = serde_json::to_string(&body).expect("a string serializes");
+            (seq, line(200, Some(&json), None), true, 0)
+        }
         Some(Reply::Error(e)) => (seq, line(e.status.as_u16(), Some(&e.to_json()), Some(&e)), false, 0),
         Some(Reply::Chunk(_) | Reply::Event(..)) => {
             ctx.cancel();

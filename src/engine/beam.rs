@@ -178,6 +178,8 @@ impl BeamGroup {
                 announced: false,
                 // Decode refuses beam search under a structured-output constraint.
                 guide: None,
+                // Whisper requests do not take beam search.
+                audio: None,
             };
             *next_id += 1;
             self.live.insert(child.id, cum);

@@ -209,6 +209,8 @@ impl RequestLatency {
 #[derive(Debug, Default)]
 pub struct StepLatency {
     pub schedule: LatencyHistogram,
+    /// Encoder-decoder models: encoder runs (steps that started windows).
+    pub encode: LatencyHistogram,
     pub forward: LatencyHistogram,
     pub sample: LatencyHistogram,
 }

@@ -5,11 +5,13 @@
 pub mod beam;
 pub mod blocks;
 pub mod latency;
+pub mod model;
 pub mod prefix;
 pub mod request;
 pub mod scheduler;
 pub mod sequence;
 pub mod stats;
+pub mod whisper;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,14 +23,16 @@ use tch::Tensor;
 use crate::guided::{GuideState, TokenMask};
 use crate::model::batch::{SeqChunk, StepBatch};
 use crate::model::kv_cache::KvCache;
-use crate::model::decoder::Decoder;
+use crate::model::whisper::decoder::CrossKv;
 use crate::sampling::processors::{self, RowContext};
 use crate::sampling::{self, SampleRow};
 use blocks::BlockManager;
-pub use request::{Client, EngineError, EngineEvent, EngineRequest, Finish, StopReason, TokenEvent};
+use model::EngineModel;
+pub use request::{Client, EncoderInput, EngineError, EngineEvent, EngineRequest, Finish, StopReason, TokenEvent};
 use scheduler::{Scheduler, SchedulerConfig};
 use sequence::{SeqId, Sequence};
 use stats::EngineStats;
+use whisper::{AudioQueue, AudioSeq, Role, Start, StartInput, Unstarted};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -43,6 +47,8 @@ pub struct EngineConfig {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StepTimes {
     pub schedule: Duration,
+    /// Encoder-decoder models: the encoder runs of windows started this step.
+    pub encode: Duration,
     pub forward: Duration,
     pub sample: Duration,
     pub tokens: usize,
@@ -50,7 +56,7 @@ pub struct StepTimes {
 }
 
 pub struct Engine {
-    model: Decoder,
+    model: EngineModel,
     cache: KvCache,
     blocks: BlockManager,
     sched: Scheduler,
@@ -60,20 +66,14 @@ pub struct Engine {
     /// Beam-search groups by the id of the group (see `beam`), and each beam's group.
     beams: std::collections::HashMap<u64, beam::BeamGroup>,
     beam_of: std::collections::HashMap<SeqId, u64>,
+    /// Whisper requests whose windows have not all started.
+    audio: AudioQueue,
 }
 
 impl Engine {
-    pub fn new(model: Decoder, cfg: EngineConfig) -> Self {
-        let c = &model.cfg;
-        let cache = KvCache::new(
-            c.num_layers,
-            cfg.num_blocks,
-            cfg.block_size,
-            c.num_kv_heads,
-            c.head_dim,
-            model.dtype,
-            model.device,
-        );
+    pub fn new(model: impl Into<EngineModel>, cfg: EngineConfig) -> Self {
+        let model = model.into();
+        let cache = model.new_cache(cfg.num_blocks, cfg.block_size);
         Engine {
             blocks: BlockManager::new(cfg.num_blocks, cfg.block_size),
             cache,
@@ -84,6 +84,7 @@ impl Engine {
             stats: Arc::default(),
             beams: Default::default(),
             beam_of: Default::default(),
+            audio: AudioQueue::default(),
         }
     }
 
@@ -103,7 +104,10 @@ impl Engine {
         };
         let s = &self.stats;
         s.requests_running.store(requests(self.sched.running()), Relaxed);
-        s.requests_waiting.store(requests(self.sched.waiting()), Relaxed);
+        let mut waiting: std::collections::HashSet<u64> =
+            self.sched.waiting().iter().filter_map(|id| self.sched.get(*id)).map(|s| s.client.key()).collect();
+        waiting.extend(self.audio.waiting_keys());
+        s.requests_waiting.store(waiting.len() as u64, Relaxed);
         s.set_kv_usage(self.cache_usage());
         s.preemptions.store(self.sched.preemptions, Relaxed);
         s.prefix_queries.store(self.sched.prefix_queries, Relaxed);
@@ -111,7 +115,7 @@ impl Engine {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.sched.is_idle()
+        self.sched.is_idle() && self.audio.is_empty()
     }
 
     pub fn num_running(&self) -> usize {
@@ -119,7 +123,7 @@ impl Engine {
     }
 
     pub fn num_waiting(&self) -> usize {
-        self.sched.num_waiting()
+        self.sched.num_waiting() + self.audio.waiting_keys().count()
     }
 
     /// Fraction of KV blocks in use.
@@ -132,12 +136,27 @@ impl Engine {
     }
 
     /// Admits a request: one sequence per prompt and choice.
-    pub fn admit(&mut self, job: EngineRequest) {
+    pub fn admit(&mut self, mut job: EngineRequest) {
+        job.client.timeline().mark_admitted(Instant::now());
+        let prompt_tokens: usize = job.prompts.iter().map(Vec::len).sum();
+        self.stats.prompt_tokens.fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(w) = self.model.whisper() {
+            // Its windows start as places free up (`start_windows`).
+            let input = job.encoder.take().unwrap_or_default();
+            if input.windows.len() != job.prompts.len() || job.n != 1 || job.beam.is_some() {
+                tracing::error!("request {}: a Whisper request needs one window per prompt and one choice", job.client.id());
+                job.client.send(EngineEvent::Failed(EngineError::StepFailed));
+                for (w, p) in job.prompts.iter().enumerate() {
+                    job.client.send(EngineEvent::Tokens(unstarted_event(w, job.prompts.len(), p.len())));
+                }
+                return;
+            }
+            self.audio.push(job, input, &w.tokens);
+            self.publish();
+            return;
+        }
         let prompts = &job.prompts;
         let client = &job.client;
-        client.timeline().mark_admitted(Instant::now());
-        let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
-        self.stats.prompt_tokens.fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
         let choices = prompts.len() * job.n;
         // Beam search starts one sequence per prompt; its `n` beams come out at the end.
         let per_prompt = if job.beam.is_some() { 1 } else { job.n };
@@ -171,6 +190,7 @@ impl Engine {
                     prompt_logprobs: Vec::new(),
                     announced: false,
                     guide: job.guide.as_ref().map(|g| g.start_after(&job.guide_after)),
+                    audio: None,
                 };
                 self.next_id += 1;
                 if let Some(params) = job.beam {
@@ -194,17 +214,123 @@ impl Engine {
                 s.client.is_cancelled() || s.client.is_stopped(s.choice)
             })
             .collect();
-        let any = !gone.is_empty();
+        let mut any = !gone.is_empty();
         for id in gone {
             if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
+                if self.released(&seq) {
+                    continue;
+                }
                 match self.beam_of.remove(&id) {
                     Some(group) => self.abort_beams(group, &seq),
                     None => seq.client.send(EngineEvent::Tokens(event(&seq, vec![], vec![], Some(Finish::Abort)))),
                 }
             }
         }
+        for u in self.audio.reap_cancelled() {
+            abort_unstarted(&u);
+            any = true;
+        }
         if any {
             self.publish();
+        }
+    }
+
+    /// Bookkeeping for a sequence that left the scheduler: a Whisper window gives its
+    /// place back; a language detection that ends without a language drops its request
+    /// (aborting every window). True when the sequence's choice needs no `Abort` of its own.
+    fn released(&mut self, seq: &Sequence) -> bool {
+        let Some(a) = &seq.audio else { return false };
+        if a.holds_window {
+            self.audio.held -= 1;
+        }
+        if a.role == Role::DetectLanguage {
+            if let Some(u) = self.audio.drop_request(seq.client.key()) {
+                abort_unstarted(&u);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Starts the Whisper windows that have a place: one encoder batch, then a sequence
+    /// per window. Returns the encoder's time.
+    fn start_windows(&mut self) -> Duration {
+        let Some(w) = self.model.whisper() else { return Duration::ZERO };
+        let free = w.max_windows.saturating_sub(self.audio.held);
+        let starts = self.audio.pick(free, whisper::ENCODER_BATCH);
+        if starts.is_empty() {
+            return Duration::ZERO;
+        }
+        let t0 = Instant::now();
+        let features: Vec<&[f32]> = starts
+            .iter()
+            .filter_map(|s| match &s.input {
+                StartInput::Features(f) => Some(f.as_slice()),
+                StartInput::Encoded(_) => None,
+            })
+            .collect();
+        let mut encoded = w.encode(&features).into_iter();
+        let took = t0.elapsed();
+        for mut start in starts {
+            let input = std::mem::replace(&mut start.input, StartInput::Features(Vec::new()));
+            let cross = match input {
+                StartInput::Features(_) => encoded.next().expect("one encoder output per window"),
+                StartInput::Encoded(c) => c,
+            };
+            self.start_window(start, cross);
+        }
+        took
+    }
+
+    /// A sequence for a Whisper window (or its language detection), in the scheduler.
+    fn start_window(&mut self, start: Start, cross: CrossKv) {
+        let room = self.cfg.max_model_len.saturating_sub(start.prompt.len());
+        let max_new = start.params.max_tokens.map_or(room, |m| m.min(room));
+        let seed = match start.params.seed {
+            Some(s) => s.wrapping_add(start.window as u64),
+            None => crate::ids::splitmix(start.client.key() ^ (self.next_id << 20) ^ now_nanos()),
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let seq = Sequence {
+            id,
+            choice: start.window,
+            prompt_index: start.window,
+            choices: start.windows,
+            prompt: Arc::new(start.prompt),
+            output: Vec::new(),
+            params: start.params,
+            max_new,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            blocks: Vec::new(),
+            computed: 0,
+            hashes: Vec::new(),
+            // Every window's keys depend on its audio: nothing is shared between sequences.
+            salt: crate::ids::splitmix(start.client.key() ^ id),
+            priority: start.priority,
+            arrival: start.client.timeline().arrived(),
+            client: start.client,
+            prompt_logprobs: Vec::new(),
+            announced: false,
+            guide: None,
+            audio: Some(AudioSeq { cross, rules: start.rules, role: start.role, holds_window: true }),
+        };
+        self.sched.add(seq);
+    }
+
+    /// A language detection sampled `token`: the detection gives its place to the first
+    /// window, which starts now with the language in its prompt.
+    fn language_detected(&mut self, id: SeqId, token: u32) {
+        let Some(seq) = self.sched.remove(id, &mut self.blocks) else { return };
+        let Some(audio) = seq.audio else { return };
+        match self.audio.detected(seq.client.key(), token, audio.cross) {
+            Some(mut start) => {
+                let StartInput::Encoded(cross) = std::mem::replace(&mut start.input, StartInput::Features(Vec::new())) else {
+                    unreachable!("the first window starts on the detection's encoder output")
+                };
+                self.start_window(start, cross);
+            }
+            None => self.audio.held -= 1,
         }
     }
 
@@ -218,18 +344,28 @@ impl Engine {
                 if told.insert(seq.client.key()) {
                     seq.client.send(EngineEvent::Failed(error.clone()));
                 }
+                if self.released(&seq) {
+                    continue;
+                }
                 match self.beam_of.remove(&id) {
                     Some(group) => self.abort_beams(group, &seq),
                     None => seq.client.send(EngineEvent::Tokens(event(&seq, vec![], vec![], Some(Finish::Abort)))),
                 }
             }
         }
+        for u in self.audio.drain() {
+            if told.insert(u.client.key()) {
+                u.client.send(EngineEvent::Failed(error.clone()));
+            }
+            abort_unstarted(&u);
+        }
+        self.audio.held = 0;
         self.publish();
     }
 
     /// One step: schedule, forward, sample, report. Returns what it spent its time on.
     pub fn step(&mut self) -> StepTimes {
-        let mut times = StepTimes::default();
+        let mut times = StepTimes { encode: self.start_windows(), ..StepTimes::default() };
         let t0 = Instant::now();
         let plan = self.sched.schedule(&self.cfg.scheduler, &mut self.blocks);
         if plan.entries.is_empty() {
@@ -273,7 +409,20 @@ impl Engine {
         times.seqs = chunks.len();
         let t1 = Instant::now();
         times.schedule = t1 - t0;
-        let logits = self.model.forward(&batch, &mut self.cache);
+        let logits = match &self.model {
+            EngineModel::Decoder(d) => d.forward(&batch, &mut self.cache),
+            EngineModel::Whisper(w) => {
+                let cross: Vec<&CrossKv> = plan
+                    .entries
+                    .iter()
+                    .map(|(id, _)| {
+                        let seq = self.sched.get(*id).expect("planned");
+                        &seq.audio.as_ref().expect("a Whisper sequence has its encoder output").cross
+                    })
+                    .collect();
+                w.forward(&batch, &mut self.cache, &cross)
+            }
+        };
         let t2 = Instant::now();
         times.forward = t2 - t1;
         let caching = self.cfg.scheduler.prefix_caching;
@@ -345,6 +494,20 @@ impl Engine {
                 }
             });
         }
+        // Whisper's rules on the rows that transcribe, before the request's own processors.
+        let adjusted = {
+            let rules: Vec<Option<(&crate::model::whisper::rules::DecodeRules, &[u32])>> = ids
+                .iter()
+                .map(|&id| {
+                    let seq = self.sched.get(id).expect("sampled");
+                    seq.audio
+                        .as_ref()
+                        .filter(|a| a.role == Role::Transcribe)
+                        .map(|a| (&*a.rules, seq.output.as_slice()))
+                })
+                .collect();
+            whisper::WhisperEngine::apply_rules(logits, &rules)
+        };
         let drawn = {
             let eos = &self.cfg.eos_ids;
             let rows: Vec<SampleRow> = ids
@@ -367,7 +530,7 @@ impl Engine {
                     SampleRow { params: &seq.params, uniform, ctx }
                 })
                 .collect();
-            sampling::sample(logits, &rows)
+            sampling::sample_adjusted(logits, adjusted.as_ref(), &rows)
         };
         let now = Instant::now();
         for ((&id, s), broken) in ids.iter().zip(drawn).zip(broken) {
@@ -376,8 +539,14 @@ impl Engine {
                 tracing::error!("request {}: the structured-output constraint failed: {e}", seq.client.id());
                 seq.client.send(EngineEvent::Failed(EngineError::ConstraintFailed(e)));
                 if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
-                    seq.client.send(EngineEvent::Tokens(event(&seq, vec![], vec![], Some(Finish::Abort))));
+                    if !self.released(&seq) {
+                        seq.client.send(EngineEvent::Tokens(event(&seq, vec![], vec![], Some(Finish::Abort))));
+                    }
                 }
+                continue;
+            }
+            if seq.audio.as_ref().is_some_and(|a| a.role == Role::DetectLanguage) {
+                self.language_detected(id, s.token);
                 continue;
             }
             self.stats.latency.on_token(seq.client.timeline(), now);
@@ -401,7 +570,9 @@ impl Engine {
             }
             let client = seq.client.clone();
             if finish.is_some() {
-                self.sched.remove(id, &mut self.blocks);
+                if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
+                    self.released(&seq);
+                }
             }
             client.send(EngineEvent::Tokens(ev));
         }
@@ -533,6 +704,29 @@ fn event(seq: &Sequence, tokens: Vec<u32>, logprobs: Vec<sampling::TokenLogprobs
         prompt: None,
         prompt_logprobs: None,
         first_token_at: None,
+    }
+}
+
+/// The `Abort` event of a Whisper window that never started.
+fn unstarted_event(window: usize, windows: usize, prompt_tokens: usize) -> TokenEvent {
+    TokenEvent {
+        choice: window,
+        prompt_index: window,
+        tokens: vec![],
+        logprobs: vec![],
+        finish: Some(Finish::Abort),
+        prompt_tokens,
+        choices: windows,
+        prompt: None,
+        prompt_logprobs: None,
+        first_token_at: None,
+    }
+}
+
+/// Ends every window of a request that had not started.
+fn abort_unstarted(u: &Unstarted) {
+    for &(w, len) in &u.left {
+        u.client.send(EngineEvent::Tokens(unstarted_event(w, u.windows, len)));
     }
 }
 

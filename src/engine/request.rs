@@ -13,6 +13,7 @@ use crate::sampling::{SamplingParams, TokenLogprobs};
 
 use super::beam::BeamParams;
 use super::latency::Timeline;
+pub use super::whisper::EncoderInput;
 
 /// A request for the engine: one sequence per prompt and choice (beam search: one per
 /// prompt, its beams branching from it).
@@ -35,6 +36,8 @@ pub struct EngineRequest {
     pub beam: Option<BeamParams>,
     /// Who sent it: asked between steps whether to go on, and told what happens.
     pub client: Arc<dyn Client>,
+    /// An encoder-decoder model's encoder input (Whisper: one audio window per prompt).
+    pub encoder: Option<EncoderInput>,
 }
 
 /// The engine's view of a request's sender.

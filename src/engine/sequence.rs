@@ -44,6 +44,8 @@ pub struct Sequence {
     pub announced: bool,
     /// Where this choice is in its structured-output constraint, when it has one.
     pub guide: Option<GuideState>,
+    /// Whisper: the window's encoder output and decoding rules.
+    pub audio: Option<super::whisper::AudioSeq>,
 }
 
 impl Sequence {

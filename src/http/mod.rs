@@ -2,6 +2,7 @@
 //! connections and the pipeline's first stage. The wire format and its validation are
 //! `crate::api`'s; this part only moves bytes between sockets and stages.
 
+pub mod audio;
 pub mod cors;
 pub mod docs;
 pub mod responses;

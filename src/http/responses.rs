@@ -59,7 +59,7 @@ pub async fn create(State(app): State<Arc<AppState>>, req: Request) -> Response 
                     store.put(&ctx.id, failed, Vec::new());
                     break;
                 }
-                Reply::Body(_) | Reply::Done | Reply::End => break,
+                Reply::Body(_) | Reply::Text { .. } | Reply::Done | Reply::End => break,
                 Reply::Chunk(_) | Reply::Event(..) => {}
             }
         }

@@ -68,6 +68,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/rerank"),
     ("POST", "/v1/rerank"),
     ("POST", "/v2/rerank"),
+    ("POST", "/v1/audio/transcriptions"),
+    ("POST", "/v1/audio/translations"),
     ("GET", "/v1/models"),
     ("POST", "/tokenize"),
     ("POST", "/detokenize"),
@@ -95,6 +97,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/rerank", post(rerank))
         .route("/v1/rerank", post(rerank))
         .route("/v2/rerank", post(rerank))
+        .route("/v1/audio/transcriptions", post(super::audio::transcriptions))
+        .route("/v1/audio/translations", post(super::audio::translations))
         .route("/v1/models", get(models))
         .route("/tokenize", post(super::tokenize::tokenize))
         .route("/detokenize", post(super::tokenize::detokenize))
@@ -278,8 +282,18 @@ pub(super) fn enqueue(
     // As in vLLM, a client's X-Request-Id (or else the body's `request_id`) becomes the
     // response id's tail.
     let request_id = client_request_id(headers, &body);
-    let (ctx, rx) = RequestCtx::new(endpoint, request_id.as_deref(), app.new_trace());
-    match app.entry.try_send(Item { ctx: ctx.clone(), payload: Payload::Body(body) }) {
+    offer(app, endpoint, request_id.as_deref(), Payload::Body(body))
+}
+
+/// Offers any payload to the first stage under a request id.
+fn offer(
+    app: &AppState,
+    endpoint: Endpoint,
+    request_id: Option<&str>,
+    payload: Payload,
+) -> Result<(Arc<RequestCtx>, UnboundedReceiver<Reply>), ApiError> {
+    let (ctx, rx) = RequestCtx::new(endpoint, request_id, app.new_trace());
+    match app.entry.try_send(Item { ctx: ctx.clone(), payload }) {
         Ok(()) => Ok((ctx, rx)),
         Err((SendError::Full, _)) => Err(ApiError::overloaded()),
         Err((SendError::Closed, _)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The server is shutting down.")),
@@ -289,11 +303,16 @@ pub(super) fn enqueue(
 /// Submits a read body and answers with what the pipeline replies.
 pub(super) async fn submit_body(app: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, body: Bytes) -> Response {
     let request_id = client_request_id(headers, &body);
-    let (ctx, rx) = match enqueue(&app, endpoint, headers, body) {
+    dispatch(app, endpoint, request_id.as_deref(), Payload::Body(body)).await
+}
+
+/// Hands a request to the first stage (a full queue is a 503) and relays its answer.
+pub(super) async fn dispatch(app: Arc<AppState>, endpoint: Endpoint, request_id: Option<&str>, payload: Payload) -> Response {
+    let (ctx, rx) = match offer(&app, endpoint, request_id, payload) {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
-    let echo = app.request_id_headers.then(|| request_id.map_or_else(|| ctx.id.clone(), |r| r.to_string()));
+    let echo = app.request_id_headers.then(|| request_id.map_or_else(|| ctx.id.clone(), str::to_string));
     let mut response = respond(ctx, rx).await;
     if let Some(v) = echo.and_then(|r| HeaderValue::from_str(&r).ok()) {
         response.headers_mut().insert("x-request-id", v);
@@ -350,6 +369,10 @@ async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Resp
             guard.disarm();
             ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response()
         }
+        Some(Reply::Text { body, content_type }) => {
+            guard.disarm();
+            ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
+        }
         Some(first @ (Reply::Chunk(_) | Reply::Event(..))) => {
             let events = stream::unfold((Some(first), rx, guard, false), |(first, mut rx, guard, done)| async move {
                 if done {
@@ -369,7 +392,7 @@ async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Resp
                         guard.disarm();
                         return None;
                     }
-                    Some(Reply::Done) | Some(Reply::Body(_)) | None => {
+                    Some(Reply::Done) | Some(Reply::Body(_)) | Some(Reply::Text { .. }) | None => {
                         return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (None, rx, guard, true)));
                     }
                 };

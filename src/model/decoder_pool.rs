@@ -174,6 +174,7 @@ pub fn load(
             (head, None)
         }
         Task::Reward => (Head::None, None),
+        Task::Transcription => return Err(LoadError::Unsupported(format!("{named} cannot pool: it is served for --task transcription"))),
         Task::Embed | Task::Generate => {
             let p = match &location.format {
                 Format::HfDir(dir) => PoolingConfig::from_dir(dir, PoolingMode::Last)?,

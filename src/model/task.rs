@@ -12,6 +12,8 @@ pub enum Task {
     /// Per-token outputs (a reward model's rewards, or a causal LM's hidden states):
     /// pooling only.
     Reward,
+    /// Speech to text (Whisper): transcriptions and translations.
+    Transcription,
 }
 
 impl Task {
@@ -21,6 +23,7 @@ impl Task {
             Task::Embed => "embed",
             Task::Classify => "classify",
             Task::Reward => "reward",
+            Task::Transcription => "transcription",
         }
     }
 }

@@ -41,6 +41,7 @@ fn synthetic(args: &ProfileArgs, model: &str, task: Task) -> Vec<String> {
                 Task::Embed => ("/v1/embeddings", serde_json::json!({"model": model, "input": text})),
                 Task::Classify => ("/classify", serde_json::json!({"model": model, "input": text})),
                 Task::Reward => ("/pooling", serde_json::json!({"model": model, "input": text})),
+                Task::Transcription => unreachable!("a Whisper model is profiled on a batch file"),
             };
             serde_json::json!({"custom_id": format!("profile-{i}"), "method": "POST", "url": url, "body": body}).to_string()
         })
@@ -52,7 +53,14 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     if args.input_file.is_none() && (args.num_prompts == 0 || args.output_len == 0) {
         bail!("--num-prompts and --output-len must be at least 1");
     }
-    let server = build(&ServeConfig::resolve(&args.serve)?, Edge::Jsonl)?;
+    let config = ServeConfig::resolve(&args.serve)?;
+    if config.task == Task::Transcription && args.input_file.is_none() {
+        bail!(
+            "a Whisper model is profiled on a batch file of audio requests: give -i FILE with \
+             /v1/audio/transcriptions lines whose body has the audio as `file_url` (a data: URL)"
+        );
+    }
+    let server = build(&config, Edge::Jsonl)?;
     let (lines, total): (Vec<std::io::Result<String>>, usize) = match &args.input_file {
         Some(path) => {
             let f = File::open(path).with_context(|| format!("--input-file {}: cannot open it", path.display()))?;

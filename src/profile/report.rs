@@ -55,10 +55,11 @@ impl Report {
             })
             .collect();
         let s = &stats.steps;
-        let parts: [(&'static str, &LatencyHistogram); 3] =
-            [("schedule", &s.schedule), ("forward", &s.forward), ("sample", &s.sample)];
+        let parts: [(&'static str, &LatencyHistogram); 4] =
+            [("schedule", &s.schedule), ("encode", &s.encode), ("forward", &s.forward), ("sample", &s.sample)];
         let steps = if s.forward.count() > 0 {
-            parts.iter().map(|(part, h)| StepRow { part, time: h.summary() }).collect()
+            // `encode` only where an encoder-decoder model ran its encoder.
+            parts.iter().filter(|(_, h)| h.count() > 0).map(|(part, h)| StepRow { part, time: h.summary() }).collect()
         } else {
             Vec::new()
         };

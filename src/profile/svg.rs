@@ -72,7 +72,7 @@ pub fn render(r: &Report) -> String {
     y += BAR + GAP;
     if !r.steps.is_empty() {
         let steps = r.steps[0].time.count.max(1) as f64;
-        let colours = ["#e9c46a", "#264653", "#e76f51"];
+        let colours = ["#e9c46a", "#264653", "#e76f51", "#8ab17d"];
         let segments: Vec<(&str, f64, &str)> =
             r.steps.iter().zip(colours).map(|(s, c)| (s.part, s.time.sum / steps, c)).collect();
         let step: f64 = segments.iter().map(|s| s.1).sum();

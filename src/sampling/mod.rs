@@ -4,7 +4,7 @@
 pub mod processors;
 mod sampler;
 
-pub use sampler::{SampleRow, Sampled, logprobs_of, sample};
+pub use sampler::{SampleRow, Sampled, logprobs_of, sample, sample_adjusted};
 
 /// How one request's tokens are chosen. Built and validated by the decode stage.
 #[derive(Debug, Clone, PartialEq)]

@@ -26,16 +26,24 @@ pub struct Sampled {
 
 /// Samples one token per row of `logits: [rows, vocab]` (f32).
 pub fn sample(logits: &Tensor, rows: &[SampleRow]) -> Vec<Sampled> {
+    sample_adjusted(logits, None, rows)
+}
+
+/// As `sample`, with the rows' processors applied to `adjusted` (the logits after a
+/// model's own rules, e.g. Whisper's suppression) when given; logprobs are still those
+/// of the raw `logits`.
+pub fn sample_adjusted(logits: &Tensor, adjusted: Option<&Tensor>, rows: &[SampleRow]) -> Vec<Sampled> {
     let _guard = tch::no_grad_guard();
     let n = rows.len();
     assert_eq!(logits.size()[0] as usize, n, "one row of logits per sample row");
     let dev = logits.device();
     let mut tokens = vec![0i64; n];
     let raw = logits;
+    let start = adjusted.unwrap_or(raw);
     let params: Vec<&SamplingParams> = rows.iter().map(|r| r.params).collect();
     let ctxs: Vec<&RowContext> = rows.iter().map(|r| &r.ctx).collect();
-    let processed = processors::apply(raw, &params, &ctxs);
-    let logits = processed.as_ref().unwrap_or(raw);
+    let processed = processors::apply(start, &params, &ctxs);
+    let logits = processed.as_ref().unwrap_or(start);
 
     let greedy: Vec<i64> = (0..n).filter(|&i| rows[i].params.is_greedy()).map(|i| i as i64).collect();
     if !greedy.is_empty() {

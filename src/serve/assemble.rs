@@ -59,7 +59,11 @@ impl Server {
 pub fn build(cfg: &ServeConfig, edge: Edge) -> Result<Server> {
     // The pipeline file before the weights: a wrong one should not wait for the model to load.
     let spec = pipeline_spec(cfg, edge)?;
-    let mut catalog = if cfg.task == Task::Generate { stages::generation_catalog() } else { stages::pooling_catalog() };
+    let mut catalog = match cfg.task {
+        Task::Generate => stages::generation_catalog(),
+        Task::Transcription => stages::transcription_catalog(),
+        _ => stages::pooling_catalog(),
+    };
     catalog.source(edge.source(), stages::SOURCE_OUTPUT);
     catalog.check(&spec)?;
     if let Some(t) = cfg.threads {
@@ -69,6 +73,7 @@ pub fn build(cfg: &ServeConfig, edge: Edge) -> Result<Server> {
     let t0 = Instant::now();
     let (registry, serving, engine_stats) = match cfg.task {
         Task::Generate => generator(cfg, catalog, t0)?,
+        Task::Transcription => super::whisper::transcriber(cfg, catalog, t0)?,
         _ => pooling_model(cfg, catalog, t0)?,
     };
     let pipeline = Pipeline::start(&spec, &registry)?;
@@ -92,6 +97,12 @@ fn pipeline_spec(cfg: &ServeConfig, edge: Edge) -> Result<PipelineSpec> {
     let generates = cfg.task == Task::Generate;
     Ok(match (&cfg.pipeline_file, generates, edge) {
         (Some(path), _, _) => PipelineSpec::load(path)?,
+        (None, _, Edge::Http) if cfg.task == Task::Transcription => {
+            PipelineSpec::parse(stages::TRANSCRIBE_TOML, "stages/transcribe.toml (built in)")?
+        }
+        (None, _, Edge::Jsonl) if cfg.task == Task::Transcription => {
+            PipelineSpec::parse(stages::BATCH_TRANSCRIBE_TOML, "stages/batch-transcribe.toml (built in)")?
+        }
         (None, true, Edge::Http) => PipelineSpec::parse(stages::SERVE_TOML, "stages/serve.toml (built in)")?,
         (None, false, Edge::Http) => PipelineSpec::parse(stages::POOLING_TOML, "stages/pooling.toml (built in)")?,
         (None, true, Edge::Jsonl) => PipelineSpec::parse(stages::BATCH_TOML, "stages/batch.toml (built in)")?,
@@ -99,7 +110,7 @@ fn pipeline_spec(cfg: &ServeConfig, edge: Edge) -> Result<PipelineSpec> {
     })
 }
 
-type Assembled = (Registry<Item>, Arc<ServingContext>, Arc<EngineStats>);
+pub(super) type Assembled = (Registry<Item>, Arc<ServingContext>, Arc<EngineStats>);
 
 /// A causal LM behind the engine.
 fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Assembled> {

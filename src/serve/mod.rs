@@ -2,6 +2,7 @@
 
 mod assemble;
 mod kv;
+mod whisper;
 
 use anyhow::{Context, Result};
 

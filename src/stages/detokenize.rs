@@ -80,6 +80,7 @@ impl Detokenize {
     fn advance(&self, state: &mut ChoiceState, ev: TokenEvent, echo_prompt: Option<String>, min_tokens: usize) -> TextEvent {
         let tok = &self.tokenizer;
         let prompt_logprobs = ev.prompt_logprobs.clone();
+        let prompt = ev.prompt.clone();
         let mut text = String::new();
         let mut used = 0;
         let mut finish = ev.finish.clone();
@@ -120,6 +121,7 @@ impl Detokenize {
             choices: ev.choices,
             echo_prompt,
             prompt_logprobs,
+            prompt,
         }
     }
 }

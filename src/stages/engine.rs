@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::api::error::ApiError;
+use crate::api::audio::AudioJob;
 use crate::api::request::{Job, Prompt};
 use crate::engine::latency::Timeline;
 use crate::engine::{Client, Engine, EngineError, EngineEvent, EngineRequest};
@@ -99,16 +100,40 @@ fn engine_request(ctx: Arc<RequestCtx>, job: Job, out: &Outlet<Item>, stage: usi
         guide_after: job.guide_after,
         beam: job.beam,
         client,
+        encoder: None,
     })
 }
 
+/// The engine request for a prepared audio job: one prompt and one encoder window per
+/// 30 s of audio.
+fn audio_request(ctx: Arc<RequestCtx>, job: AudioJob, out: &Outlet<Item>, stage: usize) -> EngineRequest {
+    let client = Arc::new(Admitted { ctx, out: out.clone(), stage, finished: AtomicUsize::new(0) });
+    EngineRequest {
+        prompts: job.prompts,
+        sampling: job.sampling,
+        n: 1,
+        priority: 0,
+        cache_salt: None,
+        guide: None,
+        guide_after: Vec::new(),
+        beam: None,
+        client,
+        encoder: job.encoder,
+    }
+}
+
 fn admit(engine: &mut Engine, item: Item, out: &Outlet<Item>, stage: usize) {
-    let Payload::Job(job) = item.payload else { unreachable!("the engine takes tokenized jobs") };
     if item.ctx.is_cancelled() {
         return;
     }
-    if let Some(request) = engine_request(item.ctx, *job, out, stage) {
-        engine.admit(request);
+    match item.payload {
+        Payload::Job(job) => {
+            if let Some(request) = engine_request(item.ctx, *job, out, stage) {
+                engine.admit(request);
+            }
+        }
+        Payload::Audio(job) => engine.admit(audio_request(item.ctx, *job, out, stage)),
+        _ => unreachable!("the engine takes tokenized jobs and prepared audio jobs"),
     }
 }
 
@@ -160,6 +185,9 @@ impl Stage<Item> for EngineStage {
                 inlet.metrics().record_service(start.elapsed());
                 let steps = &stats.steps;
                 steps.schedule.record(times.schedule);
+                if !times.encode.is_zero() {
+                    steps.encode.record(times.encode);
+                }
                 steps.forward.record(times.forward);
                 steps.sample.record(times.sample);
             } else if !engine.is_idle() {

@@ -12,7 +12,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use crate::api::audio::{AudioJob, AudioMeta};
 use crate::api::endpoint::Endpoint;
+use crate::api::form::Form;
 use crate::api::error::ApiError;
 use crate::api::request::{Job, PoolJob, RequestMeta};
 use crate::api::request_metrics::RequestMetrics;
@@ -30,6 +32,8 @@ pub enum Reply {
     Chunk(String),
     /// The whole JSON body (not streaming). Last.
     Body(String),
+    /// A whole body that is not JSON (the audio APIs' text, srt and vtt formats). Last.
+    Text { body: String, content_type: &'static str },
     /// The end of a stream (`data: [DONE]`).
     Done,
     /// One typed server-sent event (the Responses API): its type and JSON.
@@ -59,6 +63,8 @@ pub struct RequestCtx {
     reply: UnboundedSender<Reply>,
     /// Set once by the decode stage; read by the stages after the engine.
     meta: OnceLock<Arc<RequestMeta>>,
+    /// Audio requests: how the answer is shaped; set once by their decode stage.
+    audio: OnceLock<Arc<AudioMeta>>,
     /// When the request was first scheduled and produced tokens (for latency metrics).
     pub timeline: crate::engine::latency::Timeline,
     /// Each stage's time on this request, when the answer reports it
@@ -99,6 +105,7 @@ impl RequestCtx {
             stopped: Mutex::new(HashSet::new()),
             reply: tx,
             meta: OnceLock::new(),
+            audio: OnceLock::new(),
         };
         (Arc::new(ctx), rx)
     }
@@ -153,6 +160,15 @@ impl RequestCtx {
     pub fn meta(&self) -> &Arc<RequestMeta> {
         self.meta.get().expect("decode sets the request metadata first")
     }
+
+    pub fn set_audio(&self, audio: AudioMeta) {
+        let _ = self.audio.set(Arc::new(audio));
+    }
+
+    /// An audio request's answer shape; its decode stage sets it first.
+    pub fn audio(&self) -> &Arc<AudioMeta> {
+        self.audio.get().expect("audio decode sets the audio metadata first")
+    }
 }
 
 pub struct Item {
@@ -182,6 +198,10 @@ pub enum Payload {
     /// A pooling request (embeddings, classification, scores): decoded, then tokenized,
     /// then filled with the encoder's outputs.
     Pool(Box<PoolJob>),
+    /// A `multipart/form-data` request as received (the audio APIs over HTTP).
+    Form(Box<Form>),
+    /// An audio request: decoded, then filled with its windows by the audio stage.
+    Audio(Box<AudioJob>),
 }
 
 /// New text of one choice.
@@ -202,6 +222,8 @@ pub struct TextEvent {
     pub echo_prompt: Option<String>,
     /// Logprobs of prompt tokens 1.., on the first event when asked for.
     pub prompt_logprobs: Option<Arc<Vec<TokenLogprobs>>>,
+    /// The prompt ids, on the first event (the audio APIs read the detected language there).
+    pub prompt: Option<Arc<Vec<u32>>>,
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The stage kinds that `stages/*.toml` can name, one file each, and the registry that
 //! tells the pipeline runtime how to build them and what each takes and gives.
 
+pub mod audio;
+pub mod audio_decode;
 pub mod decode;
 pub mod detokenize;
 pub mod encode;
@@ -13,6 +15,7 @@ pub mod pool_tokenize;
 pub mod render;
 pub mod stream;
 pub mod tokenize;
+pub mod transcribe_stream;
 
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +36,12 @@ pub const BATCH_TOML: &str = include_str!("../../stages/batch.toml");
 
 /// The built-in pipeline for `sluice run-batch` with a pooling model.
 pub const BATCH_POOLING_TOML: &str = include_str!("../../stages/batch-pooling.toml");
+
+/// The built-in pipeline for a Whisper model (`--task transcription`).
+pub const TRANSCRIBE_TOML: &str = include_str!("../../stages/transcribe.toml");
+
+/// The built-in pipeline for `sluice run-batch` with a Whisper model.
+pub const BATCH_TRANSCRIBE_TOML: &str = include_str!("../../stages/batch-transcribe.toml");
 
 /// What every source (HTTP or JSONL) hands the first stage: request bodies. The caller
 /// registers the source its edge provides.
@@ -59,6 +68,19 @@ pub fn pooling_catalog() -> Catalog {
         .kind("pool_tokenize", StageShape::new("pooling requests", "tokenized pooling requests"))
         .kind("encode", StageShape::new("tokenized pooling requests", "pooled outputs").single("the encoder owns the pooling model"))
         .kind("pool_stream", StageShape::new("pooled outputs", "nothing"));
+    c
+}
+
+/// The stage kinds of a speech-to-text pipeline (Whisper): the audio APIs' requests are
+/// decoded, their audio turned into windows of features, transcribed by the engine, and
+/// the windows' texts joined into the answer.
+pub fn transcription_catalog() -> Catalog {
+    let mut c = Catalog::new();
+    c.kind("audio_decode", StageShape::new("bodies", "audio requests"))
+        .kind("audio", StageShape::new("audio requests", "audio windows"))
+        .kind("engine", StageShape::new("audio windows", "tokens").single("the engine owns the model and the KV cache"))
+        .kind("detokenize", StageShape::new("tokens", "text").ordered())
+        .kind("transcribe_stream", StageShape::new("text", "nothing").ordered());
     c
 }
 
@@ -125,6 +147,41 @@ pub fn pooling_registry(
     let i = info.clone();
     let st = stats;
     r.make("pool_stream", Box::new(move || boxed(pool_stream::PoolStream { model: i.clone(), stats: st.clone() })));
+    r
+}
+
+/// The transcription catalog's kinds, bound to the served Whisper model. The engine can
+/// be built once only.
+pub fn transcription_registry(
+    catalog: Catalog,
+    serving: Arc<ServingContext>,
+    engine: Engine,
+    prep: Arc<audio::AudioPrep>,
+) -> Registry<Item> {
+    let mut r = Registry::with_catalog(catalog);
+    let s = serving.clone();
+    r.make("audio_decode", Box::new(move || boxed(audio_decode::AudioDecode { serving: s.clone() })));
+    let p = prep.clone();
+    r.make("audio", Box::new(move || boxed(audio::AudioStage { prep: p.clone() })));
+    let stats = engine.stats();
+    let engine = Mutex::new(Some(engine));
+    r.make(
+        "engine",
+        Box::new(move || {
+            let e = engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+            e.map(|e| Arc::new(engine::EngineStage::new(e)) as Arc<dyn Stage<Item>>)
+                .ok_or_else(|| "a pipeline can have only one engine stage".to_string())
+        }),
+    );
+    let tok = serving.tokenizer.clone();
+    r.make("detokenize", Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })));
+    let (tok, tokens) = (serving.tokenizer.clone(), prep.tokens.clone());
+    r.make(
+        "transcribe_stream",
+        Box::new(move || {
+            boxed(transcribe_stream::TranscribeStream { tokenizer: tok.clone(), tokens: tokens.clone(), stats: stats.clone() })
+        }),
+    );
     r
 }
 

@@ -6,8 +6,10 @@
 //! - `generation`: completions and chat completions → `Job` + `RequestMeta`;
 //! - `pooling`: embeddings, pooling, classify, score, rerank → `PoolJob`;
 //! - `chat`: chat messages and template options, shared by both and by `/tokenize`;
-//! - `structured`: the structured-output fields, in every spelling.
+//! - `structured`: the structured-output fields, in every spelling;
+//! - `audio`: transcriptions and translations (forms, or batch lines' JSON) → `AudioJob`.
 
+pub mod audio;
 pub mod chat;
 pub mod generation;
 pub mod pooling;
@@ -18,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::api::error::ApiError;
 
+pub use audio::audio_request;
 pub use generation::generation_request;
 pub use pooling::pooling_request;
 

@@ -85,8 +85,8 @@ impl Pooling<'_> {
                 let (inputs, pairs) = self.score_inputs(&left, &documents, &pairs);
                 (inputs, PoolShape::Rerank { pairs, documents, top_n, return_documents })
             }
-            Endpoint::Completions | Endpoint::ChatCompletions | Endpoint::Responses => {
-                unreachable!("the HTTP edge sends generation requests elsewhere")
+            Endpoint::Completions | Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Transcriptions | Endpoint::Translations => {
+                unreachable!("the HTTP edge sends generation and audio requests elsewhere")
             }
         };
         // OpenAI's own field that does not change the output; priority 0 is the default.
