@@ -127,12 +127,13 @@ fn reasoning_is_split_off_and_thinking_can_be_turned_off() {
     let (status, r) = s.post("/v1/chat/completions", &base);
     assert_eq!(status, 200, "{r}");
     let msg = &r["choices"][0]["message"];
-    // The model never closes the block in 12 tokens: all of it is reasoning, cut short.
+    // The model never closes the block (it stops or is cut short first): all of it is reasoning.
     let reasoning = msg["reasoning_content"].as_str().unwrap_or_else(|| panic!("{r}"));
     assert!(!reasoning.is_empty());
     assert_eq!(msg["reasoning"], msg["reasoning_content"], "{r}");
     assert!(msg["content"].is_null(), "{r}");
-    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    let finish = r["choices"][0]["finish_reason"].as_str();
+    assert!(matches!(finish, Some("length" | "stop")), "{r}");
 
     let mut streaming = base.clone();
     streaming["stream"] = json!(true);
