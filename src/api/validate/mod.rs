@@ -6,10 +6,12 @@
 //! - `generation`: completions and chat completions → `Job` + `RequestMeta`;
 //! - `pooling`: embeddings, pooling, classify, score, rerank → `PoolJob`;
 //! - `chat`: chat messages and template options, shared by both and by `/tokenize`;
-//! - `structured`: the structured-output fields, in every spelling.
+//! - `structured`: the structured-output fields, in every spelling;
+//! - `media`: image content parts (their shape, data: URLs decoded).
 
 pub mod chat;
 pub mod generation;
+pub mod media;
 pub mod pooling;
 pub mod structured;
 
