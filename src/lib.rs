@@ -11,7 +11,8 @@
 //! - `engine`: scheduling, KV blocks, sequences, behind its own request/event types.
 //! - `model`: model files, tokenizer, chat template, forward pass. `sampling`: logits to
 //!   tokens. `guided`: constraints compiled to token masks. `detok`: incremental text.
-//!   `audio`: audio files to Whisper's log-mel features.
+//!   `audio`: audio files to Whisper's log-mel features. `vision`: image bytes to a vision
+//!   model's pixel patches.
 //! - `pipeline`: the generic staged-dataflow runtime (channels, wiring, metrics).
 
 pub mod api;
@@ -32,3 +33,4 @@ pub mod profile;
 pub mod sampling;
 pub mod serve;
 pub mod stages;
+pub mod vision;

@@ -20,6 +20,7 @@ pub mod linear;
 pub mod llama;
 pub mod mixtral;
 pub mod moe;
+pub mod mrope;
 pub mod phi3;
 pub mod pooling;
 pub mod quant;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::Fields;
+use super::{Fields, media};
 use crate::api::context::{ContentFormat, ServingContext};
 use crate::api::error::ApiError;
 use crate::api::protocol::ChatMessage;
@@ -79,6 +79,19 @@ pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMes
                         return Err(ApiError::invalid(
                             format!("{param}.content[{j}].text"),
                             format!("`messages[{i}].content[{j}]` of type text needs a `text` string."),
+                        ));
+                    }
+                    (Some("image_url"), _) => {
+                        // The part's shape and data are checked first, so a malformed one
+                        // says what is wrong with it.
+                        let part = format!("{param}.content[{j}]");
+                        media::image_part(&part, p)?;
+                        return Err(ApiError::invalid(
+                            part,
+                            format!(
+                                "The served model takes no images: `messages[{i}].content[{j}]` is an image_url part; \
+                                 send only \"text\" parts to this model."
+                            ),
                         ));
                     }
                     (other, _) => {

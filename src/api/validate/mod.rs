@@ -8,10 +8,12 @@
 //! - `chat`: chat messages and template options, shared by both and by `/tokenize`;
 //! - `structured`: the structured-output fields, in every spelling;
 //! - `audio`: transcriptions and translations (forms, or batch lines' JSON) → `AudioJob`.
+//! - `media`: image content parts (their shape, data: URLs decoded).
 
 pub mod audio;
 pub mod chat;
 pub mod generation;
+pub mod media;
 pub mod pooling;
 pub mod structured;
 
