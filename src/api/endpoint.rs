@@ -91,7 +91,7 @@ impl Endpoint {
 pub fn serves(task: Task, endpoint: Endpoint) -> bool {
     use Endpoint::*;
     match task {
-        Task::Generate => matches!(endpoint, Completions | ChatCompletions),
+        Task::Generate => matches!(endpoint, Completions | ChatCompletions | Responses),
         Task::Embed => matches!(endpoint, Embeddings | Pooling | Score | Rerank),
         Task::Classify => matches!(endpoint, Classify | Pooling | Score | Rerank),
         Task::Reward => matches!(endpoint, Pooling),
