@@ -88,6 +88,22 @@ fn boxed<S: Stage<Item>>(s: S) -> Result<Arc<dyn Stage<Item>>, String> {
     Ok(Arc::new(s))
 }
 
+/// The `engine` kind (built once: the engine owns the model and its cache) and the
+/// `detokenize` kind that follows it, shared by the generation and transcription registries.
+fn engine_and_detokenize(r: &mut Registry<Item>, engine: Engine, serving: &ServingContext) {
+    let engine = Mutex::new(Some(engine));
+    r.make(
+        "engine",
+        Box::new(move || {
+            let e = engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+            e.map(|e| Arc::new(engine::EngineStage::new(e)) as Arc<dyn Stage<Item>>)
+                .ok_or_else(|| "a pipeline can have only one engine stage".to_string())
+        }),
+    );
+    let tok = serving.tokenizer.clone();
+    r.make("detokenize", Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })));
+}
+
 /// The generation catalog's kinds, bound to the served model. The engine can be built
 /// once only.
 pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> {
@@ -101,17 +117,7 @@ pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine) 
     let guides = Arc::new(crate::guided::Guides::new(serving.tokenizer.clone(), engine.cfg.eos_ids.clone()));
     r.make("guide", Box::new(move || boxed(guide::GuideStage { guides: guides.clone() })));
     let stats = engine.stats();
-    let engine = Mutex::new(Some(engine));
-    r.make(
-        "engine",
-        Box::new(move || {
-            let e = engine.lock().unwrap_or_else(|e| e.into_inner()).take();
-            e.map(|e| Arc::new(engine::EngineStage::new(e)) as Arc<dyn Stage<Item>>)
-                .ok_or_else(|| "a pipeline can have only one engine stage".to_string())
-        }),
-    );
-    let tok = serving.tokenizer.clone();
-    r.make("detokenize", Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })));
+    engine_and_detokenize(&mut r, engine, &serving);
     let tok = serving.tokenizer.clone();
     let store = serving.responses.clone();
     r.make("stream", Box::new(move || boxed(stream::Stream { tokenizer: tok.clone(), stats: stats.clone(), responses: store.clone() })));
@@ -164,17 +170,7 @@ pub fn transcription_registry(
     let p = prep.clone();
     r.make("audio", Box::new(move || boxed(audio::AudioStage { prep: p.clone() })));
     let stats = engine.stats();
-    let engine = Mutex::new(Some(engine));
-    r.make(
-        "engine",
-        Box::new(move || {
-            let e = engine.lock().unwrap_or_else(|e| e.into_inner()).take();
-            e.map(|e| Arc::new(engine::EngineStage::new(e)) as Arc<dyn Stage<Item>>)
-                .ok_or_else(|| "a pipeline can have only one engine stage".to_string())
-        }),
-    );
-    let tok = serving.tokenizer.clone();
-    r.make("detokenize", Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })));
+    engine_and_detokenize(&mut r, engine, &serving);
     let (tok, tokens) = (serving.tokenizer.clone(), prep.tokens.clone());
     r.make(
         "transcribe_stream",
