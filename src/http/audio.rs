@@ -16,6 +16,7 @@ use crate::api::error::ApiError;
 use crate::api::form::{Form, Upload};
 use crate::stages::item::Payload;
 
+use super::body::{refuse, too_large};
 use super::server::{AppState, dispatch, refuse_endpoint, usable_request_id};
 
 pub async fn transcriptions(State(app): State<Arc<AppState>>, req: Request) -> Response {
@@ -39,11 +40,6 @@ async fn submit_form(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Re
     dispatch(app, endpoint, request_id, Payload::Form(Box::new(form))).await
 }
 
-fn too_large(limit: usize) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("The request body is larger than {limit} bytes (--max-request-body)."))
-        .with_code("request_too_large")
-}
-
 /// The form a `multipart/form-data` body holds, read under `limit` bytes.
 pub async fn read_form(headers: &HeaderMap, body: Body, limit: usize) -> Result<Form, ApiError> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -59,7 +55,7 @@ pub async fn read_form(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     })?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large(limit));
+        return Err(refuse(body, limit).await);
     }
     let constraints = multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit as u64));
     let mut parts = multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);

@@ -3,6 +3,7 @@
 //! `crate::api`'s; this part only moves bytes between sockets and stages.
 
 pub mod audio;
+pub mod body;
 pub mod cors;
 pub mod docs;
 pub mod responses;

@@ -247,10 +247,7 @@ pub(super) async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize
             ));
         }
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("The request body is larger than {limit} bytes."))
-            .with_code("request_too_large")
-    })
+    super::body::read_limited(body, limit).await
 }
 
 async fn submit(app: Arc<AppState>, endpoint: Endpoint, req: Request) -> Response {
