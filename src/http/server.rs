@@ -371,7 +371,8 @@ async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Resp
             ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
         }
         Some(first @ (Reply::Chunk(_) | Reply::Event(..))) => {
-            let events = stream::unfold((Some(first), rx, guard, false), |(first, mut rx, guard, done)| async move {
+            let typed = matches!(first, Reply::Event(..));
+            let events = stream::unfold((Some(first), rx, guard, false), move |(first, mut rx, guard, done)| async move {
                 if done {
                     guard.disarm();
                     return None;
@@ -380,20 +381,14 @@ async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Resp
                     Some(f) => Some(f),
                     None => rx.recv().await,
                 };
-                let frame = match next {
-                    Some(Reply::Chunk(c)) => sse(&c),
-                    Some(Reply::Event(ty, json)) => typed_sse(ty, &json),
-                    Some(Reply::Error(e)) => return Some((Ok(sse(&e.to_json())), (None, rx, guard, true))),
-                    // A stream of typed events ends without `[DONE]`, as OpenAI's does.
-                    Some(Reply::End) => {
+                match sse_frame(next, typed) {
+                    SseFrame::More(frame) => Some((Ok::<_, std::convert::Infallible>(frame), (None, rx, guard, false))),
+                    SseFrame::Last(frame) => Some((Ok(frame), (None, rx, guard, true))),
+                    SseFrame::Over => {
                         guard.disarm();
-                        return None;
+                        None
                     }
-                    Some(Reply::Done) | Some(Reply::Body(_)) | Some(Reply::Text { .. }) | None => {
-                        return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), (None, rx, guard, true)));
-                    }
-                };
-                Some((Ok::<_, std::convert::Infallible>(frame), (None, rx, guard, false)))
+                }
             });
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/event-stream")
@@ -402,6 +397,31 @@ async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Resp
                 .expect("valid SSE response")
         }
         Some(Reply::Done | Reply::End) | None => ApiError::internal("The request ended without a response.").into_response(),
+    }
+}
+
+/// What a stream sends for one reply.
+enum SseFrame {
+    /// A frame, and more to come.
+    More(Bytes),
+    /// The stream's last frame.
+    Last(Bytes),
+    /// The stream is over with nothing more to send.
+    Over,
+}
+
+/// The frame for the next reply of a stream. A chunk stream ends with `data: [DONE]`,
+/// after an error too (as vLLM ends it, so clients that wait for `[DONE]` stop); a
+/// stream of typed events (Responses) ends without one, as OpenAI's does.
+fn sse_frame(next: Option<Reply>, typed: bool) -> SseFrame {
+    const DONE: &[u8] = b"data: [DONE]\n\n";
+    match next {
+        Some(Reply::Chunk(c)) => SseFrame::More(sse(&c)),
+        Some(Reply::Event(ty, json)) => SseFrame::More(typed_sse(ty, &json)),
+        Some(Reply::Error(e)) if typed => SseFrame::Last(sse(&e.to_json())),
+        Some(Reply::Error(e)) => SseFrame::Last(Bytes::from([sse(&e.to_json()).as_ref(), DONE].concat())),
+        Some(Reply::End) => SseFrame::Over,
+        Some(Reply::Done) | Some(Reply::Body(_)) | Some(Reply::Text { .. }) | None => SseFrame::Last(Bytes::from_static(DONE)),
     }
 }
 
@@ -421,4 +441,39 @@ fn sse(json: &str) -> Bytes {
     b.extend_from_slice(json.as_bytes());
     b.extend_from_slice(b"\n\n");
     Bytes::from(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(frame: SseFrame) -> (String, bool) {
+        match frame {
+            SseFrame::More(b) => (String::from_utf8(b.to_vec()).unwrap(), false),
+            SseFrame::Last(b) => (String::from_utf8(b.to_vec()).unwrap(), true),
+            SseFrame::Over => (String::new(), true),
+        }
+    }
+
+    #[test]
+    fn a_failed_chunk_stream_still_ends_with_done() {
+        let (chunk, last) = text(sse_frame(Some(Reply::Chunk("{\"a\":1}".into())), false));
+        assert_eq!((chunk.as_str(), last), ("data: {\"a\":1}\n\n", false));
+        let (err, last) = text(sse_frame(Some(Reply::Error(ApiError::internal("boom"))), false));
+        assert!(last);
+        assert!(err.starts_with("data: {\"error\""), "{err}");
+        assert!(err.contains("boom"), "{err}");
+        assert!(err.ends_with("\n\ndata: [DONE]\n\n"), "{err}");
+        assert_eq!(text(sse_frame(Some(Reply::Done), false)), ("data: [DONE]\n\n".into(), true));
+        assert_eq!(text(sse_frame(None, false)), ("data: [DONE]\n\n".into(), true));
+    }
+
+    #[test]
+    fn a_typed_event_stream_never_sends_done() {
+        let (ev, last) = text(sse_frame(Some(Reply::Event("response.created", "{}".into())), true));
+        assert_eq!((ev.as_str(), last), ("event: response.created\ndata: {}\n\n", false));
+        let (err, last) = text(sse_frame(Some(Reply::Error(ApiError::internal("boom"))), true));
+        assert!(last && !err.contains("[DONE]"), "{err}");
+        assert_eq!(text(sse_frame(Some(Reply::End), true)), (String::new(), true));
+    }
 }
