@@ -13,6 +13,8 @@ pub mod request;
 pub mod reasoning;
 pub mod request_metrics;
 pub mod responses;
+#[cfg(test)]
+pub(crate) mod stream_cuts;
 pub mod tools;
 pub mod transcription;
 pub mod validate;

@@ -99,16 +99,13 @@ fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value,
     if sort_keys {
         sort_json_keys(&mut json);
     }
-    let mut out = Vec::new();
-    let written = match indent {
-        Some(n) => {
-            let pad = vec![b' '; n];
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(&pad));
-            json.serialize(&mut ser)
-        }
-        None => json.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)),
+    let Some(n) = indent else {
+        return Ok(Value::from_safe_string(python_json(&json)));
     };
-    written.map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+    let pad = vec![b' '; n];
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(&pad));
+    json.serialize(&mut ser).map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
     Ok(Value::from_safe_string(String::from_utf8(out).expect("serde_json writes UTF-8")))
 }
 
@@ -125,6 +122,14 @@ fn sort_json_keys(v: &mut serde_json::Value) {
         serde_json::Value::Array(items) => items.iter_mut().for_each(sort_json_keys),
         _ => {}
     }
+}
+
+/// JSON as Python's `json.dumps` writes it by default: ", " and ": " separators,
+/// non-ASCII kept.
+pub fn python_json(v: &serde_json::Value) -> String {
+    let mut out = Vec::new();
+    v.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)).expect("JSON values serialize");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// Compact JSON with Python's default separators.

@@ -7,6 +7,7 @@ pub mod decode;
 pub mod detokenize;
 pub mod encode;
 pub mod engine;
+pub mod gather;
 pub mod guide;
 pub mod item;
 pub mod pool_decode;

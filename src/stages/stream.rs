@@ -3,7 +3,7 @@
 //! deltas, then the finish reason; with `include_usage`, a last chunk with usage).
 //! Other requests are gathered here until every choice has finished, then answered whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +18,8 @@ use crate::api::endpoint::Endpoint;
 use crate::api::responses::events::{Counts, End, ResponseWriter};
 use crate::api::responses::store::ResponseStore;
 use crate::engine::{Finish, StopReason};
-use crate::stages::item::{Item, Payload, Reply, RequestCtx, TextEvent};
+use crate::stages::gather;
+use crate::stages::item::{Item, Reply, RequestCtx, TextEvent};
 use crate::model::tokenizer::Tokenizer;
 use crate::pipeline::{Inlet, Outlet, Stage};
 use crate::sampling::TokenLogprobs;
@@ -66,22 +67,12 @@ impl Stage<Item> for Stream {
     }
 
     fn run(&self, inlet: Inlet<Item>, _out: Outlet<Item>) {
-        let mut pending: HashMap<u64, Pending> = HashMap::new();
-        while let Some(item) = inlet.recv() {
-            let service = inlet.begin_service(&item);
-            let Payload::Text(ev) = item.payload else { unreachable!("stream takes text events") };
-            let ctx = item.ctx;
-            let p = pending.entry(ctx.key).or_insert_with(|| Pending {
-                choices: (0..ev.choices).map(|_| ChoiceAcc::default()).collect(),
-                finished: 0,
-                prompts: BTreeMap::new(),
-            });
-            let done = self.on_event(&ctx, p, ev);
-            if done {
-                pending.remove(&ctx.key);
-            }
-            inlet.end_service(service);
-        }
+        let fresh = |ev: &TextEvent| Pending {
+            choices: (0..ev.choices).map(|_| ChoiceAcc::default()).collect(),
+            finished: 0,
+            prompts: BTreeMap::new(),
+        };
+        gather::per_request(inlet, "stream", fresh, |ctx, p, ev| self.on_event(ctx, p, ev));
     }
 }
 

@@ -9,7 +9,6 @@
 //! chunk with `stream_continuous_usage_stats`), then `[DONE]`. Prompt tokens count the
 //! decoder prompts and the audio's mel frames (10 ms each), as vLLM counts them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +21,8 @@ use crate::engine::{Finish, StopReason};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::whisper::tokens::{Task, WhisperTokens, language_name};
 use crate::pipeline::{Inlet, Outlet, Stage};
-use crate::stages::item::{Item, Payload, Reply, RequestCtx, TextEvent};
+use crate::stages::gather;
+use crate::stages::item::{Item, Reply, RequestCtx, TextEvent};
 
 pub struct TranscribeStream {
     pub tokenizer: Arc<Tokenizer>,
@@ -56,21 +56,8 @@ impl Stage<Item> for TranscribeStream {
     }
 
     fn run(&self, inlet: Inlet<Item>, _out: Outlet<Item>) {
-        let mut pending: HashMap<u64, Pending> = HashMap::new();
-        while let Some(item) = inlet.recv() {
-            let service = inlet.begin_service(&item);
-            let Payload::Text(ev) = item.payload else { unreachable!("transcribe_stream takes text events") };
-            let ctx = item.ctx;
-            let p = pending.entry(ctx.key).or_insert_with(|| Pending {
-                windows: (0..ev.choices).map(|_| Window::default()).collect(),
-                finished: 0,
-                streaming: 0,
-            });
-            if self.on_event(&ctx, p, ev) {
-                pending.remove(&ctx.key);
-            }
-            inlet.end_service(service);
-        }
+        let fresh = |ev: &TextEvent| Pending { windows: (0..ev.choices).map(|_| Window::default()).collect(), finished: 0, streaming: 0 };
+        gather::per_request(inlet, "transcribe_stream", fresh, |ctx, p, ev| self.on_event(ctx, p, ev));
     }
 }
 

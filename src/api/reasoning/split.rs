@@ -93,12 +93,7 @@ pub(crate) mod tests {
     pub fn assert_streams_like_whole(parser: ReasoningParser, text: &str, content_only: bool) {
         let mut whole = ReasoningStream::new(parser, content_only);
         let want = whole.push(text, true);
-        let cuts: Vec<Vec<&str>> = text
-            .char_indices()
-            .map(|(i, _)| vec![&text[..i], &text[i..]])
-            .chain(std::iter::once(text.char_indices().map(|(i, c)| &text[i..i + c.len_utf8()]).collect()))
-            .collect();
-        for pieces in cuts {
+        for pieces in crate::api::stream_cuts::every_cut(text) {
             let mut s = ReasoningStream::new(parser, content_only);
             let mut got = Split::default();
             for (k, p) in pieces.iter().enumerate() {

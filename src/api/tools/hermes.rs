@@ -38,6 +38,35 @@ pub fn scan(text: &str, last: bool) -> Scan {
     out
 }
 
+/// A run of call objects from `text[i]` on, separated by `sep` and ending at `close` (if
+/// the format closes the run) or at the end of the text, pushed to `out` as far as they
+/// are written; anything else between them marks `out` malformed.
+pub fn json_call_run(text: &str, mut i: usize, sep: u8, close: Option<u8>, args_keys: &[&str], last: bool, out: &mut Scan) {
+    let b = text.as_bytes();
+    loop {
+        i = skip_ws(text, i);
+        if i >= b.len() || Some(b[i]) == close {
+            return;
+        }
+        match b[i] {
+            c if c == sep => i += 1,
+            b'{' => {
+                let (call, end) = json_call(text, i, args_keys, last);
+                let malformed = call.malformed;
+                out.calls.push(call);
+                match end {
+                    Some(e) if !malformed => i = e,
+                    _ => return,
+                }
+            }
+            _ => {
+                out.malformed = true;
+                return;
+            }
+        }
+    }
+}
+
 /// A `{"name", <args key>}` object at `text[start]`, read as far as it is written, and
 /// where it ends once complete.
 pub fn json_call(text: &str, start: usize, args_keys: &[&str], last: bool) -> (PartialCall, Option<usize>) {

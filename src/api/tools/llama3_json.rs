@@ -2,7 +2,7 @@
 //! objects (separated by `;`), optionally after `<|python_tag|>`. An answer that starts
 //! with anything else is plain content, as vLLM reads it.
 
-use super::hermes::json_call;
+use super::hermes::json_call_run;
 use super::scan::skip_ws;
 use super::{PartialCall, Scan};
 
@@ -11,7 +11,7 @@ pub const PYTHON_TAG: &str = "<|python_tag|>";
 pub fn scan(text: &str, last: bool) -> Scan {
     let lead = skip_ws(text, 0);
     let rest = &text[lead..];
-    let mut i = if rest.starts_with(PYTHON_TAG) {
+    let i = if rest.starts_with(PYTHON_TAG) {
         lead + PYTHON_TAG.len()
     } else if rest.starts_with('{') {
         lead
@@ -21,29 +21,7 @@ pub fn scan(text: &str, last: bool) -> Scan {
         return Scan::content(text.len());
     };
     let mut out = Scan::content(0);
-    let b = text.as_bytes();
-    loop {
-        i = skip_ws(text, i);
-        if i >= b.len() {
-            break;
-        }
-        match b[i] {
-            b';' => i += 1,
-            b'{' => {
-                let (call, end) = json_call(text, i, &["parameters", "arguments"], last);
-                let malformed = call.malformed;
-                out.calls.push(call);
-                match end {
-                    Some(e) if !malformed => i = e,
-                    _ => break,
-                }
-            }
-            _ => {
-                out.malformed = true;
-                break;
-            }
-        }
-    }
+    json_call_run(text, i, b';', None, &["parameters", "arguments"], last, &mut out);
     if out.calls.is_empty() && last {
         out.calls.push(PartialCall { malformed: true, ..Default::default() });
     }

@@ -3,7 +3,7 @@
 //! `name[ARGS]{…}` per call, each after its own `[TOOL_CALLS]` (v11 on). Content may come
 //! before the first call.
 
-use super::hermes::json_call;
+use super::hermes::json_call_run;
 use super::scan::{partial_suffix, skip_ws, value_end};
 use super::{PartialCall, Scan};
 
@@ -19,30 +19,7 @@ pub fn scan(text: &str, last: bool) -> Scan {
     let b = text.as_bytes();
     let mut i = skip_ws(text, first + TOOL_CALLS.len());
     if i < b.len() && b[i] == b'[' {
-        i += 1;
-        loop {
-            i = skip_ws(text, i);
-            if i >= b.len() {
-                break;
-            }
-            match b[i] {
-                b']' => break,
-                b',' => i += 1,
-                b'{' => {
-                    let (call, end) = json_call(text, i, &["arguments", "parameters"], last);
-                    let malformed = call.malformed;
-                    out.calls.push(call);
-                    match end {
-                        Some(e) if !malformed => i = e,
-                        _ => break,
-                    }
-                }
-                _ => {
-                    out.malformed = true;
-                    break;
-                }
-            }
-        }
+        json_call_run(text, i + 1, b',', Some(b']'), &["arguments", "parameters"], last, &mut out);
         return out;
     }
     // name[ARGS]{...}, repeated after further [TOOL_CALLS] tokens.

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::scan::{python_json, skip_ws};
+use super::scan::{bracketed_end, python_json, quoted_end, skip_ws};
 use super::{PartialCall, Scan};
 
 pub fn scan(text: &str, last: bool) -> Scan {
@@ -112,28 +112,7 @@ fn ident_len(s: &str, dotted: bool) -> usize {
 fn literal_end(s: &str, last: bool) -> Option<usize> {
     let b = s.as_bytes();
     match b[0] {
-        b'[' | b'(' | b'{' => {
-            let mut depth = 0usize;
-            let mut i = 0;
-            while i < b.len() {
-                match b[i] {
-                    q @ (b'"' | b'\'') => i = quoted_end(b, i, q)?,
-                    b'[' | b'(' | b'{' => {
-                        depth += 1;
-                        i += 1;
-                    }
-                    b']' | b')' | b'}' => {
-                        depth -= 1;
-                        i += 1;
-                        if depth == 0 {
-                            return Some(i);
-                        }
-                    }
-                    _ => i += 1,
-                }
-            }
-            None
-        }
+        b'[' | b'(' | b'{' => bracketed_end(b, b"[({", b"])}", b"\"'"),
         q @ (b'"' | b'\'') => quoted_end(b, 0, q),
         _ => match s.find([',', ')', ']', '}', ' ', '\n']) {
             Some(e) if e > 0 => Some(e),
@@ -141,18 +120,6 @@ fn literal_end(s: &str, last: bool) -> Option<usize> {
             _ => None,
         },
     }
-}
-
-fn quoted_end(b: &[u8], start: usize, q: u8) -> Option<usize> {
-    let mut i = start + 1;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 2,
-            c if c == q => return Some(i + 1),
-            _ => i += 1,
-        }
-    }
-    None
 }
 
 /// A complete Python literal as JSON: strings, numbers, True/False/None, lists, tuples

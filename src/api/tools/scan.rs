@@ -10,29 +10,8 @@
 pub fn value_end(s: &str, last: bool) -> Option<usize> {
     let b = s.as_bytes();
     match b.first()? {
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut i = 0;
-            while i < b.len() {
-                match b[i] {
-                    b'"' => i = string_end(b, i)?,
-                    b'{' | b'[' => {
-                        depth += 1;
-                        i += 1;
-                    }
-                    b'}' | b']' => {
-                        depth -= 1;
-                        i += 1;
-                        if depth == 0 {
-                            return Some(i);
-                        }
-                    }
-                    _ => i += 1,
-                }
-            }
-            None
-        }
-        b'"' => string_end(b, 0),
+        b'{' | b'[' => bracketed_end(b, b"{[", b"}]", b"\""),
+        b'"' => quoted_end(b, 0, b'"'),
         _ => {
             let end = b.iter().position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t' | b';'));
             match end {
@@ -44,13 +23,39 @@ pub fn value_end(s: &str, last: bool) -> Option<usize> {
     }
 }
 
-/// The index just past the string that opens at `b[start]` (a `"`), if it is closed.
-fn string_end(b: &[u8], start: usize) -> Option<usize> {
+/// Where the bracketed value opening at `b[0]` ends, once it is closed: the brackets in
+/// `open` and `close` nest, and strings between the `quotes` (with backslash escapes) are
+/// skipped whole, brackets in them and all.
+pub fn bracketed_end(b: &[u8], open: &[u8], close: &[u8], quotes: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if quotes.contains(&c) {
+            i = quoted_end(b, i, c)?;
+            continue;
+        }
+        i += 1;
+        if open.contains(&c) {
+            depth += 1;
+        } else if close.contains(&c) {
+            depth -= 1;
+            if depth == 0 {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// The index just past the string that opens with the quote `q` at `b[start]`, if it is
+/// closed.
+pub fn quoted_end(b: &[u8], start: usize, q: u8) -> Option<usize> {
     let mut i = start + 1;
     while i < b.len() {
         match b[i] {
             b'\\' => i += 2,
-            b'"' => return Some(i + 1),
+            c if c == q => return Some(i + 1),
             _ => i += 1,
         }
     }
@@ -102,7 +107,7 @@ pub fn call_object(s: &str, start: usize, name_keys: &[&str], args_keys: &[&str]
                 return out;
             }
         }
-        let Some(key_end) = string_end(b, i) else { return out };
+        let Some(key_end) = quoted_end(b, i, b'"') else { return out };
         let key: Option<String> = serde_json::from_str(&s[i..key_end]).ok();
         i = skip_ws(s, key_end);
         if i >= b.len() {
@@ -145,26 +150,9 @@ pub fn partial_suffix(text: &str, marker: &str) -> usize {
     (1..marker.len()).rev().find(|&k| text.ends_with(&marker[..k])).unwrap_or(0)
 }
 
-/// JSON as Python's `json.dumps` writes it (", " and ": " separators, non-ASCII kept),
-/// which is how vLLM's parsers serialize arguments they rebuild.
-pub fn python_json(v: &serde_json::Value) -> String {
-    struct PythonFormatter;
-    impl serde_json::ser::Formatter for PythonFormatter {
-        fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
-            if first { Ok(()) } else { w.write_all(b", ") }
-        }
-        fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
-            if first { Ok(()) } else { w.write_all(b", ") }
-        }
-        fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-            w.write_all(b": ")
-        }
-    }
-    use serde::Serialize;
-    let mut out = Vec::new();
-    v.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter)).expect("JSON values serialize");
-    String::from_utf8(out).expect("serde_json writes UTF-8")
-}
+/// JSON as Python's `json.dumps` writes it, which is how vLLM's parsers serialize
+/// arguments they rebuild: the chat templates' `tojson` writes it too.
+pub use crate::model::chat_template::python_json;
 
 #[cfg(test)]
 mod tests {

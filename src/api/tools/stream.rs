@@ -99,12 +99,7 @@ pub(crate) mod tests {
     pub fn assert_streams_like_whole(parser: ToolParser, text: &str, tools: &[Value]) {
         let whole = parser.parse(text, tools);
         let want_content = whole.content.clone().unwrap_or_default();
-        let cuts: Vec<Vec<&str>> = text
-            .char_indices()
-            .map(|(i, _)| vec![&text[..i], &text[i..]])
-            .chain(std::iter::once(text.char_indices().map(|(i, c)| &text[i..i + c.len_utf8()]).collect()))
-            .collect();
-        for pieces in cuts {
+        for pieces in crate::api::stream_cuts::every_cut(text) {
             let mut s = ToolStreamer::new(parser, Arc::new(tools.to_vec()));
             let mut content = String::new();
             let mut calls: Vec<(String, String)> = Vec::new();
