@@ -75,8 +75,13 @@ impl Generation<'_> {
 
     fn completion(&self, body: &[u8]) -> Result<(Job, RequestMeta), ApiError> {
         let mut f = Fields::parse(body)?;
-        // `prompt_embeds` first: without it served, "`prompt` is required" would mislead.
-        f.reject_unsupported()?;
+        // Checked first: with it refused, "`prompt` is required" would mislead.
+        if f.take::<Value>("prompt_embeds")?.is_some() {
+            return Err(ApiError::invalid(
+                "prompt_embeds",
+                "`prompt_embeds` is not supported by this server (vLLM takes it only with --enable-prompt-embeds); send `prompt` as text or token ids.",
+            ));
+        }
         let model = self.check_model(f.take("model")?)?;
         let prompt: Option<PromptInput> = f.take("prompt")?;
         let echo = f.take::<bool>("echo")?.unwrap_or(false);

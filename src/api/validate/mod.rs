@@ -97,6 +97,4 @@ const NOT_YET: &[(&str, fn(&Value) -> bool)] = &[
     ("functions", |_| false),
     ("function_call", |v| v.as_str() == Some("none")),
     ("vllm_xargs", |v| v.as_object().is_some_and(|o| o.is_empty())),
-    // vLLM serves these only with --enable-prompt-embeds.
-    ("prompt_embeds", |_| false),
 ];
