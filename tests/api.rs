@@ -158,7 +158,7 @@ fn echo_prepends_the_prompt() {
 #[test]
 fn errors_are_openai_shaped_and_name_the_field() {
     let cases: Vec<(&str, &str, Value)> = vec![
-        ("error_missing_model", "/v1/completions", json!({"prompt": "hi"})),
+        ("error_prompt_embeds", "/v1/completions", json!({"model": MODEL, "prompt_embeds": "AAAA"})),
         ("error_unknown_model", "/v1/completions", json!({"model": "gpt-5", "prompt": "hi"})),
         ("error_temperature", "/v1/completions", json!({"model": MODEL, "prompt": "hi", "temperature": -1})),
         ("error_top_p", "/v1/chat/completions", json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_p": 1.5})),

@@ -20,10 +20,13 @@ pub enum Piece {
 pub struct AnswerOptions {
     pub reasoning: Option<ReasoningParser>,
     pub tool_use: ToolUse,
+    /// `include_reasoning: false`: the reasoning is split off and left out.
+    pub omit_reasoning: bool,
 }
 
 pub struct AnswerReader {
     reasoning: Option<ReasoningStream>,
+    omit_reasoning: bool,
     tools: Tools,
     /// Tokens generated while the answer was still reasoning.
     pub reasoning_tokens: usize,
@@ -47,6 +50,7 @@ impl AnswerReader {
         };
         AnswerReader {
             reasoning: options.reasoning.map(|p| ReasoningStream::new(p, content_only)),
+            omit_reasoning: options.omit_reasoning,
             tools,
             reasoning_tokens: 0,
         }
@@ -63,7 +67,7 @@ impl AnswerReader {
                 if was_reasoning && r.in_reasoning() {
                     self.reasoning_tokens += tokens;
                 }
-                if !split.reasoning.is_empty() {
+                if !split.reasoning.is_empty() && !self.omit_reasoning {
                     pieces.push(Piece::Reasoning(split.reasoning));
                 }
                 split.content
@@ -120,6 +124,7 @@ pub fn read_whole(options: &AnswerOptions, text: String, content_only: bool) -> 
         Some(p) => p.split(&text, content_only),
         None => (None, Some(text)),
     };
+    let reasoning = reasoning.filter(|_| !options.omit_reasoning);
     let Parsed { content, calls } = match content {
         Some(c) => options.tool_use.read(c),
         None => Parsed { content: None, calls: Vec::new() },
@@ -138,7 +143,20 @@ mod tests {
         AnswerOptions {
             reasoning: Some(ReasoningParser::Qwen3),
             tool_use: ToolUse::Auto(AutoTools { parser: ToolParser::Hermes, tools: Arc::new(vec![]) }),
+            omit_reasoning: false,
         }
+    }
+
+    #[test]
+    fn omitted_reasoning_is_split_off_and_left_out() {
+        let options = AnswerOptions { omit_reasoning: true, ..auto() };
+        let a = read_whole(&options, TEXT.into(), false);
+        assert_eq!(a.reasoning, None);
+        assert_eq!(a.calls[0].function.name, "weather");
+        let mut r = AnswerReader::new(&options, false);
+        let pieces = r.push(TEXT, 10, true);
+        assert!(pieces.iter().all(|p| !matches!(p, Piece::Reasoning(_))), "{pieces:?}");
+        assert!(pieces.iter().any(|p| matches!(p, Piece::Call(_))), "{pieces:?}");
     }
 
     const TEXT: &str = "<think>\nNeed the weather.\n</think>\n\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";

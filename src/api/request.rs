@@ -145,12 +145,14 @@ pub enum PoolInput {
 #[derive(Debug, Clone)]
 pub enum PoolShape {
     Embeddings { base64: bool, dimensions: Option<usize>, normalize: Option<bool> },
-    Pooling { base64: bool },
-    Classify,
+    Pooling { base64: bool, dimensions: Option<usize>, normalize: Option<bool> },
+    /// `activation`: probabilities (true) or the raw logits.
+    Classify { activation: bool },
     /// Scores of pairs: `Some(pairs)` of input indexes to compare by cosine similarity
-    /// (embedding models); `None` when each input is a pair (cross-encoders).
-    Score { pairs: Option<Vec<(usize, usize)>> },
+    /// (embedding models); `None` when each input is a pair (cross-encoders), whose logit
+    /// goes through a sigmoid when `activation`.
+    Score { pairs: Option<Vec<(usize, usize)>>, activation: bool },
     /// As `Score`, with the documents to return, ranked.
-    Rerank { pairs: Option<Vec<(usize, usize)>>, documents: Vec<String>, top_n: usize, return_documents: bool },
+    Rerank { pairs: Option<Vec<(usize, usize)>>, documents: Vec<String>, top_n: usize, return_documents: bool, activation: bool },
 }
 

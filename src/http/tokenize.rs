@@ -13,7 +13,7 @@ use crate::api::error::ApiError;
 use super::server::{AppState, read_json_body};
 use crate::api::request::ChatPrompt;
 use crate::api::validate::Fields;
-use crate::api::validate::chat::chat_message;
+use crate::api::validate::chat::{chat_message, chat_prompt_flags, request_chat_template};
 use crate::stages::render::render_chat;
 
 pub async fn tokenize(State(app): State<Arc<AppState>>, req: Request) -> Response {
@@ -51,22 +51,32 @@ fn tokenize_body(app: &AppState, mut f: Fields) -> Result<Value, ApiError> {
     let messages = f.take::<Vec<Value>>("messages")?;
     let add_special_tokens = f.take::<bool>("add_special_tokens")?;
     let return_token_strs = f.take::<bool>("return_token_strs")?.unwrap_or(false);
+    if f.take::<Map<String, Value>>("mm_processor_kwargs")?.is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::invalid(
+            "mm_processor_kwargs",
+            "This model takes text only, so `mm_processor_kwargs` has nothing to act on; leave it out.",
+        ));
+    }
     let (text, add_special_tokens) = match (prompt, messages) {
         (Some(p), None) => (p, add_special_tokens.unwrap_or(true)),
         (None, Some(messages)) => {
             if messages.is_empty() {
                 return Err(ApiError::invalid("messages", "`messages` must contain at least one message."));
             }
+            // The same template and options a chat completion would render with.
+            let template = request_chat_template(&mut f, s)?;
+            let format = s.content_format_for(template.as_deref());
+            let (add_generation_prompt, continue_final_message) = chat_prompt_flags(&mut f, true)?;
             let chat = ChatPrompt {
                 messages: messages
                     .into_iter()
                     .enumerate()
-                    .map(|(i, m)| chat_message(i, m, s.content_format))
+                    .map(|(i, m)| chat_message(i, m, format))
                     .collect::<Result<_, _>>()?,
-                add_generation_prompt: f.take::<bool>("add_generation_prompt")?.unwrap_or(true),
-                continue_final_message: f.take::<bool>("continue_final_message")?.unwrap_or(false),
+                add_generation_prompt,
+                continue_final_message,
                 add_special_tokens: add_special_tokens.unwrap_or(false),
-                template: None,
+                template,
                 template_kwargs: f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default(),
                 documents: None,
                 tools: f.take::<Vec<Value>>("tools")?,

@@ -77,10 +77,11 @@ impl PoolStream {
     }
 
     /// Score of each pair, in request order.
-    fn scores(&self, outputs: &[Vec<f32>], pairs: &Option<Vec<(usize, usize)>>) -> Vec<f32> {
+    fn scores(&self, outputs: &[Vec<f32>], pairs: &Option<Vec<(usize, usize)>>, activation: bool) -> Vec<f32> {
         match pairs {
             Some(pairs) => pairs.iter().map(|&(a, b)| cosine(&outputs[a], &outputs[b])).collect(),
-            None => outputs.iter().map(|l| sigmoid(l[0])).collect(),
+            None if activation => outputs.iter().map(|l| sigmoid(l[0])).collect(),
+            None => outputs.iter().map(|l| l[0]).collect(),
         }
     }
 
@@ -110,7 +111,7 @@ impl PoolStream {
                     .collect();
                 serde_json::to_string(&list(ctx, &job.model, tokens, data))
             }
-            PoolShape::Pooling { base64 } => {
+            PoolShape::Pooling { base64, dimensions, normalize } => {
                 let data: Vec<PoolingData> = job
                     .outputs
                     .iter()
@@ -124,19 +125,19 @@ impl PoolStream {
                             (true, false) => {
                                 Vector::Rows(v.chunks(self.model.width.max(1)).map(<[f32]>::to_vec).collect())
                             }
-                            (false, _) => vector(self.pooled(v.clone(), None, None), *base64),
+                            (false, _) => vector(self.pooled(v.clone(), *dimensions, *normalize), *base64),
                         },
                     })
                     .collect();
                 serde_json::to_string(&list(ctx, &job.model, tokens, data))
             }
-            PoolShape::Classify => {
+            PoolShape::Classify { activation } => {
                 let data: Vec<ClassifyData> = job
                     .outputs
                     .iter()
                     .enumerate()
                     .map(|(index, logits)| {
-                        let probs = self.probs(logits);
+                        let probs = if *activation { self.probs(logits) } else { logits.clone() };
                         let best = probs
                             .iter()
                             .enumerate()
@@ -151,18 +152,18 @@ impl PoolStream {
                     .collect();
                 serde_json::to_string(&list(ctx, &job.model, tokens, data))
             }
-            PoolShape::Score { pairs } => {
+            PoolShape::Score { pairs, activation } => {
                 let data: Vec<ScoreData> = self
-                    .scores(&job.outputs, pairs)
+                    .scores(&job.outputs, pairs, *activation)
                     .into_iter()
                     .enumerate()
                     .map(|(index, score)| ScoreData { index, object: "score", score })
                     .collect();
                 serde_json::to_string(&list(ctx, &job.model, tokens, data))
             }
-            PoolShape::Rerank { pairs, documents, top_n, return_documents } => {
+            PoolShape::Rerank { pairs, documents, top_n, return_documents, activation } => {
                 let mut results: Vec<RerankResult> = self
-                    .scores(&job.outputs, pairs)
+                    .scores(&job.outputs, pairs, *activation)
                     .into_iter()
                     .enumerate()
                     .map(|(index, relevance_score)| RerankResult {

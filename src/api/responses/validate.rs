@@ -55,7 +55,8 @@ pub fn responses_request(body: &[u8], serving: &ServingContext) -> Result<(Job, 
     for name in IGNORED {
         f.ignore(name);
     }
-    let model: Value = f.take("model")?.ok_or_else(|| ApiError::invalid("model", "`model` is required."))?;
+    // As vLLM: left out, the served model answers.
+    let model: Option<Value> = f.take("model")?;
     let input: Value = f.take("input")?.ok_or_else(|| ApiError::invalid("input", "`input` is required."))?;
     let instructions = f.take::<String>("instructions")?;
     let previous = f.take::<String>("previous_response_id")?;
@@ -101,7 +102,9 @@ pub fn responses_request(body: &[u8], serving: &ServingContext) -> Result<(Job, 
     messages.extend(history.iter().cloned());
 
     let mut chat = Map::new();
-    chat.insert("model".into(), model);
+    if let Some(model) = model {
+        chat.insert("model".into(), model);
+    }
     chat.insert("messages".into(), Value::Array(messages));
     chat.insert("stream".into(), Value::Bool(stream));
     if let Some(m) = max_output_tokens {

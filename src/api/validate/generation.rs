@@ -21,6 +21,9 @@ use crate::sampling::SamplingParams;
 
 const MAX_N: i64 = 128;
 
+/// The values `reasoning_effort` takes (OpenAI's names).
+const REASONING_EFFORTS: [&str; 5] = ["none", "minimal", "low", "medium", "high"];
+
 /// A generation request's body, validated against the served model.
 pub fn generation_request(endpoint: Endpoint, body: &[u8], serving: &ServingContext) -> Result<(Job, RequestMeta), ApiError> {
     let g = Generation { serving };
@@ -59,8 +62,10 @@ struct Common {
 }
 
 impl Generation<'_> {
+    /// As vLLM: `model` may be left out (the served model answers); given, it must be one
+    /// of the served names.
     fn check_model(&self, model: Option<String>) -> Result<String, ApiError> {
-        let model = model.ok_or_else(|| ApiError::invalid("model", "`model` is required."))?;
+        let Some(model) = model else { return Ok(self.serving.model_name().to_string()) };
         if self.serving.served_names.contains(&model) {
             Ok(model)
         } else {
@@ -70,6 +75,13 @@ impl Generation<'_> {
 
     fn completion(&self, body: &[u8]) -> Result<(Job, RequestMeta), ApiError> {
         let mut f = Fields::parse(body)?;
+        // Checked first: with it refused, "`prompt` is required" would mislead.
+        if f.take::<Value>("prompt_embeds")?.is_some() {
+            return Err(ApiError::invalid(
+                "prompt_embeds",
+                "`prompt_embeds` is not supported by this server (vLLM takes it only with --enable-prompt-embeds); send `prompt` as text or token ids.",
+            ));
+        }
         let model = self.check_model(f.take("model")?)?;
         let prompt: Option<PromptInput> = f.take("prompt")?;
         let echo = f.take::<bool>("echo")?.unwrap_or(false);
@@ -144,7 +156,21 @@ impl Generation<'_> {
         let newer = positive("max_completion_tokens", f.take("max_completion_tokens")?)?;
         let older = positive("max_tokens", f.take("max_tokens")?)?;
         let (add_generation_prompt, continue_final_message) = chat_prompt_flags(&mut f, true)?;
-        let template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
+        let mut template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
+        // As vLLM: the effort reaches templates that read it (gpt-oss's, for one); a
+        // `reasoning_effort` in `chat_template_kwargs` wins.
+        if let Some(effort) = f.take::<String>("reasoning_effort")? {
+            if !REASONING_EFFORTS.contains(&effort.as_str()) {
+                return Err(ApiError::invalid(
+                    "reasoning_effort",
+                    format!("`reasoning_effort` must be one of {}, got {effort:?}.", REASONING_EFFORTS.join(", ")),
+                ));
+            }
+            template_kwargs.entry("reasoning_effort").or_insert(Value::String(effort));
+        }
+        // As vLLM: false leaves the reasoning out of the answer, and a structured-output
+        // constraint then holds from the first token.
+        let include_reasoning = f.take::<bool>("include_reasoning")?.unwrap_or(true);
         let documents = f.take::<Vec<Value>>("documents")?;
         let (tools, tool_use) = crate::api::tools::tool_use(f.take("tools")?, f.take("tool_choice")?, self.serving.tool_parser)
             .map_err(|(param, msg)| ApiError::invalid(param, msg))?;
@@ -195,11 +221,11 @@ impl Generation<'_> {
             }
         }
         let reasoning = self.serving.reasoning_parser;
-        let answer = AnswerOptions { reasoning, tool_use };
+        let answer = AnswerOptions { reasoning, tool_use, omit_reasoning: !include_reasoning };
         let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, answer, responses: None };
         let mut job = c.job(prompt);
         // Structured outputs constrain the answer after the reasoning, as vLLM does.
-        if let (Some(parser), Some(_)) = (reasoning, &job.constraint) {
+        if let (Some(parser), Some(_), true) = (reasoning, &job.constraint, include_reasoning) {
             job.guide_after = parser.end_markers();
         }
         Ok((job, meta))

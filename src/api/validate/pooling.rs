@@ -55,16 +55,36 @@ impl Pooling<'_> {
             }
             Endpoint::Pooling => {
                 let inputs = self.input_or_messages(&mut f, add_special_tokens)?;
-                (inputs, PoolShape::Pooling { base64: encoding_format(&mut f)? })
+                let base64 = encoding_format(&mut f)?;
+                // vLLM's pooling request is its embedding request: on an embedding model
+                // the two fields act as they do on embeddings.
+                let (dimensions, normalize) = if self.model.embedding && !self.model.per_token {
+                    (self.dimensions(&mut f, &model)?, f.take::<bool>("normalize")?)
+                } else {
+                    for name in ["dimensions", "normalize"] {
+                        if f.take::<Value>(name)?.is_some() {
+                            return Err(ApiError::invalid(
+                                name,
+                                format!("`{name}` applies to embedding models; this model's pooling output has no such option."),
+                            ));
+                        }
+                    }
+                    (None, None)
+                };
+                (inputs, PoolShape::Pooling { base64, dimensions, normalize })
             }
-            Endpoint::Classify => (self.input_or_messages(&mut f, add_special_tokens)?, PoolShape::Classify),
+            Endpoint::Classify => {
+                let inputs = self.input_or_messages(&mut f, add_special_tokens)?;
+                (inputs, PoolShape::Classify { activation: self.activation(&mut f)? })
+            }
             Endpoint::Score => {
                 let left = texts(&mut f, "text_1")?;
                 let right = texts(&mut f, "text_2")?;
                 let pairs = pair_up(&left, &right)?;
                 self.check_scorer(endpoint)?;
+                let activation = self.activation(&mut f)?;
                 let (inputs, pairs) = self.score_inputs(&left, &right, &pairs);
-                (inputs, PoolShape::Score { pairs })
+                (inputs, PoolShape::Score { pairs, activation })
             }
             Endpoint::Rerank => {
                 let query: String = f.take("query")?.ok_or_else(|| ApiError::invalid("query", "`query` is required."))?;
@@ -80,10 +100,11 @@ impl Pooling<'_> {
                 };
                 let return_documents = f.take::<bool>("return_documents")?.unwrap_or(true);
                 self.check_scorer(endpoint)?;
+                let activation = self.activation(&mut f)?;
                 let left = vec![query];
                 let pairs: Vec<(usize, usize)> = (0..documents.len()).map(|j| (0, j)).collect();
                 let (inputs, pairs) = self.score_inputs(&left, &documents, &pairs);
-                (inputs, PoolShape::Rerank { pairs, documents, top_n, return_documents })
+                (inputs, PoolShape::Rerank { pairs, documents, top_n, return_documents, activation })
             }
             Endpoint::Completions | Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Transcriptions | Endpoint::Translations => {
                 unreachable!("the HTTP edge sends generation and audio requests elsewhere")
@@ -91,6 +112,15 @@ impl Pooling<'_> {
         };
         // OpenAI's own field that does not change the output; priority 0 is the default.
         f.ignore("user");
+        // vLLM's `request_id` named the response at the HTTP edge already.
+        f.ignore("request_id");
+        // Options for a multimodal processor: this server's pooling models read text only.
+        if f.take::<Map<String, Value>>("mm_processor_kwargs")?.is_some_and(|m| !m.is_empty()) {
+            return Err(ApiError::invalid(
+                "mm_processor_kwargs",
+                "This model takes text only, so `mm_processor_kwargs` has nothing to act on; leave it out.",
+            ));
+        }
         // vLLM's pooling parameter for custom poolers (plugins); no built-in pooler reads
         // it, in vLLM either.
         f.ignore("additional_data");
@@ -155,6 +185,19 @@ impl Pooling<'_> {
             documents: None,
             tools: None,
         }))])
+    }
+
+    /// vLLM's `activation` for classifiers and cross-encoders: false gives the raw logits
+    /// instead of their softmax (or sigmoid, for one output). Scores by cosine similarity
+    /// of embeddings have no activation to turn off.
+    fn activation(&self, f: &mut Fields) -> Result<bool, ApiError> {
+        match f.take::<bool>("activation")? {
+            Some(false) if self.model.embedding => Err(ApiError::invalid(
+                "activation",
+                "`activation` applies to classifiers and cross-encoders; an embedding model's scores are cosine similarities. Leave it out.",
+            )),
+            a => Ok(a.unwrap_or(true)),
+        }
     }
 
     /// `truncate_prompt_tokens`: -1 means the model's context length.
