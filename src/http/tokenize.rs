@@ -51,12 +51,7 @@ fn tokenize_body(app: &AppState, mut f: Fields) -> Result<Value, ApiError> {
     let messages = f.take::<Vec<Value>>("messages")?;
     let add_special_tokens = f.take::<bool>("add_special_tokens")?;
     let return_token_strs = f.take::<bool>("return_token_strs")?.unwrap_or(false);
-    if f.take::<Map<String, Value>>("mm_processor_kwargs")?.is_some_and(|m| !m.is_empty()) {
-        return Err(ApiError::invalid(
-            "mm_processor_kwargs",
-            "This model takes text only, so `mm_processor_kwargs` has nothing to act on; leave it out.",
-        ));
-    }
+    f.refuse_processor_kwargs()?;
     let (text, add_special_tokens) = match (prompt, messages) {
         (Some(p), None) => (p, add_special_tokens.unwrap_or(true)),
         (None, Some(messages)) => {

@@ -436,12 +436,7 @@ fn common(
         ));
     }
     f.reject_unsupported()?;
-    if f.take::<Map<String, Value>>("mm_processor_kwargs")?.is_some_and(|m| !m.is_empty()) {
-        return Err(ApiError::invalid(
-            "mm_processor_kwargs",
-            "This model takes text only, so `mm_processor_kwargs` has nothing to act on; leave it out.",
-        ));
-    }
+    f.refuse_processor_kwargs()?;
     // vLLM passes these to a disaggregated-prefill connector; with none configured (as
     // here, always) it ignores them too.
     if f.take::<Value>("kv_transfer_params")?.is_some() {

@@ -73,6 +73,17 @@ impl Fields {
         self.map.remove(name);
     }
 
+    /// `mm_processor_kwargs` for a text-only model: empty is nothing, options are a 400.
+    pub fn refuse_processor_kwargs(&mut self) -> Result<(), ApiError> {
+        if self.take::<Map<String, Value>>("mm_processor_kwargs")?.is_some_and(|m| !m.is_empty()) {
+            return Err(ApiError::invalid(
+                "mm_processor_kwargs",
+                "This model takes text only, so `mm_processor_kwargs` has nothing to act on; leave it out.",
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses fields this server knows but does not act on yet, unless they are at
     /// their neutral value; anything else left is ignored, as OpenAI's API does.
     pub(super) fn reject_unsupported(&self) -> Result<(), ApiError> {

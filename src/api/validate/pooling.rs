@@ -115,12 +115,7 @@ impl Pooling<'_> {
         // vLLM's `request_id` named the response at the HTTP edge already.
         f.ignore("request_id");
         // Options for a multimodal processor: this server's pooling models read text only.
-        if f.take::<Map<String, Value>>("mm_processor_kwargs")?.is_some_and(|m| !m.is_empty()) {
-            return Err(ApiError::invalid(
-                "mm_processor_kwargs",
-                "This model takes text only, so `mm_processor_kwargs` has nothing to act on; leave it out.",
-            ));
-        }
+        f.refuse_processor_kwargs()?;
         // vLLM's pooling parameter for custom poolers (plugins); no built-in pooler reads
         // it, in vLLM either.
         f.ignore("additional_data");
