@@ -9,6 +9,7 @@
 //! - the multilingual base model translates French and German to English, and detects the
 //!   language of a transcription, as faster-whisper does;
 //! - a text model refuses the audio routes with a 400 naming the routes it serves;
+//! - mp3, flac, ogg and m4a uploads, and audio longer than one 30 s window;
 //! - run-batch transcribes lines whose audio is a base64 data URL.
 
 mod common;
@@ -274,6 +275,52 @@ fn translations_with_the_multilingual_base_model() {
     }
 }
 
+fn http_references() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("audio/long.json")).unwrap()).unwrap()
+}
+
+/// mp3, flac, ogg/vorbis and m4a/aac uploads (speech2 at 44.1 kHz stereo, 22.05 kHz mono,
+/// 48 kHz stereo and 44.1 kHz mono) are decoded, mixed and resampled by the audio stage:
+/// each text is faster-whisper's on the same file.
+#[test]
+fn every_container_through_http() {
+    let s = server();
+    let refs = http_references();
+    for ext in ["mp3", "flac", "ogg", "m4a"] {
+        let bytes = std::fs::read(fixture(&format!("audio/speech2.{ext}"))).unwrap();
+        let (status, body) = post_form(s, "/v1/audio/transcriptions", Multipart::new().file("file", &format!("speech2.{ext}"), &bytes).text("model", WHISPER));
+        assert_eq!(status, 200, "{ext}: {body}");
+        assert_eq!(body["text"], refs["speech2_containers"][ext], "{ext}");
+    }
+}
+
+/// 46 s of speech (long.mp3) is cut into two windows at a quiet point, as vLLM cuts it;
+/// the joined text is faster-whisper's, and verbose_json's segments run on the audio's
+/// clock across both windows.
+#[test]
+fn audio_longer_than_one_window() {
+    let s = server();
+    let refs = http_references();
+    let bytes = std::fs::read(fixture("audio/long.mp3")).unwrap();
+    let form = || Multipart::new().file("file", "long.mp3", &bytes).text("model", WHISPER);
+    let (status, body) = post_form(s, "/v1/audio/transcriptions", form());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["text"], refs["faster_whisper_transcribe"]);
+
+    let (status, body) = post_form(s, "/v1/audio/transcriptions", form().text("response_format", "verbose_json"));
+    assert_eq!(status, 200, "{body}");
+    let duration = refs["duration"].as_f64().unwrap();
+    assert!((body["duration"].as_f64().unwrap() - duration).abs() < 0.1, "{body}");
+    let segments = body["segments"].as_array().unwrap();
+    let times: Vec<(f64, f64)> =
+        segments.iter().map(|g| (g["start"].as_f64().unwrap(), g["end"].as_f64().unwrap())).collect();
+    assert!(times.windows(2).all(|w| w[0].0 <= w[0].1 && w[0].1 <= w[1].0 + 1e-6), "{times:?}");
+    assert!(times.iter().any(|t| t.0 < 30.0) && times.iter().any(|t| t.0 > 30.0), "segments in both windows: {times:?}");
+    assert!(times.last().unwrap().1 <= duration + 0.5, "{times:?}");
+    // The last sentence is in the second window's text.
+    assert!(body["text"].as_str().unwrap().contains("by two points"), "{body}");
+}
+
 /// A text model has no audio routes: 400, naming the routes it does serve.
 #[test]
 fn a_text_model_refuses_audio() {
@@ -286,7 +333,8 @@ fn a_text_model_refuses_audio() {
 
 /// run-batch takes transcription lines with the audio as a base64 `data:` URL in
 /// `file_url` (batch lines are JSON, not multipart): a good line gets the server's text, a
-/// line whose file is not audio gets the server's 400, in input order.
+/// line whose file is not audio gets the server's 400, in input order; the summary counts
+/// the tokens transcribed.
 #[test]
 fn run_batch_transcribes_data_url_lines() {
     use base64::Engine as _;
@@ -313,4 +361,10 @@ fn run_batch_transcribes_data_url_lines() {
     assert_eq!(lines[1]["custom_id"], "bad");
     assert_eq!(lines[1]["response"]["status_code"], 400, "{}", lines[1]);
     assert_eq!(lines[1]["error"]["param"], "file", "{}", lines[1]);
+    // The progress figures count the transcript's tokens (the good line's nine words and
+    // marks, and its end), though a transcription's usage counts seconds.
+    let log = String::from_utf8_lossy(&out.stderr);
+    let done = log.lines().find(|l| l.contains("done:")).unwrap_or_else(|| panic!("no summary line: {log}"));
+    let tokens: u64 = done.split(" output tokens").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(tokens >= 9, "{done}");
 }

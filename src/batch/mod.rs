@@ -251,11 +251,15 @@ async fn answer(
         format_line(&Answer { custom_id: Some(&custom_id), status, request_id: &ctx.id, body, error }, ctx.key)
     };
     match reply {
-        Some(Reply::Body(json)) => (seq, line(200, Some(&json), None), true, completion_tokens(&json)),
+        // The audio APIs' usage counts seconds, not tokens: their final stage records them.
+        Some(Reply::Body(json)) => {
+            let tokens = completion_tokens(&json).max(ctx.output_tokens());
+            (seq, line(200, Some(&json), None), true, tokens)
+        }
         // A text answer (the audio APIs' text, srt and vtt formats) is the body as a JSON string.
         Some(Reply::Text { body, .. }) => {
             let json = serde_json::to_string(&body).expect("a string serializes");
-            (seq, line(200, Some(&json), None), true, 0)
+            (seq, line(200, Some(&json), None), true, ctx.output_tokens())
         }
         Some(Reply::Error(e)) => (seq, line(e.status.as_u16(), Some(&e.to_json()), Some(&e)), false, 0),
         Some(Reply::Chunk(_) | Reply::Event(..)) => {

@@ -65,6 +65,9 @@ pub struct RequestCtx {
     meta: OnceLock<Arc<RequestMeta>>,
     /// Audio requests: how the answer is shaped; set once by their decode stage.
     audio: OnceLock<Arc<AudioMeta>>,
+    /// Tokens the answer holds, recorded by a final stage whose answer's `usage` does not
+    /// count them (the audio APIs); run-batch's progress figures read it.
+    output_tokens: AtomicU64,
     /// When the request was first scheduled and produced tokens (for latency metrics).
     pub timeline: crate::engine::latency::Timeline,
     /// Each stage's time on this request, when the answer reports it
@@ -102,6 +105,7 @@ impl RequestCtx {
             endpoint,
             cancelled: AtomicBool::new(false),
             answer_is_content: AtomicBool::new(false),
+            output_tokens: AtomicU64::new(0),
             stopped: Mutex::new(HashSet::new()),
             reply: tx,
             meta: OnceLock::new(),
@@ -126,6 +130,15 @@ impl RequestCtx {
 
     pub fn answer_is_content(&self) -> bool {
         self.answer_is_content.load(Ordering::Relaxed)
+    }
+
+    pub fn record_output_tokens(&self, n: u64) {
+        self.output_tokens.store(n, Ordering::Relaxed);
+    }
+
+    /// What `record_output_tokens` recorded; 0 when no stage did.
+    pub fn output_tokens(&self) -> u64 {
+        self.output_tokens.load(Ordering::Relaxed)
     }
 
     pub fn stop_choice(&self, choice: usize) {

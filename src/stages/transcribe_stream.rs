@@ -111,6 +111,7 @@ impl TranscribeStream {
         };
         // Counted before the last reply, so that whoever got the answer sees it counted.
         self.stats.latency.on_finished(&ctx.timeline, reason, Instant::now());
+        ctx.record_output_tokens(p.windows.iter().map(|w| w.completion_tokens as u64).sum());
         if meta.stream {
             if meta.include_usage {
                 let chunk = self.chunk(ctx, &meta, vec![], Some(usage(&meta, p)), ctx.metrics(Instant::now()));
