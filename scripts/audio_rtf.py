@@ -34,28 +34,11 @@ import urllib.request
 import uuid
 import wave
 
+from whisper_agreement import SENTENCES as AGREEMENT_SENTENCES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SENTENCES = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Please bring the blue box to the kitchen.",
-    "It is raining in the city this morning.",
-    "My brother plays the guitar every evening.",
-    "We will meet at the station at noon.",
-    "The children are reading books in the garden.",
-    "She opened the window to let in fresh air.",
-    "The train to London leaves in ten minutes.",
-    "He bought three apples and a loaf of bread.",
-    "Turn left at the next corner and walk straight ahead.",
-    "The weather will be warm and sunny tomorrow.",
-    "Our team won the game by two points.",
-    "Can you help me carry these bags upstairs?",
-    "The coffee shop opens at seven every day.",
-    "I left my keys on the table by the door.",
-    "The river flows quietly through the valley.",
-    "They are building a new bridge across the bay.",
-    "Please speak slowly so that everyone can follow.",
-    "The doctor said that I should rest for a week.",
-    "Music helps me relax after a long day at work.",
+# The agreement script's 20 sentences and four more: 8 clips of 3.
+SENTENCES = AGREEMENT_SENTENCES + [
     "The library closes early on Sundays.",
     "We planted tomatoes and beans in the spring.",
     "The museum has a famous painting of the sea.",
