@@ -250,9 +250,19 @@ fn the_cpu_image_files_serve_on_their_own() {
     // only what Debian's slim image has (libc6, libgcc-s1, libstdc++6) — this machine may
     // have more (libgomp from GCC), which the image would not.
     let bin = out.path().join("usr/local/bin/sluice");
-    let ldd = Command::new("unshare").args(["-m", "bash", "-c", script, "bash"]).arg(&staged).arg(&venv).arg("ldd").arg(&bin).output().unwrap();
+    let ldd = Command::new("unshare")
+        .args(["-m", "bash", "-c", script, "bash"])
+        .arg(&staged)
+        .arg(&venv)
+        .arg("ldd")
+        .arg(&bin)
+        .output()
+        .unwrap();
     let ldd = String::from_utf8_lossy(&ldd.stdout).to_string();
-    let slim = ["linux-vdso.so", "ld-linux-x86-64.so", "libc.so", "libm.so", "libdl.so", "libpthread.so", "librt.so", "libutil.so", "libgcc_s.so", "libstdc++.so"];
+    let slim = [
+        "linux-vdso.so", "ld-linux-x86-64.so", "libc.so", "libm.so", "libdl.so", "libpthread.so", "librt.so", "libutil.so",
+        "libgcc_s.so", "libstdc++.so",
+    ];
     for line in ldd.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let laid_out = line.contains(&*staged.to_string_lossy()) || line.contains(&*venv.to_string_lossy());
         assert!(
