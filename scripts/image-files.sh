@@ -3,7 +3,7 @@
 #   usage: scripts/image-files.sh BINARY cpu|cuda OUT
 #
 # - the binary, as OUT/usr/local/bin/sluice;
-# - libtorch from the setup's venv, at the venv's own path: the binary's rpath and the
+# - libtorch from the venv the binary links (ldd), at the venv's own path: the binary's rpath and the
 #   default models' place are absolute paths into it (build.rs), so nothing needs
 #   LD_LIBRARY_PATH or SLUICE_SITE_PACKAGES at run time.
 #     cpu:  only the libraries the binary loads (ldd, inside the venv): libtorch_cpu, libc10,
@@ -22,9 +22,13 @@ set -euo pipefail
 BIN="$1" VARIANT="$2" OUT="$(mkdir -p "$3" && cd "$3" && pwd)"
 case "$VARIANT" in cpu | cuda) ;; *) echo "$0: the variant is cpu or cuda, not '$VARIANT'" >&2; exit 2 ;; esac
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$(readlink -f "$ROOT/.venv")"
-TORCH="$(readlink -f "$VENV/libtorch")"   # site-packages/torch
+# The venv whose libtorch the binary loads (.venv's, unless the pins changed after the last
+# build of torch-sys): its libraries and models are what the image must carry.
+LIBTORCH_CPU="$(ldd "$BIN" | awk '$1 ~ /^libtorch_cpu\.so/ && $3 ~ /^\// {print $3}' | xargs -r readlink -f)"
+[ -n "$LIBTORCH_CPU" ] || { echo "$0: $BIN does not link libtorch_cpu.so" >&2; exit 1; }
+TORCH="$(dirname "$(dirname "$LIBTORCH_CPU")")"   # site-packages/torch
 SITE="$(dirname "$TORCH")"
+VENV="$(cd "$SITE/../../.." && pwd)"
 log() { echo "[image-files] $*" >&2; }
 
 # Copies a file or folder to the same absolute path under OUT.

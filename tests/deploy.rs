@@ -228,9 +228,17 @@ fn the_cpu_image_files_serve_on_their_own() {
         .unwrap();
     assert!(status.success(), "image-files.sh failed");
 
-    let venv = std::fs::canonicalize(root().join(".venv")).unwrap();
+    // The venv the binary was linked against (the one whose libtorch it loads), which is
+    // .venv's unless the pins changed after the last build of torch-sys.
+    let ldd = Command::new("ldd").arg(env!("CARGO_BIN_EXE_sluice")).output().unwrap();
+    let ldd = String::from_utf8_lossy(&ldd.stdout).to_string();
+    let libtorch = ldd
+        .lines()
+        .find_map(|l| l.split_once("libtorch_cpu.so => ").map(|(_, r)| r.split(" (").next().unwrap().trim().to_string()))
+        .unwrap_or_else(|| panic!("the binary links no libtorch_cpu.so:\n{ldd}"));
+    let site = std::fs::canonicalize(&libtorch).unwrap().ancestors().nth(3).unwrap().to_path_buf();
+    let venv = site.ancestors().nth(3).unwrap().to_path_buf();
     let staged = out.path().join(venv.strip_prefix("/").unwrap());
-    let site = std::fs::canonicalize(root().join(".venv/libtorch")).unwrap().parent().unwrap().to_path_buf();
     let staged_site = out.path().join(site.strip_prefix("/").unwrap());
     // The default models' files, the joined Whisper model whole, its halves left out.
     for file in [
