@@ -351,6 +351,12 @@ pub struct ServeArgs {
     /// Largest request body accepted.
     #[arg(long, value_parser = parse_bytes, default_value = "32MiB")]
     pub max_request_body: u64,
+
+    /// On SIGTERM or SIGINT, how long (seconds) requests in flight may go on before they
+    /// are aborted; 0 aborts them at once. New requests and /health answer 503 meanwhile;
+    /// a second signal exits at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub shutdown_timeout: u64,
 }
 
 /// `sluice run-batch`.

@@ -41,7 +41,14 @@ pub struct ServeConfig {
     pub http: HttpSettings,
     /// `--enable-per-request-metrics`.
     pub per_request_metrics: bool,
+    /// `--shutdown-timeout`: how long requests in flight may go on after a signal.
+    pub shutdown_timeout: std::time::Duration,
+    /// Faults to inject (`SLUICE_FAULTS`, for tests only); empty otherwise.
+    pub faults: crate::pipeline::Faults,
 }
+
+/// The variable naming faults to inject (see `pipeline::faults`); for tests only.
+pub const FAULTS_VAR: &str = "SLUICE_FAULTS";
 
 /// How the engine (or the encoder) is sized and scheduled.
 #[derive(Debug, Clone)]
@@ -214,8 +221,20 @@ impl ServeConfig {
             serving,
             http,
             per_request_metrics: args.enable_per_request_metrics,
+            shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+            faults: faults()?,
         })
     }
+}
+
+/// The faults `SLUICE_FAULTS` names, read once here; a wrong list stops start-up.
+fn faults() -> Result<crate::pipeline::Faults> {
+    let Ok(list) = std::env::var(FAULTS_VAR) else { return Ok(crate::pipeline::Faults::none()) };
+    let faults = crate::pipeline::Faults::parse(&list).map_err(|e| anyhow::anyhow!("{FAULTS_VAR}: {e}"))?;
+    if !faults.is_empty() {
+        tracing::warn!("{FAULTS_VAR} is set: injecting faults for tests ({list})");
+    }
+    Ok(faults)
 }
 
 /// The model argument with the Hub flags that say where its files come from.

@@ -73,6 +73,18 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "The server is at capacity; retry shortly.").with_code("overloaded")
     }
 
+    /// A request in flight when the server shut down, ended before it finished.
+    pub fn aborted() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "The server shut down before this request finished; it was aborted.")
+            .with_code("aborted")
+    }
+
+    /// A request that arrived after the server began to shut down.
+    pub fn shutting_down() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "The server is shutting down and takes no new requests.")
+            .with_code("shutting_down")
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }

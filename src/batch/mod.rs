@@ -10,6 +10,8 @@ pub mod progress;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
@@ -20,8 +22,9 @@ use crate::api::error::ApiError;
 use crate::http::server::{AppState, refuse_endpoint};
 use crate::cli::{BatchArgs, ServeArgs};
 use crate::stages::item::{Item, Payload, Reply, RequestCtx};
-use crate::pipeline::SendError;
+use crate::pipeline::{FaultPoint, Lifecycle, SendError};
 use crate::config::ServeConfig;
+use crate::serve::shutdown::Signals;
 use crate::serve::{Edge, Server, build};
 use input::{Line, SeenIds, parse_line};
 use output::{Answer, Previous, Writer, format_line, open_for_resume};
@@ -80,11 +83,14 @@ pub fn run(args: &BatchArgs) -> Result<()> {
         );
     }
 
-    let server = build(&ServeConfig::resolve(&args.serve)?, Edge::Jsonl)?;
+    let config = ServeConfig::resolve(&args.serve)?;
+    let server = build(&config, Edge::Jsonl)?;
     tracing::info!("running the {total} lines of {}", path.display());
     let input = File::open(path).with_context(|| format!("--input-file {}: cannot open it", path.display()))?;
     let lines = BufReader::new(input).lines();
-    let progress = execute(&server, lines, total, previous, out_file)
+    let stopping =
+        Stopping { on_signal: true, timeout: config.shutdown_timeout, write_fault: config.faults.at("batch:write") };
+    let progress = execute(&server, lines, total, previous, out_file, stopping)
         .with_context(|| format!("{} -> {}", path.display(), args.output_file.display()))?;
     let secs = progress.elapsed().as_secs_f64();
     tracing::info!(
@@ -101,26 +107,78 @@ pub fn run(args: &BatchArgs) -> Result<()> {
     Ok(())
 }
 
+/// How a batch run may end early.
+#[derive(Default)]
+pub struct Stopping {
+    /// On SIGTERM or SIGINT: take no more lines, give those in flight `timeout`, write
+    /// what finished (in input order) and fail, naming `--resume`.
+    pub on_signal: bool,
+    /// `--shutdown-timeout`: how long lines in flight may go on after a signal.
+    pub timeout: Duration,
+    /// A fault injected into the output's writes (tests only).
+    pub write_fault: Option<Arc<FaultPoint>>,
+}
+
+/// How the writer's loop ended.
+enum Ended {
+    /// Every line was read and answered.
+    Complete,
+    /// A signal stopped the run (its name).
+    Interrupted(&'static str),
+}
+
 /// Runs request lines through a started pipeline and writes the output lines to `out` in
 /// input order; `previous` names what an earlier run already answered. Returns the tally.
-pub fn execute<L>(server: &Server, lines: L, total: usize, previous: Previous, out: impl Write + Send + 'static) -> Result<Progress>
+/// A run that a signal or a failed write stops is an error; the lines written by then are
+/// complete, each once, so that `--resume` finishes the file.
+pub fn execute<L>(
+    server: &Server,
+    lines: L,
+    total: usize,
+    previous: Previous,
+    out: impl Write + Send + 'static,
+    stopping: Stopping,
+) -> Result<Progress>
 where
     L: Iterator<Item = std::io::Result<String>> + Send + 'static,
 {
     let (tx, rx) = unbounded_channel();
     let app = server.app.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader_stop = stop.clone();
     let reader = std::thread::Builder::new()
         .name("batch-reader".into())
-        .spawn(move || read_lines(lines, &app, previous, tx))
+        .spawn(move || read_lines(lines, &app, previous, tx, &reader_stop))
         .context("starting the batch reader")?;
     let mut progress = Progress::new(total);
-    let mut writer = Writer::new(out);
+    let mut writer = Writer::with_fault(out, stopping.write_fault.clone());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the batch writer")?;
-    let written = rt.block_on(collect(rx, &mut writer, &mut progress));
+    let ended = rt.block_on(async {
+        let signals = if stopping.on_signal { Some(Signals::listen()?) } else { None };
+        let ended = collect(rx, &mut writer, &mut progress, signals, stopping.timeout, &stop, &server.lifecycle).await;
+        anyhow::Ok(ended)
+    })?;
     progress.finish();
+    if !matches!(ended, Ok(Ended::Complete)) {
+        // Take no more lines, and end the requests still in the pipeline now: their
+        // answers would not be written.
+        stop.store(true, Ordering::SeqCst);
+        server.lifecycle.abort();
+    }
     reader.join().map_err(|_| anyhow::anyhow!("the batch reader failed"))??;
-    written.context("writing the output")?;
-    Ok(progress)
+    let (written, waiting) = writer.counts();
+    let written = written + progress.skipped;
+    match ended {
+        Ok(Ended::Complete) => Ok(progress),
+        Ok(Ended::Interrupted(name)) => bail!(
+            "{name} received: stopped after writing {written} of {total} lines{}; run the same command with --resume to finish",
+            if waiting > 0 { format!(" ({waiting} finished after an unfinished line are not written: they run again)") } else { String::new() }
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "writing the output failed after {written} of {total} lines; those are kept: make room and run the same command \
+             with --resume to finish"
+        ))),
+    }
 }
 
 /// The reader thread: every line, in order, becomes a pending answer; requests go into the
@@ -130,6 +188,7 @@ fn read_lines(
     app: &Arc<AppState>,
     previous: Previous,
     tx: UnboundedSender<(usize, Pending)>,
+    stop: &AtomicBool,
 ) -> Result<()> {
     let mut seen = SeenIds::default();
     let mut without_id_to_skip = previous.without_id;
@@ -140,6 +199,9 @@ fn read_lines(
         seq += 1;
     };
     for (i, text) in lines.enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let text = text.with_context(|| format!("cannot read line {}", i + 1))?;
         if text.trim().is_empty() {
             continue;
@@ -209,15 +271,25 @@ fn read_lines(
     Ok(())
 }
 
-/// The writer: gathers answers as they complete and writes them in input order.
+/// The writer: gathers answers as they complete and writes them in input order. A signal
+/// stops the reader and ends the loop once the lines in flight are answered or `timeout`
+/// has passed (0: at once); a failed write ends it with the error.
 async fn collect(
     mut incoming: UnboundedReceiver<(usize, Pending)>,
     writer: &mut Writer,
     progress: &mut Progress,
-) -> std::io::Result<()> {
+    mut signals: Option<Signals>,
+    timeout: Duration,
+    stop: &AtomicBool,
+    lifecycle: &Lifecycle,
+) -> std::io::Result<Ended> {
     let mut running = FuturesUnordered::new();
     let mut open = true;
-    loop {
+    let mut interrupted = None;
+    // Armed by a signal; until then, far away.
+    let deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(deadline);
+    while open || !running.is_empty() {
         tokio::select! {
             msg = incoming.recv(), if open => match msg {
                 Some((_, Pending::Skipped(n))) => progress.skip(n),
@@ -232,10 +304,45 @@ async fn collect(
                 writer.complete(seq, line)?;
                 progress.finish_one(ok, tokens);
             }
-            else => break,
+            (name, _) = next_signal(&mut signals) => {
+                interrupted = Some(name);
+                stop.store(true, Ordering::SeqCst);
+                lifecycle.drain();
+                let fate = if timeout.is_zero() {
+                    "are aborted (--shutdown-timeout 0)".to_string()
+                } else {
+                    format!("get up to {}s to finish (--shutdown-timeout)", timeout.as_secs())
+                };
+                tracing::info!(
+                    "{name} received: taking no more lines; the {} lines in flight {fate}; a second signal exits at once",
+                    running.len()
+                );
+                if let Some(s) = signals.take() {
+                    s.exit_on_next();
+                }
+                if timeout.is_zero() {
+                    break;
+                }
+                deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
+            }
+            () = &mut deadline, if interrupted.is_some() => {
+                tracing::info!("--shutdown-timeout passed: the {} lines still in flight are aborted", running.len());
+                break;
+            }
         }
     }
-    Ok(())
+    Ok(match interrupted {
+        Some(name) => Ended::Interrupted(name),
+        None => Ended::Complete,
+    })
+}
+
+/// The next signal, when listening for them; else never.
+async fn next_signal(signals: &mut Option<Signals>) -> (&'static str, i32) {
+    match signals {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for one request's answer and turns it into its output line: (seq, line, ok,

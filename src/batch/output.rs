@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
 use crate::api::error::ApiError;
 use crate::ids::random_hex;
+use crate::pipeline::FaultPoint;
 
 /// One answer, ready to become an output line.
 pub struct Answer<'a> {
@@ -44,11 +46,30 @@ pub struct Writer {
     file: BufWriter<Box<dyn Write + Send>>,
     next: usize,
     early: BTreeMap<usize, String>,
+    /// A fault injected into the writes (tests only): the disk fills.
+    fault: Option<Arc<FaultPoint>>,
 }
 
 impl Writer {
     pub fn new(out: impl Write + Send + 'static) -> Self {
-        Writer { file: BufWriter::new(Box::new(out)), next: 0, early: BTreeMap::new() }
+        Self::with_fault(out, None)
+    }
+
+    /// A writer whose writes fail as a full disk's do when `fault` fires: part of the
+    /// line is written, then the error.
+    pub fn with_fault(out: impl Write + Send + 'static, fault: Option<Arc<FaultPoint>>) -> Self {
+        Writer { file: BufWriter::new(Box::new(out)), next: 0, early: BTreeMap::new(), fault }
+    }
+
+    fn write_line(&mut self, line: &str) -> io::Result<()> {
+        if let Some(f) = &self.fault {
+            if f.hit() {
+                self.file.write_all(&line.as_bytes()[..line.len() / 2])?;
+                self.file.flush()?;
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
+        self.file.write_all(line.as_bytes())
     }
 
     /// Line `seq` is done; writes it and any that waited for it, then flushes so that an
@@ -57,7 +78,11 @@ impl Writer {
         self.early.insert(seq, line);
         let mut wrote = false;
         while let Some(line) = self.early.remove(&self.next) {
-            self.file.write_all(line.as_bytes())?;
+            if let Err(e) = self.write_line(&line) {
+                // What was written whole stays; the cut line is dropped by --resume.
+                let _ = self.file.flush();
+                return Err(e);
+            }
             self.next += 1;
             wrote = true;
         }

@@ -337,12 +337,24 @@ impl Engine {
     /// Ends every sequence with an error (after a failed step, whose state cannot be
     /// trusted), freeing all blocks, so that the engine can go on with new requests.
     pub fn fail_all(&mut self, error: EngineError) {
+        self.end_all(Some(error));
+    }
+
+    /// Ends every choice of every request now with `Finish::Abort` (the server is shutting
+    /// down), freeing all blocks.
+    pub fn abort_all(&mut self) {
+        self.end_all(None);
+    }
+
+    /// Ends every sequence, each request told `error` first when there is one, and each
+    /// choice ending with `Finish::Abort`.
+    fn end_all(&mut self, error: Option<EngineError>) {
         let ids: Vec<SeqId> = self.sched.ids().collect();
         let mut told = std::collections::HashSet::new();
         for id in ids {
             if let Some(seq) = self.sched.remove(id, &mut self.blocks) {
-                if told.insert(seq.client.key()) {
-                    seq.client.send(EngineEvent::Failed(error.clone()));
+                if let (Some(e), true) = (&error, told.insert(seq.client.key())) {
+                    seq.client.send(EngineEvent::Failed(e.clone()));
                 }
                 if self.released(&seq) {
                     continue;
@@ -354,8 +366,8 @@ impl Engine {
             }
         }
         for u in self.audio.drain() {
-            if told.insert(u.client.key()) {
-                u.client.send(EngineEvent::Failed(error.clone()));
+            if let (Some(e), true) = (&error, told.insert(u.client.key())) {
+                u.client.send(EngineEvent::Failed(e.clone()));
             }
             abort_unstarted(&u);
         }

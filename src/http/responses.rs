@@ -38,7 +38,7 @@ pub async fn create(State(app): State<Arc<AppState>>, req: Request) -> Response 
         Ok((_, meta)) => meta,
         Err(e) => return e.into_response(),
     };
-    let (ctx, mut rx) = match super::server::enqueue(&app, Endpoint::Responses, &parts.headers, body) {
+    let (ctx, mut rx, ticket) = match super::server::enqueue(&app, Endpoint::Responses, &parts.headers, body) {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
@@ -50,6 +50,8 @@ pub async fn create(State(app): State<Arc<AppState>>, req: Request) -> Response 
     // The stream stage stores the finished response; a failure is stored here.
     let answer = queued.clone();
     tokio::spawn(async move {
+        // In flight until its answer is stored.
+        let _ticket = ticket;
         while let Some(reply) = rx.recv().await {
             match reply {
                 Reply::Error(e) => {

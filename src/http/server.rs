@@ -22,7 +22,7 @@ use crate::api::error::ApiError;
 use crate::api::protocol::{ModelCard, ModelList};
 use crate::engine::stats::EngineStats;
 use crate::stages::item::{Item, Payload, Reply, RequestCtx};
-use crate::pipeline::{Exposition, Outlet, SendError, StageMetrics};
+use crate::pipeline::{Exposition, Lifecycle, Outlet, SendError, StageMetrics, Ticket};
 use crate::model::task::Task;
 
 pub struct AppState {
@@ -42,6 +42,8 @@ pub struct AppState {
     /// `--enable-per-request-metrics`: the stage names every request's trace has slots
     /// for; None when answers carry no `metrics`.
     pub traced_stages: Option<Arc<[String]>>,
+    /// Refuses new requests once shutdown begins, and counts those in flight.
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 impl AppState {
@@ -134,8 +136,10 @@ async fn require_api_key(State(app): State<Arc<AppState>>, req: Request, next: N
     next.run(req).await
 }
 
-async fn health() -> StatusCode {
-    StatusCode::OK
+/// 200 while the server takes requests; 503 once it has begun to shut down, so that a
+/// load balancer's readiness check sends no more.
+async fn health(State(app): State<Arc<AppState>>) -> StatusCode {
+    if app.lifecycle.is_stopping() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK }
 }
 
 async fn version() -> Json<serde_json::Value> {
@@ -147,6 +151,11 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let mut out = Exposition::default();
     app.engine_stats.write(&mut out, app.serving.model_name());
     stage_histograms(&mut out, &app.stages);
+    let name = "sluice_stage_panics_total";
+    out.header(name, "counter", "Items whose handling panicked in a stage (the panic was contained and the request failed).");
+    for s in &app.stages {
+        out.sample(name, &[("stage", &s.name)], s.panics.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    }
     let text = out.finish();
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text).into_response()
 }
@@ -268,14 +277,13 @@ fn client_request_id(headers: &HeaderMap, body: &[u8]) -> Option<String> {
     headers.get("x-request-id").and_then(|v| v.to_str().ok()).or(body_id.as_deref()).and_then(usable_request_id).map(str::to_string)
 }
 
+/// A request handed to the first stage: its context, where its replies arrive, and its
+/// place among the requests in flight (held until the answer is out).
+pub(super) type Offered = (Arc<RequestCtx>, UnboundedReceiver<Reply>, Ticket);
+
 /// Offers a read body to the first stage: the request's context and where its replies
-/// arrive, or the 503 of a full (or closed) queue.
-pub(super) fn enqueue(
-    app: &AppState,
-    endpoint: Endpoint,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<(Arc<RequestCtx>, UnboundedReceiver<Reply>), ApiError> {
+/// arrive, or the 503 of a full (or closed) queue or of a server shutting down.
+pub(super) fn enqueue(app: &AppState, endpoint: Endpoint, headers: &HeaderMap, body: Bytes) -> Result<Offered, ApiError> {
     // As in vLLM, a client's X-Request-Id (or else the body's `request_id`) becomes the
     // response id's tail.
     let request_id = client_request_id(headers, &body);
@@ -283,15 +291,11 @@ pub(super) fn enqueue(
 }
 
 /// Offers any payload to the first stage under a request id.
-fn offer(
-    app: &AppState,
-    endpoint: Endpoint,
-    request_id: Option<&str>,
-    payload: Payload,
-) -> Result<(Arc<RequestCtx>, UnboundedReceiver<Reply>), ApiError> {
+fn offer(app: &AppState, endpoint: Endpoint, request_id: Option<&str>, payload: Payload) -> Result<Offered, ApiError> {
+    let ticket = app.lifecycle.admit().ok_or_else(ApiError::shutting_down)?;
     let (ctx, rx) = RequestCtx::new(endpoint, request_id, app.new_trace());
     match app.entry.try_send(Item { ctx: ctx.clone(), payload }) {
-        Ok(()) => Ok((ctx, rx)),
+        Ok(()) => Ok((ctx, rx, ticket)),
         Err((SendError::Full, _)) => Err(ApiError::overloaded()),
         Err((SendError::Closed, _)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The server is shutting down.")),
     }
@@ -305,12 +309,12 @@ pub(super) async fn submit_body(app: Arc<AppState>, endpoint: Endpoint, headers:
 
 /// Hands a request to the first stage (a full queue is a 503) and relays its answer.
 pub(super) async fn dispatch(app: Arc<AppState>, endpoint: Endpoint, request_id: Option<&str>, payload: Payload) -> Response {
-    let (ctx, rx) = match offer(&app, endpoint, request_id, payload) {
+    let (ctx, rx, ticket) = match offer(&app, endpoint, request_id, payload) {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
     let echo = app.request_id_headers.then(|| request_id.map_or_else(|| ctx.id.clone(), str::to_string));
-    let mut response = respond(ctx, rx).await;
+    let mut response = respond(ctx, rx, ticket).await;
     if let Some(v) = echo.and_then(|r| HeaderValue::from_str(&r).ok()) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -334,10 +338,11 @@ fn body_request_id(body: &[u8]) -> Option<String> {
 }
 
 /// Cancels the request when dropped before the answer is complete, i.e. when the
-/// connection goes away.
+/// connection goes away. Holds the request's place in flight until the answer is out.
 struct CancelOnDrop {
     ctx: Arc<RequestCtx>,
     armed: bool,
+    _ticket: Ticket,
 }
 
 impl CancelOnDrop {
@@ -355,8 +360,8 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>) -> Response {
-    let guard = CancelOnDrop { ctx, armed: true };
+async fn respond(ctx: Arc<RequestCtx>, mut rx: UnboundedReceiver<Reply>, ticket: Ticket) -> Response {
+    let guard = CancelOnDrop { ctx, armed: true, _ticket: ticket };
     match rx.recv().await {
         Some(Reply::Error(e)) => {
             guard.disarm();

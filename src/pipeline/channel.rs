@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 
+use super::faults::FaultPoint;
 use super::metrics::StageMetrics;
 use super::trace::{Service, StageTrace};
 
@@ -18,6 +19,17 @@ pub trait Keyed {
     fn trace(&self) -> Option<&Arc<StageTrace>> {
         None
     }
+
+    /// Who answers for this item if a stage panics while handling it (the item itself is
+    /// lost in the unwinding); None: nobody waits for it.
+    fn answerable(&self) -> Option<Arc<dyn Answerable>> {
+        None
+    }
+}
+
+/// Whoever waits on an item: told when a stage's handling of the item panicked.
+pub trait Answerable: Send + Sync {
+    fn stage_panicked(&self, stage: &str, message: &str);
 }
 
 thread_local! {
@@ -99,11 +111,40 @@ pub struct Inlet<T> {
     metrics: Arc<StageMetrics>,
     /// The stage's position in the pipeline (its slot in a request's trace).
     stage: usize,
+    /// A fault injected into this stage (tests only).
+    fault: Option<Arc<FaultPoint>>,
 }
 
 impl<T: Keyed> Inlet<T> {
-    pub(crate) fn new(rx: Receiver<Envelope<T>>, metrics: Arc<StageMetrics>, stage: usize) -> Self {
-        Inlet { rx, metrics, stage }
+    pub(crate) fn new(rx: Receiver<Envelope<T>>, metrics: Arc<StageMetrics>, stage: usize, fault: Option<Arc<FaultPoint>>) -> Self {
+        Inlet { rx, metrics, stage, fault }
+    }
+
+    /// Handles one item with `handle`, containing a panic: the stage's panic count goes
+    /// up, the log says what happened, and whoever waits on the item is told; the worker
+    /// goes on with the next item. A fault injected into the stage fires in here. Returns
+    /// false when `handle` panicked.
+    pub fn contain(&self, item: T, handle: impl FnOnce(T)) -> bool {
+        let answerable = item.answerable();
+        let fault = self.fault.as_deref();
+        let run = std::panic::AssertUnwindSafe(move || {
+            if let Some(f) = fault {
+                f.hit();
+            }
+            handle(item)
+        });
+        match std::panic::catch_unwind(run) {
+            Ok(()) => true,
+            Err(payload) => {
+                let message = super::panic_message(&*payload);
+                self.metrics.record_panic();
+                tracing::error!("stage {:?} panicked on an item ({message}); its request fails, the stage goes on", self.metrics.name);
+                if let Some(a) = answerable {
+                    a.stage_panicked(&self.metrics.name, message);
+                }
+                false
+            }
+        }
     }
 
     fn open(&self, env: Envelope<T>) -> T {

@@ -72,6 +72,8 @@ pub struct StageMetrics {
     pub kind: String,
     pub queue: LatencyHistogram,
     pub service: LatencyHistogram,
+    /// Items whose handling panicked (the panic was contained; the item's request failed).
+    pub panics: AtomicU64,
 }
 
 /// A copy of one histogram's figures, in seconds.
@@ -87,7 +89,17 @@ pub struct Summary {
 
 impl StageMetrics {
     pub fn new(name: &str, kind: &str) -> Self {
-        StageMetrics { name: name.to_string(), kind: kind.to_string(), queue: LatencyHistogram::default(), service: LatencyHistogram::default() }
+        StageMetrics {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            queue: LatencyHistogram::default(),
+            service: LatencyHistogram::default(),
+            panics: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record_panic(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_queue(&self, d: Duration) {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use super::channel::{Inlet, Keyed, Outlet};
+use super::faults::Faults;
 use super::metrics::StageMetrics;
 use super::spec::{PipelineSpec, SpecError};
 
@@ -14,12 +15,13 @@ pub trait Stage<T: Keyed>: Send + Sync + 'static {
     /// Handles one item, sending zero or more items on.
     fn process(&self, item: T, out: &Outlet<T>);
 
-    /// One worker's loop. The default takes items one at a time and times `process`;
-    /// a stage that batches (the engine) drives its inlet itself.
+    /// One worker's loop. The default takes items one at a time and times `process`,
+    /// containing a panic to the item it happened on (`Inlet::contain`); a stage that
+    /// batches (the engine) or keeps state drives its inlet itself.
     fn run(&self, inlet: Inlet<T>, out: Outlet<T>) {
         while let Some(item) = inlet.recv() {
             let service = inlet.begin_service(&item);
-            self.process(item, &out);
+            inlet.contain(item, |item| self.process(item, &out));
             inlet.end_service(service);
         }
     }
@@ -180,6 +182,23 @@ impl<T: Send + Keyed + 'static> Registry<T> {
     }
 }
 
+/// Checks that every stage a fault list names (`stage:NAME`) is in the pipeline file.
+pub fn check_faults(spec: &PipelineSpec, faults: &Faults) -> Result<(), SpecError> {
+    for place in faults.places() {
+        if let Some(name) = place.strip_prefix("stage:") {
+            if !spec.stages.iter().any(|s| s.name == name) {
+                let names: Vec<&str> = spec.stages.iter().map(|s| s.name.as_str()).collect();
+                return Err(SpecError(format!(
+                    "SLUICE_FAULTS: {}: no stage is named {name:?}; the stages are {}",
+                    spec.origin,
+                    names.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A running pipeline.
 pub struct Pipeline<T> {
     entry: Outlet<T>,
@@ -190,6 +209,13 @@ pub struct Pipeline<T> {
 impl<T: Send + Keyed + 'static> Pipeline<T> {
     /// Checks the wiring and starts every stage's workers.
     pub fn start(spec: &PipelineSpec, registry: &Registry<T>) -> Result<Self, SpecError> {
+        Self::start_with_faults(spec, registry, &Faults::none())
+    }
+
+    /// As `start`, with faults injected into the stages `faults` names (`stage:NAME`);
+    /// a fault naming no stage of the file is refused.
+    pub fn start_with_faults(spec: &PipelineSpec, registry: &Registry<T>, faults: &Faults) -> Result<Self, SpecError> {
+        check_faults(spec, faults)?;
         // Check kinds and the chain of labels first: nothing starts on a wrong file.
         let shapes = registry.catalog.check(spec)?;
         let mut stages = Vec::new();
@@ -216,9 +242,10 @@ impl<T: Send + Keyed + 'static> Pipeline<T> {
         for (i, s) in spec.stages.iter().enumerate() {
             let out = inputs.get(i + 1).map(|(o, _)| o.clone()).unwrap_or_else(Outlet::terminal);
             let rxs = &inputs[i].1;
+            let fault = faults.at(&format!("stage:{}", s.name));
             for w in 0..s.workers {
                 let rx = rxs[w % rxs.len()].clone();
-                let inlet = Inlet::new(rx, metrics[i].clone(), i);
+                let inlet = Inlet::new(rx, metrics[i].clone(), i, fault.clone());
                 let (stage, out) = (stages[i].clone(), out.clone());
                 let handle = std::thread::Builder::new()
                     .name(format!("{}-{w}", s.name))

@@ -50,6 +50,9 @@ fn synthetic(args: &ProfileArgs, model: &str, task: Task) -> Vec<String> {
 
 pub fn run(args: &ProfileArgs) -> Result<()> {
     crate::batch::refuse_http_flags(&args.serve)?;
+    if args.serve.shutdown_timeout != 0 {
+        bail!("--shutdown-timeout is for `sluice serve` and `sluice run-batch`; a profile ends at once on a signal");
+    }
     if args.input_file.is_none() && (args.num_prompts == 0 || args.output_len == 0) {
         bail!("--num-prompts and --output-len must be at least 1");
     }
@@ -76,7 +79,7 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
     };
     tracing::info!("profiling {total} requests");
     let start = Instant::now();
-    let progress = execute(&server, lines.into_iter(), total, Previous::default(), std::io::sink())?;
+    let progress = execute(&server, lines.into_iter(), total, Previous::default(), std::io::sink(), Default::default())?;
     let wall = start.elapsed().as_secs_f64();
     if progress.failed > 0 {
         tracing::warn!("{} of {} requests failed; run the file with `run-batch` to see why", progress.failed, total);

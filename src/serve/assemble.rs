@@ -18,9 +18,9 @@ use crate::model::chat_template::ChatTemplate;
 use crate::model::encoder;
 use crate::model::task::Task;
 use crate::model::{self, LoadOptions};
-use crate::pipeline::{Catalog, Pipeline, PipelineSpec, Registry};
+use crate::pipeline::{Catalog, Lifecycle, Pipeline, PipelineSpec, Registry};
 use crate::sampling::SamplingDefaults;
-use crate::stages::{self, item::Item};
+use crate::stages::{self, Control, item::Item};
 
 /// Where requests enter the pipeline: HTTP connections (`serve`) or the lines of a JSONL
 /// file (`run-batch`, `profile`). Everything after the entry is the same.
@@ -44,12 +44,14 @@ impl Edge {
 pub struct Server {
     pub app: Arc<AppState>,
     pub pipeline: Pipeline<Item>,
+    /// Whether the pipeline takes new requests, and how many it holds (shutdown).
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 impl Server {
     /// Closes the pipeline's entry and waits for every stage to finish its work.
     pub fn shutdown(self) {
-        let Server { app, pipeline } = self;
+        let Server { app, pipeline, .. } = self;
         drop(app);
         pipeline.shutdown();
     }
@@ -66,17 +68,19 @@ pub fn build(cfg: &ServeConfig, edge: Edge) -> Result<Server> {
     };
     catalog.source(edge.source(), stages::SOURCE_OUTPUT);
     catalog.check(&spec)?;
+    crate::pipeline::check_faults(&spec, &cfg.faults)?;
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t as i32);
     }
     tracing::info!("loading {} from {} for --task {}", cfg.location.default_name, cfg.location.path().display(), cfg.task.name());
     let t0 = Instant::now();
+    let control = Control { lifecycle: Lifecycle::new(), faults: cfg.faults.clone() };
     let (registry, serving, engine_stats) = match cfg.task {
-        Task::Generate => generator(cfg, catalog, t0)?,
-        Task::Transcription => super::whisper::transcriber(cfg, catalog, t0)?,
-        _ => pooling_model(cfg, catalog, t0)?,
+        Task::Generate => generator(cfg, catalog, t0, &control)?,
+        Task::Transcription => super::whisper::transcriber(cfg, catalog, t0, &control)?,
+        _ => pooling_model(cfg, catalog, t0, &control)?,
     };
-    let pipeline = Pipeline::start(&spec, &registry)?;
+    let pipeline = Pipeline::start_with_faults(&spec, &registry, &cfg.faults)?;
     let app = Arc::new(AppState {
         serving,
         entry: pipeline.entry().clone(),
@@ -88,8 +92,9 @@ pub fn build(cfg: &ServeConfig, edge: Edge) -> Result<Server> {
         stages: pipeline.metrics.clone(),
         root_path: cfg.http.root_path.clone(),
         traced_stages: cfg.per_request_metrics.then(|| pipeline.stage_names()),
+        lifecycle: control.lifecycle.clone(),
     });
-    Ok(Server { app, pipeline })
+    Ok(Server { app, pipeline, lifecycle: control.lifecycle })
 }
 
 /// `--pipeline`, or the built-in file for the task and the edge.
@@ -113,7 +118,7 @@ fn pipeline_spec(cfg: &ServeConfig, edge: Edge) -> Result<PipelineSpec> {
 pub(super) type Assembled = (Registry<Item>, Arc<ServingContext>, Arc<EngineStats>);
 
 /// A causal LM behind the engine.
-fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Assembled> {
+fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &Control) -> Result<Assembled> {
     let opts = LoadOptions { device: cfg.device, dtype: &cfg.dtype, max_model_len: cfg.max_model_len };
     let location = cfg.location.clone();
     let loaded = model::on_passing_thread(|| model::load(location, &opts))?;
@@ -136,11 +141,11 @@ fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Assembl
     let engine_cfg = super::kv::engine_config(&cfg.engine, &decoder.cfg, decoder.dtype, decoder.device, &info)?;
     let engine = Engine::new(decoder, engine_cfg);
     let stats = engine.stats();
-    Ok((stages::registry(catalog, serving.clone(), engine), serving, stats))
+    Ok((stages::registry(catalog, serving.clone(), engine, control), serving, stats))
 }
 
 /// An encoder (or a decoder used for pooling) behind the encode stage.
-fn pooling_model(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Assembled> {
+fn pooling_model(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &Control) -> Result<Assembled> {
     let location = cfg.location.clone();
     let loaded =
         model::on_passing_thread(|| encoder::load(location, cfg.task, cfg.device, &cfg.dtype, cfg.max_model_len))?;
@@ -159,7 +164,7 @@ fn pooling_model(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Ass
     let stats = Arc::new(EngineStats::default());
     let sched = &cfg.engine.scheduler;
     let registry =
-        stages::pooling_registry(catalog, serving.clone(), model, sched.max_num_seqs, sched.max_batched_tokens, stats.clone());
+        stages::pooling_registry(catalog, serving.clone(), model, sched.max_num_seqs, sched.max_batched_tokens, stats.clone(), control);
     Ok((registry, serving, stats))
 }
 

@@ -2,7 +2,10 @@
 
 mod assemble;
 mod kv;
+pub mod shutdown;
 mod whisper;
+
+use std::future::IntoFuture;
 
 use anyhow::{Context, Result};
 
@@ -21,6 +24,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
+        // Signals are ours from here: before this, one ends the process as usual.
+        let signals = shutdown::Signals::listen()?;
         let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(
             "serving {} on http://{}",
@@ -34,25 +39,34 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             async move { crate::http::docs::strip_root_path(&root, req) }
         })
         .layer(router(server.app.clone()).layer(crate::http::cors::layer(&cfg.http.cors)));
-        axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("the HTTP server stopped")
+        // The listener stops only once the drain is over: until then it answers (503 to
+        // new requests and to /health). Waiting on open connections instead, as a plain
+        // graceful shutdown does, would wait for every stream to end.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .into_future();
+        tokio::pin!(http);
+        let drained = shutdown::drain_on_signal(signals, server.lifecycle.clone(), cfg.shutdown_timeout);
+        tokio::select! {
+            r = &mut http => return r.context("the HTTP server stopped"),
+            () = drained => {}
+        }
+        let _ = stop.send(());
+        // Connections still open (a client still sending a body) get a moment.
+        match tokio::time::timeout(CLOSE_GRACE, http).await {
+            Ok(r) => r.context("the HTTP server stopped"),
+            Err(_) => {
+                tracing::warn!("connections still open after {}s; closing them", CLOSE_GRACE.as_secs());
+                Ok(())
+            }
+        }
     })?;
-    tracing::info!("shutting down");
+    tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
+/// How long open connections get once the drain is over.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -28,7 +28,7 @@ use crate::stages::{self, audio::AudioPrep};
 use super::assemble::Assembled;
 
 /// Loads the Whisper folder and binds the transcription pipeline's stages to it.
-pub(super) fn transcriber(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Assembled> {
+pub(super) fn transcriber(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &crate::stages::Control) -> Result<Assembled> {
     let dir = cfg.location.path().to_owned();
     let loaded = model::on_passing_thread(|| whisper::load(&dir, &cfg.dtype, cfg.device))?;
     tracing::info!(
@@ -70,7 +70,7 @@ pub(super) fn transcriber(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> R
         tokenizer: loaded.tokenizer,
         max_target_positions: positions,
     });
-    Ok((stages::transcription_registry(catalog, serving.clone(), engine, prep), serving, stats))
+    Ok((stages::transcription_registry(catalog, serving.clone(), engine, prep, control), serving, stats))
 }
 
 /// The engine's blocks and how many windows it holds at once.

@@ -36,38 +36,49 @@ impl Stage<Item> for Detokenize {
         let mut states: HashMap<(u64, usize), ChoiceState> = HashMap::new();
         while let Some(item) = inlet.recv() {
             let service = inlet.begin_service(&item);
-            let Payload::Tokens(ev) = item.payload else { unreachable!("detokenize takes token events") };
-            let key = (item.ctx.key, ev.choice);
-            let engine_done = ev.finish.is_some();
-            if item.ctx.is_cancelled() {
-                if engine_done {
-                    states.remove(&key);
-                }
-                inlet.end_service(service);
-                continue;
+            let request = item.ctx.key;
+            let handled = inlet.contain(item, |item| self.handle(&mut states, item, &out));
+            if !handled {
+                // The request has failed: its choices' states go with it.
+                states.retain(|&(r, _), _| r != request);
             }
-            let meta = item.ctx.meta().clone();
-            let state = states.entry(key).or_insert_with(|| ChoiceState {
-                decoder: IncrementalDecoder::new(ev.prompt.as_deref().map_or(&[], |p| p.as_slice()), meta.output.skip_special_tokens),
-                stops: StopMatcher::new(meta.output.stop.clone(), meta.output.include_stop_str_in_output),
-                generated: 0,
-                done: false,
-            });
-            if !state.done {
-                let echo_prompt = match (&ev.prompt, meta.output.echo) {
-                    (Some(p), true) => Some(self.tokenizer.decode(p, meta.output.skip_special_tokens)),
-                    _ => None,
-                };
-                let text_ev = self.advance(state, ev, echo_prompt, meta.output.min_tokens);
-                if stopped_by_string(&text_ev) {
-                    item.ctx.stop_choice(text_ev.choice);
-                }
-                let _ = out.send(Item { ctx: item.ctx.clone(), payload: Payload::Text(text_ev) });
-            }
+            inlet.end_service(service);
+        }
+    }
+}
+
+impl Detokenize {
+    /// One token event of one choice: its new text, sent on.
+    fn handle(&self, states: &mut HashMap<(u64, usize), ChoiceState>, item: Item, out: &Outlet<Item>) {
+        let Payload::Tokens(ev) = item.payload else { unreachable!("detokenize takes token events") };
+        let key = (item.ctx.key, ev.choice);
+        let engine_done = ev.finish.is_some();
+        if item.ctx.is_cancelled() {
             if engine_done {
                 states.remove(&key);
             }
-            inlet.end_service(service);
+            return;
+        }
+        let meta = item.ctx.meta().clone();
+        let state = states.entry(key).or_insert_with(|| ChoiceState {
+            decoder: IncrementalDecoder::new(ev.prompt.as_deref().map_or(&[], |p| p.as_slice()), meta.output.skip_special_tokens),
+            stops: StopMatcher::new(meta.output.stop.clone(), meta.output.include_stop_str_in_output),
+            generated: 0,
+            done: false,
+        });
+        if !state.done {
+            let echo_prompt = match (&ev.prompt, meta.output.echo) {
+                (Some(p), true) => Some(self.tokenizer.decode(p, meta.output.skip_special_tokens)),
+                _ => None,
+            };
+            let text_ev = self.advance(state, ev, echo_prompt, meta.output.min_tokens);
+            if stopped_by_string(&text_ev) {
+                item.ctx.stop_choice(text_ev.choice);
+            }
+            let _ = out.send(Item { ctx: item.ctx.clone(), payload: Payload::Text(text_ev) });
+        }
+        if engine_done {
+            states.remove(&key);
         }
     }
 }

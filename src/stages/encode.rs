@@ -14,7 +14,7 @@ use crate::engine::stats::EngineStats;
 use crate::stages::item::{Item, Payload};
 use crate::model::bert::EncoderInput;
 use crate::model::encoder::EncoderModel;
-use crate::pipeline::{Inlet, Outlet, Stage};
+use crate::pipeline::{Inlet, Lifecycle, Outlet, Stage};
 
 pub struct Encode {
     model: Mutex<Option<EncoderModel>>,
@@ -24,11 +24,13 @@ pub struct Encode {
     pub max_seqs: usize,
     /// Padded tokens (inputs × longest) per forward pass at most.
     pub max_tokens: usize,
+    /// Says when waiting requests are to be aborted rather than run (shutdown).
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Encode {
-    pub fn new(model: EncoderModel, max_seqs: usize, max_tokens: usize, stats: Arc<EngineStats>) -> Self {
-        Encode { model: Mutex::new(Some(model)), stats, max_seqs: max_seqs.max(1), max_tokens: max_tokens.max(1) }
+    pub fn new(model: EncoderModel, max_seqs: usize, max_tokens: usize, stats: Arc<EngineStats>, lifecycle: Arc<Lifecycle>) -> Self {
+        Encode { model: Mutex::new(Some(model)), stats, max_seqs: max_seqs.max(1), max_tokens: max_tokens.max(1), lifecycle }
     }
 }
 
@@ -77,6 +79,11 @@ impl Stage<Item> for Encode {
                 }
             }
             items.retain(|i| !i.ctx.is_cancelled());
+            if self.lifecycle.is_aborting() {
+                for item in items.drain(..) {
+                    item.ctx.fail(ApiError::aborted());
+                }
+            }
             if items.is_empty() {
                 continue;
             }
@@ -122,19 +129,24 @@ impl Stage<Item> for Encode {
             let mut results = results.into_iter();
             // Each request's share: the round of forward passes that carried its inputs.
             let took = round.elapsed();
-            for mut item in items {
+            for item in items {
                 inlet.add_item_service(&item, took);
-                let mut complete = true;
-                if let Payload::Pool(job) = &mut item.payload {
-                    let outputs: Vec<Option<Vec<f32>>> = results.by_ref().take(job.encoded.len()).collect();
-                    complete = outputs.iter().all(Option::is_some);
-                    job.outputs = outputs.into_iter().flatten().collect();
-                }
-                if complete {
-                    let _ = out.send(item);
-                } else {
-                    item.ctx.fail(ApiError::internal("The model failed on this request's inputs; see the server log."));
-                }
+                let inputs = match &item.payload {
+                    Payload::Pool(job) => job.encoded.len(),
+                    _ => 0,
+                };
+                let outputs: Vec<Option<Vec<f32>>> = results.by_ref().take(inputs).collect();
+                inlet.contain(item, |mut item| {
+                    let complete = outputs.iter().all(Option::is_some);
+                    if let Payload::Pool(job) = &mut item.payload {
+                        job.outputs = outputs.into_iter().flatten().collect();
+                    }
+                    if complete {
+                        let _ = out.send(item);
+                    } else {
+                        item.ctx.fail(ApiError::internal("The model failed on this request's inputs; see the server log."));
+                    }
+                });
             }
         }
     }

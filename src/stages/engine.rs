@@ -14,16 +14,20 @@ use crate::api::audio::AudioJob;
 use crate::api::request::{Job, Prompt};
 use crate::engine::latency::Timeline;
 use crate::engine::{Client, Engine, EngineError, EngineEvent, EngineRequest};
-use crate::pipeline::{Inlet, Outlet, Stage};
+use crate::pipeline::{FaultPoint, Inlet, Lifecycle, Outlet, Stage};
 use crate::stages::item::{Item, Payload, RequestCtx};
 
 pub struct EngineStage {
     engine: Mutex<Option<Engine>>,
+    /// Says when the requests in the engine are to be aborted (shutdown).
+    lifecycle: Arc<Lifecycle>,
+    /// A fault injected into every step (tests only).
+    step_fault: Option<Arc<FaultPoint>>,
 }
 
 impl EngineStage {
-    pub fn new(engine: Engine) -> Self {
-        EngineStage { engine: Mutex::new(Some(engine)) }
+    pub fn new(engine: Engine, lifecycle: Arc<Lifecycle>, step_fault: Option<Arc<FaultPoint>>) -> Self {
+        EngineStage { engine: Mutex::new(Some(engine)), lifecycle, step_fault }
     }
 }
 
@@ -137,6 +141,13 @@ fn admit(engine: &mut Engine, item: Item, out: &Outlet<Item>, stage: usize) {
     }
 }
 
+/// Admits an item, a panic failing only its request (its sequences, if any were added,
+/// are reaped as cancelled).
+fn admit_contained(inlet: &Inlet<Item>, engine: &mut Engine, item: Item, out: &Outlet<Item>) {
+    let stage = inlet.stage();
+    inlet.contain(item, |item| admit(engine, item, out, stage));
+}
+
 impl Stage<Item> for EngineStage {
     fn process(&self, _item: Item, _out: &Outlet<Item>) {
         unreachable!("the engine drives its own inlet")
@@ -147,7 +158,6 @@ impl Stage<Item> for EngineStage {
             return;
         };
         let stats = engine.stats();
-        let stage = inlet.stage();
         let mut closed = false;
         loop {
             if engine.is_idle() {
@@ -155,23 +165,34 @@ impl Stage<Item> for EngineStage {
                     return;
                 }
                 match inlet.recv() {
-                    Some(item) => admit(&mut engine, item, &out, stage),
+                    Some(item) => admit_contained(&inlet, &mut engine, item, &out),
                     None => return,
                 }
             }
             // Take everything that arrived while the last step ran.
             while !closed {
                 match inlet.try_recv() {
-                    Ok(item) => admit(&mut engine, item, &out, stage),
+                    Ok(item) => admit_contained(&inlet, &mut engine, item, &out),
                     Err(is_closed) => {
                         closed = is_closed;
                         break;
                     }
                 }
             }
+            if self.lifecycle.is_aborting() && !engine.is_idle() {
+                tracing::debug!("shutting down: aborting the {} sequences in the engine", engine.num_running() + engine.num_waiting());
+                engine.abort_all();
+                continue;
+            }
             engine.reap_cancelled();
             let start = Instant::now();
-            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step()));
+            let fault = self.step_fault.as_deref();
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let Some(f) = fault {
+                    f.hit();
+                }
+                engine.step()
+            }));
             let times = match step {
                 Ok(t) => t,
                 Err(panic) => {
@@ -193,7 +214,7 @@ impl Stage<Item> for EngineStage {
             } else if !engine.is_idle() {
                 // Nothing could be scheduled (waiting for blocks): wait for news briefly.
                 if let Ok(item) = inlet.recv_timeout(Duration::from_millis(5)) {
-                    admit(&mut engine, item, &out, stage);
+                    admit_contained(&inlet, &mut engine, item, &out);
                 }
             }
         }

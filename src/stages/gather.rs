@@ -19,11 +19,18 @@ pub fn per_request<S>(
     let mut pending: HashMap<u64, S> = HashMap::new();
     while let Some(item) = inlet.recv() {
         let service = inlet.begin_service(&item);
-        let Payload::Text(ev) = item.payload else { unreachable!("{stage} takes text events") };
-        let ctx = item.ctx;
-        let state = pending.entry(ctx.key).or_insert_with(|| fresh(&ev));
-        if on_event(&ctx, state, ev) {
-            pending.remove(&ctx.key);
+        let request = item.ctx.key;
+        let handled = inlet.contain(item, |item| {
+            let Payload::Text(ev) = item.payload else { unreachable!("{stage} takes text events") };
+            let ctx = item.ctx;
+            let state = pending.entry(ctx.key).or_insert_with(|| fresh(&ev));
+            if on_event(&ctx, state, ev) {
+                pending.remove(&ctx.key);
+            }
+        });
+        if !handled {
+            // The request has failed: its state goes with it.
+            pending.remove(&request);
         }
         inlet.end_service(service);
     }

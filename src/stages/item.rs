@@ -20,7 +20,7 @@ use crate::api::request::{Job, PoolJob, RequestMeta};
 use crate::api::request_metrics::RequestMetrics;
 use crate::engine::{Finish, TokenEvent};
 use crate::ids::random_hex;
-use crate::pipeline::{Keyed, StageTrace};
+use crate::pipeline::{Answerable, Keyed, StageTrace};
 use crate::sampling::TokenLogprobs;
 
 /// What goes back to the waiting client, in order.
@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub arrived: Instant,
     pub endpoint: Endpoint,
     cancelled: AtomicBool,
+    /// An error answer has been sent.
+    failed: AtomicBool,
     /// Set by render when the prompt has already closed the answer's reasoning (a
     /// template that turns thinking off): the whole answer is content.
     answer_is_content: AtomicBool,
@@ -104,6 +106,7 @@ impl RequestCtx {
             timeline: crate::engine::latency::Timeline::new(arrived),
             endpoint,
             cancelled: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             answer_is_content: AtomicBool::new(false),
             output_tokens: AtomicU64::new(0),
             stopped: Mutex::new(HashSet::new()),
@@ -155,7 +158,13 @@ impl RequestCtx {
     }
 
     pub fn fail(&self, e: ApiError) {
+        self.failed.store(true, Ordering::Relaxed);
         self.reply(Reply::Error(e));
+    }
+
+    /// An error answer has been sent (a later one would not be seen).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     pub fn set_meta(&self, meta: RequestMeta) {
@@ -196,6 +205,23 @@ impl Keyed for Item {
 
     fn trace(&self) -> Option<&Arc<StageTrace>> {
         self.ctx.trace.as_ref()
+    }
+
+    fn answerable(&self) -> Option<Arc<dyn Answerable>> {
+        Some(self.ctx.clone())
+    }
+}
+
+/// A stage panicked on one of the request's items: the request fails with a 500 (an error
+/// event when its stream has begun) and every stage drops the rest of its work.
+impl Answerable for RequestCtx {
+    fn stage_panicked(&self, stage: &str, _message: &str) {
+        if !self.has_failed() {
+            self.fail(ApiError::internal(format!(
+                "The server failed while handling this request (in its {stage} stage); see the server log."
+            )));
+        }
+        self.cancel();
     }
 }
 

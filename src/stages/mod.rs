@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use crate::engine::Engine;
 use crate::model::encoder::EncoderModel;
 use crate::stages::item::Item;
-use crate::pipeline::{Catalog, Registry, Stage, StageShape};
+use crate::pipeline::{Catalog, Faults, Lifecycle, Registry, Stage, StageShape};
 use crate::api::context::ServingContext;
 
 /// The built-in pipeline for `sluice serve`; `--pipeline FILE` replaces it.
@@ -89,15 +89,25 @@ fn boxed<S: Stage<Item>>(s: S) -> Result<Arc<dyn Stage<Item>>, String> {
     Ok(Arc::new(s))
 }
 
+/// What the stages that run a model are told from outside: when to abort the work they
+/// hold (shutdown), and the faults injected into them (tests only).
+#[derive(Clone, Default)]
+pub struct Control {
+    pub lifecycle: Arc<Lifecycle>,
+    pub faults: Faults,
+}
+
 /// The `engine` kind (built once: the engine owns the model and its cache) and the
 /// `detokenize` kind that follows it, shared by the generation and transcription registries.
-fn engine_and_detokenize(r: &mut Registry<Item>, engine: Engine, serving: &ServingContext) {
+fn engine_and_detokenize(r: &mut Registry<Item>, engine: Engine, serving: &ServingContext, control: &Control) {
     let engine = Mutex::new(Some(engine));
+    let lifecycle = control.lifecycle.clone();
+    let step_fault = control.faults.at("engine:step");
     r.make(
         "engine",
         Box::new(move || {
             let e = engine.lock().unwrap_or_else(|e| e.into_inner()).take();
-            e.map(|e| Arc::new(engine::EngineStage::new(e)) as Arc<dyn Stage<Item>>)
+            e.map(|e| Arc::new(engine::EngineStage::new(e, lifecycle.clone(), step_fault.clone())) as Arc<dyn Stage<Item>>)
                 .ok_or_else(|| "a pipeline can have only one engine stage".to_string())
         }),
     );
@@ -107,7 +117,7 @@ fn engine_and_detokenize(r: &mut Registry<Item>, engine: Engine, serving: &Servi
 
 /// The generation catalog's kinds, bound to the served model. The engine can be built
 /// once only.
-pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine) -> Registry<Item> {
+pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine, control: &Control) -> Registry<Item> {
     let mut r = Registry::with_catalog(catalog);
     let s = serving.clone();
     r.make("decode", Box::new(move || boxed(decode::Decode { serving: s.clone() })));
@@ -118,7 +128,7 @@ pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine) 
     let guides = Arc::new(crate::guided::Guides::new(serving.tokenizer.clone(), engine.cfg.eos_ids.clone()));
     r.make("guide", Box::new(move || boxed(guide::GuideStage { guides: guides.clone() })));
     let stats = engine.stats();
-    engine_and_detokenize(&mut r, engine, &serving);
+    engine_and_detokenize(&mut r, engine, &serving, control);
     let tok = serving.tokenizer.clone();
     let store = serving.responses.clone();
     r.make("stream", Box::new(move || boxed(stream::Stream { tokenizer: tok.clone(), stats: stats.clone(), responses: store.clone() })));
@@ -134,6 +144,7 @@ pub fn pooling_registry(
     max_seqs: usize,
     max_tokens: usize,
     stats: Arc<crate::engine::stats::EngineStats>,
+    control: &Control,
 ) -> Registry<Item> {
     let info = Arc::new(model.info());
     let mut r = Registry::with_catalog(catalog);
@@ -143,11 +154,12 @@ pub fn pooling_registry(
     r.make("pool_tokenize", Box::new(move || boxed(pool_tokenize::PoolTokenize { serving: s.clone() })));
     let model = Mutex::new(Some(model));
     let st = stats.clone();
+    let lifecycle = control.lifecycle.clone();
     r.make(
         "encode",
         Box::new(move || {
             let m = model.lock().unwrap_or_else(|e| e.into_inner()).take();
-            m.map(|m| Arc::new(encode::Encode::new(m, max_seqs, max_tokens, st.clone())) as Arc<dyn Stage<Item>>)
+            m.map(|m| Arc::new(encode::Encode::new(m, max_seqs, max_tokens, st.clone(), lifecycle.clone())) as Arc<dyn Stage<Item>>)
                 .ok_or_else(|| "a pipeline can have only one encode stage".to_string())
         }),
     );
@@ -164,6 +176,7 @@ pub fn transcription_registry(
     serving: Arc<ServingContext>,
     engine: Engine,
     prep: Arc<audio::AudioPrep>,
+    control: &Control,
 ) -> Registry<Item> {
     let mut r = Registry::with_catalog(catalog);
     let s = serving.clone();
@@ -171,7 +184,7 @@ pub fn transcription_registry(
     let p = prep.clone();
     r.make("audio", Box::new(move || boxed(audio::AudioStage { prep: p.clone() })));
     let stats = engine.stats();
-    engine_and_detokenize(&mut r, engine, &serving);
+    engine_and_detokenize(&mut r, engine, &serving, control);
     let (tok, tokens) = (serving.tokenizer.clone(), prep.tokens.clone());
     r.make(
         "transcribe_stream",
@@ -182,11 +195,4 @@ pub fn transcription_registry(
     r
 }
 
-/// What a caught panic said (its `String` or `&str` payload).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown error")
-}
+pub use crate::pipeline::panic_message;

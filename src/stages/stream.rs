@@ -15,6 +15,7 @@ use crate::engine::latency::FinishedReason;
 use crate::engine::stats::EngineStats;
 use crate::api::answer::{read_whole, AnswerReader, Piece};
 use crate::api::endpoint::Endpoint;
+use crate::api::error::ApiError;
 use crate::api::responses::events::{Counts, End, ResponseWriter};
 use crate::api::responses::store::ResponseStore;
 use crate::engine::{Finish, StopReason};
@@ -232,6 +233,15 @@ impl Stream {
         }
         if p.finished < p.choices.len() {
             return false;
+        }
+        if finished_reason(p) == FinishedReason::Abort && !ctx.is_cancelled() {
+            // Ended by the server (shutdown), not by the model: no partial answer, an error,
+            // unless one has been sent already.
+            if !ctx.has_failed() {
+                ctx.fail(ApiError::aborted());
+            }
+            self.finished(ctx, p);
+            return true;
         }
         if !ctx.is_cancelled() {
             if let Some(keep) = meta.best_of_keep {

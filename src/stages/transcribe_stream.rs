@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::api::audio::{AudioFormat, AudioMeta};
+use crate::api::error::ApiError;
 use crate::api::protocol::Usage;
 use crate::api::transcription::*;
 use crate::engine::latency::FinishedReason;
@@ -92,7 +93,11 @@ impl TranscribeStream {
         let complete = p.finished == p.windows.len();
         let aborted = p.windows.iter().any(|w| w.finish == Some(Finish::Abort));
         if aborted || ctx.is_cancelled() {
-            // The client left, or the engine failed (and said so already).
+            // The client left, the engine failed (and said so already), or the server is
+            // shutting down (then it is said here).
+            if aborted && !ctx.is_cancelled() && !ctx.has_failed() {
+                ctx.fail(ApiError::aborted());
+            }
             if complete {
                 self.stats.latency.on_finished(&ctx.timeline, FinishedReason::Abort, Instant::now());
             }

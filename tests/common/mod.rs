@@ -173,6 +173,41 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Sends the server a signal (`libc::SIGTERM`, `libc::SIGINT`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let r = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(r, 0, "kill({}, {signal})", self.child.id());
+    }
+
+    /// Waits up to `limit` for the server to exit; None if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits up to `limit` for the log to contain `text`.
+    pub fn wait_log(&self, text: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if self.log.lock().unwrap_or_else(|e| e.into_inner()).contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -269,8 +304,13 @@ pub fn minilm_dir() -> String {
 /// server that comes up instead (or is still starting after 180 s) is killed and fails the
 /// test, rather than serving until the test runner gives up.
 pub fn start_fails(args: &[&str]) -> String {
+    start_fails_with(args, &[])
+}
+
+/// As `start_fails`, with environment variables set.
+pub fn start_fails_with(args: &[&str], env: &[(&str, &str)]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.arg("serve").args(args).args(["--port", "0"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("serve").args(args).args(["--port", "0"]).envs(env.iter().copied()).stdout(Stdio::null()).stderr(Stdio::piped());
     // SAFETY: prctl in the child before exec; the server dies with the test process.
     unsafe {
         cmd.pre_exec(|| {
