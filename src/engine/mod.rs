@@ -155,6 +155,20 @@ impl Engine {
             self.publish();
             return;
         }
+        let mm = match self.prepare_images(&job) {
+            Ok(mm) => mm,
+            Err(()) => {
+                job.client.send(EngineEvent::Failed(EngineError::StepFailed));
+                for (p, ids) in job.prompts.iter().enumerate() {
+                    for j in 0..job.n {
+                        let mut ev = unstarted_event(p * job.n + j, job.prompts.len() * job.n, ids.len());
+                        ev.prompt_index = p;
+                        job.client.send(EngineEvent::Tokens(ev));
+                    }
+                }
+                return;
+            }
+        };
         let prompts = &job.prompts;
         let client = &job.client;
         let choices = prompts.len() * job.n;
@@ -191,6 +205,7 @@ impl Engine {
                     announced: false,
                     guide: job.guide.as_ref().map(|g| g.start_after(&job.guide_after)),
                     audio: None,
+                    mm: mm.clone(),
                 };
                 self.next_id += 1;
                 if let Some(params) = job.beam {
@@ -202,6 +217,34 @@ impl Engine {
             }
         }
         self.publish();
+    }
+
+    /// A request's images run through the vision tower, with the prompt's M-RoPE positions.
+    /// Validation makes the placeholders fit the images; a request where they do not (or
+    /// with images for a model without a vision tower) is refused here and logged.
+    fn prepare_images(&self, job: &EngineRequest) -> Result<Option<Box<crate::model::qwen2_vl::MmPrompt>>, ()> {
+        if job.images.is_empty() {
+            return Ok(None);
+        }
+        let tower = match &self.model {
+            EngineModel::Decoder(d) => d.vision.as_ref(),
+            EngineModel::Whisper(_) => None,
+        };
+        let (Some(tower), [prompt]) = (tower, job.prompts.as_slice()) else {
+            tracing::error!("request {}: images for a model without a vision tower, or with several prompts", job.client.id());
+            return Err(());
+        };
+        let t0 = Instant::now();
+        match crate::model::qwen2_vl::MmPrompt::new(tower, prompt, &job.images) {
+            Ok(mm) => {
+                tracing::debug!("request {}: {} images encoded in {:?}", job.client.id(), job.images.len(), t0.elapsed());
+                Ok(Some(Box::new(mm)))
+            }
+            Err(e) => {
+                tracing::error!("request {}: {e}", job.client.id());
+                Err(())
+            }
+        }
     }
 
     /// Drops sequences whose client left or whose choice was ended downstream.
@@ -314,6 +357,7 @@ impl Engine {
             announced: false,
             guide: None,
             audio: Some(AudioSeq { cross, rules: start.rules, role: start.role, holds_window: true }),
+            mm: None,
         };
         self.sched.add(seq);
     }
@@ -404,7 +448,12 @@ impl Engine {
             }
             chunks.push(SeqChunk { tokens, cached: seq.computed, block_table: seq.blocks.clone(), logits_for, prompt_len: seq.prompt.len() });
         }
-        let batch = StepBatch::new(&chunks, self.cfg.block_size);
+        let mut batch = StepBatch::new(&chunks, self.cfg.block_size);
+        for (i, (id, _)) in plan.entries.iter().enumerate() {
+            if let Some(mm) = &self.sched.get(*id).expect("planned").mm {
+                batch.add_images(i, mm);
+            }
+        }
         times.tokens = batch.tokens.len();
         times.seqs = chunks.len();
         let t1 = Instant::now();

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod gather;
 pub mod guide;
 pub mod item;
+pub mod media;
 pub mod pool_decode;
 pub mod pool_stream;
 pub mod pool_tokenize;
@@ -54,6 +55,7 @@ pub fn generation_catalog() -> Catalog {
     let mut c = Catalog::new();
     c.kind("decode", StageShape::new("bodies", "requests"))
         .kind("render", StageShape::new("requests", "prompts"))
+        .kind("media", StageShape::new("prompts", "prompts"))
         .kind("tokenize", StageShape::new("prompts", "tokenized requests"))
         .kind("guide", StageShape::new("tokenized requests", "ready requests"))
         .kind("engine", StageShape::new("ready requests", "tokens").single("the engine owns the model and the KV cache"))
@@ -113,6 +115,8 @@ pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine) 
     r.make("decode", Box::new(move || boxed(decode::Decode { serving: s.clone() })));
     let s = serving.clone();
     r.make("render", Box::new(move || boxed(render::Render { serving: s.clone() })));
+    let s = serving.clone();
+    r.make("media", Box::new(move || Ok(Arc::new(media::Media::new(s.clone())?) as Arc<dyn Stage<Item>>)));
     let s = serving.clone();
     r.make("tokenize", Box::new(move || boxed(tokenize::Tokenize { serving: s.clone() })));
     let guides = Arc::new(crate::guided::Guides::new(serving.tokenizer.clone(), engine.cfg.eos_ids.clone()));

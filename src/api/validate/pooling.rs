@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::chat::{chat_message, chat_prompt_flags, request_chat_template};
+use super::chat::{ImageParts, chat_message, chat_prompt_flags, request_chat_template};
 use super::Fields;
 use crate::api::context::ServingContext;
 use crate::api::endpoint::Endpoint;
@@ -166,7 +166,11 @@ impl Pooling<'_> {
         }
         let format = self.serving.content_format_for(template.as_deref());
         let messages =
-            messages.into_iter().enumerate().map(|(i, m)| chat_message(i, m, format)).collect::<Result<Vec<_>, _>>()?;
+            messages
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| chat_message(i, m, format, &mut ImageParts::not_here(self.serving, "This endpoint")))
+                .collect::<Result<Vec<_>, _>>()?;
         // vLLM's defaults for a chat that is embedded rather than answered.
         let (add_generation_prompt, continue_final_message) = chat_prompt_flags(f, false)?;
         let template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
