@@ -303,3 +303,44 @@ fn file_urls_need_the_flag() {
     assert_eq!(status, 400, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("--allowed-local-media-path"), "{r}");
 }
+
+/// DSE's recipe (`--task embed`, examples/template_dse_qwen2_vl.jinja): the last token's
+/// final hidden state of image + text chats, normalised, against transformers'.
+#[test]
+fn dse_embeddings_of_image_chats_match_transformers() {
+    const EMBED: &[&str] = &[
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-qwen2-vl"),
+        "--task",
+        "embed",
+        "--dtype",
+        "float32",
+        "--served-model-name",
+        "tiny-vl",
+        "--chat-template",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/template_dse_qwen2_vl.jinja"),
+        "--limit-mm-per-prompt",
+        "{\"image\": 2}",
+    ];
+    let s = Server::shared(EMBED);
+    for case in reference()["embed"].as_array().unwrap() {
+        let name = case["id"].as_str().unwrap();
+        let body = json!({"model": "tiny-vl", "messages": messages(case, data_url), "encoding_format": "float"});
+        let (status, r) = s.post("/v1/embeddings", &body);
+        assert_eq!(status, 200, "{name}: {r}");
+        assert_eq!(r["usage"]["prompt_tokens"].as_u64().unwrap() as usize, case["prompt_token_ids"].as_array().unwrap().len(), "{name}");
+        let got = common::floats(&r["data"][0]["embedding"]);
+        let want = common::floats(&case["embedding"]);
+        let dot: f64 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let cosine = dot / (norm(&got) * norm(&want));
+        assert!(cosine >= 0.9999, "{name}: cosine {cosine}");
+    }
+    // An image that cannot be read is a 400 here too; text alone still embeds.
+    let bad = json!({"model": "tiny-vl", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]}]});
+    let (status, r) = s.post("/v1/embeddings", &bad);
+    assert_eq!(status, 400, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("Image 1 of 1"), "{r}");
+    let (status, r) = s.post("/v1/embeddings", &json!({"model": "tiny-vl", "input": "just text"}));
+    assert_eq!(status, 200, "{r}");
+}

@@ -136,6 +136,10 @@ pub struct PoolJob {
     pub encoded: Vec<crate::model::bert::EncoderInput>,
     /// Embedding models: the pooled vector before normalization. Classifiers: logits.
     pub outputs: Vec<Vec<f32>>,
+    /// A chat input's image parts, in order (vision models).
+    pub media: Vec<crate::api::validate::media::ImageSource>,
+    /// The request's image processor settings (`mm_processor_kwargs`).
+    pub processor: Option<Arc<crate::vision::qwen2_vl::ProcessorConfig>>,
 }
 
 #[derive(Debug, Clone)]

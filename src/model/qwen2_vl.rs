@@ -301,7 +301,7 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 
 /// One image as the engine takes it: its patches, and a hash of them (equal pixels and
 /// grid, equal hash).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageInput {
     pub patches: ImagePatches,
     pub hash: u64,

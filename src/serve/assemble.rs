@@ -159,7 +159,11 @@ fn pooling_model(cfg: &ServeConfig, catalog: Catalog, t0: Instant) -> Result<Ass
         cfg.device,
         info.max_model_len
     );
-    let serving = Arc::new(serving_context(cfg, &info)?);
+    let mut serving = serving_context(cfg, &info)?;
+    if let Some(token) = model.backbone.image_token() {
+        serving.vision = Some(Arc::new(vision_serving(cfg, &info, token)?));
+    }
+    let serving = Arc::new(serving);
     let stats = Arc::new(EngineStats::default());
     let sched = &cfg.engine.scheduler;
     let registry =

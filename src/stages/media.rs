@@ -50,15 +50,7 @@ impl Media {
             return Err(ApiError::bad_request("The served model takes no images."));
         };
         let processor = job.processor.as_deref().unwrap_or(&vision.processor);
-        let count = job.media.len();
-        let mut images = Vec::with_capacity(count);
-        for (k, source) in job.media.iter().enumerate() {
-            let which = |msg: String| ApiError::invalid("messages", format!("Image {} of {count}: {msg}", k + 1));
-            let bytes = self.fetcher.bytes(source, vision).map_err(which)?;
-            let rgb = crate::vision::decode::decode(&bytes, vision.max_pixels).map_err(|e| which(e.to_string()))?;
-            let patches = preprocess(&rgb, processor).map_err(|e| which(e.to_string()))?;
-            images.push(ImageInput::new(patches));
-        }
+        let images = self.fetcher.images(&job.media, processor, vision)?;
         let Prompt::Texts { texts, .. } = &mut job.prompt else {
             return Err(ApiError::internal("the media stage takes rendered chats"));
         };
@@ -99,14 +91,14 @@ pub fn expand_placeholders(text: &str, placeholder: &str, images: &[ImageInput])
     Ok(out)
 }
 
-/// Reads images from where their URLs point.
-struct Fetcher {
+/// Reads images from where their URLs point, and prepares them for the model.
+pub struct Fetcher {
     runtime: tokio::runtime::Runtime,
     client: reqwest::Client,
 }
 
 impl Fetcher {
-    fn new() -> Result<Self, String> {
+    pub fn new() -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("media-fetch")
@@ -118,6 +110,26 @@ impl Fetcher {
             .build()
             .map_err(|e| format!("the media stage's HTTP client: {e}"))?;
         Ok(Fetcher { runtime, client })
+    }
+
+    /// Each image read, decoded and preprocessed with `processor`; a 400 naming the first
+    /// image that cannot be.
+    pub fn images(
+        &self,
+        sources: &[ImageSource],
+        processor: &crate::vision::qwen2_vl::ProcessorConfig,
+        vision: &VisionServing,
+    ) -> Result<Vec<ImageInput>, ApiError> {
+        let count = sources.len();
+        let mut images = Vec::with_capacity(count);
+        for (k, source) in sources.iter().enumerate() {
+            let which = |msg: String| ApiError::invalid("messages", format!("Image {} of {count}: {msg}", k + 1));
+            let bytes = self.bytes(source, vision).map_err(which)?;
+            let rgb = crate::vision::decode::decode(&bytes, vision.max_pixels).map_err(|e| which(e.to_string()))?;
+            let patches = preprocess(&rgb, processor).map_err(|e| which(e.to_string()))?;
+            images.push(ImageInput::new(patches));
+        }
+        Ok(images)
     }
 
     /// The image's bytes, or what went wrong (said for the client).

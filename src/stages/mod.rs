@@ -144,7 +144,7 @@ pub fn pooling_registry(
     let (s, i) = (serving.clone(), info.clone());
     r.make("pool_decode", Box::new(move || boxed(pool_decode::PoolDecode { serving: s.clone(), model: i.clone() })));
     let s = serving.clone();
-    r.make("pool_tokenize", Box::new(move || boxed(pool_tokenize::PoolTokenize { serving: s.clone() })));
+    r.make("pool_tokenize", Box::new(move || Ok(Arc::new(pool_tokenize::PoolTokenize::new(s.clone())?) as Arc<dyn Stage<Item>>)));
     let model = Mutex::new(Some(model));
     let st = stats.clone();
     r.make(
