@@ -344,3 +344,34 @@ fn dse_embeddings_of_image_chats_match_transformers() {
     let (status, r) = s.post("/v1/embeddings", &json!({"model": "tiny-vl", "input": "just text"}));
     assert_eq!(status, 200, "{r}");
 }
+
+/// Image and text chats batched together (sent at once, twice over) give each the answer
+/// it gets alone; an image chat under a JSON schema answers valid JSON.
+#[test]
+fn image_and_text_chats_batch_together() {
+    let s = Server::shared(ARGS);
+    let ids = ["one_image", "two_images", "text_only", "image_after_turns", "max_pixels"];
+    std::thread::scope(|scope| {
+        for id in ids.iter().chain(ids.iter()) {
+            scope.spawn(move || {
+                let c = case(id);
+                check(s, &c, messages(&c, data_url), false);
+            });
+        }
+        scope.spawn(move || {
+            let c = case("one_image");
+            let schema = json!({"type": "object", "properties": {"colour": {"type": "string", "maxLength": 12}}, "required": ["colour"]});
+            let body = json!({"model": "tiny-vl", "messages": messages(&c, data_url), "max_tokens": 40,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}});
+            let (status, r) = s.post("/v1/chat/completions", &body);
+            assert_eq!(status, 200, "{r}");
+            let text = r["choices"][0]["message"]["content"].as_str().unwrap();
+            if r["choices"][0]["finish_reason"] == "stop" {
+                let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+                assert!(v["colour"].is_string(), "{v}");
+            } else {
+                assert!(text.starts_with('{'), "{text:?}");
+            }
+        });
+    });
+}
