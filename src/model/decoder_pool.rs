@@ -259,7 +259,7 @@ impl DecoderPooler {
         // inputs' M-RoPE positions.
         for (i, input) in inputs.iter().enumerate().filter(|(_, input)| !input.images.is_empty()) {
             let tower = self.llama.vision.as_ref().expect("images reach only a model with a vision tower");
-            let mm = super::qwen2_vl::MmPrompt::new(tower, &input.ids, &input.images)
+            let mm = super::qwen2_vl::MmPrompt::new(tower, &input.ids, &input.images, None)
                 .unwrap_or_else(|e| panic!("pool_tokenize made the placeholders fit the images: {e}"));
             batch.add_images(i, &mm);
         }

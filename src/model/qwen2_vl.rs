@@ -318,6 +318,74 @@ impl ImageInput {
     }
 }
 
+/// The vision tower's outputs of recent images, by image hash, so that an image sent again
+/// (the same pixels and grid) is not encoded again. Bounded by the rows (merged patches) it
+/// holds; the image stored longest ago leaves first.
+pub struct EncoderCache {
+    map: std::collections::HashMap<u64, Tensor>,
+    order: std::collections::VecDeque<u64>,
+    rows: usize,
+    max_rows: usize,
+    /// Images served from the cache, and images encoded, so far.
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl EncoderCache {
+    pub fn new(max_rows: usize) -> Self {
+        EncoderCache { map: Default::default(), order: Default::default(), rows: 0, max_rows, hits: 0, misses: 0 }
+    }
+
+    /// The embeddings of `images` in order, `[Σ tokens, out_dim]`: the cached ones taken,
+    /// the others encoded in one batch and kept.
+    pub fn encode(&mut self, tower: &VisionTower, images: &[ImageInput]) -> Tensor {
+        let missing: Vec<&ImageInput> = images.iter().filter(|i| !self.map.contains_key(&i.hash)).collect();
+        let mut fresh = std::collections::HashMap::new();
+        if !missing.is_empty() {
+            let encoded = tower.encode(&missing.iter().map(|i| &i.patches).collect::<Vec<_>>());
+            let mut start = 0i64;
+            for image in &missing {
+                let n = image.patches.num_tokens as i64;
+                fresh.insert(image.hash, encoded.narrow(0, start, n));
+                start += n;
+            }
+        }
+        let parts: Vec<Tensor> = images
+            .iter()
+            .map(|i| match self.map.get(&i.hash) {
+                Some(t) => {
+                    self.hits += 1;
+                    t.shallow_clone()
+                }
+                None => {
+                    self.misses += 1;
+                    fresh[&i.hash].shallow_clone()
+                }
+            })
+            .collect();
+        for (hash, t) in fresh {
+            self.put(hash, t);
+        }
+        Tensor::cat(&parts, 0)
+    }
+
+    fn put(&mut self, hash: u64, t: Tensor) {
+        let n = t.size()[0] as usize;
+        if n > self.max_rows || self.map.contains_key(&hash) {
+            return;
+        }
+        while self.rows + n > self.max_rows {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some(gone) = self.map.remove(&old) {
+                self.rows -= gone.size()[0] as usize;
+            }
+        }
+        self.rows += n;
+        self.order.push_back(hash);
+        self.map.insert(hash, t.copy());
+    }
+}
+
 /// What a prompt with images carries: M-RoPE positions, image embeddings, where they go.
 #[derive(Debug)]
 pub struct MmPrompt {
@@ -349,7 +417,7 @@ impl Clone for MmPrompt {
 impl MmPrompt {
     /// The positions and embeddings of `prompt`, whose placeholder runs stand for `images`
     /// in order.
-    pub fn new(tower: &VisionTower, prompt: &[u32], images: &[ImageInput]) -> Result<Self, MropeError> {
+    pub fn new(tower: &VisionTower, prompt: &[u32], images: &[ImageInput], cache: Option<&mut EncoderCache>) -> Result<Self, MropeError> {
         let cfg = &tower.cfg;
         let grids: Vec<GridThw> = images.iter().map(|i| i.patches.grid_thw).collect();
         let mrope = mrope_positions(prompt, cfg.image_token_id, &grids, cfg.merge)?;
@@ -377,8 +445,10 @@ impl MmPrompt {
             ranges.push((i..i + n, image.hash));
             i += n;
         }
-        let patches: Vec<&ImagePatches> = images.iter().map(|i| &i.patches).collect();
-        let embeds = tower.encode(&patches);
+        let embeds = match cache {
+            None => tower.encode(&images.iter().map(|i| &i.patches).collect::<Vec<_>>()),
+            Some(cache) => cache.encode(tower, images),
+        };
         Ok(MmPrompt { positions: mrope.positions, delta: mrope.delta, embeds, embed_row, images: ranges })
     }
 
