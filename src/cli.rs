@@ -242,6 +242,16 @@ pub struct ServeArgs {
     #[arg(long)]
     pub trust_request_chat_template: bool,
 
+    /// Most multimodal items per prompt, as JSON by modality (vLLM's flag): `{"image": N}`
+    /// (default 999, as vLLM).
+    #[arg(long, value_name = "JSON")]
+    pub limit_mm_per_prompt: Option<String>,
+
+    /// The folder `file://` image URLs may read from (and below it); without it, `file://`
+    /// URLs are refused.
+    #[arg(long, value_name = "DIR")]
+    pub allowed_local_media_path: Option<PathBuf>,
+
     /// Pipeline file (default: the built-in stages/serve.toml).
     #[arg(long, value_name = "FILE")]
     pub pipeline: Option<PathBuf>,

@@ -94,6 +94,60 @@ pub struct ServingSettings {
     pub responses_store: (usize, u64),
     pub max_logprobs: usize,
     pub generation_config: GenerationConfig,
+    pub media: MediaSettings,
+}
+
+/// How image parts are read, for models that take images.
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    /// `--limit-mm-per-prompt '{"image": N}'`.
+    pub max_images: usize,
+    /// `--allowed-local-media-path`, made canonical.
+    pub local_root: Option<PathBuf>,
+    /// `VLLM_IMAGE_FETCH_TIMEOUT` (seconds, vLLM's variable; default 5).
+    pub fetch_timeout: std::time::Duration,
+    /// The most bytes one image may have.
+    pub max_bytes: usize,
+}
+
+/// The largest image file taken (fetched, read or inline).
+pub const MAX_IMAGE_BYTES: usize = 20 << 20;
+
+fn media_settings(args: &ServeArgs) -> Result<MediaSettings> {
+    let mut max_images = 999;
+    if let Some(arg) = &args.limit_mm_per_prompt {
+        let bad = |why: String| anyhow::anyhow!("--limit-mm-per-prompt {arg}: {why} (give JSON such as '{{\"image\": 2}}')");
+        let v: serde_json::Map<String, Value> = serde_json::from_str(arg).map_err(|e| bad(format!("not a JSON object ({e})")))?;
+        for (k, n) in &v {
+            let n = n.as_u64().ok_or_else(|| bad(format!("the limit of {k:?} must be a non-negative integer")))?;
+            match k.as_str() {
+                "image" => max_images = n as usize,
+                // Modalities this server does not take in chat: a limit on them changes nothing.
+                "video" | "audio" => {}
+                other => return Err(bad(format!("unknown modality {other:?} (image, video, audio are)"))),
+            }
+        }
+    }
+    let local_root = match &args.allowed_local_media_path {
+        None => None,
+        Some(p) => {
+            let c = std::fs::canonicalize(p).map_err(|e| anyhow::anyhow!("--allowed-local-media-path {}: {e}", p.display()))?;
+            if !c.is_dir() {
+                bail!("--allowed-local-media-path {}: not a folder", p.display());
+            }
+            Some(c)
+        }
+    };
+    let fetch_timeout = match std::env::var("VLLM_IMAGE_FETCH_TIMEOUT") {
+        Ok(v) => {
+            let secs: f64 = v.trim().parse().ok().filter(|s: &f64| *s > 0.0 && s.is_finite()).ok_or_else(|| {
+                anyhow::anyhow!("VLLM_IMAGE_FETCH_TIMEOUT={v:?}: give a positive number of seconds")
+            })?;
+            std::time::Duration::from_secs_f64(secs)
+        }
+        Err(_) => std::time::Duration::from_secs(5),
+    };
+    Ok(MediaSettings { max_images, local_root, fetch_timeout, max_bytes: MAX_IMAGE_BYTES })
 }
 
 /// `--generation-config`: where requests' sampling defaults come from.
@@ -199,6 +253,7 @@ impl ServeConfig {
             responses_store: (args.responses_store_size, args.responses_store_ttl),
             max_logprobs: args.max_logprobs,
             generation_config: generation_config(&args.generation_config)?,
+            media: media_settings(args)?,
         };
         let http = HttpSettings {
             address: format!("{}:{}", args.host, args.port),

@@ -27,6 +27,26 @@ impl ContentFormat {
     }
 }
 
+/// What a vision model's image parts are read and prepared with.
+#[derive(Debug, Clone)]
+pub struct VisionServing {
+    /// The model's image processor settings (`preprocessor_config.json`).
+    pub processor: crate::vision::qwen2_vl::ProcessorConfig,
+    /// The text that stands for one image in a rendered prompt (`<|image_pad|>`), before
+    /// it is repeated once per merged patch.
+    pub placeholder: String,
+    /// `--limit-mm-per-prompt`: images a request may carry at most.
+    pub max_images: usize,
+    /// `--allowed-local-media-path`: the folder `file://` URLs may read from (canonical).
+    pub local_root: Option<std::path::PathBuf>,
+    /// How long fetching one http(s) image may take.
+    pub fetch_timeout: std::time::Duration,
+    /// The most bytes one image may have (fetched, read or inline).
+    pub max_bytes: usize,
+    /// The most pixels one decoded image may have.
+    pub max_pixels: u64,
+}
+
 pub struct ServingContext {
     /// Names clients may use in `model`; the first is reported in responses.
     pub served_names: Vec<String>,
@@ -59,6 +79,8 @@ pub struct ServingContext {
     pub started: u64,
     /// A Whisper model's special tokens and languages (the audio APIs).
     pub whisper: Option<Arc<crate::model::whisper::tokens::WhisperTokens>>,
+    /// A vision model's image settings; None: the model takes no images.
+    pub vision: Option<Arc<VisionServing>>,
 }
 
 impl ServingContext {
@@ -92,6 +114,7 @@ impl ServingContext {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             whisper: None,
+            vision: None,
         }
     }
 

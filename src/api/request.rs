@@ -55,6 +55,13 @@ pub struct Job {
     pub guide_after: Vec<String>,
     /// Beam search instead of sampling (`use_beam_search`; the width is `n`).
     pub beam: Option<BeamParams>,
+    /// The images of a chat's image parts, in order, as validation found them; the media
+    /// stage turns them into `images`.
+    pub media: Vec<crate::api::validate::media::ImageSource>,
+    /// The request's image processor settings (`mm_processor_kwargs`), when it has its own.
+    pub processor: Option<Arc<crate::vision::qwen2_vl::ProcessorConfig>>,
+    /// The images, preprocessed (media stage).
+    pub images: Vec<crate::model::qwen2_vl::ImageInput>,
 }
 
 impl Job {
@@ -129,6 +136,10 @@ pub struct PoolJob {
     pub encoded: Vec<crate::model::bert::EncoderInput>,
     /// Embedding models: the pooled vector before normalization. Classifiers: logits.
     pub outputs: Vec<Vec<f32>>,
+    /// A chat input's image parts, in order (vision models).
+    pub media: Vec<crate::api::validate::media::ImageSource>,
+    /// The request's image processor settings (`mm_processor_kwargs`).
+    pub processor: Option<Arc<crate::vision::qwen2_vl::ProcessorConfig>>,
 }
 
 #[derive(Debug, Clone)]

@@ -180,6 +180,7 @@ impl BeamGroup {
                 guide: None,
                 // Whisper requests do not take beam search.
                 audio: None,
+                mm: p.mm.clone(),
             };
             *next_id += 1;
             self.live.insert(child.id, cum);

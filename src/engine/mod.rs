@@ -34,6 +34,10 @@ use sequence::{SeqId, Sequence};
 use stats::EngineStats;
 use whisper::{AudioQueue, AudioSeq, Role, Start, StartInput, Unstarted};
 
+/// Merged patches (image tokens) of recent images whose vision-tower output the engine
+/// keeps: 8192 rows are ~25 MB for a 1536-wide model in bfloat16.
+const ENCODER_CACHE_ROWS: usize = 8192;
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub block_size: usize,
@@ -68,6 +72,8 @@ pub struct Engine {
     beam_of: std::collections::HashMap<SeqId, u64>,
     /// Whisper requests whose windows have not all started.
     audio: AudioQueue,
+    /// A vision model's recent image embeddings, by image hash.
+    encoder_cache: crate::model::qwen2_vl::EncoderCache,
 }
 
 impl Engine {
@@ -85,6 +91,7 @@ impl Engine {
             beams: Default::default(),
             beam_of: Default::default(),
             audio: AudioQueue::default(),
+            encoder_cache: crate::model::qwen2_vl::EncoderCache::new(ENCODER_CACHE_ROWS),
         }
     }
 
@@ -155,6 +162,20 @@ impl Engine {
             self.publish();
             return;
         }
+        let mm = match self.prepare_images(&job) {
+            Ok(mm) => mm,
+            Err(()) => {
+                job.client.send(EngineEvent::Failed(EngineError::StepFailed));
+                for (p, ids) in job.prompts.iter().enumerate() {
+                    for j in 0..job.n {
+                        let mut ev = unstarted_event(p * job.n + j, job.prompts.len() * job.n, ids.len());
+                        ev.prompt_index = p;
+                        job.client.send(EngineEvent::Tokens(ev));
+                    }
+                }
+                return;
+            }
+        };
         let prompts = &job.prompts;
         let client = &job.client;
         let choices = prompts.len() * job.n;
@@ -191,6 +212,7 @@ impl Engine {
                     announced: false,
                     guide: job.guide.as_ref().map(|g| g.start_after(&job.guide_after)),
                     audio: None,
+                    mm: mm.clone(),
                 };
                 self.next_id += 1;
                 if let Some(params) = job.beam {
@@ -202,6 +224,36 @@ impl Engine {
             }
         }
         self.publish();
+    }
+
+    /// A request's images run through the vision tower, with the prompt's M-RoPE positions.
+    /// Validation makes the placeholders fit the images; a request where they do not (or
+    /// with images for a model without a vision tower) is refused here and logged.
+    fn prepare_images(&mut self, job: &EngineRequest) -> Result<Option<Box<crate::model::qwen2_vl::MmPrompt>>, ()> {
+        if job.images.is_empty() {
+            return Ok(None);
+        }
+        let tower = match &self.model {
+            EngineModel::Decoder(d) => d.vision.as_ref(),
+            EngineModel::Whisper(_) => None,
+        };
+        let (Some(tower), [prompt]) = (tower, job.prompts.as_slice()) else {
+            tracing::error!("request {}: images for a model without a vision tower, or with several prompts", job.client.id());
+            return Err(());
+        };
+        let t0 = Instant::now();
+        let hits = self.encoder_cache.hits;
+        match crate::model::qwen2_vl::MmPrompt::new(tower, prompt, &job.images, Some(&mut self.encoder_cache)) {
+            Ok(mm) => {
+                let cached = self.encoder_cache.hits - hits;
+                tracing::debug!("request {}: {} images ({cached} cached) in {:?}", job.client.id(), job.images.len(), t0.elapsed());
+                Ok(Some(Box::new(mm)))
+            }
+            Err(e) => {
+                tracing::error!("request {}: {e}", job.client.id());
+                Err(())
+            }
+        }
     }
 
     /// Drops sequences whose client left or whose choice was ended downstream.
@@ -314,6 +366,7 @@ impl Engine {
             announced: false,
             guide: None,
             audio: Some(AudioSeq { cross, rules: start.rules, role: start.role, holds_window: true }),
+            mm: None,
         };
         self.sched.add(seq);
     }
@@ -416,7 +469,12 @@ impl Engine {
             }
             chunks.push(SeqChunk { tokens, cached: seq.computed, block_table: seq.blocks.clone(), logits_for, prompt_len: seq.prompt.len() });
         }
-        let batch = StepBatch::new(&chunks, self.cfg.block_size);
+        let mut batch = StepBatch::new(&chunks, self.cfg.block_size);
+        for (i, (id, _)) in plan.entries.iter().enumerate() {
+            if let Some(mm) = &self.sched.get(*id).expect("planned").mm {
+                batch.add_images(i, mm);
+            }
+        }
         times.tokens = batch.tokens.len();
         times.seqs = chunks.len();
         let t1 = Instant::now();

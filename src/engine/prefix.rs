@@ -1,6 +1,7 @@
 //! Prefix-cache keys: a full block is known by the hash of its tokens chained with the
 //! key of the block before it, so equal keys mean equal tokens from the very start (and
-//! the same `cache_salt`, which seeds the chain).
+//! the same `cache_salt`, which seeds the chain). A block holding an image's placeholder
+//! tokens mixes the image's hash in, so prompts with other images never share it.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -38,7 +39,7 @@ pub fn take_cached_prefix(seq: &mut Sequence, blocks: &mut BlockManager) -> usiz
     for b in 0..full {
         chunk.clear();
         chunk.extend((b * bs..(b + 1) * bs).map(|i| seq.token(i)));
-        let h = block_hash(parent, &chunk);
+        let h = block_hash(parent ^ seq.block_extra(b, bs), &chunk);
         let Some(block) = blocks.take_cached(h) else { break };
         seq.blocks.push(block);
         seq.hashes.push(h);
@@ -54,7 +55,7 @@ pub fn register_full_blocks(seq: &mut Sequence, blocks: &mut BlockManager) {
     while (seq.hashes.len() + 1) * bs <= seq.computed {
         let b = seq.hashes.len();
         let tokens: Vec<u32> = (b * bs..(b + 1) * bs).map(|i| seq.token(i)).collect();
-        let h = block_hash(seq.hashes.last().copied().unwrap_or(seq.salt), &tokens);
+        let h = block_hash(seq.hashes.last().copied().unwrap_or(seq.salt) ^ seq.block_extra(b, bs), &tokens);
         blocks.register(seq.blocks[b], h);
         seq.hashes.push(h);
     }

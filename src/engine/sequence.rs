@@ -46,6 +46,8 @@ pub struct Sequence {
     pub guide: Option<GuideState>,
     /// Whisper: the window's encoder output and decoding rules.
     pub audio: Option<super::whisper::AudioSeq>,
+    /// A prompt with images: its M-RoPE positions and image embeddings.
+    pub mm: Option<Box<crate::model::qwen2_vl::MmPrompt>>,
 }
 
 impl Sequence {
@@ -66,6 +68,12 @@ impl Sequence {
     /// Tokens still to be fed to the model before the next one can be sampled.
     pub fn pending(&self) -> usize {
         self.len() - self.computed
+    }
+
+    /// What the prefix-cache key of block `b` (of `size` tokens) mixes in besides its
+    /// tokens: the hashes of the images whose placeholders it holds (0 without).
+    pub fn block_extra(&self, b: usize, size: usize) -> u64 {
+        self.mm.as_ref().map_or(0, |mm| mm.key_of(b * size..(b + 1) * size))
     }
 
     /// Scheduling order: lower priority value first, then earlier arrival.

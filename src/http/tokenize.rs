@@ -13,7 +13,7 @@ use crate::api::error::ApiError;
 use super::server::{AppState, read_json_body};
 use crate::api::request::ChatPrompt;
 use crate::api::validate::Fields;
-use crate::api::validate::chat::{chat_message, chat_prompt_flags, request_chat_template};
+use crate::api::validate::chat::{ImageParts, chat_message, chat_prompt_flags, request_chat_template};
 use crate::stages::render::render_chat;
 
 pub async fn tokenize(State(app): State<Arc<AppState>>, req: Request) -> Response {
@@ -66,7 +66,7 @@ fn tokenize_body(app: &AppState, mut f: Fields) -> Result<Value, ApiError> {
                 messages: messages
                     .into_iter()
                     .enumerate()
-                    .map(|(i, m)| chat_message(i, m, format))
+                    .map(|(i, m)| chat_message(i, m, format, &mut ImageParts::not_here(s, "/tokenize")))
                     .collect::<Result<_, _>>()?,
                 add_generation_prompt,
                 continue_final_message,

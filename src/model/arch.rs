@@ -15,6 +15,8 @@ pub enum Arch {
     Gemma2,
     Gemma3,
     Phi3,
+    /// Qwen2 with M-RoPE and a vision tower (images in the prompt).
+    Qwen2Vl,
     Bert,
 }
 
@@ -70,6 +72,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     entry("Gemma3ForConditionalGeneration", Gemma3, CausalLm),
     entry("Gemma3TextForSequenceClassification", Gemma3, DecoderClassifier),
     entry("Phi3ForCausalLM", Phi3, CausalLm),
+    entry("Qwen2VLForConditionalGeneration", Qwen2Vl, CausalLm),
     entry("Phi3ForSequenceClassification", Phi3, DecoderClassifier),
     entry("BertModel", Bert, EncoderEmbedding),
     entry("BertForSequenceClassification", Bert, EncoderClassifier),
@@ -92,6 +95,7 @@ const MODEL_TYPES: &[(&str, &str)] = &[
     ("gemma3_text", "Gemma3ForCausalLM"),
     ("gemma3", "Gemma3ForConditionalGeneration"),
     ("phi3", "Phi3ForCausalLM"),
+    ("qwen2_vl", "Qwen2VLForConditionalGeneration"),
     ("bert", "BertModel"),
     ("xlm-roberta", "XLMRobertaModel"),
     ("roberta", "RobertaModel"),

@@ -32,6 +32,13 @@ pub struct StepBatch {
     /// Flat rows whose logits are returned, in order.
     pub logits_rows: Vec<i64>,
     pub seqs: Vec<SeqSpan>,
+    /// M-RoPE positions (time, height, width) of every token, once a sequence with images
+    /// is in the batch (`add_images`); otherwise each token's three are `positions`.
+    pub mrope: Option<[Vec<i64>; 3]>,
+    /// Rows whose input embedding is an image's (`image_embeds`, concatenated, in order)
+    /// instead of their token's.
+    pub image_rows: Vec<i64>,
+    pub image_embeds: Vec<tch::Tensor>,
 }
 
 /// Where one sequence sits in the flat batch and in the cache.
@@ -71,5 +78,30 @@ impl StepBatch {
             });
         }
         b
+    }
+
+    /// Sequence `i` of the batch has images: its tokens take their M-RoPE positions and
+    /// their placeholders the images' embeddings.
+    pub fn add_images(&mut self, i: usize, mm: &super::qwen2_vl::MmPrompt) {
+        let span = &self.seqs[i];
+        let first = span.context_len - span.len;
+        let positions = &self.positions;
+        let axes = self.mrope.get_or_insert_with(|| std::array::from_fn(|_| positions.clone()));
+        let prompt_len = mm.prompt_len();
+        let mut rows = Vec::new();
+        for j in 0..span.len {
+            let (p, row) = (first + j, span.row + j);
+            for (a, axis) in axes.iter_mut().enumerate() {
+                axis[row] = if p < prompt_len { mm.positions[a][p] } else { p as i64 + mm.delta };
+            }
+            if p < prompt_len && mm.embed_row[p] >= 0 {
+                self.image_rows.push(row as i64);
+                rows.push(mm.embed_row[p]);
+            }
+        }
+        if !rows.is_empty() {
+            let idx = tch::Tensor::from_slice(&rows).to_device(mm.embeds.device());
+            self.image_embeds.push(mm.embeds.index_select(0, &idx));
+        }
     }
 }

@@ -166,6 +166,8 @@ struct Packed {
 pub struct EncoderInput {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
+    /// A vision model's images, in the order of their placeholders in `ids`.
+    pub images: Vec<super::qwen2_vl::ImageInput>,
 }
 
 impl Bert {

@@ -111,6 +111,11 @@ pub struct DecoderConfig {
     /// checkpoint's text model sits under `model.language_model.` or
     /// `language_model.model.`).
     pub prefix: String,
+    /// Qwen2-VL's multimodal rotary sections: how many of the rotary frequencies follow
+    /// the time, height and width positions.
+    pub mrope_section: Option<[usize; 3]>,
+    /// Qwen2-VL's vision tower.
+    pub vision: Option<super::qwen2_vl::VisionConfig>,
 }
 
 /// Reads values from a config.json object.
@@ -163,6 +168,7 @@ impl DecoderConfig {
             Arch::Mixtral => super::mixtral::config_from_hf(cfg),
             Arch::Gemma2 | Arch::Gemma3 => super::gemma::config_from_hf(cfg, entry.arch),
             Arch::Phi3 => super::phi3::config_from_hf(cfg),
+            Arch::Qwen2Vl => super::qwen2_vl::config_from_hf(cfg),
             Arch::Bert => Err(format!("{} is an encoder, not a decoder", entry.name)),
         }
     }
@@ -191,7 +197,7 @@ impl DecoderConfig {
             Arch::Qwen3 | Arch::Qwen3Moe => super::qwen3::adjust_gguf(&mut c, g)?,
             Arch::Gemma2 | Arch::Gemma3 => super::gemma::adjust_gguf(&mut c, g)?,
             Arch::Phi3 => super::phi3::adjust_gguf(&mut c, g)?,
-            Arch::Mixtral | Arch::Bert => unreachable!("not a GGUF architecture name"),
+            Arch::Mixtral | Arch::Qwen2Vl | Arch::Bert => unreachable!("not a GGUF architecture name"),
         }
         Ok(c)
     }
@@ -234,6 +240,8 @@ impl DecoderConfig {
             moe: None,
             fused_projections: false,
             prefix: "model.".into(),
+            mrope_section: None,
+            vision: None,
         })
     }
 
@@ -323,6 +331,8 @@ impl DecoderConfig {
             moe: None,
             fused_projections: false,
             prefix: "model.".into(),
+            mrope_section: None,
+            vision: None,
         })
     }
 

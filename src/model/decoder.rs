@@ -22,6 +22,7 @@ use super::kernels;
 use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::moe::{Mlp, SparseMoe};
+use super::qwen2_vl::VisionTower;
 use super::rope::RopeTables;
 use super::weights::WeightSource;
 
@@ -59,6 +60,8 @@ pub struct Decoder {
     norm: Tensor,
     lm_head: Linear,
     ropes: Vec<RopeTables>,
+    /// Qwen2-VL's vision tower, whose embeddings stand in for image placeholder tokens.
+    pub vision: Option<VisionTower>,
 }
 
 impl Decoder {
@@ -137,7 +140,11 @@ impl Decoder {
         };
         let ropes = cfg.ropes.iter().map(|r| RopeTables::new(r, device)).collect();
         let norm = place(get(&format!("{prefix}norm.weight"))?);
-        Ok(Decoder { norm, cfg, device, dtype, embed, layers, lm_head, ropes })
+        let vision = match &cfg.vision {
+            Some(v) => Some(VisionTower::load(v.clone(), src, device, dtype)?),
+            None => None,
+        };
+        Ok(Decoder { norm, cfg, device, dtype, embed, layers, lm_head, ropes, vision })
     }
 
     /// What the prefix cache keys a sequence's blocks with besides its tokens (0 for most
@@ -199,7 +206,10 @@ impl Decoder {
         for s in &batch.seqs {
             lens.extend(std::iter::repeat_n(s.rope_len as i64, s.len));
         }
-        let rotary: Vec<(Tensor, Tensor)> = self.ropes.iter().map(|r| r.cos_sin(&positions, &lens, self.dtype)).collect();
+        let rotary: Vec<(Tensor, Tensor)> = match c.mrope_section {
+            Some(section) => self.ropes.iter().map(|r| self.mrope_cos_sin(r, batch, section, &lens)).collect(),
+            None => self.ropes.iter().map(|r| r.cos_sin(&positions, &lens, self.dtype)).collect(),
+        };
         let mut plans: Vec<(Option<usize>, AttnPlan)> = Vec::new();
         for l in &self.layers {
             if !plans.iter().any(|(w, _)| *w == l.spec.window) {
@@ -212,6 +222,10 @@ impl Decoder {
         if c.scale_embeddings {
             // transformers rounds √hidden to the model's dtype before the product.
             x = x * Tensor::from((c.hidden_size as f64).sqrt()).to_kind(Kind::Float).to_kind(self.dtype).to_device(dev);
+        }
+        if !batch.image_rows.is_empty() {
+            let rows = Tensor::from_slice(&batch.image_rows).to_device(dev);
+            x = x.index_copy(0, &rows, &Tensor::cat(&batch.image_embeds, 0).to_kind(self.dtype));
         }
         clock.lap(|t| &mut t.setup);
         for (li, layer) in self.layers.iter().enumerate() {
@@ -270,6 +284,28 @@ impl Decoder {
         let last = self.rms_norm(&x.index_select(0, &rows), &self.norm);
         clock.lap(|t| &mut t.norm);
         last
+    }
+
+    /// M-RoPE's cos and sin `[n, dim]`: each axis's (time, height, width) computed as one
+    /// rope's, then the frequencies taken from the axes in turn by `section` (twice: the
+    /// two halves of a head), as transformers' `apply_multimodal_rotary_pos_emb` does.
+    fn mrope_cos_sin(&self, rope: &RopeTables, batch: &StepBatch, section: [usize; 3], lens: &[i64]) -> (Tensor, Tensor) {
+        let axes: Vec<(Tensor, Tensor)> = (0..3)
+            .map(|a| {
+                let p = batch.mrope.as_ref().map_or(&batch.positions, |m| &m[a]);
+                let p = Tensor::from_slice(p).to_device(self.device).to_kind(Kind::Float);
+                rope.cos_sin(&p, lens, self.dtype)
+            })
+            .collect();
+        let (mut cos, mut sin) = (Vec::with_capacity(6), Vec::with_capacity(6));
+        let mut start = 0i64;
+        for (i, &len) in section.iter().chain(section.iter()).enumerate() {
+            let (c, s) = &axes[i % 3];
+            cos.push(c.narrow(1, start, len as i64));
+            sin.push(s.narrow(1, start, len as i64));
+            start += len as i64;
+        }
+        (Tensor::cat(&cos, 1), Tensor::cat(&sin, 1))
     }
 
     /// RMSNorm as transformers computes it: in f32, scaled by the weight after the cast back

@@ -254,11 +254,24 @@ impl DecoderPooler {
             .collect();
         let mut cache =
             KvCache::new(c.num_layers, next as usize, BLOCK, c.num_kv_heads, c.head_dim, self.llama.dtype, self.llama.device);
-        self.llama.hidden_states(&StepBatch::new(&chunks, BLOCK), &mut cache)
+        let mut batch = StepBatch::new(&chunks, BLOCK);
+        // A vision model's images: their embeddings in their placeholders' places, and the
+        // inputs' M-RoPE positions.
+        for (i, input) in inputs.iter().enumerate().filter(|(_, input)| !input.images.is_empty()) {
+            let tower = self.llama.vision.as_ref().expect("images reach only a model with a vision tower");
+            let mm = super::qwen2_vl::MmPrompt::new(tower, &input.ids, &input.images, None)
+                .unwrap_or_else(|e| panic!("pool_tokenize made the placeholders fit the images: {e}"));
+            batch.add_images(i, &mm);
+        }
+        self.llama.hidden_states(&batch, &mut cache)
     }
 }
 
 impl PoolingBackbone for DecoderPooler {
+    fn image_token(&self) -> Option<u32> {
+        self.llama.vision.as_ref().map(|v| v.cfg.image_token_id)
+    }
+
     fn hidden_states(&self, inputs: &[&EncoderInput]) -> (Tensor, Tensor) {
         let rows = self.run(inputs, true); // [total, H]
         let lens: Vec<i64> = inputs.iter().map(|i| i.ids.len() as i64).collect();

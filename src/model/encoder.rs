@@ -57,6 +57,11 @@ pub trait PoolingBackbone: Send {
 
     /// What was loaded, for the start-up log.
     fn describe(&self) -> String;
+
+    /// A vision model's image placeholder token: inputs may then carry images.
+    fn image_token(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl PoolingBackbone for Bert {

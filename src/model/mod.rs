@@ -24,6 +24,7 @@ pub mod mrope;
 pub mod phi3;
 pub mod pooling;
 pub mod quant;
+pub mod qwen2_vl;
 pub mod qwen3;
 pub mod resolve;
 pub mod rope;

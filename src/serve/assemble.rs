@@ -137,7 +137,11 @@ fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &Control
         cfg.device,
         info.max_model_len
     );
-    let serving = Arc::new(serving_context(cfg, &info)?);
+    let mut serving = serving_context(cfg, &info)?;
+    if let Some(tower) = &decoder.vision {
+        serving.vision = Some(Arc::new(vision_serving(cfg, &info, tower.cfg.image_token_id)?));
+    }
+    let serving = Arc::new(serving);
     let engine_cfg = super::kv::engine_config(&cfg.engine, &decoder.cfg, decoder.dtype, decoder.device, &info)?;
     let engine = Engine::new(decoder, engine_cfg);
     let stats = engine.stats();
@@ -160,7 +164,11 @@ fn pooling_model(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &Con
         cfg.device,
         info.max_model_len
     );
-    let serving = Arc::new(serving_context(cfg, &info)?);
+    let mut serving = serving_context(cfg, &info)?;
+    if let Some(token) = model.backbone.image_token() {
+        serving.vision = Some(Arc::new(vision_serving(cfg, &info, token)?));
+    }
+    let serving = Arc::new(serving);
     let stats = Arc::new(EngineStats::default());
     let sched = &cfg.engine.scheduler;
     let registry =
@@ -200,6 +208,34 @@ fn serving_context(cfg: &ServeConfig, info: &model::ModelInfo) -> Result<Serving
     serving.responses = Arc::new(crate::api::responses::store::ResponseStore::new(s.responses_store.0, std::time::Duration::from_secs(s.responses_store.1)));
     serving.defaults = sampling_defaults(&s.generation_config, info);
     Ok(serving)
+}
+
+/// How a vision model's image parts are read: its `preprocessor_config.json` (beside the
+/// weights; Qwen2-VL's defaults without one), its image placeholder, the media flags.
+fn vision_serving(cfg: &ServeConfig, info: &model::ModelInfo, image_token: u32) -> Result<crate::api::context::VisionServing> {
+    let path = info.location.path().join("preprocessor_config.json");
+    let processor = match std::fs::read_to_string(&path) {
+        Ok(text) => crate::vision::qwen2_vl::ProcessorConfig::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!("{} not found: images are preprocessed with Qwen2-VL's defaults", path.display());
+            crate::vision::qwen2_vl::ProcessorConfig::qwen2_vl()
+        }
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+    };
+    let placeholder = info
+        .tokenizer
+        .id_to_token(image_token)
+        .ok_or_else(|| anyhow::anyhow!("the tokenizer has no image placeholder token (id {image_token})"))?;
+    let m = &cfg.serving.media;
+    Ok(crate::api::context::VisionServing {
+        processor,
+        placeholder,
+        max_images: m.max_images,
+        local_root: m.local_root.clone(),
+        fetch_timeout: m.fetch_timeout,
+        max_bytes: m.max_bytes,
+        max_pixels: crate::vision::decode::DEFAULT_MAX_PIXELS,
+    })
 }
 
 /// The sampling defaults `--generation-config` names.

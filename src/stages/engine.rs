@@ -105,6 +105,7 @@ fn engine_request(ctx: Arc<RequestCtx>, job: Job, out: &Outlet<Item>, stage: usi
         beam: job.beam,
         client,
         encoder: None,
+        images: job.images,
     })
 }
 
@@ -123,6 +124,7 @@ fn audio_request(ctx: Arc<RequestCtx>, job: AudioJob, out: &Outlet<Item>, stage:
         beam: None,
         client,
         encoder: job.encoder,
+        images: Vec::new(),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod gather;
 pub mod guide;
 pub mod item;
+pub mod media;
 pub mod pool_decode;
 pub mod pool_stream;
 pub mod pool_tokenize;
@@ -54,6 +55,7 @@ pub fn generation_catalog() -> Catalog {
     let mut c = Catalog::new();
     c.kind("decode", StageShape::new("bodies", "requests"))
         .kind("render", StageShape::new("requests", "prompts"))
+        .kind("media", StageShape::new("prompts", "prompts"))
         .kind("tokenize", StageShape::new("prompts", "tokenized requests"))
         .kind("guide", StageShape::new("tokenized requests", "ready requests"))
         .kind("engine", StageShape::new("ready requests", "tokens").single("the engine owns the model and the KV cache"))
@@ -124,6 +126,8 @@ pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine, 
     let s = serving.clone();
     r.make("render", Box::new(move || boxed(render::Render { serving: s.clone() })));
     let s = serving.clone();
+    r.make("media", Box::new(move || Ok(Arc::new(media::Media::new(s.clone())?) as Arc<dyn Stage<Item>>)));
+    let s = serving.clone();
     r.make("tokenize", Box::new(move || boxed(tokenize::Tokenize { serving: s.clone() })));
     let guides = Arc::new(crate::guided::Guides::new(serving.tokenizer.clone(), engine.cfg.eos_ids.clone()));
     r.make("guide", Box::new(move || boxed(guide::GuideStage { guides: guides.clone() })));
@@ -151,7 +155,7 @@ pub fn pooling_registry(
     let (s, i) = (serving.clone(), info.clone());
     r.make("pool_decode", Box::new(move || boxed(pool_decode::PoolDecode { serving: s.clone(), model: i.clone() })));
     let s = serving.clone();
-    r.make("pool_tokenize", Box::new(move || boxed(pool_tokenize::PoolTokenize { serving: s.clone() })));
+    r.make("pool_tokenize", Box::new(move || Ok(Arc::new(pool_tokenize::PoolTokenize::new(s.clone())?) as Arc<dyn Stage<Item>>)));
     let model = Mutex::new(Some(model));
     let st = stats.clone();
     let lifecycle = control.lifecycle.clone();

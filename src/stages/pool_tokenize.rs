@@ -2,7 +2,9 @@
 //! chat template as the render stage renders them) → token and segment ids, cut
 //! to `truncate_prompt_tokens` when asked (texts keep their special tokens; token-id
 //! inputs keep their last tokens, as vLLM does). An input longer than the model's context
-//! is a 400, as is a token id outside the vocabulary.
+//! is a 400, as is a token id outside the vocabulary. A vision model's chat brings its
+//! images: read and preprocessed here (the media stage's `Fetcher`), each placeholder
+//! repeated once per merged patch before the text is tokenized.
 
 use std::sync::Arc;
 
@@ -17,6 +19,15 @@ use crate::stages::render::render_chat;
 
 pub struct PoolTokenize {
     pub serving: Arc<ServingContext>,
+    /// Reads a chat's images (vision models).
+    fetcher: Option<crate::stages::media::Fetcher>,
+}
+
+impl PoolTokenize {
+    pub fn new(serving: Arc<ServingContext>) -> Result<Self, String> {
+        let fetcher = if serving.vision.is_some() { Some(crate::stages::media::Fetcher::new()?) } else { None };
+        Ok(PoolTokenize { serving, fetcher })
+    }
 }
 
 impl Stage<Item> for PoolTokenize {
@@ -45,11 +56,27 @@ impl PoolTokenize {
         };
         let mut encoded = Vec::with_capacity(job.inputs.len());
         for (i, input) in job.inputs.iter().enumerate() {
+            let mut images = Vec::new();
             let (ids, type_ids) = match input {
                 PoolInput::Text(t) => tok.encode_for_encoder(t, None, job.add_special_tokens, job.truncate),
                 PoolInput::Pair(a, b) => tok.encode_for_encoder(a, Some(b), job.add_special_tokens, job.truncate),
                 PoolInput::Chat(chat) => {
-                    let text = render_chat(&self.serving, chat)?;
+                    let mut text = render_chat(&self.serving, chat)?;
+                    if !job.media.is_empty() {
+                        // A chat is a pooling request's one input: the images are its.
+                        let (Some(vision), Some(fetcher)) = (self.serving.vision.as_deref(), &self.fetcher) else {
+                            return Err(ApiError::bad_request("The served model takes no images."));
+                        };
+                        let processor = job.processor.as_deref().unwrap_or(&vision.processor);
+                        images = fetcher.images(&job.media, processor, vision)?;
+                        text = crate::stages::media::expand_placeholders(&text, &vision.placeholder, &images)?;
+                        if job.truncate.is_some() {
+                            return Err(ApiError::invalid(
+                                "truncate_prompt_tokens",
+                                "A chat with images cannot be truncated (its image tokens would be cut).",
+                            ));
+                        }
+                    }
                     tok.encode_for_encoder(&text, None, job.add_special_tokens, job.truncate)
                 }
                 PoolInput::Tokens(ids) => {
@@ -78,7 +105,7 @@ impl PoolTokenize {
                     ),
                 ));
             }
-            encoded.push(EncoderInput { ids, type_ids });
+            encoded.push(EncoderInput { ids, type_ids, images });
         }
         job.encoded = encoded;
         Ok(())

@@ -28,6 +28,12 @@ impl Stage<Item> for Tokenize {
 
 impl Tokenize {
     fn tokenize(&self, job: &mut Job) -> Result<(), ApiError> {
+        if !job.media.is_empty() {
+            return Err(ApiError::invalid(
+                "messages",
+                "Images need the `media` stage between render and tokenize in the pipeline file.",
+            ));
+        }
         let tok = &self.serving.tokenizer;
         let mut ids = match &job.prompt {
             Prompt::Texts { texts, add_special_tokens } => texts

@@ -40,10 +40,32 @@ pub fn request_chat_template(f: &mut Fields, serving: &ServingContext) -> Result
     }
 }
 
+/// What becomes of a message's image parts.
+pub enum ImageParts<'a> {
+    /// The served model takes no images: an image part is a 400 saying so.
+    Refuse,
+    /// The model takes images, but not on this endpoint: a 400 saying that.
+    NotHere(&'static str),
+    /// Kept in the message (the template places them) and their sources collected, in order.
+    Collect(&'a mut Vec<media::ImageSource>),
+}
+
+impl<'a> ImageParts<'a> {
+    /// Image parts for the served model: collected into `sink` if it takes images.
+    pub fn for_model(serving: &ServingContext, sink: &'a mut Vec<media::ImageSource>) -> Self {
+        if serving.vision.is_some() { ImageParts::Collect(sink) } else { ImageParts::Refuse }
+    }
+
+    /// Image parts on an endpoint that does not take them (yet) for a model that does.
+    pub fn not_here(serving: &ServingContext, endpoint: &'static str) -> Self {
+        if serving.vision.is_some() { ImageParts::NotHere(endpoint) } else { ImageParts::Refuse }
+    }
+}
+
 const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 /// Checks one message and puts its content in the template's format.
-pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMessage, ApiError> {
+pub fn chat_message(i: usize, m: Value, format: ContentFormat, images: &mut ImageParts<'_>) -> Result<ChatMessage, ApiError> {
     let param = format!("messages[{i}]");
     let Value::Object(mut obj) = m else {
         return Err(ApiError::invalid(param, format!("`messages[{i}]` must be an object.")));
@@ -85,14 +107,28 @@ pub fn chat_message(i: usize, m: Value, format: ContentFormat) -> Result<ChatMes
                         // The part's shape and data are checked first, so a malformed one
                         // says what is wrong with it.
                         let part = format!("{param}.content[{j}]");
-                        media::image_part(&part, p)?;
-                        return Err(ApiError::invalid(
-                            part,
-                            format!(
-                                "The served model takes no images: `messages[{i}].content[{j}]` is an image_url part; \
-                                 send only \"text\" parts to this model."
-                            ),
-                        ));
+                        let source = media::image_part(&part, p)?;
+                        match images {
+                            ImageParts::Collect(sink) => sink.push(source),
+                            ImageParts::Refuse => {
+                                return Err(ApiError::invalid(
+                                    part,
+                                    format!(
+                                        "The served model takes no images: `messages[{i}].content[{j}]` is an image_url \
+                                         part; send only \"text\" parts to this model."
+                                    ),
+                                ));
+                            }
+                            ImageParts::NotHere(endpoint) => {
+                                return Err(ApiError::invalid(
+                                    part,
+                                    format!(
+                                        "{endpoint} does not take image parts yet: `messages[{i}].content[{j}]` is an \
+                                         image_url part; send it to /v1/chat/completions."
+                                    ),
+                                ));
+                            }
+                        }
                     }
                     (other, _) => {
                         return Err(ApiError::invalid(

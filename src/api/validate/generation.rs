@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::chat::{chat_message, chat_prompt_flags, request_chat_template};
+use super::chat::{ImageParts, chat_message, chat_prompt_flags, request_chat_template};
 use super::structured::take_constraint;
 use super::Fields;
 use crate::api::context::ServingContext;
@@ -59,6 +59,8 @@ struct Common {
     cache_salt: Option<String>,
     truncate_prompt_tokens: Option<usize>,
     constraint: Option<RequestedConstraint>,
+    /// The request's own image processor settings (`mm_processor_kwargs`).
+    processor: Option<Arc<crate::vision::qwen2_vl::ProcessorConfig>>,
 }
 
 impl Generation<'_> {
@@ -133,11 +135,23 @@ impl Generation<'_> {
         let template = request_chat_template(&mut f, self.serving)?;
         // A request's own template gets the content format it reads.
         let format = self.serving.content_format_for(template.as_deref());
-        let messages = messages
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| chat_message(i, m, format))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut media = Vec::new();
+        let messages = {
+            let mut parts = ImageParts::for_model(self.serving, &mut media);
+            messages.into_iter().enumerate().map(|(i, m)| chat_message(i, m, format, &mut parts)).collect::<Result<Vec<_>, _>>()?
+        };
+        if let Some(v) = &self.serving.vision {
+            if media.len() > v.max_images {
+                return Err(ApiError::invalid(
+                    "messages",
+                    format!(
+                        "The messages carry {} images; at most {} are allowed per prompt (--limit-mm-per-prompt).",
+                        media.len(),
+                        v.max_images
+                    ),
+                ));
+            }
+        }
         let logprobs = match (f.take::<bool>("logprobs")?.unwrap_or(false), f.take::<i64>("top_logprobs")?) {
             (false, Some(k)) if k > 0 => {
                 return Err(ApiError::invalid("top_logprobs", "`top_logprobs` requires `logprobs` to be true."));
@@ -224,6 +238,7 @@ impl Generation<'_> {
         let answer = AnswerOptions { reasoning, tool_use, omit_reasoning: !include_reasoning };
         let meta = RequestMeta { model, output: c.output.clone(), logprobs, tokens_as_ids: c.tokens_as_ids, best_of_keep: c.keep, answer, responses: None };
         let mut job = c.job(prompt);
+        job.media = media;
         // Structured outputs constrain the answer after the reasoning, as vLLM does.
         if let (Some(parser), Some(_), true) = (reasoning, &job.constraint, include_reasoning) {
             job.guide_after = parser.end_markers();
@@ -245,6 +260,9 @@ impl Common {
             guide: None,
             guide_after: Vec::new(),
             beam: self.beam,
+            media: Vec::new(),
+            processor: self.processor,
+            images: Vec::new(),
         }
     }
 }
@@ -436,7 +454,13 @@ fn common(
         ));
     }
     f.reject_unsupported()?;
-    f.refuse_processor_kwargs()?;
+    let processor = match &serving.vision {
+        Some(v) => super::media::processor_kwargs(f, v)?,
+        None => {
+            f.refuse_processor_kwargs()?;
+            None
+        }
+    };
     // vLLM passes these to a disaggregated-prefill connector; with none configured (as
     // here, always) it ignores them too.
     if f.take::<Value>("kv_transfer_params")?.is_some() {
@@ -469,6 +493,7 @@ fn common(
         truncate_prompt_tokens,
         constraint,
         beam,
+        processor,
     })
 }
 

@@ -19,6 +19,40 @@ pub enum ImageSource {
     Local(String),
 }
 
+/// A vision model's `mm_processor_kwargs`: `min_pixels` and `max_pixels` (vLLM's names for
+/// Qwen2-VL's resize bounds) give the request its own processor settings; any other key,
+/// or bounds the processor cannot use, is a 400.
+pub fn processor_kwargs(
+    f: &mut super::Fields,
+    vision: &crate::api::context::VisionServing,
+) -> Result<Option<std::sync::Arc<crate::vision::qwen2_vl::ProcessorConfig>>, ApiError> {
+    let Some(kwargs) = f.take::<serde_json::Map<String, Value>>("mm_processor_kwargs")? else { return Ok(None) };
+    if kwargs.is_empty() {
+        return Ok(None);
+    }
+    let mut bounds = [None, None];
+    for (k, v) in &kwargs {
+        let slot = match k.as_str() {
+            "min_pixels" => 0,
+            "max_pixels" => 1,
+            other => {
+                return Err(ApiError::invalid(
+                    format!("mm_processor_kwargs.{other}"),
+                    format!("`mm_processor_kwargs.{other}` is not an option of this model's processor; min_pixels and max_pixels are."),
+                ));
+            }
+        };
+        bounds[slot] = Some(v.as_u64().filter(|&n| n > 0).ok_or_else(|| {
+            ApiError::invalid(format!("mm_processor_kwargs.{k}"), format!("`mm_processor_kwargs.{k}` must be a positive integer."))
+        })?);
+    }
+    vision
+        .processor
+        .with_pixel_bounds(bounds[0], bounds[1])
+        .map(|p| Some(std::sync::Arc::new(p)))
+        .map_err(|e| ApiError::invalid("mm_processor_kwargs", format!("`mm_processor_kwargs`: {e}.")))
+}
+
 /// Checks an `image_url` part (`param` names it in errors) and finds its image.
 pub fn image_part(param: &str, part: &Value) -> Result<ImageSource, ApiError> {
     let inner = part.get("image_url");

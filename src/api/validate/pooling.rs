@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::chat::{chat_message, chat_prompt_flags, request_chat_template};
+use super::chat::{ImageParts, chat_message, chat_prompt_flags, request_chat_template};
 use super::Fields;
 use crate::api::context::ServingContext;
 use crate::api::endpoint::Endpoint;
@@ -45,16 +45,17 @@ impl Pooling<'_> {
         // A chat's template writes its own special tokens: none are added unless asked.
         let add_special_tokens = f.take::<bool>("add_special_tokens")?;
         let add_special_tokens = add_special_tokens.unwrap_or(!f.has("messages"));
+        let mut media = Vec::new();
         let (inputs, shape) = match endpoint {
             Endpoint::Embeddings => {
-                let inputs = self.input_or_messages(&mut f, add_special_tokens)?;
+                let inputs = self.input_or_messages(&mut f, add_special_tokens, &mut media)?;
                 let base64 = encoding_format(&mut f)?;
                 let dimensions = self.dimensions(&mut f, &model)?;
                 let normalize = f.take::<bool>("normalize")?;
                 (inputs, PoolShape::Embeddings { base64, dimensions, normalize })
             }
             Endpoint::Pooling => {
-                let inputs = self.input_or_messages(&mut f, add_special_tokens)?;
+                let inputs = self.input_or_messages(&mut f, add_special_tokens, &mut media)?;
                 let base64 = encoding_format(&mut f)?;
                 // vLLM's pooling request is its embedding request: on an embedding model
                 // the two fields act as they do on embeddings.
@@ -74,7 +75,7 @@ impl Pooling<'_> {
                 (inputs, PoolShape::Pooling { base64, dimensions, normalize })
             }
             Endpoint::Classify => {
-                let inputs = self.input_or_messages(&mut f, add_special_tokens)?;
+                let inputs = self.input_or_messages(&mut f, add_special_tokens, &mut media)?;
                 (inputs, PoolShape::Classify { activation: self.activation(&mut f)? })
             }
             Endpoint::Score => {
@@ -114,8 +115,26 @@ impl Pooling<'_> {
         f.ignore("user");
         // vLLM's `request_id` named the response at the HTTP edge already.
         f.ignore("request_id");
-        // Options for a multimodal processor: this server's pooling models read text only.
-        f.refuse_processor_kwargs()?;
+        // Options for a multimodal processor: only a vision model's take them.
+        let processor = match &self.serving.vision {
+            Some(v) => super::media::processor_kwargs(&mut f, v)?,
+            None => {
+                f.refuse_processor_kwargs()?;
+                None
+            }
+        };
+        if let Some(v) = &self.serving.vision {
+            if media.len() > v.max_images {
+                return Err(ApiError::invalid(
+                    "messages",
+                    format!(
+                        "The messages carry {} images; at most {} are allowed per prompt (--limit-mm-per-prompt).",
+                        media.len(),
+                        v.max_images
+                    ),
+                ));
+            }
+        }
         // vLLM's pooling parameter for custom poolers (plugins); no built-in pooler reads
         // it, in vLLM either.
         f.ignore("additional_data");
@@ -140,12 +159,17 @@ impl Pooling<'_> {
                 format!("`{name}` is not supported by this server's {} API; leave it out.", endpoint.api_name()),
             ));
         }
-        Ok(PoolJob { model, inputs, truncate, add_special_tokens, shape, encoded: Vec::new(), outputs: Vec::new() })
+        Ok(PoolJob { model, inputs, truncate, add_special_tokens, shape, encoded: Vec::new(), outputs: Vec::new(), media, processor })
     }
 
     /// `input`, or a chat in `messages` with its template options (vLLM's
     /// `EmbeddingChatRequest`): one input either way for a chat.
-    fn input_or_messages(&self, f: &mut Fields, add_special_tokens: bool) -> Result<Vec<PoolInput>, ApiError> {
+    fn input_or_messages(
+        &self,
+        f: &mut Fields,
+        add_special_tokens: bool,
+        media: &mut Vec<super::media::ImageSource>,
+    ) -> Result<Vec<PoolInput>, ApiError> {
         if !f.has("messages") {
             return input(f);
         }
@@ -166,7 +190,11 @@ impl Pooling<'_> {
         }
         let format = self.serving.content_format_for(template.as_deref());
         let messages =
-            messages.into_iter().enumerate().map(|(i, m)| chat_message(i, m, format)).collect::<Result<Vec<_>, _>>()?;
+            messages
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| chat_message(i, m, format, &mut ImageParts::for_model(self.serving, media)))
+                .collect::<Result<Vec<_>, _>>()?;
         // vLLM's defaults for a chat that is embedded rather than answered.
         let (add_generation_prompt, continue_final_message) = chat_prompt_flags(f, false)?;
         let template_kwargs = f.take::<Map<String, Value>>("chat_template_kwargs")?.unwrap_or_default();
