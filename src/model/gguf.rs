@@ -168,6 +168,7 @@ impl GgufFile {
 /// tensor's bytes checked to lie inside the file. The file is untrusted: every count,
 /// length and offset is checked against what the file can hold, and a bad file is an
 /// error, never a panic or an allocation the file's size does not justify.
+#[derive(Debug)]
 pub struct Header {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
