@@ -351,7 +351,7 @@ def main() -> int:
     # (2 GiB here) resident memory climbs block by block for as long as unused blocks
     # remain, which reads as growth though nothing leaks. A small cache is cycled through
     # during warm-up, so what the memory check sees after it is the rest of the server.
-    ap.add_argument("--serve-args", default="--kv-cache-memory 64MiB",
+    ap.add_argument("--serve-args", default="--kv-cache-memory 64MiB --max-model-len 2048",
                     help="extra flags for the generation server (default: a 64 MiB KV cache, see above)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the figures here as JSON")
