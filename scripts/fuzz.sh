@@ -20,6 +20,9 @@ cd "$ROOT/fuzz"
 export RUSTC_BOOTSTRAP=1
 # The fuzz build instruments every crate: keep it apart from the normal build's target.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/fuzz/target}"
+# The main crate's build script gives its own binaries an rpath to libtorch; these are
+# another crate's, so they find it through the loader's path.
+export LD_LIBRARY_PATH="$(readlink -f "$ROOT/.venv/libtorch")/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
   mapfile -t TARGETS < <(cargo fuzz list)
