@@ -129,7 +129,11 @@ async def run(args, port: int, pid: int) -> dict:
         nonlocal done
         while time.time() < end:
             t = time.time()
-            status, _, data = await post(port, "/v1/completions", body, args.timeout)
+            status, headers, data = await post(port, "/v1/completions", body, args.timeout)
+            if status == 503:
+                # A burst deeper than the first queue: back off as told, not counted.
+                await asyncio.sleep(float(headers.get("retry-after", "1")))
+                continue
             if status != 200:
                 raise SystemExit(f"capacity run: {status} {data[:200]!r}")
             lat_closed.append(time.time() - t)
