@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use crate::api::context::ServingContext;
 use crate::api::error::ApiError;
 use super::server::{AppState, read_json_body};
 use crate::api::request::ChatPrompt;
@@ -24,29 +25,29 @@ pub async fn detokenize(State(app): State<Arc<AppState>>, req: Request) -> Respo
     answer(app, req, detokenize_body).await
 }
 
-async fn answer(app: Arc<AppState>, req: Request, f: fn(&AppState, Fields) -> Result<Value, ApiError>) -> Response {
+async fn answer(app: Arc<AppState>, req: Request, f: fn(&ServingContext, Fields) -> Result<Value, ApiError>) -> Response {
     let (parts, body) = req.into_parts();
     let body = match read_json_body(&parts.headers, body, app.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    match Fields::parse(&body).and_then(|fields| f(&app, fields)) {
+    match Fields::parse(&body).and_then(|fields| f(&app.serving, fields)) {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 /// `model` is optional here, but must be one of ours when given.
-fn check_model(app: &AppState, f: &mut Fields) -> Result<(), ApiError> {
+fn check_model(s: &ServingContext, f: &mut Fields) -> Result<(), ApiError> {
     match f.take::<String>("model")? {
-        Some(m) if !app.serving.served_names.contains(&m) => Err(ApiError::model_not_found(&m, &app.serving.served_names)),
+        Some(m) if !s.served_names.contains(&m) => Err(ApiError::model_not_found(&m, &s.served_names)),
         _ => Ok(()),
     }
 }
 
-fn tokenize_body(app: &AppState, mut f: Fields) -> Result<Value, ApiError> {
-    check_model(app, &mut f)?;
-    let s = &app.serving;
+/// A `/tokenize` body → its answer.
+pub fn tokenize_body(s: &ServingContext, mut f: Fields) -> Result<Value, ApiError> {
+    check_model(s, &mut f)?;
     let prompt = f.take::<String>("prompt")?;
     let messages = f.take::<Vec<Value>>("messages")?;
     let add_special_tokens = f.take::<bool>("add_special_tokens")?;
@@ -86,9 +87,10 @@ fn tokenize_body(app: &AppState, mut f: Fields) -> Result<Value, ApiError> {
     Ok(json!({"count": tokens.len(), "max_model_len": s.max_model_len, "tokens": tokens, "token_strs": token_strs}))
 }
 
-fn detokenize_body(app: &AppState, mut f: Fields) -> Result<Value, ApiError> {
-    check_model(app, &mut f)?;
-    let tok = &app.serving.tokenizer;
+/// A `/detokenize` body → its answer.
+pub fn detokenize_body(s: &ServingContext, mut f: Fields) -> Result<Value, ApiError> {
+    check_model(s, &mut f)?;
+    let tok = &s.tokenizer;
     let tokens = f.take::<Vec<i64>>("tokens")?.ok_or_else(|| ApiError::invalid("tokens", "`tokens` is required."))?;
     let vocab = tok.vocab_size() as i64;
     if let Some(bad) = tokens.iter().find(|&&t| !(0..vocab).contains(&t)) {

@@ -68,6 +68,9 @@ pub struct LayerSpec {
     pub moe: bool,
 }
 
+/// More layers than any model has: a file that claims more is not read further.
+const MAX_LAYERS: usize = 1 << 16;
+
 #[derive(Debug, Clone)]
 pub struct DecoderConfig {
     pub arch: Arch,
@@ -263,6 +266,9 @@ impl DecoderConfig {
         let need = |k: &str| g.arch_u64(k).map(|v| v as usize).ok_or_else(|| format!("GGUF metadata lacks {k}"));
         let hidden_size = need("embedding_length")?;
         let num_heads = need("attention.head_count")?;
+        if num_heads == 0 {
+            return Err("GGUF metadata says attention.head_count is 0".into());
+        }
         let num_kv_heads = g.arch_u64("attention.head_count_kv").map(|v| v as usize).unwrap_or(num_heads);
         let head_dim = g.arch_u64("attention.key_length").map(|v| v as usize).unwrap_or(hidden_size / num_heads);
         let vocab_size = match g.arch_u64("vocab_size") {
@@ -274,6 +280,9 @@ impl DecoderConfig {
                 .ok_or("GGUF has neither vocab_size nor a token list")?,
         };
         let num_layers = need("block_count")?;
+        if num_layers > MAX_LAYERS {
+            return Err(format!("GGUF metadata says block_count is {num_layers}, more than {MAX_LAYERS}"));
+        }
         let max_position_embeddings = need("context_length")?;
         let theta = g.arch_f64("rope.freq_base").unwrap_or(10000.0);
         let dim = g.arch_u64("rope.dimension_count").map(|v| v as usize).unwrap_or(head_dim);

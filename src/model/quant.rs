@@ -57,7 +57,7 @@ impl GgmlType {
     /// Bytes taken by `numel` elements, or None when they do not fill whole blocks.
     pub fn bytes_for(self, numel: usize) -> Option<usize> {
         let (elems, bytes) = self.block();
-        (numel % elems == 0).then_some(numel / elems * bytes)
+        if numel % elems == 0 { (numel / elems).checked_mul(bytes) } else { None }
     }
 }
 

@@ -95,7 +95,16 @@ impl WeightSource for GgufWeights<'_> {
         // Only the Llama-style converters permute (not Qwen's, Gemma's or Phi-3's).
         let permuted = matches!(self.arch, Arch::Llama | Arch::Mistral | Arch::Mixtral);
         let t = match heads {
-            Some(h) if permuted => unpermute_rows(&t, h),
+            Some(h) if permuted => {
+                let rows = info.shape.first().copied().unwrap_or(0);
+                if h == 0 || rows % (2 * h) != 0 {
+                    return Err(LoadError::Format {
+                        path: self.path.to_owned(),
+                        msg: format!("tensor {gname}: {rows} rows do not split into {h} heads of rotary pairs"),
+                    });
+                }
+                unpermute_rows(&t, h)
+            }
             _ => t,
         };
         // llama.cpp's Gemma converter stores every RMSNorm weight as 1 + w.
@@ -289,6 +298,24 @@ mod tests {
         assert_eq!((ids.kind(), Vec::<i64>::try_from(ids).unwrap()), (Kind::Int64, ints));
         assert!(src.contains("w").unwrap() && !src.contains("nope").unwrap());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn q_rows_that_do_not_split_into_heads_are_an_error() {
+        // Found by fuzzing (fuzz/, target `gguf`): a Q projection of 3 rows for 2 heads
+        // made the un-permuting reshape panic instead of failing the load.
+        use crate::model::gguf::{GgufFile, tests::file};
+        let mut b = file(&[], &[("blk.0.attn_q.weight", &[4, 3], 0, 0)]);
+        b.extend(vec![0u8; (32 - b.len() % 32) % 32 + 12 * 4]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, b).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        let src = GgufWeights { file: &g, path: &path, arch: Arch::Llama, num_heads: 2, num_kv_heads: 1 };
+        let err = src.get("model.layers.0.self_attn.q_proj.weight").unwrap_err().to_string();
+        assert!(err.contains("3 rows do not split into 2 heads"), "{err}");
+        let ok = GgufWeights { num_heads: 3, ..src };
+        assert!(ok.get("model.layers.0.self_attn.q_proj.weight").is_err(), "3 rows are not pairs either");
     }
 
     #[test]

@@ -160,6 +160,11 @@ impl Stage<Item> for EngineStage {
             return;
         };
         let stats = engine.stats();
+        // At most a full batch waits inside the engine; the rest stays in the queue, which
+        // fills and pushes back to the edge (a 503 with Retry-After). Taking every request
+        // that arrives instead let the engine's waiting list, and the wait of everything in
+        // it, grow without end under overload.
+        let max_waiting = engine.cfg.scheduler.max_num_seqs.max(1);
         let mut closed = false;
         loop {
             if engine.is_idle() {
@@ -171,8 +176,8 @@ impl Stage<Item> for EngineStage {
                     None => return,
                 }
             }
-            // Take everything that arrived while the last step ran.
-            while !closed {
+            // Take what arrived while the last step ran, up to a full batch waiting.
+            while !closed && engine.num_waiting() < max_waiting {
                 match inlet.try_recv() {
                     Ok(item) => admit_contained(&inlet, &mut engine, item, &out),
                     Err(is_closed) => {
@@ -215,7 +220,9 @@ impl Stage<Item> for EngineStage {
                 steps.sample.record(times.sample);
             } else if !engine.is_idle() {
                 // Nothing could be scheduled (waiting for blocks): wait for news briefly.
-                if let Ok(item) = inlet.recv_timeout(Duration::from_millis(5)) {
+                if engine.num_waiting() >= max_waiting || closed {
+                    std::thread::sleep(Duration::from_millis(5));
+                } else if let Ok(item) = inlet.recv_timeout(Duration::from_millis(5)) {
                     admit_contained(&inlet, &mut engine, item, &out);
                 }
             }
