@@ -195,15 +195,20 @@ void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
   });
 }
 
-void tile_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0) {
+void tile_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
   const auto dtype = x.scalar_type();
+  // AVX2 reads the groups on VNNI CPUs too (dequantizing takes no dot products).
+  const bool simd = pick_isa(isa) <= 1;
   dispatch_type(w.type, [&](auto t) {
     constexpr int T = decltype(t)::value;
     at::parallel_for(0, (w.rows + kTileRows - 1) / kTileRows, 1, [&](int64_t t0, int64_t t1) {
       std::vector<float> buf(kTileRows * w.cols);
       for (int64_t tile = t0; tile < t1; ++tile) {
         const int64_t r0 = tile * kTileRows, r1 = std::min(w.rows, r0 + kTileRows);
-        dequantize_rows<T>(w.data, w.row_bytes, w.cols, r0, r1, buf.data());
+        if (simd)
+          avx2::dequantize_rows<T>(w.data, w.row_bytes, w.cols, r0, r1, buf.data());
+        else
+          dequantize_rows<T>(w.data, w.row_bytes, w.cols, r0, r1, buf.data());
         const at::Tensor wt = at::from_blob(buf.data(), {r1 - r0, w.cols}, at::kFloat).to(dtype);
         out.narrow(1, col0 + r0, r1 - r0).copy_(at::mm(x, wt.t()));
       }
@@ -216,7 +221,8 @@ void tile_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
 // out[:, col0 .. col0 + rows) = x · Wᵀ, W the `rows` × `cols` matrix of ggml type `type`
 // stored as bytes in `w` (whole blocks, row after row). x: [n, cols], out: [n, ≥ col0 +
 // rows], one float dtype, contiguous, on the CPU. `path`: 0 picks by n, 1 int8 dot products,
-// 2 tiles. `isa` (int8 path): 0 the best the CPU has, 1 at most AVX2, 2 portable loops.
+// 2 tiles. `isa`: 0 the best the CPU has, 1 at most AVX2, 2 portable loops (the int8 dot
+// products; the tiles' dequantization is AVX2 unless `isa` is 2).
 // Returns null, or a message saying what was wrong (valid until the next call on this
 // thread).
 extern "C" const char* sluice_quant_linear(at::Tensor* out, const at::Tensor* x, const at::Tensor* w, int64_t type,
@@ -236,7 +242,7 @@ extern "C" const char* sluice_quant_linear(at::Tensor* out, const at::Tensor* x,
     if (dots)
       int8_path(*out, *x, wt, col0, isa);
     else
-      tile_path(*out, *x, wt, col0);
+      tile_path(*out, *x, wt, col0, isa);
   });
 }
 

@@ -135,3 +135,26 @@ void dot_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r0, int
     }
   }
 }
+
+// Weight rows [r0, r1) as floats, [r1 - r0, cols] (the tiled path's dequantization).
+template <int T>
+void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t r0, int64_t r1, float* out) {
+  const int64_t groups = cols / 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w + r * row_bytes;
+    float* o = out + (r - r0) * cols;
+    for (int64_t g = 0; g < groups; ++g) {
+      GroupScale s;
+      const __m256i q = load_group<T>(row, g, &s);
+      for (int part = 0; part < 4; ++part) {
+        // Values 8·part .. 8·part + 7; the first two parts are the first half.
+        const __m128i bytes = part < 2 ? _mm256_castsi256_si128(q) : _mm256_extracti128_si256(q, 1);
+        const __m128i eight = (part & 1) ? _mm_srli_si128(bytes, 8) : bytes;
+        const __m256i ints = (T == Q8_0) ? _mm256_cvtepi8_epi32(eight) : _mm256_cvtepu8_epi32(eight);
+        const int h = part >> 1;
+        const __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(s.d[h]), _mm256_set1_ps(s.m[h]));
+        _mm256_storeu_ps(o + g * 32 + part * 8, v);
+      }
+    }
+  }
+}

@@ -470,6 +470,7 @@ mod tests {
                         (QuantPath::Dots, QuantIsa::Avx2),
                         (QuantPath::Dots, QuantIsa::Portable),
                         (QuantPath::Tiles, QuantIsa::Best),
+                        (QuantPath::Tiles, QuantIsa::Portable),
                     ] {
                         // Two spare columns each side: only the layer's columns are written.
                         let mut out = Tensor::full([n, rows as i64 + 4], 7.0, (kind, Device::Cpu));

@@ -302,3 +302,19 @@ pub(crate) fn hf_chat_template(dir: &Path, tok_config: Option<&Json>) -> Result<
         Err(e) => Err(LoadError::io(&file, e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Quantization;
+
+    #[test]
+    fn quantization_values() {
+        assert_eq!(Quantization::parse(None), Ok(Quantization::Auto));
+        assert_eq!(Quantization::parse(Some("gguf")), Ok(Quantization::Gguf));
+        assert_eq!(Quantization::parse(Some("none")), Ok(Quantization::Dequantize));
+        let err = Quantization::parse(Some("awq")).unwrap_err();
+        assert!(err.contains("--quantization awq is not supported") && err.contains("gguf"), "{err}");
+        assert!(Quantization::Gguf.keeps_blocks());
+        assert!(!Quantization::Auto.keeps_blocks() && !Quantization::Dequantize.keeps_blocks());
+    }
+}
