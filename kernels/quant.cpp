@@ -144,7 +144,7 @@ void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t 
 }
 
 // Rows each tile of the tiled path holds.
-constexpr int64_t kTileRows = 64;
+constexpr int64_t kTileRows = 256;
 
 }  // namespace sluice::quant
 

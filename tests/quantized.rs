@@ -82,10 +82,10 @@ fn reference_sequences() -> Vec<(String, Vec<u32>, usize)> {
 
 /// Largest |Δ logprob| allowed, and the widest top-two margin of the dequantized run at
 /// which the greedy token may change. Measured on the reference prompts (first 16 tokens
-/// of each): in float32 0.35 at most (0.03 to 0.18 on most prompts), no greedy change;
-/// in bfloat16, whose own logits move by tenths with the order of sums (transformers'
-/// cached and uncached passes differ by up to 0.64: tests/reference.rs), 0.24 at most, and
-/// greedy changes where the margin is up to the figure in BENCHMARKS.md.
+/// of each), AVX-512 VNNI: in float32 0.35 at most (0.03 to 0.18 on most prompts), greedy
+/// changes only at margins of 0.22 or less; in bfloat16, whose own logits move by tenths
+/// with the order of sums (transformers' cached and uncached passes differ by up to 0.64:
+/// tests/reference.rs), 0.38 at most, greedy changes at margins of 0.25 or less.
 const DECODE_BOUND: [(&str, f64, f64); 2] = [("float32", 0.5, 0.25), ("bfloat16", 0.8, 0.64)];
 /// Output tokens of each reference sequence fed one a step.
 const DECODE_TOKENS: usize = 16;

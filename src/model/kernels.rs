@@ -447,9 +447,9 @@ mod tests {
         tch::manual_seed(11);
         for (k, ty) in QUANT_TYPES.into_iter().enumerate() {
             let (elems, _) = ty.block();
-            // Odd row counts (not a multiple of the tile or the thread split), widths of 3
-            // blocks (or 2 super-blocks).
-            let (rows, cols) = (67usize, if elems == 32 { 96 } else { 512 });
+            // 261 rows: a whole 256-row tile and part of another, and no multiple of the
+            // thread split; widths of 3 blocks (or 2 super-blocks).
+            let (rows, cols) = (261usize, if elems == 32 { 96 } else { 512 });
             let w = random_blocks(ty, rows, cols, k as u64 + 1);
             let wf = w.dequantize().to_kind(Kind::Double);
             for n in [1i64, 3, 8, 13] {
