@@ -43,10 +43,14 @@ fn compile_kernels(lib: &str) {
         .file("kernels/attention.cpp")
         .file("kernels/norm.cpp")
         .file("kernels/rope.cpp")
+        .file("kernels/quant.cpp")
         .compile("sluice_kernels");
     println!("cargo:rerun-if-changed=kernels/attention.cpp");
     println!("cargo:rerun-if-changed=kernels/norm.cpp");
     println!("cargo:rerun-if-changed=kernels/rope.cpp");
+    println!("cargo:rerun-if-changed=kernels/quant.cpp");
+    println!("cargo:rerun-if-changed=kernels/quant_blocks.h");
+    println!("cargo:rerun-if-changed=kernels/quant_simd.h");
     println!("cargo:rerun-if-changed=kernels/convert.h");
     println!("cargo:rerun-if-changed=kernels/entry.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");

@@ -1,6 +1,7 @@
 //! Forward-pass speed of the default model, by batch shape, with the time per kind of
 //! operation. Run: `cargo bench --bench forward` (env DTYPE=float32|bfloat16, THREADS=n,
-//! ONLY=text to run the shapes whose label contains it).
+//! ONLY=text to run the shapes whose label contains it, QUANT=none|gguf|both: how the GGUF's
+//! matrices run; both times the two in interleaved rounds).
 
 use std::time::{Duration, Instant};
 
@@ -14,16 +15,28 @@ fn main() {
     if let Ok(t) = std::env::var("THREADS") {
         tch::set_num_threads(t.parse().unwrap());
     }
-    let loc = resolve::resolve(None).expect("default model");
-    let m = model::load(loc, &LoadOptions { device: tch::Device::Cpu, dtype: &dtype, max_model_len: None }).unwrap();
-    let llama = m.decoder;
-    let c = &llama.cfg;
+    // QUANT=none|gguf: one way of running the GGUF's matrices; QUANT=both: the two, timed in
+    // interleaved rounds (ROUNDS, default 5) on the same batches, for a paired comparison.
+    let quant = std::env::var("QUANT").unwrap_or_else(|_| "none".into());
+    let ways: Vec<&str> = if quant == "both" { vec!["none", "gguf"] } else { vec![quant.as_str()] };
+    let models: Vec<_> = ways
+        .iter()
+        .map(|w| {
+            let quantization = model::Quantization::parse(Some(w)).unwrap();
+            let loc = resolve::resolve(None).expect("default model");
+            model::load(loc, &LoadOptions { device: tch::Device::Cpu, dtype: &dtype, max_model_len: None, quantization }).unwrap().decoder
+        })
+        .collect();
+    let c = &models[0].cfg;
     let bs = 16;
-    let mut cache = KvCache::new(c.num_layers, 4096, bs, c.num_kv_heads, c.head_dim, llama.dtype, llama.device);
-    println!("dtype {dtype}, threads {}", tch::get_num_threads());
+    let mut caches: Vec<KvCache> =
+        models.iter().map(|m| KvCache::new(c.num_layers, 4096, bs, c.num_kv_heads, c.head_dim, m.dtype, m.device)).collect();
+    let rounds: usize = std::env::var("ROUNDS").ok().map_or(if models.len() > 1 { 5 } else { 1 }, |r| r.parse().unwrap());
+    println!("dtype {dtype}, threads {}, quantization {ways:?}, int8 path {}", tch::get_num_threads(), sluice::model::kernels::quant_isa());
     // (label, sequences, new tokens each, cached context each)
-    let shapes: [(&str, usize, usize, usize); 5] = [
+    let shapes: [(&str, usize, usize, usize); 6] = [
         ("decode b=1 ctx=300", 1, 1, 300),
+        ("decode b=8 ctx=300", 8, 1, 300),
         ("decode b=16 ctx=300", 16, 1, 300),
         ("decode b=64 ctx=300", 64, 1, 300),
         ("prefill 1x512", 1, 512, 0),
@@ -46,24 +59,39 @@ fn main() {
             .collect();
         let batch = StepBatch::new(&chunks, bs);
         let iters = if new > 1 { 3 } else { 20 };
-        llama.forward(&batch, &mut cache);
-        let mut times = OpTimes::default();
-        let t0 = Instant::now();
-        for _ in 0..iters {
-            llama.forward_timed(&batch, &mut cache, &mut Some(&mut times));
+        for (m, cache) in models.iter().zip(caches.iter_mut()) {
+            m.forward(&batch, cache);
         }
-        let per = t0.elapsed() / iters;
-        let tokens = seqs * new;
-        println!(
-            "{label:22} {:8.2} ms/step  {:8.1} tokens/s",
-            per.as_secs_f64() * 1e3,
-            tokens as f64 / per.as_secs_f64()
-        );
-        for (name, d) in times.rows() {
-            let ms = d.as_secs_f64() * 1e3 / iters as f64;
-            if d > Duration::ZERO {
-                println!("    {name:20} {ms:8.2} ms  {:5.1}%", 100.0 * ms / (per.as_secs_f64() * 1e3));
+        let mut times = vec![OpTimes::default(); models.len()];
+        let mut per_round: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
+        for _ in 0..rounds {
+            for (k, (m, cache)) in models.iter().zip(caches.iter_mut()).enumerate() {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    m.forward_timed(&batch, cache, &mut Some(&mut times[k]));
+                }
+                per_round[k].push(t0.elapsed().as_secs_f64() * 1e3 / iters as f64);
             }
+        }
+        let tokens = seqs * new;
+        for (k, way) in ways.iter().enumerate() {
+            let mut r = per_round[k].clone();
+            r.sort_by(f64::total_cmp);
+            let med = r[r.len() / 2];
+            println!("{label:22} {way:5} {med:8.2} ms/step (median of {rounds})  {:8.1} tokens/s", tokens as f64 / med * 1e3);
+            let total = med * rounds as f64;
+            for (name, d) in times[k].rows() {
+                let ms = d.as_secs_f64() * 1e3 / (iters * rounds) as f64;
+                if d > Duration::ZERO {
+                    println!("    {name:20} {ms:8.2} ms  {:5.1}%", 100.0 * ms * rounds as f64 / total);
+                }
+            }
+        }
+        if models.len() == 2 {
+            // Per-round ratios: each pair ran back to back, so drift cancels.
+            let mut ratios: Vec<f64> = per_round[0].iter().zip(&per_round[1]).map(|(a, b)| b / a).collect();
+            ratios.sort_by(f64::total_cmp);
+            println!("{label:22} gguf/none per round: median {:.3} (min {:.3}, max {:.3})", ratios[ratios.len() / 2], ratios[0], ratios[ratios.len() - 1]);
         }
     }
 }

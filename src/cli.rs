@@ -183,6 +183,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "auto")]
     pub dtype: String,
 
+    /// How a GGUF file's quantized matrices run: `gguf` keeps them in their blocks and runs
+    /// the linear layers on quantized kernels (CPU); `none` dequantizes them to --dtype when
+    /// loading. Default: none.
+    #[arg(long, short = 'q', value_name = "METHOD")]
+    pub quantization: Option<String>,
+
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
 

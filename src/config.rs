@@ -15,6 +15,7 @@ use crate::api::tools::ToolParser;
 use crate::cli::{ContentFormatArg, ConvertArg, DeviceArg, RunnerArg, SchedulingPolicyArg, ServeArgs, StringList, TaskArg};
 use crate::engine::scheduler::{SchedulerConfig, SchedulingPolicy};
 use crate::model::arch;
+use crate::model::Quantization;
 use crate::model::decoder_pool::{FromToken, is_decoder_reward};
 use crate::model::encoder::{self, encoder_arch};
 use crate::model::resolve::{self, ModelLocation};
@@ -29,6 +30,8 @@ pub struct ServeConfig {
     pub device: Device,
     /// `--dtype` as given (`auto` is resolved per model by the loader).
     pub dtype: String,
+    /// `--quantization`: how a GGUF file's quantized matrices are run.
+    pub quantization: Quantization,
     pub max_model_len: Option<usize>,
     /// libtorch threads (`--threads`); None: all cores.
     pub threads: Option<usize>,
@@ -232,6 +235,7 @@ impl ServeConfig {
             ),
         };
         let device = device(args.device)?;
+        let quantization = quantization(args, &location, task, device)?;
         let engine = engine_settings(args, device)?;
         let served_names =
             if args.served_model_name.is_empty() { vec![location.default_name.clone()] } else { args.served_model_name.clone() };
@@ -268,6 +272,7 @@ impl ServeConfig {
             task,
             device,
             dtype: args.dtype.clone(),
+            quantization,
             max_model_len: args.max_model_len,
             threads: args.threads,
             pipeline_file: args.pipeline.clone(),
@@ -301,6 +306,23 @@ fn model_source(args: &ServeArgs) -> resolve::ModelSource<'_> {
         tokenizer_revision: args.tokenizer_revision.as_deref(),
         download_dir: args.download_dir.as_deref(),
     }
+}
+
+/// `--quantization`, checked against the model, its task and the device.
+fn quantization(args: &ServeArgs, location: &ModelLocation, task: Task, device: Device) -> Result<Quantization> {
+    let q = Quantization::parse(args.quantization.as_deref()).map_err(anyhow::Error::msg)?;
+    if q.keeps_blocks() {
+        if !matches!(location.format, resolve::Format::Gguf(_)) {
+            bail!("--quantization gguf needs a GGUF file; {} is not one", location.path().display());
+        }
+        if task != Task::Generate {
+            bail!("--quantization gguf runs generation models only (this one is served for {})", task.name());
+        }
+        if device != Device::Cpu {
+            bail!("--quantization gguf runs on the CPU only; on {device:?} use --quantization none");
+        }
+    }
+    Ok(q)
 }
 
 /// The device a `--device` flag names (auto: CUDA when there is one).

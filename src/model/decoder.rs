@@ -23,6 +23,7 @@ use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::moe::{Mlp, SparseMoe};
 use super::qwen2_vl::VisionTower;
+use super::quant::QuantTensor;
 use super::rope::RopeTables;
 use super::weights::WeightSource;
 
@@ -37,6 +38,23 @@ struct Attention {
 enum FeedForward {
     Dense(Mlp),
     Sparse(SparseMoe),
+}
+
+/// The token embedding table: a tensor, or GGUF blocks whose rows are dequantized as
+/// they are looked up.
+enum Embedding {
+    Dense(Tensor),
+    Quantized(QuantTensor),
+}
+
+impl Embedding {
+    /// Rows `tokens` in `dtype`.
+    fn lookup(&self, tokens: &Tensor, dtype: Kind) -> Tensor {
+        match self {
+            Embedding::Dense(t) => t.index_select(0, tokens),
+            Embedding::Quantized(q) => kernels::quant_rows(q, tokens, dtype),
+        }
+    }
 }
 
 struct Layer {
@@ -55,7 +73,7 @@ pub struct Decoder {
     pub cfg: DecoderConfig,
     pub device: Device,
     pub dtype: Kind,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
@@ -72,38 +90,59 @@ impl Decoder {
         };
         let place = |t: Tensor| t.to_device(device).to_kind(dtype).contiguous();
         let linear = |w: Tensor, b: Option<Tensor>| Linear::new(w, b, device, dtype);
+        // The matrices `names` stacked by rows: in their blocks when the source keeps every
+        // one of them quantized, else as floats.
+        let stacked = |names: &[String], bias: Option<Tensor>| -> Result<Linear, LoadError> {
+            let mut parts = Vec::with_capacity(names.len());
+            for n in names {
+                match src.get_quantized(n)? {
+                    Some(q) => parts.push(q),
+                    None => break,
+                }
+            }
+            if parts.len() == names.len() {
+                return Ok(Linear::quantized(parts, bias, dtype));
+            }
+            let ws = names.iter().map(|n| get(n)).collect::<Result<Vec<_>, _>>()?;
+            let w = if ws.len() == 1 { ws.into_iter().next().expect("one") } else { Tensor::cat(&ws, 0) };
+            Ok(linear(w, bias))
+        };
         // A Gemma 3 image-text checkpoint keeps its text model under another prefix.
         let mut found = None;
         for p in [cfg.prefix.as_str(), "model.language_model.", "language_model.model."] {
-            if let Some(t) = src.get(&format!("{p}embed_tokens.weight"))? {
-                found = Some((p.to_string(), t));
+            let name = format!("{p}embed_tokens.weight");
+            if let Some(q) = src.get_quantized(&name)? {
+                found = Some((p.to_string(), Embedding::Quantized(q)));
+                break;
+            }
+            if let Some(t) = src.get(&name)? {
+                found = Some((p.to_string(), Embedding::Dense(place(t))));
                 break;
             }
         }
         let (prefix, embed) = found.ok_or_else(|| LoadError::MissingTensor(format!("{}embed_tokens.weight", cfg.prefix)))?;
-        let embed = place(embed);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for (i, spec) in cfg.layers.iter().enumerate() {
             let p = format!("{prefix}layers.{i}");
             let w = |n: &str| get(&format!("{p}.{n}"));
             let opt = |n: &str| src.get(&format!("{p}.{n}"));
+            let names = |ns: &[&str]| ns.iter().map(|n| format!("{p}.{n}.weight")).collect::<Vec<_>>();
             let qkv = if cfg.fused_projections {
-                linear(w("self_attn.qkv_proj.weight")?, None)
+                stacked(&names(&["self_attn.qkv_proj"]), None)?
             } else {
-                let weight = Tensor::cat(&[w("self_attn.q_proj.weight")?, w("self_attn.k_proj.weight")?, w("self_attn.v_proj.weight")?], 0);
                 let bias = if cfg.qkv_bias {
                     Some(Tensor::cat(&[w("self_attn.q_proj.bias")?, w("self_attn.k_proj.bias")?, w("self_attn.v_proj.bias")?], 0))
                 } else {
                     None
                 };
-                linear(weight, bias)
+                stacked(&names(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]), bias)?
             };
             let qk_norm = if cfg.qk_norm {
                 Some((place(w("self_attn.q_norm.weight")?), place(w("self_attn.k_norm.weight")?)))
             } else {
                 None
             };
-            let attn = Attention { qkv, o: linear(w("self_attn.o_proj.weight")?, opt("self_attn.o_proj.bias")?), qk_norm };
+            let attn = Attention { qkv, o: stacked(&names(&["self_attn.o_proj"]), opt("self_attn.o_proj.bias")?)?, qk_norm };
             let (attn_post_norm, mlp_norm, mlp_post_norm) = if cfg.sandwich_norms {
                 (
                     Some(place(w("post_attention_layernorm.weight")?)),
@@ -117,11 +156,12 @@ impl Decoder {
                 (Some(moe), true) => FeedForward::Sparse(load_moe(src, &p, moe, &cfg, device, dtype)?),
                 _ => {
                     let gate_up = if cfg.fused_projections {
-                        w("mlp.gate_up_proj.weight")?
+                        stacked(&names(&["mlp.gate_up_proj"]), None)?
                     } else {
-                        Tensor::cat(&[w("mlp.gate_proj.weight")?, w("mlp.up_proj.weight")?], 0)
+                        stacked(&names(&["mlp.gate_proj", "mlp.up_proj"]), None)?
                     };
-                    FeedForward::Dense(Mlp { gate_up: linear(gate_up, None), down: linear(w("mlp.down_proj.weight")?, None), act: cfg.activation })
+                    let down = stacked(&names(&["mlp.down_proj"]), None)?;
+                    FeedForward::Dense(Mlp { gate_up, down, act: cfg.activation })
                 }
             };
             layers.push(Layer {
@@ -134,9 +174,11 @@ impl Decoder {
                 mlp_post_norm,
             });
         }
-        let lm_head = match src.get("lm_head.weight")? {
-            Some(t) if !cfg.tie_word_embeddings => linear(t, None),
-            _ => Linear::new(embed.shallow_clone(), None, device, dtype),
+        let untied = !cfg.tie_word_embeddings && src.contains("lm_head.weight")?;
+        let lm_head = match &embed {
+            _ if untied => stacked(&["lm_head.weight".to_string()], None)?,
+            Embedding::Quantized(q) => Linear::quantized(vec![q.shallow_clone()], None, dtype),
+            Embedding::Dense(t) => Linear::new(t.shallow_clone(), None, device, dtype),
         };
         let ropes = cfg.ropes.iter().map(|r| RopeTables::new(r, device)).collect();
         let norm = place(get(&format!("{prefix}norm.weight"))?);
@@ -158,8 +200,13 @@ impl Decoder {
         if long { 0x6c6f_6e67_726f_7065 } else { 0 }
     }
 
-    /// The LM head `[vocab, hidden]` (the embedding table when tied).
-    pub fn lm_head(&self) -> &Tensor {
+    /// Whether the linear layers run on GGUF blocks (`--quantization gguf`).
+    pub fn is_quantized(&self) -> bool {
+        self.lm_head.is_quantized() || self.layers.iter().any(|l| l.attn.qkv.is_quantized())
+    }
+
+    /// The LM head `[vocab, hidden]` (the embedding table when tied), in the model's dtype.
+    pub fn lm_head(&self) -> Tensor {
         self.lm_head.weight()
     }
 
@@ -218,7 +265,7 @@ impl Decoder {
         }
         let rule = ScoreRule { scale: c.attn_scale, softcap: c.attn_softcap };
 
-        let mut x = self.embed.index_select(0, &tokens); // [n, hidden]
+        let mut x = self.embed.lookup(&tokens, self.dtype); // [n, hidden]
         if c.scale_embeddings {
             // transformers rounds √hidden to the model's dtype before the product.
             x = x * Tensor::from((c.hidden_size as f64).sqrt()).to_kind(Kind::Float).to_kind(self.dtype).to_device(dev);

@@ -183,14 +183,14 @@ pub fn load(
             (Head::None, Some(p))
         }
     };
-    let loaded = super::load(location, &LoadOptions { device, dtype, max_model_len })?;
+    let loaded = super::load(location, &LoadOptions { device, dtype, max_model_len, quantization: super::Quantization::Dequantize })?;
     let (llama, mut info) = (loaded.decoder, loaded.info);
     let place = |t: Tensor| t.to_device(llama.device).to_kind(llama.dtype).contiguous();
     // As in vLLM, a classifier's score layer runs in float32 whatever the trunk's dtype.
     let score_f32 = |t: Tensor| t.to_device(llama.device).to_kind(Kind::Float).contiguous();
     let head = match (folder_head, &from_token) {
         (Head::None, Some(ft)) if task == Task::Classify => {
-            let score = ft.score(llama.lm_head(), &info.tokenizer)?;
+            let score = ft.score(&llama.lm_head(), &info.tokenizer)?;
             tracing::info!("classifier converted from the LM head rows of {:?} ({ft:?})", ft.tokens());
             Head::Score(score_f32(score))
         }

@@ -2,7 +2,9 @@
 
 use std::ffi::{CStr, c_char, c_void};
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
+
+use super::quant::{GgmlType, QuantTensor};
 
 unsafe extern "C" {
     // The `at::Tensor*` handles tch keeps behind its `Tensor`s.
@@ -27,6 +29,20 @@ unsafe extern "C" {
         sin: *const c_void,
         slots: *const c_void,
     ) -> *const c_char;
+    #[allow(clippy::too_many_arguments)]
+    fn sluice_quant_linear(
+        out: *mut c_void,
+        x: *const c_void,
+        w: *const c_void,
+        ty: i64,
+        rows: i64,
+        cols: i64,
+        col0: i64,
+        path: i32,
+        isa: i32,
+    ) -> *const c_char;
+    fn sluice_quant_rows(out: *mut c_void, w: *const c_void, ty: i64, rows: i64, cols: i64, ids: *const c_void) -> *const c_char;
+    fn sluice_quant_isa() -> i32;
 }
 
 /// Turns a kernel's error message into a panic naming the kernel.
@@ -89,6 +105,98 @@ pub fn rope_and_cache(qkv: &Tensor, cos: &Tensor, sin: &Tensor, slots: &Tensor, 
 /// rules (the kernel checks every shape and slot before reading).
 pub fn paged_decode_attention(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &Tensor, lens: &Tensor, scale: f64, softcap: f64) -> Tensor {
     decode_attention_with(q, kc, vc, slots, lens, scale, softcap, Isa::Best)
+}
+
+/// How a quantized product is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantPath {
+    /// By the number of rows: int8 dot products for a few, tiles for many.
+    Auto,
+    /// Activations quantized per 32 values to int8; int8 dot products with the blocks.
+    Dots,
+    /// Tiles of the weights dequantized to x's dtype, then libtorch's matrix product.
+    Tiles,
+}
+
+/// Which instruction set the int8 dot products may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantIsa {
+    /// The best the CPU has: AVX-512 VNNI, else AVX2, else portable loops.
+    Best,
+    /// At most AVX2.
+    Avx2,
+    /// The portable loops.
+    Portable,
+}
+
+fn ggml_id(ty: GgmlType) -> i64 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q5_0 => 6,
+        GgmlType::Q5_1 => 7,
+        GgmlType::Q8_0 => 8,
+        GgmlType::Q4K => 12,
+        GgmlType::Q6K => 14,
+        GgmlType::BF16 => 30,
+    }
+}
+
+/// `out[:, col0 .. col0 + w.rows) = x · Wᵀ` for `x: [n, w.cols]` and `out: [n, ≥ col0 +
+/// w.rows]` (contiguous, one float dtype, on the CPU), read from W's blocks.
+pub fn quant_linear_into(out: &mut Tensor, x: &Tensor, w: &QuantTensor, col0: usize, path: QuantPath, isa: QuantIsa) {
+    let path = match path {
+        QuantPath::Auto => 0,
+        QuantPath::Dots => 1,
+        QuantPath::Tiles => 2,
+    };
+    let isa = match isa {
+        QuantIsa::Best => 0,
+        QuantIsa::Avx2 => 1,
+        QuantIsa::Portable => 2,
+    };
+    // SAFETY: live tensors for the whole call; the kernel checks the weights' size against
+    // their type and shape, and x's and out's shapes, dtypes and contiguity, before touching
+    // memory, and writes only into out's columns col0 .. col0 + rows.
+    let err = unsafe {
+        sluice_quant_linear(
+            out.as_mut_ptr().cast(),
+            x.as_ptr().cast(),
+            w.data.as_ptr().cast(),
+            ggml_id(w.ty),
+            w.rows as i64,
+            w.cols as i64,
+            col0 as i64,
+            path,
+            isa,
+        )
+    };
+    check("quantized linear", err);
+}
+
+/// Rows `ids: i64 [n]` of a quantized matrix, dequantized to `kind`: `[n, w.cols]`.
+pub fn quant_rows(w: &QuantTensor, ids: &Tensor, kind: Kind) -> Tensor {
+    let ids = ids.to_kind(Kind::Int64).contiguous();
+    let mut out = Tensor::empty([ids.size()[0], w.cols as i64], (kind, tch::Device::Cpu));
+    // SAFETY: live tensors; the kernel checks every id against the row count and the
+    // shapes before reading, and writes only into `out`.
+    let err = unsafe {
+        sluice_quant_rows(out.as_mut_ptr().cast(), w.data.as_ptr().cast(), ggml_id(w.ty), w.rows as i64, w.cols as i64, ids.as_ptr().cast())
+    };
+    check("quantized rows", err);
+    out
+}
+
+/// The instruction set the int8 dot products use on this CPU.
+pub fn quant_isa() -> &'static str {
+    // SAFETY: no arguments; reads the CPU's features once.
+    match unsafe { sluice_quant_isa() } {
+        0 => "AVX-512 VNNI",
+        1 => "AVX2",
+        _ => "portable",
+    }
 }
 
 /// Which of the kernel's code paths may run.
@@ -293,6 +401,150 @@ mod tests {
         let want = Tensor::cat(&[&rot * cos.unsqueeze(1) + rotated * sin.unsqueeze(1), pass], -1);
         let err = (q - want).abs().max().double_value(&[]);
         assert!(err <= 1e-6, "max difference {err}");
+    }
+
+    /// Random blocks of type `ty`: random integers, and scales (f16) of a size real
+    /// models have, so that no value overflows.
+    fn random_blocks(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> QuantTensor {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (elems, bytes) = ty.block();
+        let blocks = rows * cols / elems;
+        let mut data: Vec<u8> = (0..blocks * bytes).map(|_| next() as u8).collect();
+        let scale = |next: &mut dyn FnMut() -> u64, signed: bool| {
+            let v = (next() % 1000) as f32 / 1000.0 * 0.02 + 0.001;
+            let v = if signed && next() % 2 == 0 { -v } else { v };
+            half::f16::from_f32(v).to_le_bytes()
+        };
+        for b in data.chunks_exact_mut(bytes) {
+            match ty {
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => b[0..2].copy_from_slice(&scale(&mut next, false)),
+                GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K => {
+                    b[0..2].copy_from_slice(&scale(&mut next, false));
+                    b[2..4].copy_from_slice(&scale(&mut next, true));
+                }
+                GgmlType::Q6K => b[208..210].copy_from_slice(&scale(&mut next, false)),
+                _ => unreachable!(),
+            }
+        }
+        QuantTensor::new(ty, rows, cols, &data).unwrap()
+    }
+
+    const QUANT_TYPES: [GgmlType; 7] =
+        [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
+
+    /// Every type, path and instruction set against dequantize-then-matmul, in float64:
+    /// the tiles within float rounding; the int8 dot products within what quantizing each
+    /// activation group to int8 can move the result (half a step, max|x|/254, per value,
+    /// times |w|) — and the instruction sets agree with each other.
+    #[test]
+    fn quantized_linear_matches_dequantize_then_matmul() {
+        tch::manual_seed(11);
+        for (k, ty) in QUANT_TYPES.into_iter().enumerate() {
+            let (elems, _) = ty.block();
+            // 261 rows: a whole 256-row tile and part of another, and no multiple of the
+            // thread split; widths of 3 blocks (or 2 super-blocks).
+            let (rows, cols) = (261usize, if elems == 32 { 96 } else { 512 });
+            let w = random_blocks(ty, rows, cols, k as u64 + 1);
+            let wf = w.dequantize().to_kind(Kind::Double);
+            for n in [1i64, 3, 8, 13] {
+                let x32 = Tensor::randn([n, cols as i64], (Kind::Float, Device::Cpu));
+                for kind in [Kind::Float, Kind::BFloat16] {
+                    let x = x32.to_kind(kind);
+                    let xd = x.to_kind(Kind::Double);
+                    let want = xd.matmul(&wf.tr());
+                    // The most quantizing x can move each output.
+                    let step = xd.view([n, -1, 32]).abs().amax([-1], true) / 254.0;
+                    let slack = step.expand([n, cols as i64 / 32, 32], false).reshape([n, cols as i64]).matmul(&wf.abs().tr());
+                    // Σ|x||w|: what float rounding in the sums is relative to.
+                    let mag = xd.abs().matmul(&wf.abs().tr());
+                    let bf16 = kind == Kind::BFloat16;
+                    let mut results = Vec::new();
+                    for (path, isa) in [
+                        (QuantPath::Dots, QuantIsa::Best),
+                        (QuantPath::Dots, QuantIsa::Avx2),
+                        (QuantPath::Dots, QuantIsa::Portable),
+                        (QuantPath::Tiles, QuantIsa::Best),
+                        (QuantPath::Tiles, QuantIsa::Portable),
+                    ] {
+                        // Two spare columns each side: only the layer's columns are written.
+                        let mut out = Tensor::full([n, rows as i64 + 4], 7.0, (kind, Device::Cpu));
+                        quant_linear_into(&mut out, &x, &w, 2, path, isa);
+                        let spare = Tensor::cat(&[out.narrow(1, 0, 2), out.narrow(1, rows as i64 + 2, 2)], 1);
+                        assert!(spare.eq(7.0).all().int64_value(&[]) == 1, "{ty:?} {path:?}: wrote outside its columns");
+                        let got = out.narrow(1, 2, rows as i64).to_kind(Kind::Double);
+                        // Float32 sums; in bfloat16 the result's rounding, and the tiles'
+                        // weights rounded to bfloat16 (the int8 path reads them exactly).
+                        let per_term = if bf16 && path == QuantPath::Tiles { 2.5e-3 } else { 1e-5 };
+                        let mut room = &mag * per_term + want.abs() * if bf16 { 4e-3 } else { 0.0 };
+                        if path == QuantPath::Dots {
+                            room += &slack * 1.01;
+                        }
+                        let excess = ((&got - &want).abs() - room).max().double_value(&[]);
+                        assert!(excess <= 0.0, "{ty:?} n={n} {kind:?} {path:?} {isa:?}: off by {excess} more than allowed");
+                        if path == QuantPath::Dots {
+                            results.push(got);
+                        }
+                    }
+                    // The same int8 sums in every instruction set: only float rounding differs.
+                    for r in &results[1..] {
+                        let room = &mag * 1e-5 + results[0].abs() * if bf16 { 8e-3 } else { 0.0 };
+                        let excess = ((r - &results[0]).abs() - room).max().double_value(&[]);
+                        assert!(excess <= 0.0, "{ty:?} n={n} {kind:?}: instruction sets differ by {excess} more than rounding");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The automatic choice (int8 up to 8 rows, tiles past that) is one of the two paths.
+    #[test]
+    fn quantized_linear_picks_a_path_by_rows() {
+        let w = random_blocks(GgmlType::Q4_1, 40, 64, 3);
+        for n in [2i64, 9] {
+            let x = Tensor::randn([n, 64], (Kind::Float, Device::Cpu));
+            let run = |path| {
+                let mut out = Tensor::zeros([n, 40], (Kind::Float, Device::Cpu));
+                quant_linear_into(&mut out, &x, &w, 0, path, QuantIsa::Best);
+                out
+            };
+            let expected = if n <= 8 { run(QuantPath::Dots) } else { run(QuantPath::Tiles) };
+            assert_eq!(run(QuantPath::Auto), expected, "n={n}");
+        }
+    }
+
+    #[test]
+    fn quantized_rows_are_the_dequantized_rows() {
+        for (k, ty) in QUANT_TYPES.into_iter().enumerate() {
+            let cols = ty.block().0 * 2;
+            let w = random_blocks(ty, 21, cols, 50 + k as u64);
+            let ids = Tensor::from_slice(&[20i64, 0, 7, 7]);
+            let got = quant_rows(&w, &ids, Kind::Float);
+            let want = w.dequantize().index_select(0, &ids);
+            assert_eq!(got, want, "{ty:?}");
+            let bf = quant_rows(&w, &ids, Kind::BFloat16);
+            assert_eq!(bf, want.to_kind(Kind::BFloat16), "{ty:?} in bfloat16");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "row 21 is out of range")]
+    fn quantized_rows_refuse_an_id_past_the_table() {
+        let w = random_blocks(GgmlType::Q8_0, 21, 32, 1);
+        let _ = quant_rows(&w, &Tensor::from_slice(&[3i64, 21]), Kind::Float);
+    }
+
+    #[test]
+    #[should_panic(expected = "x must be [n, 64]")]
+    fn quantized_linear_refuses_a_wrong_width() {
+        let w = random_blocks(GgmlType::Q4_0, 8, 64, 1);
+        let mut out = Tensor::zeros([1, 8], (Kind::Float, Device::Cpu));
+        quant_linear_into(&mut out, &Tensor::zeros([1, 32], (Kind::Float, Device::Cpu)), &w, 0, QuantPath::Auto, QuantIsa::Best);
     }
 
     #[test]

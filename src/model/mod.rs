@@ -113,6 +113,39 @@ pub struct LoadOptions<'a> {
     pub device: Device,
     pub dtype: &'a str,
     pub max_model_len: Option<usize>,
+    pub quantization: Quantization,
+}
+
+/// How a GGUF file's quantized matrices are run (`--quantization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// The default: `Dequantize`. (Keeping the blocks changes logits by what quantizing the
+    /// activations to int8 costs, more than the float32 reference tests allow.)
+    Auto,
+    /// `gguf`, as vLLM names it: the matrices stay in their blocks and the linear layers run
+    /// on the quantized kernels (CPU only).
+    Gguf,
+    /// `none`: every tensor is dequantized to `--dtype` when the model loads.
+    Dequantize,
+}
+
+impl Quantization {
+    /// A `--quantization` value; None when absent.
+    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value {
+            None => Ok(Quantization::Auto),
+            Some("gguf") => Ok(Quantization::Gguf),
+            Some("none") => Ok(Quantization::Dequantize),
+            Some(other) => Err(format!(
+                "--quantization {other} is not supported: gguf (run a GGUF file's quantized matrices as they are) and none (dequantize them when loading) are"
+            )),
+        }
+    }
+
+    /// Whether a GGUF model's matrices stay in their blocks.
+    pub fn keeps_blocks(self) -> bool {
+        self == Quantization::Gguf
+    }
 }
 
 /// Runs `f` (loading weights) on a thread that ends when it returns.
@@ -158,7 +191,13 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
                 arch: cfg.arch,
                 num_heads: cfg.num_heads,
                 num_kv_heads: cfg.num_kv_heads,
+                keep_quantized: opts.quantization.keeps_blocks(),
             };
+            if opts.quantization.keeps_blocks() && opts.device != Device::Cpu {
+                return Err(LoadError::Unsupported(
+                    "--quantization gguf runs on the CPU only; on another device use --quantization none".into(),
+                ));
+            }
             let max_model_len = limit_len(&cfg, opts.max_model_len)?;
             let decoder = Decoder::load(cfg, &src, opts.device, dtype)?;
             Ok(LoadedModel {
@@ -190,6 +229,11 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
             }
             eos_ids.sort_unstable();
             eos_ids.dedup();
+            if opts.quantization.keeps_blocks() {
+                return Err(LoadError::Unsupported(
+                    "--quantization gguf needs a GGUF file; this model is a Hugging Face folder".into(),
+                ));
+            }
             let dtype = resolve_dtype(opts.dtype, &cfg, opts.device)?;
             let src = weights::SafetensorsWeights::open_as(&dir, dtype)?;
             let max_model_len = limit_len(&cfg, opts.max_model_len)?;
@@ -257,5 +301,21 @@ pub(crate) fn hf_chat_template(dir: &Path, tok_config: Option<&Json>) -> Result<
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(LoadError::io(&file, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Quantization;
+
+    #[test]
+    fn quantization_values() {
+        assert_eq!(Quantization::parse(None), Ok(Quantization::Auto));
+        assert_eq!(Quantization::parse(Some("gguf")), Ok(Quantization::Gguf));
+        assert_eq!(Quantization::parse(Some("none")), Ok(Quantization::Dequantize));
+        let err = Quantization::parse(Some("awq")).unwrap_err();
+        assert!(err.contains("--quantization awq is not supported") && err.contains("gguf"), "{err}");
+        assert!(Quantization::Gguf.keeps_blocks());
+        assert!(!Quantization::Auto.keeps_blocks() && !Quantization::Dequantize.keeps_blocks());
     }
 }

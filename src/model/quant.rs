@@ -182,6 +182,68 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// A matrix kept in its ggml blocks, for the quantized kernels (kernels/quant.cpp): `rows`
+/// rows of `cols` values, each row whole blocks, row after row in a byte tensor (a libtorch
+/// tensor, so that the kernels take it like any other).
+pub struct QuantTensor {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    /// uint8 `[rows · row_bytes]`, on the CPU.
+    pub data: tch::Tensor,
+}
+
+impl QuantTensor {
+    /// Whether the kernels read this type (the block types; not plain floats).
+    pub fn has_kernel(ty: GgmlType) -> bool {
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K)
+    }
+
+    /// A copy of `bytes`: `rows` × `cols` values of type `ty`. None when the type has no
+    /// kernel, or the bytes are not exactly whole-block rows.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
+        let row_bytes = ty.bytes_for(cols)?;
+        if !Self::has_kernel(ty) || rows == 0 || bytes.len() != rows * row_bytes {
+            return None;
+        }
+        Some(QuantTensor { ty, rows, cols, data: tch::Tensor::from_slice(bytes) })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.ty.bytes_for(self.cols).expect("rows are whole blocks")
+    }
+
+    /// The same blocks (shared, not copied).
+    pub fn shallow_clone(&self) -> Self {
+        QuantTensor { ty: self.ty, rows: self.rows, cols: self.cols, data: self.data.shallow_clone() }
+    }
+
+    /// Rows in the order `order` (row i of the result is row `order[i]`).
+    pub fn reorder_rows(&self, order: &[usize]) -> Self {
+        let idx = tch::Tensor::from_slice(&order.iter().map(|&r| r as i64).collect::<Vec<_>>());
+        let rows = self.data.view([self.rows as i64, self.row_bytes() as i64]).index_select(0, &idx);
+        QuantTensor { ty: self.ty, rows: order.len(), cols: self.cols, data: rows.view([-1]).contiguous() }
+    }
+
+    /// The rows of `parts` one after another, when they share type and width.
+    pub fn cat(parts: &[&QuantTensor]) -> Option<Self> {
+        let first = parts.first()?;
+        if parts.iter().any(|p| p.ty != first.ty || p.cols != first.cols) {
+            return None;
+        }
+        let data = tch::Tensor::cat(&parts.iter().map(|p| &p.data).collect::<Vec<_>>(), 0);
+        Some(QuantTensor { ty: first.ty, rows: parts.iter().map(|p| p.rows).sum(), cols: first.cols, data })
+    }
+
+    /// The matrix as f32 `[rows, cols]`.
+    pub fn dequantize(&self) -> tch::Tensor {
+        let bytes = Vec::<u8>::try_from(&self.data).expect("a byte tensor");
+        let mut out = vec![0f32; self.rows * self.cols];
+        dequantize(self.ty, &bytes, &mut out);
+        tch::Tensor::from_slice(&out).view([self.rows as i64, self.cols as i64])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

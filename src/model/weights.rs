@@ -14,7 +14,7 @@ use tch::{Kind, Tensor};
 use super::LoadError;
 use super::config::Arch;
 use super::gguf::GgufFile;
-use super::quant;
+use super::quant::{self, QuantTensor};
 
 /// A store of named tensors in Hugging Face naming and layout, on the CPU.
 pub trait WeightSource {
@@ -25,6 +25,13 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> Result<bool, LoadError> {
         Ok(self.get(name)?.is_some())
     }
+
+    /// The matrix in its ggml blocks, when this source keeps weights quantized and holds
+    /// this one so (in a type the quantized kernels read); None otherwise, and `get` then
+    /// gives it as floats.
+    fn get_quantized(&self, _name: &str) -> Result<Option<QuantTensor>, LoadError> {
+        Ok(None)
+    }
 }
 
 pub struct GgufWeights<'a> {
@@ -33,6 +40,8 @@ pub struct GgufWeights<'a> {
     pub arch: Arch,
     pub num_heads: usize,
     pub num_kv_heads: usize,
+    /// Hand out quantized matrices in their blocks (`get_quantized`).
+    pub keep_quantized: bool,
 }
 
 /// Hugging Face name → GGUF name, for a file of family `arch` (Gemma's norms after
@@ -78,7 +87,43 @@ fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
     Some(format!("blk.{layer}.{short}.{suffix}"))
 }
 
+impl GgufWeights<'_> {
+    /// Heads whose rows llama.cpp's converter interleaved in this tensor (Q and K of the
+    /// Llama-style converters; not Qwen's, Gemma's or Phi-3's).
+    fn permuted_heads(&self, gname: &str, rows: usize) -> Result<Option<usize>, LoadError> {
+        let heads = match gname.rsplit('.').nth(1) {
+            Some("attn_q") => Some(self.num_heads),
+            Some("attn_k") => Some(self.num_kv_heads),
+            _ => None,
+        };
+        match heads.filter(|_| matches!(self.arch, Arch::Llama | Arch::Mistral | Arch::Mixtral)) {
+            Some(h) if h == 0 || rows % (2 * h) != 0 => Err(LoadError::Format {
+                path: self.path.to_owned(),
+                msg: format!("tensor {gname}: {rows} rows do not split into {h} heads of rotary pairs"),
+            }),
+            heads => Ok(heads),
+        }
+    }
+}
+
 impl WeightSource for GgufWeights<'_> {
+    fn get_quantized(&self, name: &str) -> Result<Option<QuantTensor>, LoadError> {
+        if !self.keep_quantized {
+            return Ok(None);
+        }
+        let Some(gname) = gguf_name(name, self.arch) else { return Ok(None) };
+        let Some(info) = self.file.tensor(&gname) else { return Ok(None) };
+        let &[rows, cols] = info.shape.as_slice() else { return Ok(None) };
+        let bytes = self.file.bytes(info);
+        let Some(q) = QuantTensor::new(info.ggml_type, rows, cols, bytes) else { return Ok(None) };
+        // The copy is what the model keeps: the file's pages may go.
+        release(bytes);
+        Ok(Some(match self.permuted_heads(&gname, rows)? {
+            Some(h) => q.reorder_rows(&unpermuted_order(rows, h)),
+            None => q,
+        }))
+    }
+
     fn get(&self, name: &str) -> Result<Option<Tensor>, LoadError> {
         let Some(gname) = gguf_name(name, self.arch) else { return Ok(None) };
         let Some(info) = self.file.tensor(&gname) else { return Ok(None) };
@@ -87,25 +132,10 @@ impl WeightSource for GgufWeights<'_> {
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         let t = Tensor::from_slice(&data).reshape(&shape);
         // llama.cpp's converter interleaves the two rotary halves of each Q/K head.
-        let heads = match gname.rsplit('.').nth(1) {
-            Some("attn_q") => Some(self.num_heads),
-            Some("attn_k") => Some(self.num_kv_heads),
-            _ => None,
-        };
-        // Only the Llama-style converters permute (not Qwen's, Gemma's or Phi-3's).
-        let permuted = matches!(self.arch, Arch::Llama | Arch::Mistral | Arch::Mixtral);
-        let t = match heads {
-            Some(h) if permuted => {
-                let rows = info.shape.first().copied().unwrap_or(0);
-                if h == 0 || rows % (2 * h) != 0 {
-                    return Err(LoadError::Format {
-                        path: self.path.to_owned(),
-                        msg: format!("tensor {gname}: {rows} rows do not split into {h} heads of rotary pairs"),
-                    });
-                }
-                unpermute_rows(&t, h)
-            }
-            _ => t,
+        let rows = info.shape.first().copied().unwrap_or(0);
+        let t = match self.permuted_heads(&gname, rows)? {
+            Some(h) => unpermute_rows(&t, h),
+            None => t,
         };
         // llama.cpp's Gemma converter stores every RMSNorm weight as 1 + w.
         let t = if matches!(self.arch, Arch::Gemma2 | Arch::Gemma3) && gname.ends_with("norm.weight") { t - 1.0 } else { t };
@@ -122,6 +152,21 @@ fn unpermute_rows(t: &Tensor, heads: usize) -> Tensor {
     let mut s = vec![h, rows / h / 2, 2];
     s.extend(&rest);
     t.reshape(&s).transpose(1, 2).reshape(&size).contiguous()
+}
+
+/// `unpermute_rows` as a row order: row i of the result is row `order[i]` of the stored
+/// matrix (for weights kept in blocks, whose rows move whole).
+fn unpermuted_order(rows: usize, heads: usize) -> Vec<usize> {
+    let half = rows / heads / 2;
+    let mut order = Vec::with_capacity(rows);
+    for h in 0..heads {
+        for two in 0..2 {
+            for i in 0..half {
+                order.push(h * 2 * half + i * 2 + two);
+            }
+        }
+    }
+    order
 }
 
 /// A Hugging Face folder's safetensors, single file or sharded, memory-mapped.
@@ -311,7 +356,7 @@ mod tests {
         let path = dir.path().join("m.gguf");
         std::fs::write(&path, b).unwrap();
         let g = GgufFile::open(&path).unwrap();
-        let src = GgufWeights { file: &g, path: &path, arch: Arch::Llama, num_heads: 2, num_kv_heads: 1 };
+        let src = GgufWeights { file: &g, path: &path, arch: Arch::Llama, num_heads: 2, num_kv_heads: 1, keep_quantized: false };
         let err = src.get("model.layers.0.self_attn.q_proj.weight").unwrap_err().to_string();
         assert!(err.contains("3 rows do not split into 2 heads"), "{err}");
         let ok = GgufWeights { num_heads: 3, ..src };
@@ -325,5 +370,15 @@ mod tests {
         let hf = unpermute_rows(&stored, 1);
         let v: Vec<f32> = Vec::try_from(hf.reshape([4])).unwrap();
         assert_eq!(v, vec![0.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn the_row_order_undoes_the_permutation_as_unpermute_rows_does() {
+        // Three heads of dim 8, each row its own index.
+        let rows = 24;
+        let stored = Tensor::arange(rows as i64, (Kind::Float, tch::Device::Cpu)).reshape([rows as i64, 1]);
+        let want: Vec<f32> = Vec::try_from(unpermute_rows(&stored, 3).reshape([-1])).unwrap();
+        let got: Vec<f32> = unpermuted_order(rows, 3).into_iter().map(|r| r as f32).collect();
+        assert_eq!(got, want);
     }
 }

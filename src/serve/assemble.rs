@@ -119,13 +119,13 @@ pub(super) type Assembled = (Registry<Item>, Arc<ServingContext>, Arc<EngineStat
 
 /// A causal LM behind the engine.
 fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &Control) -> Result<Assembled> {
-    let opts = LoadOptions { device: cfg.device, dtype: &cfg.dtype, max_model_len: cfg.max_model_len };
+    let opts = LoadOptions { device: cfg.device, dtype: &cfg.dtype, max_model_len: cfg.max_model_len, quantization: cfg.quantization };
     let location = cfg.location.clone();
     let loaded = model::on_passing_thread(|| model::load(location, &opts))?;
     let (decoder, info) = (loaded.decoder, loaded.info);
     let c = &decoder.cfg;
     tracing::info!(
-        "loaded in {:.1}s: {:?}, {} layers, hidden {}, {} heads ({} KV), vocab {}, dtype {:?}, device {:?}, context {}",
+        "loaded in {:.1}s: {:?}, {} layers, hidden {}, {} heads ({} KV), vocab {}, dtype {:?}, device {:?}, context {}{}",
         t0.elapsed().as_secs_f64(),
         c.arch,
         c.num_layers,
@@ -135,7 +135,12 @@ fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &Control
         c.vocab_size,
         decoder.dtype,
         cfg.device,
-        info.max_model_len
+        info.max_model_len,
+        if decoder.is_quantized() {
+            format!(", GGUF blocks kept quantized (int8 dot products: {})", model::kernels::quant_isa())
+        } else {
+            String::new()
+        }
     );
     let mut serving = serving_context(cfg, &info)?;
     if let Some(tower) = &decoder.vision {

@@ -1,0 +1,277 @@
+// Linear layers on GGUF weights kept in their blocks: y = x · Wᵀ read straight from the
+// quantized rows, and rows of a quantized table (an embedding) read out as floats.
+//
+// Two ways to the product, per call:
+// - int8 dot products (few activation rows: decode): each row of x is quantized per 32
+//   values to int8 (one scale per group, as llama.cpp's Q8 activations), and each weight
+//   group meets it in one `vpdpbusd` (AVX-512 VNNI) or `vpmaddubsw` (AVX2) per 32 values, or
+//   in plain loops on other CPUs; which, the CPU decides at run time.
+// - tiles (many rows: prefill, big batches): a tile of weight rows is dequantized to x's
+//   dtype and multiplied by libtorch's matrix product; the tile stays in cache while it is
+//   used, and the weights are never held dequantized whole.
+// Either way the work is one parallel region over the weight rows.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "convert.h"
+#include "entry.h"
+#include "quant_blocks.h"
+
+namespace sluice::quant {
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace avx2 {
+#define SLUICE_VNNI 0
+#include "quant_simd.h"
+#undef SLUICE_VNNI
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+namespace vnni {
+#define SLUICE_VNNI 1
+#include "quant_simd.h"
+#undef SLUICE_VNNI
+}  // namespace vnni
+#pragma GCC pop_options
+
+namespace portable {
+
+template <int T>
+void dot_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r0, int64_t r1, float* out, int64_t ldo) {
+  const int64_t groups = a.cols / 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w + r * row_bytes;
+    for (int64_t i = 0; i < a.n; ++i) {
+      float acc = 0.0f;
+      for (int64_t g = 0; g < groups; ++g) {
+        uint8_t q[32];
+        const GroupScale s = read_group<T>(row, g, q);
+        const int8_t* x = a.q + i * a.cols + g * 32;
+        const float* meta = a.meta + (i * groups + g) * 3;
+        int32_t sum[2] = {0, 0};
+        for (int k = 0; k < 32; ++k) {
+          const int32_t v = (T == Q8_0) ? static_cast<int8_t>(q[k]) : q[k];
+          sum[k >> 4] += v * x[k];
+        }
+        acc += meta[0] * (s.d[0] * sum[0] + s.d[1] * sum[1]) + s.m[0] * meta[1] + s.m[1] * meta[2];
+      }
+      out[i * ldo + r] = acc;
+    }
+  }
+}
+
+}  // namespace portable
+
+// Which instruction set the int8 path may use.
+enum Isa : int { kBest = 0, kAvx2 = 1, kPortable = 2 };
+
+int best_isa() {
+  static const int isa = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw"))
+      return 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return 1;
+    return 2;
+  }();
+  return isa;
+}
+
+// 0: VNNI, 1: AVX2, 2: portable — the best the CPU has, at most what `asked` allows.
+int pick_isa(int asked) {
+  const int best = best_isa();
+  return std::max(best, asked == kBest ? 0 : asked == kAvx2 ? 1 : 2);
+}
+
+template <typename T>
+void quantize_rows(const T* x, int64_t n, int64_t cols, int8_t* q, float* meta) {
+  const int64_t groups = cols / 32;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const T* v = x + i * cols + g * 32;
+      float f[32];
+      float amax = 0.0f;
+      for (int k = 0; k < 32; ++k) {
+        f[k] = to_float(v[k]);
+        amax = std::max(amax, std::fabs(f[k]));
+      }
+      const float d = amax / 127.0f;
+      const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+      int8_t* o = q + i * cols + g * 32;
+      int32_t sum[2] = {0, 0};
+      for (int k = 0; k < 32; ++k) {
+        const int32_t r = static_cast<int32_t>(std::nearbyint(f[k] * inv));
+        o[k] = static_cast<int8_t>(r);
+        sum[k >> 4] += r;
+      }
+      float* m = meta + (i * groups + g) * 3;
+      m[0] = d;
+      m[1] = d * sum[0];
+      m[2] = d * sum[1];
+    }
+  }
+}
+
+template <int T>
+void dot_rows_with(int isa, const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r0, int64_t r1, float* out,
+                   int64_t ldo) {
+  if (isa == 0)
+    vnni::dot_rows<T>(a, w, row_bytes, r0, r1, out, ldo);
+  else if (isa == 1)
+    avx2::dot_rows<T>(a, w, row_bytes, r0, r1, out, ldo);
+  else
+    portable::dot_rows<T>(a, w, row_bytes, r0, r1, out, ldo);
+}
+
+// Weight rows [r0, r1) as floats, [r1 - r0, cols].
+template <int T>
+void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t r0, int64_t r1, float* out) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t g = 0; g < cols / 32; ++g) dequantize_group<T>(w + r * row_bytes, g, out + (r - r0) * cols + g * 32);
+}
+
+// Rows each tile of the tiled path holds.
+constexpr int64_t kTileRows = 256;
+
+}  // namespace sluice::quant
+
+using namespace sluice::quant;
+
+namespace {
+
+struct Weights {
+  const uint8_t* data;
+  int type;
+  int64_t rows, cols, row_bytes;
+};
+
+Weights check_weights(const at::Tensor& w, int64_t type, int64_t rows, int64_t cols) {
+  int64_t elems = 0, bytes = 0;
+  TORCH_CHECK(block_shape(static_cast<int>(type), &elems, &bytes), "ggml type ", type, " has no quantized kernel");
+  TORCH_CHECK(rows > 0 && cols > 0 && cols % elems == 0, "a row of ", cols, " values is not whole blocks of ", elems);
+  TORCH_CHECK(w.device().is_cpu() && w.is_contiguous() && w.scalar_type() == at::kByte, "weights must be contiguous CPU bytes");
+  const int64_t row_bytes = cols / elems * bytes;
+  TORCH_CHECK(w.numel() == rows * row_bytes, "weights hold ", w.numel(), " bytes, not ", rows * row_bytes);
+  return Weights{w.data_ptr<uint8_t>(), static_cast<int>(type), rows, cols, row_bytes};
+}
+
+void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
+  const int64_t n = x.size(0), cols = w.cols;
+  std::vector<int8_t> q(n * cols);
+  std::vector<float> meta(n * (cols / 32) * 3);
+  sluice::dispatch_float_types(x.scalar_type(), "quantized linear", [&](auto zero) {
+    using T = decltype(zero);
+    quantize_rows<T>(x.data_ptr<T>(), n, cols, q.data(), meta.data());
+  });
+  const Act act{q.data(), meta.data(), n, cols};
+  std::vector<float> y(n * w.rows);
+  const int chosen = pick_isa(isa);
+  dispatch_type(w.type, [&](auto t) {
+    constexpr int T = decltype(t)::value;
+    // Enough rows per task that each is worth a thread's wake-up.
+    at::parallel_for(0, w.rows, 16, [&](int64_t r0, int64_t r1) {
+      dot_rows_with<T>(chosen, act, w.data, w.row_bytes, r0, r1, y.data(), w.rows);
+    });
+  });
+  sluice::dispatch_float_types(out.scalar_type(), "quantized linear", [&](auto zero) {
+    using T = decltype(zero);
+    T* o = out.data_ptr<T>();
+    const int64_t ldo = out.size(1);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r = 0; r < w.rows; ++r) o[i * ldo + col0 + r] = sluice::from_float<T>(y[i * w.rows + r]);
+  });
+}
+
+void tile_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
+  const auto dtype = x.scalar_type();
+  // AVX2 reads the groups on VNNI CPUs too (dequantizing takes no dot products).
+  const bool simd = pick_isa(isa) <= 1;
+  dispatch_type(w.type, [&](auto t) {
+    constexpr int T = decltype(t)::value;
+    at::parallel_for(0, (w.rows + kTileRows - 1) / kTileRows, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float> buf(kTileRows * w.cols);
+      for (int64_t tile = t0; tile < t1; ++tile) {
+        const int64_t r0 = tile * kTileRows, r1 = std::min(w.rows, r0 + kTileRows);
+        if (simd)
+          avx2::dequantize_rows<T>(w.data, w.row_bytes, w.cols, r0, r1, buf.data());
+        else
+          dequantize_rows<T>(w.data, w.row_bytes, w.cols, r0, r1, buf.data());
+        const at::Tensor wt = at::from_blob(buf.data(), {r1 - r0, w.cols}, at::kFloat).to(dtype);
+        out.narrow(1, col0 + r0, r1 - r0).copy_(at::mm(x, wt.t()));
+      }
+    });
+  });
+}
+
+}  // namespace
+
+// out[:, col0 .. col0 + rows) = x · Wᵀ, W the `rows` × `cols` matrix of ggml type `type`
+// stored as bytes in `w` (whole blocks, row after row). x: [n, cols], out: [n, ≥ col0 +
+// rows], one float dtype, contiguous, on the CPU. `path`: 0 picks by n, 1 int8 dot products,
+// 2 tiles. `isa`: 0 the best the CPU has, 1 at most AVX2, 2 portable loops (the int8 dot
+// products; the tiles' dequantization is AVX2 unless `isa` is 2).
+// Returns null, or a message saying what was wrong (valid until the next call on this
+// thread).
+extern "C" const char* sluice_quant_linear(at::Tensor* out, const at::Tensor* x, const at::Tensor* w, int64_t type,
+                                           int64_t rows, int64_t cols, int64_t col0, int path, int isa) {
+  return sluice::guarded([&] {
+    const Weights wt = check_weights(*w, type, rows, cols);
+    TORCH_CHECK(x->dim() == 2 && x->size(1) == cols, "x must be [n, ", cols, "]");
+    TORCH_CHECK(out->dim() == 2 && out->size(0) == x->size(0) && col0 >= 0 && col0 + rows <= out->size(1),
+                "out must be [n, at least col0 + rows]");
+    TORCH_CHECK(x->device().is_cpu() && out->device().is_cpu(), "the CPU kernel takes CPU tensors");
+    TORCH_CHECK(x->is_contiguous() && out->is_contiguous(), "x and out must be contiguous");
+    TORCH_CHECK(out->scalar_type() == x->scalar_type(), "out must be of x's dtype");
+    if (x->size(0) == 0) return;
+    // Up to 8 rows, the int8 path reads each weight group once for all of them; past that
+    // the tiles' matrix product wins (measured: benches/forward.rs).
+    const bool dots = path == 1 || (path == 0 && x->size(0) <= 8);
+    if (dots)
+      int8_path(*out, *x, wt, col0, isa);
+    else
+      tile_path(*out, *x, wt, col0, isa);
+  });
+}
+
+// out[i] = row ids[i] of the quantized `rows` × `cols` matrix in `w`, in out's dtype.
+// ids: int64 [n], out: [n, cols], contiguous, on the CPU.
+extern "C" const char* sluice_quant_rows(at::Tensor* out, const at::Tensor* w, int64_t type, int64_t rows, int64_t cols,
+                                         const at::Tensor* ids) {
+  return sluice::guarded([&] {
+    const Weights wt = check_weights(*w, type, rows, cols);
+    TORCH_CHECK(ids->dim() == 1 && ids->scalar_type() == at::kLong && ids->is_contiguous(), "ids must be int64 [n]");
+    const int64_t n = ids->size(0);
+    TORCH_CHECK(out->dim() == 2 && out->size(0) == n && out->size(1) == cols && out->is_contiguous(),
+                "out must be [n, cols]");
+    const int64_t* id = ids->data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) TORCH_CHECK(id[i] >= 0 && id[i] < rows, "row ", id[i], " is out of range");
+    std::vector<float> buf(cols);
+    sluice::dispatch_float_types(out->scalar_type(), "quantized rows", [&](auto zero) {
+      using T = decltype(zero);
+      T* o = out->data_ptr<T>();
+      dispatch_type(wt.type, [&](auto t) {
+        constexpr int Ty = decltype(t)::value;
+        for (int64_t i = 0; i < n; ++i) {
+          dequantize_rows<Ty>(wt.data, wt.row_bytes, cols, id[i], id[i] + 1, buf.data());
+          for (int64_t k = 0; k < cols; ++k) o[i * cols + k] = sluice::from_float<T>(buf[k]);
+        }
+      });
+    });
+  });
+}
+
+// Which int8 path `isa` 0 takes on this CPU: 0 AVX-512 VNNI, 1 AVX2, 2 portable.
+extern "C" int sluice_quant_isa() { return best_isa(); }
