@@ -140,18 +140,7 @@ impl Generation<'_> {
             let mut parts = ImageParts::for_model(self.serving, &mut media);
             messages.into_iter().enumerate().map(|(i, m)| chat_message(i, m, format, &mut parts)).collect::<Result<Vec<_>, _>>()?
         };
-        if let Some(v) = &self.serving.vision {
-            if media.len() > v.max_images {
-                return Err(ApiError::invalid(
-                    "messages",
-                    format!(
-                        "The messages carry {} images; at most {} are allowed per prompt (--limit-mm-per-prompt).",
-                        media.len(),
-                        v.max_images
-                    ),
-                ));
-            }
-        }
+        super::media::check_image_count(self.serving.vision.as_deref(), media.len())?;
         let logprobs = match (f.take::<bool>("logprobs")?.unwrap_or(false), f.take::<i64>("top_logprobs")?) {
             (false, Some(k)) if k > 0 => {
                 return Err(ApiError::invalid("top_logprobs", "`top_logprobs` requires `logprobs` to be true."));

@@ -19,6 +19,17 @@ pub enum ImageSource {
     Local(String),
 }
 
+/// More images in one request's messages than `--limit-mm-per-prompt` allows is a 400.
+pub fn check_image_count(vision: Option<&crate::api::context::VisionServing>, images: usize) -> Result<(), ApiError> {
+    match vision {
+        Some(v) if images > v.max_images => Err(ApiError::invalid(
+            "messages",
+            format!("The messages carry {images} images; at most {} are allowed per prompt (--limit-mm-per-prompt).", v.max_images),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A vision model's `mm_processor_kwargs`: `min_pixels` and `max_pixels` (vLLM's names for
 /// Qwen2-VL's resize bounds) give the request its own processor settings; any other key,
 /// or bounds the processor cannot use, is a 400.

@@ -123,18 +123,7 @@ impl Pooling<'_> {
                 None
             }
         };
-        if let Some(v) = &self.serving.vision {
-            if media.len() > v.max_images {
-                return Err(ApiError::invalid(
-                    "messages",
-                    format!(
-                        "The messages carry {} images; at most {} are allowed per prompt (--limit-mm-per-prompt).",
-                        media.len(),
-                        v.max_images
-                    ),
-                ));
-            }
-        }
+        super::media::check_image_count(self.serving.vision.as_deref(), media.len())?;
         // vLLM's pooling parameter for custom poolers (plugins); no built-in pooler reads
         // it, in vLLM either.
         f.ignore("additional_data");
