@@ -134,7 +134,9 @@ impl WeightSource for GgufWeights<'_> {
         let Some(info) = self.file.tensor(&gname) else { return Ok(None) };
         let mut data = vec![0f32; info.numel()];
         quant::dequantize(info.ggml_type, self.file.bytes(info), &mut data);
-        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let shape: Vec<i64> = info.shape.iter().map(|&d| i64::try_from(d)).collect::<Result<_, _>>().map_err(|_| {
+            LoadError::Format { path: self.path.to_owned(), msg: format!("tensor {gname}: a dimension is larger than 2^63") }
+        })?;
         let t = Tensor::from_slice(&data).reshape(&shape);
         // llama.cpp's converter interleaves the two rotary halves of each Q/K head.
         let t = match self.permuted_heads(&gname, &info.shape)? {
@@ -264,7 +266,8 @@ impl WeightSource for SafetensorsWeights {
             Dtype::I64 => Kind::Int64,
             other => return Err(bad(format!("tensor {name}: dtype {other:?} is not supported"))),
         };
-        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let shape: Vec<i64> = info.shape.iter().map(|&d| i64::try_from(d)).collect::<Result<_, _>>()
+            .map_err(|_| bad(format!("tensor {name}: a dimension is larger than 2^63")))?;
         let target = match self.float_kind {
             Some(k) if is_float(kind) => k,
             _ => kind,
@@ -384,6 +387,22 @@ mod tests {
             let err = src.get("model.layers.0.self_attn.k_proj.weight").unwrap_err().to_string();
             assert!(err.contains("must have 2 dimensions"), "{dims:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_dimension_past_i64_is_an_error() {
+        // Found by fuzzing (fuzz/, target `gguf`): an empty tensor of shape [2^64 - 248, 0]
+        // became [-248, 0] for libtorch, whose reshape error was a panic.
+        use crate::model::gguf::{GgufFile, tests::file};
+        let mut b = file(&[], &[("output_norm.weight", &[0, u64::MAX - 247], 0, 0)]);
+        b.extend(vec![0u8; (32 - b.len() % 32) % 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, b).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        let src = GgufWeights { file: &g, path: &path, arch: Arch::Llama, num_heads: 2, num_kv_heads: 1, keep_quantized: false };
+        let err = src.get("model.norm.weight").unwrap_err().to_string();
+        assert!(err.contains("larger than 2^63"), "{err}");
     }
 
     #[test]
