@@ -7,14 +7,15 @@ drives them with --clients threads for --minutes:
 
 - chat and completions, streamed and not; structured outputs (`response_format`
   json_schema, whose answers must parse as JSON when they finish with "stop");
-  embeddings on the second server;
+  embeddings of distinct texts of random lengths on the second server;
 - a third of the clients drop the connection at a random point: while sending the body,
   right after it, or after a random number of streamed chunks;
 - about one request in ten is a bad one (broken JSON, wrong types, out-of-range fields,
   an unknown model), which must get a 4xx.
 
-Every few seconds it samples each server's resident memory from /proc/PID/status. At
-the end it waits for the servers to go idle and checks:
+Every few seconds it samples each server's resident memory from /proc/PID/status. Before
+the load, the embedding server gets one request per row count its encoder can run
+(see `warm_embedding_shapes`). At the end it waits for the servers to go idle and checks:
 
 - no 5xx (and no connection error) to any well-formed request that was not dropped;
 - `vllm:kv_cache_usage_perc` 0 and no request running or waiting, per /metrics;
@@ -134,6 +135,42 @@ def metrics(port: int) -> dict[str, float]:
 
 # --- requests -------------------------------------------------------------------------
 
+WORDS = ("the quick brown fox jumps over a lazy dog while seven tired engineers measure how much "
+         "memory a server keeps after every request it answered").split()
+
+
+def distinct_text(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 120))) + f" {rng.randint(0, 10**9)}"
+
+
+# The embedding server's limits, passed as flags so that the shape warm-up below knows them.
+EMBED_BATCH_TOKENS = 2048
+EMBED_MAX_LEN = 256
+
+
+def warm_embedding_shapes(port: int) -> int:
+    """Sends one request for every multiple of 16 tokens up to what one forward pass takes.
+
+    The encoder runs its dense layers on a row count rounded up to one of a few multiples
+    of 16 (`token_rows` in the BERT model), and libtorch keeps compiled matrix-product
+    kernels per shape it meets: resident memory rises as new shapes arrive and stays level
+    once each has been seen. Random traffic meets the larger ones only now and then, so
+    without this the memory check would read their first arrival as growth. Token-id
+    inputs make each request's total exact; each is alone in the encoder (sent in turn)
+    and split into at most 256-token inputs that one forward pass takes whole.
+    Returns the number of requests."""
+    n = 0
+    for total in range(16, EMBED_BATCH_TOKENS + 1, 16):
+        parts = -(-total // EMBED_MAX_LEN)
+        lengths = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+        body = {"input": [[1000 + (i + j) % 997 for j in range(l)] for i, l in enumerate(lengths)]}
+        status, data = request(port, "POST", "/v1/embeddings", json.dumps(body).encode())
+        if status != 200:
+            raise SystemExit(f"shape warm-up: {total} tokens got {status}: {data[:200]!r}")
+        n += 1
+    return n
+
+
 def good_request(rng: random.Random, model: str, embeddings: bool) -> tuple[str, str, dict, bool]:
     """(kind, path, body, streamed)."""
     kinds = ["chat", "chat_stream", "completion", "completion_stream", "structured", "structured_stream"]
@@ -156,8 +193,10 @@ def good_request(rng: random.Random, model: str, embeddings: bool) -> tuple[str,
                 "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}}
         path = "/v1/chat/completions"
     else:
-        n = rng.randint(1, 8)
-        body = {"input": [rng.choice(PROMPTS) for _ in range(n)] if n > 1 else prompt}
+        # Distinct texts of random lengths: each request a new batch shape, as real
+        # traffic is (a server that kept something per distinct input would grow here).
+        texts = [distinct_text(rng) for _ in range(rng.randint(1, 8))]
+        body = {"input": texts if len(texts) > 1 else texts[0]}
         path = "/v1/embeddings"
     streamed = kind.endswith("_stream")
     if streamed:
@@ -361,7 +400,9 @@ def main() -> int:
     servers = {"generate": Server(args.bin, None, os.path.join(args.logs, "soak-generate.log"), args.serve_args.split())}
     if not args.no_embeddings:
         servers["embed"] = Server(args.bin, "sentence-transformers/all-MiniLM-L6-v2",
-                                  os.path.join(args.logs, "soak-embed.log"), [])
+                                  os.path.join(args.logs, "soak-embed.log"),
+                                  ["--max-num-batched-tokens", str(EMBED_BATCH_TOKENS),
+                                   "--max-model-len", str(EMBED_MAX_LEN)])
     try:
         for s in servers.values():
             s.wait_ready()
@@ -369,6 +410,11 @@ def main() -> int:
         emb_port = servers["embed"].port if "embed" in servers else None
         _, models = request(gen_port, "GET", "/v1/models", None)
         model = json.loads(models)["data"][0]["id"]
+
+        if emb_port is not None:
+            w0 = time.time()
+            n = warm_embedding_shapes(emb_port)
+            print(f"embedding shape warm-up: {n} requests in {time.time() - w0:.0f} s", flush=True)
 
         duration = args.minutes * 60
         warmup = args.warmup if args.warmup is not None else min(120.0, duration / 5)

@@ -151,14 +151,39 @@ pub struct Bert {
 
 /// A batch's real tokens end to end, and where each sits in the padded grid.
 struct Packed {
+    /// Token ids, token types and positions: the real tokens, then filler rows up to
+    /// `rows` (see `token_rows`).
     ids: Tensor,
     types: Tensor,
     positions: Tensor,
-    /// Row in the flattened `[B·L]` grid of each token.
+    /// Row in the flattened `[B·L]` grid of each real token.
     slots: Tensor,
+    /// `slots`, then slot 0 for each filler row: gathers the grid back into `rows` rows.
+    gather: Tensor,
     mask: Tensor,
     batch: i64,
     len: i64,
+    /// Real tokens.
+    tokens: i64,
+    /// Rows every dense operation runs on: `tokens` rounded up by `token_rows`.
+    rows: i64,
+}
+
+/// The row count the dense operations of a batch of `tokens` tokens run on: `tokens`
+/// rounded up to a multiple of 16, or of a sixteenth of the power of two at or above it,
+/// whichever is larger (under 12.5% filler above 128 tokens).
+///
+/// Why: libtorch's oneDNN matrix products (bfloat16 and other reduced precisions on the
+/// CPU) keep a compiled kernel per distinct shape in a cache of up to 1,024 entries
+/// (`LRU_CACHE_CAPACITY`), each a few hundred KiB of code and buffers. With one row per
+/// real token, every new total length is four new kernels (one per weight shape of a
+/// layer), so a server fed varied inputs grew by about a megabyte a request until the cache
+/// was full (hundreds of MiB), and then churned. Rounding the rows leaves about eight
+/// shapes per doubling of the batch's tokens, so the cache holds every shape a server meets
+/// and its memory levels off after a short warm-up.
+pub fn token_rows(tokens: usize) -> usize {
+    let step = (tokens.max(1).next_power_of_two() / 16).max(16);
+    tokens.div_ceil(step).max(1) * step
 }
 
 /// One input of a batch: token ids and their segment (token type) ids.
@@ -295,6 +320,13 @@ impl Bert {
                 mask[r * len + c] = 1.0;
             }
         }
+        // Filler rows (token 0, type 0, position 0) bring the row count to a few shapes;
+        // their outputs are never read back.
+        let rows = token_rows(total);
+        let mut gather = slots.clone();
+        for v in [&mut ids, &mut types, &mut positions, &mut gather] {
+            v.resize(rows, 0);
+        }
         let dev = self.device;
         let t = |v: &[i64]| Tensor::from_slice(v).to_device(dev);
         Packed {
@@ -302,9 +334,12 @@ impl Bert {
             types: t(&types),
             positions: t(&positions),
             slots: t(&slots),
+            gather: t(&gather),
             mask: Tensor::from_slice(&mask).view([b as i64, len as i64]).to_device(dev),
             batch: b as i64,
             len: len as i64,
+            tokens: total as i64,
+            rows: rows as i64,
         }
     }
 
@@ -312,7 +347,8 @@ impl Bert {
     /// and its mask `[B, L]` (float32, 1 for real tokens).
     ///
     /// Only attention needs the padded grid: the projections, norms and MLP run on the
-    /// real tokens end to end, so inputs of different lengths waste no work there.
+    /// real tokens end to end (and a few filler rows, see `token_rows`), so inputs of
+    /// different lengths waste no work there.
     pub fn encode(&self, inputs: &[&EncoderInput]) -> (Tensor, Tensor) {
         let _guard = tch::no_grad_guard();
         let p = self.pack(inputs);
@@ -323,14 +359,16 @@ impl Bert {
         let x = self.word.index_select(0, &p.ids)
             + self.position.index_select(0, &p.positions)
             + self.token_type.index_select(0, &p.types);
-        let mut x = self.layer_norm(&x, &self.embed_norm); // [T, hidden]
-        // Inputs of one length (a batch of one, say) need no padding, mask or scatter.
+        let mut x = self.layer_norm(&x, &self.embed_norm); // [rows, hidden]
+        // Inputs of one length (a batch of one, say) need no mask, and when they also
+        // fill the rows exactly, no scatter or gather.
         let padded = inputs.iter().any(|i| i.ids.len() as i64 != l);
+        let scattered = padded || p.rows != b * l;
         // Padded keys are masked out; padded queries are dropped when gathering back.
         let attend = padded.then(|| p.mask.to_kind(Kind::Bool).view([b, 1, 1, l]));
         let grid = |t: &Tensor, width: i64| {
-            if padded {
-                Tensor::zeros([b * l, width], (t.kind(), t.device())).index_copy(0, &p.slots, t)
+            if scattered {
+                Tensor::zeros([b * l, width], (t.kind(), t.device())).index_copy(0, &p.slots, &t.narrow(0, 0, p.tokens))
             } else {
                 t.shallow_clone()
             }
@@ -342,7 +380,7 @@ impl Bert {
             let (q, k, v) = (split(&parts[0]), split(&parts[1]), split(&parts[2]));
             let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, attend.as_ref(), 0.0, false, None, false);
             let ctx = ctx.transpose(1, 2).reshape([b * l, hidden]);
-            let ctx = if padded { ctx.index_select(0, &p.slots) } else { ctx };
+            let ctx = if scattered { ctx.index_select(0, &p.gather) } else { ctx };
             let attn = self.layer_norm(&(ctx.linear(&layer.out, Some(&layer.out_bias)) + &x), &layer.attn_norm);
             let up = attn.linear(&layer.up, Some(&layer.up_bias)).gelu("none");
             x = self.layer_norm(&(up.linear(&layer.down, Some(&layer.down_bias)) + &attn), &layer.mlp_norm);
@@ -358,5 +396,33 @@ impl Bert {
         let cls = x.select(1, 0);
         let pooled = cls.linear(&head.pooler, Some(&head.pooler_bias)).tanh();
         pooled.linear(&head.classifier, Some(&head.classifier_bias)).to_kind(Kind::Float)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_rows;
+
+    #[test]
+    fn token_rows_are_few_shapes_with_little_filler() {
+        assert_eq!(token_rows(0), 16);
+        assert_eq!(token_rows(1), 16);
+        assert_eq!(token_rows(16), 16);
+        assert_eq!(token_rows(17), 32);
+        assert_eq!(token_rows(128), 128);
+        assert_eq!(token_rows(129), 144);
+        assert_eq!(token_rows(1000), 1024);
+        assert_eq!(token_rows(1025), 1152);
+        let mut shapes = std::collections::BTreeSet::new();
+        for t in 1..=8192 {
+            let r = token_rows(t);
+            assert!(r >= t);
+            if t > 128 {
+                assert!((r - t) * 8 < t, "{t} -> {r}");
+            }
+            shapes.insert(r);
+        }
+        // 8 up to 128, then 8 per doubling.
+        assert_eq!(shapes.len(), 8 + 8 * 6);
     }
 }

@@ -203,7 +203,7 @@ impl QuantTensor {
     /// kernel, or the bytes are not exactly whole-block rows.
     pub fn new(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
         let row_bytes = ty.bytes_for(cols)?;
-        if !Self::has_kernel(ty) || rows == 0 || bytes.len() != rows * row_bytes {
+        if !Self::has_kernel(ty) || rows == 0 || cols == 0 || rows.checked_mul(row_bytes) != Some(bytes.len()) {
             return None;
         }
         Some(QuantTensor { ty, rows, cols, data: tch::Tensor::from_slice(bytes) })
@@ -247,6 +247,15 @@ impl QuantTensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_matrix_of_no_columns_is_not_kept_in_blocks() {
+        // Found by fuzzing (fuzz/, target `gguf`): a Q projection of 2^60 rows and 0
+        // columns is 0 bytes, so the size check passed, and the row order for it could
+        // not be allocated.
+        assert!(QuantTensor::new(GgmlType::Q4_1, 1 << 60, 0, &[]).is_none());
+        assert!(QuantTensor::new(GgmlType::Q8_0, usize::MAX, 32, &[]).is_none());
+    }
 
     #[test]
     fn q4_1_block_decodes_nibbles_low_then_high() {

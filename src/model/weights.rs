@@ -90,13 +90,18 @@ fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
 impl GgufWeights<'_> {
     /// Heads whose rows llama.cpp's converter interleaved in this tensor (Q and K of the
     /// Llama-style converters; not Qwen's, Gemma's or Phi-3's).
-    fn permuted_heads(&self, gname: &str, rows: usize) -> Result<Option<usize>, LoadError> {
+    fn permuted_heads(&self, gname: &str, shape: &[usize]) -> Result<Option<usize>, LoadError> {
         let heads = match gname.rsplit('.').nth(1) {
             Some("attn_q") => Some(self.num_heads),
             Some("attn_k") => Some(self.num_kv_heads),
             _ => None,
         };
+        let rows = shape.first().copied().unwrap_or(0);
         match heads.filter(|_| matches!(self.arch, Arch::Llama | Arch::Mistral | Arch::Mixtral)) {
+            Some(_) if shape.len() != 2 => Err(LoadError::Format {
+                path: self.path.to_owned(),
+                msg: format!("tensor {gname}: a projection must have 2 dimensions, not {}", shape.len()),
+            }),
             Some(h) if h == 0 || rows % (2 * h) != 0 => Err(LoadError::Format {
                 path: self.path.to_owned(),
                 msg: format!("tensor {gname}: {rows} rows do not split into {h} heads of rotary pairs"),
@@ -118,7 +123,7 @@ impl WeightSource for GgufWeights<'_> {
         let Some(q) = QuantTensor::new(info.ggml_type, rows, cols, bytes) else { return Ok(None) };
         // The copy is what the model keeps: the file's pages may go.
         release(bytes);
-        Ok(Some(match self.permuted_heads(&gname, rows)? {
+        Ok(Some(match self.permuted_heads(&gname, &info.shape)? {
             Some(h) => q.reorder_rows(&unpermuted_order(rows, h)),
             None => q,
         }))
@@ -129,11 +134,12 @@ impl WeightSource for GgufWeights<'_> {
         let Some(info) = self.file.tensor(&gname) else { return Ok(None) };
         let mut data = vec![0f32; info.numel()];
         quant::dequantize(info.ggml_type, self.file.bytes(info), &mut data);
-        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let shape: Vec<i64> = info.shape.iter().map(|&d| i64::try_from(d)).collect::<Result<_, _>>().map_err(|_| {
+            LoadError::Format { path: self.path.to_owned(), msg: format!("tensor {gname}: a dimension is larger than 2^63") }
+        })?;
         let t = Tensor::from_slice(&data).reshape(&shape);
         // llama.cpp's converter interleaves the two rotary halves of each Q/K head.
-        let rows = info.shape.first().copied().unwrap_or(0);
-        let t = match self.permuted_heads(&gname, rows)? {
+        let t = match self.permuted_heads(&gname, &info.shape)? {
             Some(h) => unpermute_rows(&t, h),
             None => t,
         };
@@ -260,7 +266,8 @@ impl WeightSource for SafetensorsWeights {
             Dtype::I64 => Kind::Int64,
             other => return Err(bad(format!("tensor {name}: dtype {other:?} is not supported"))),
         };
-        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let shape: Vec<i64> = info.shape.iter().map(|&d| i64::try_from(d)).collect::<Result<_, _>>()
+            .map_err(|_| bad(format!("tensor {name}: a dimension is larger than 2^63")))?;
         let target = match self.float_kind {
             Some(k) if is_float(kind) => k,
             _ => kind,
@@ -361,6 +368,41 @@ mod tests {
         assert!(err.contains("3 rows do not split into 2 heads"), "{err}");
         let ok = GgufWeights { num_heads: 3, ..src };
         assert!(ok.get("model.layers.0.self_attn.q_proj.weight").is_err(), "3 rows are not pairs either");
+    }
+
+    #[test]
+    fn a_k_projection_without_two_dimensions_is_an_error() {
+        // Found by fuzzing (fuzz/, target `gguf`): a K projection of 0 dimensions passed
+        // the head check (0 rows split into any number of heads) and the un-permuting
+        // read its first dimension and panicked.
+        use crate::model::gguf::{GgufFile, tests::file};
+        for dims in [&[][..], &[4][..], &[4, 2, 1][..]] {
+            let mut b = file(&[], &[("blk.0.attn_k.weight", dims, 0, 0)]);
+            b.extend(vec![0u8; (32 - b.len() % 32) % 32 + 8 * 4]);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("m.gguf");
+            std::fs::write(&path, b).unwrap();
+            let g = GgufFile::open(&path).unwrap();
+            let src = GgufWeights { file: &g, path: &path, arch: Arch::Llama, num_heads: 2, num_kv_heads: 1, keep_quantized: false };
+            let err = src.get("model.layers.0.self_attn.k_proj.weight").unwrap_err().to_string();
+            assert!(err.contains("must have 2 dimensions"), "{dims:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_dimension_past_i64_is_an_error() {
+        // Found by fuzzing (fuzz/, target `gguf`): an empty tensor of shape [2^64 - 248, 0]
+        // became [-248, 0] for libtorch, whose reshape error was a panic.
+        use crate::model::gguf::{GgufFile, tests::file};
+        let mut b = file(&[], &[("output_norm.weight", &[0, u64::MAX - 247], 0, 0)]);
+        b.extend(vec![0u8; (32 - b.len() % 32) % 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, b).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        let src = GgufWeights { file: &g, path: &path, arch: Arch::Llama, num_heads: 2, num_kv_heads: 1, keep_quantized: false };
+        let err = src.get("model.norm.weight").unwrap_err().to_string();
+        assert!(err.contains("larger than 2^63"), "{err}");
     }
 
     #[test]
