@@ -81,7 +81,12 @@ pub fn build(cfg: &ServeConfig, edge: Edge) -> Result<Server> {
         _ => pooling_model(cfg, catalog, t0, &control)?,
     };
     let pipeline = Pipeline::start_with_faults(&spec, &registry, &cfg.faults)?;
+    let media = match serving.vision {
+        Some(_) => Some(Arc::new(stages::media::Fetcher::new().map_err(|e| anyhow::anyhow!(e))?)),
+        None => None,
+    };
     let app = Arc::new(AppState {
+        media,
         serving,
         entry: pipeline.entry().clone(),
         api_key: cfg.http.api_key.clone(),
