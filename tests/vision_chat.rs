@@ -440,3 +440,28 @@ fn run_batch_answers_image_chats() {
     assert_eq!(Value::Array(ids), c["output_token_ids"], "{answer}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The vision tower runs in the encode_images stage: a pipeline file without it serves
+/// text, and answers an image chat with a 400 that names the missing stage.
+#[test]
+fn images_need_the_encode_images_stage() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/stages/serve.toml")).unwrap();
+    let start = shipped.find("[[stage]]\nkind = \"encode_images\"").expect("serve.toml has encode_images");
+    let end = start + shipped[start..].find("\n\n").unwrap() + 2;
+    let without = format!("{}{}", &shipped[..start], &shipped[end..]);
+    let dir = std::env::temp_dir().join(format!("sluice-no-encode-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("serve.toml");
+    std::fs::write(&path, without).unwrap();
+    let mut args = ARGS.to_vec();
+    args.extend(["--pipeline", path.to_str().unwrap()]);
+    let s = Server::start(&args);
+    let c = case("one_image");
+    let (status, r) = s.post("/v1/chat/completions", &json!({"model": "tiny-vl", "messages": messages(&c, data_url), "max_tokens": 2}));
+    assert_eq!(status, 400, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("`encode_images` stage"), "{r}");
+    let text = case("text_only");
+    let (status, r) = s.post("/v1/chat/completions", &json!({"model": "tiny-vl", "messages": text["messages"], "max_tokens": 2}));
+    assert_eq!(status, 200, "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
