@@ -6,8 +6,8 @@
 //!   pipeline for all of them.
 //! - `http`: the HTTP edge (routes, API key, CORS, SSE). `api`: the OpenAI wire format,
 //!   errors, and the validation that turns a wire request into an internal one.
-//! - `stages`: the stage kinds (decode, render, media, tokenize, guide, engine, detokenize,
-//!   stream; the pooling stages) and the items that flow between them.
+//! - `stages`: the stage kinds (decode, render, media, tokenize, guide, encode_images,
+//!   engine, detokenize, stream; the pooling stages) and the items that flow between them.
 //! - `engine`: scheduling, KV blocks, sequences, behind its own request/event types.
 //! - `model`: model files, tokenizer, chat template, forward pass. `sampling`: logits to
 //!   tokens. `guided`: constraints compiled to token masks. `detok`: incremental text.

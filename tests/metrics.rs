@@ -58,7 +58,7 @@ fn value(m: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     }
 }
 
-const STAGES: [&str; 8] = ["decode", "render", "media", "tokenize", "guide", "engine", "detokenize", "stream"];
+const STAGES: [&str; 9] = ["decode", "render", "media", "tokenize", "guide", "encode_images", "engine", "detokenize", "stream"];
 
 #[test]
 fn latency_histograms_and_stage_histograms_move_with_requests() {
@@ -119,7 +119,7 @@ fn latency_histograms_and_stage_histograms_move_with_requests() {
         let svc = count(&after, "sluice_stage_service_seconds", &l) - count(&before, "sluice_stage_service_seconds", &l);
         match stage {
             "decode" => assert_eq!((q, svc), (5, 5), "{stage}"),
-            "render" | "media" | "tokenize" | "guide" => assert_eq!((q, svc), (4, 4), "{stage}"),
+            "render" | "media" | "tokenize" | "guide" | "encode_images" => assert_eq!((q, svc), (4, 4), "{stage}"),
             "engine" => assert!(q == 4 && svc >= tokens, "{stage}: {q} queued, {svc} steps"),
             _ => assert!(q >= 4 && q == svc, "{stage}: {q} queued, {svc} served"),
         }

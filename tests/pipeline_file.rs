@@ -36,7 +36,7 @@ fn edited(text: &str, from: &str, to: &str, times: usize) -> String {
 #[test]
 fn unknown_stage_kind() {
     let err = serve_fails_with("unknown_stage_kind", &edited(&shipped(), "kind = \"tokenize\"", "kind = \"tokenise\"", 1));
-    assert!(err.contains("bad.toml:25: stage 4 (\"tokenise\"): kind: \"tokenise\" is not one of \"decode\", \"render\", \"media\", \"tokenize\", \"guide\", \"engine\", \"detokenize\", \"stream\""), "{err}");
+    assert!(err.contains("bad.toml:25: stage 4 (\"tokenise\"): kind: \"tokenise\" is not one of \"decode\", \"render\", \"media\", \"tokenize\", \"guide\", \"encode_images\", \"engine\", \"detokenize\", \"stream\""), "{err}");
 }
 
 #[test]
@@ -53,7 +53,7 @@ fn bad_number() {
     let text = shipped();
     assert!(text.contains("queue = 4096"), "stages/serve.toml changed: no \"queue = 4096\"");
     let err = serve_fails_with("bad_number", &text.replacen("queue = 4096", "queue = -5", 1));
-    assert!(err.contains("bad.toml:42: stage 7 (\"detokenize\"): queue: -5 is less than the minimum of 1"), "{err}");
+    assert!(err.contains("bad.toml:47: stage 8 (\"detokenize\"): queue: -5 is less than the minimum of 1"), "{err}");
 }
 
 #[test]

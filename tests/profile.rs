@@ -52,7 +52,7 @@ fn a_synthetic_profile_prints_every_stage_and_the_engine_step() {
         insta::assert_snapshot!("profile_table", shape(&table));
     });
     assert!(table.starts_with("3 requests in "), "{table}");
-    for stage in ["decode", "render", "media", "tokenize", "guide"] {
+    for stage in ["decode", "render", "media", "tokenize", "guide", "encode_images"] {
         assert_eq!(row(&table, stage)[0], "3", "{stage} handled every request once:\n{table}");
     }
     // Four tokens per request: at least four engine steps, and a text event per token.
@@ -66,7 +66,7 @@ fn a_synthetic_profile_prints_every_stage_and_the_engine_step() {
     for label in ["decode", "engine", "stream", "end to end", "engine step"] {
         assert!(svg.contains(&format!(">{label}</text>")), "no bar for {label}");
     }
-    assert_eq!(svg.matches("<rect ").count(), 5 + 8 * 2 + 1 + 3, "legend, two segments per stage, e2e, step parts");
+    assert_eq!(svg.matches("<rect ").count(), 5 + 9 * 2 + 1 + 3, "legend, two segments per stage, e2e, step parts");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

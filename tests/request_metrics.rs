@@ -14,12 +14,12 @@ const ON: &[&str] = &["--dtype", "float32", "--enable-per-request-metrics"];
 const OFF: &[&str] = &["--dtype", "float32"];
 
 /// stages/serve.toml, in order.
-const SERVE_STAGES: [&str; 8] = ["decode", "render", "media", "tokenize", "guide", "engine", "detokenize", "stream"];
+const SERVE_STAGES: [&str; 9] = ["decode", "render", "media", "tokenize", "guide", "encode_images", "engine", "detokenize", "stream"];
 /// stages/pooling.toml, in order.
 const POOLING_STAGES: [&str; 4] = ["pool_decode", "pool_tokenize", "encode", "pool_stream"];
 /// Stages that take a request in one item, one after another, before the engine's last
 /// token: their times lie inside the request's life without overlapping.
-const SEQUENTIAL: [&str; 6] = ["decode", "render", "media", "tokenize", "guide", "engine"];
+const SEQUENTIAL: [&str; 7] = ["decode", "render", "media", "tokenize", "guide", "encode_images", "engine"];
 /// Rounding: every figure is rounded to the microsecond, so a sum of a dozen of them may
 /// be off by 0.006 ms. No other slack: every comparison below holds by construction, since
 /// the figures are differences of instants on one monotonic clock taken in an order the

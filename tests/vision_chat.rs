@@ -158,6 +158,35 @@ fn greedy_chats_with_images_match_transformers() {
     check(s, &c, messages(&c, |n| format!("file://{IMAGES}/{n}")), false);
 }
 
+/// `/tokenize` with image parts answers what the model is fed: each image's placeholder
+/// repeated once per merged patch, equal to transformers' processor's `input_ids` and to
+/// the chat's `usage.prompt_tokens`.
+#[test]
+fn tokenize_expands_image_placeholders() {
+    let s = Server::shared(ARGS);
+    for id in ["one_image", "two_images", "image_after_turns", "max_pixels", "text_only"] {
+        let c = case(id);
+        let mut body = json!({"model": "tiny-vl", "messages": messages(&c, data_url), "return_token_strs": true});
+        if let Some(kw) = c.get("mm_processor_kwargs").filter(|v| !v.is_null()) {
+            body["mm_processor_kwargs"] = kw.clone();
+        }
+        let (status, r) = s.post("/tokenize", &body);
+        assert_eq!(status, 200, "{id}: {r}");
+        assert_eq!(r["tokens"], c["prompt_token_ids"], "{id}: token ids differ from transformers' processor");
+        assert_eq!(r["count"].as_u64().unwrap() as usize, c["prompt_token_ids"].as_array().unwrap().len(), "{id}");
+        assert!(r["max_model_len"].as_u64().unwrap() > 0, "{id}: {r}");
+        let pads = r["token_strs"].as_array().unwrap().iter().filter(|t| *t == "<|image_pad|>").count();
+        assert_eq!(pads as u64, c["num_image_tokens"].as_u64().unwrap_or(0), "{id}: image tokens");
+    }
+    // The same count as the chat that sends the same messages (a file:// image this time).
+    let c = case("two_images");
+    let msgs = messages(&c, |n| format!("file://{IMAGES}/{n}"));
+    let (_, tok) = s.post("/tokenize", &json!({"messages": msgs}));
+    let (status, chat) = s.post("/v1/chat/completions", &json!({"model": "tiny-vl", "messages": msgs, "max_tokens": 1}));
+    assert_eq!(status, 200, "{chat}");
+    assert_eq!(tok["count"], chat["usage"]["prompt_tokens"], "{tok}");
+}
+
 #[test]
 fn the_prefix_cache_keeps_images_apart() {
     let s = Server::shared(ARGS);
@@ -211,10 +240,19 @@ fn bad_images_are_clear_400s() {
         assert_eq!(r["error"]["type"], "invalid_request_error", "{r}");
         assert!(r["error"]["message"].as_str().unwrap().contains(says), "{says}: {r}");
     }
-    // /tokenize and the embeddings API do not take images yet, and say so.
-    let (status, r) = s.post("/tokenize", &json!({"model": "tiny-vl", "messages": [{"role": "user", "content": [image(&data_url("black_56x56.png"))]}]}));
-    assert_eq!(status, 400, "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("/tokenize does not take image parts"), "{r}");
+    // /tokenize reads images the same way, with the same 400s.
+    for (parts, extra, says) in [
+        (json!([image(&truncated)]), json!({}), "broken or truncated PNG"),
+        (json!([image(&data_url("black_56x56.png")), image(&data_url("black_56x56.png")), image(&data_url("black_56x56.png"))]), json!({}), "at most 2"),
+        (json!([image("file:///etc/passwd")]), json!({}), "outside the folder"),
+        (json!([image(&data_url("black_56x56.png"))]), json!({"mm_processor_kwargs": {"size": 10}}), "min_pixels and max_pixels"),
+    ] {
+        let mut body = json!({"model": "tiny-vl", "messages": [{"role": "user", "content": parts}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, r) = s.post("/tokenize", &body);
+        assert_eq!(status, 400, "{body}: {r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains(says), "{says}: {r}");
+    }
     // Still serving, a JPEG too.
     let (status, r) = chat(json!([image(&data_url("photo_60x90.jpg")), {"type": "text", "text": "Hi"}]), json!({}));
     assert_eq!(status, 200, "{r}");
@@ -400,5 +438,30 @@ fn run_batch_answers_image_chats() {
     let got: Vec<(u32, f64, Vec<(u32, f64)>)> = common::greedy::parse_logprobs(&answer["response"]["body"]["choices"][0], true);
     let ids: Vec<Value> = got.iter().map(|t| json!(t.0)).collect();
     assert_eq!(Value::Array(ids), c["output_token_ids"], "{answer}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The vision tower runs in the encode_images stage: a pipeline file without it serves
+/// text, and answers an image chat with a 400 that names the missing stage.
+#[test]
+fn images_need_the_encode_images_stage() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/stages/serve.toml")).unwrap();
+    let start = shipped.find("[[stage]]\nkind = \"encode_images\"").expect("serve.toml has encode_images");
+    let end = start + shipped[start..].find("\n\n").unwrap() + 2;
+    let without = format!("{}{}", &shipped[..start], &shipped[end..]);
+    let dir = std::env::temp_dir().join(format!("sluice-no-encode-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("serve.toml");
+    std::fs::write(&path, without).unwrap();
+    let mut args = ARGS.to_vec();
+    args.extend(["--pipeline", path.to_str().unwrap()]);
+    let s = Server::start(&args);
+    let c = case("one_image");
+    let (status, r) = s.post("/v1/chat/completions", &json!({"model": "tiny-vl", "messages": messages(&c, data_url), "max_tokens": 2}));
+    assert_eq!(status, 400, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("`encode_images` stage"), "{r}");
+    let text = case("text_only");
+    let (status, r) = s.post("/v1/chat/completions", &json!({"model": "tiny-vl", "messages": text["messages"], "max_tokens": 2}));
+    assert_eq!(status, 200, "{r}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,5 +15,5 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else { return };
     let serving = common::chat_serving();
     let Ok(fields) = Fields::parse(body) else { return };
-    let _ = if pick % 2 == 0 { tokenize_body(serving, fields) } else { detokenize_body(serving, fields) };
+    let _ = if pick % 2 == 0 { tokenize_body(serving, None, fields) } else { detokenize_body(serving, None, fields) };
 });

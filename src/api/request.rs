@@ -60,8 +60,11 @@ pub struct Job {
     pub media: Vec<crate::api::validate::media::ImageSource>,
     /// The request's image processor settings (`mm_processor_kwargs`), when it has its own.
     pub processor: Option<Arc<crate::vision::qwen2_vl::ProcessorConfig>>,
-    /// The images, preprocessed (media stage).
+    /// The images, preprocessed (media stage); emptied once encoded.
     pub images: Vec<crate::model::qwen2_vl::ImageInput>,
+    /// The images encoded by the vision tower, with the prompt's positions (encode_images
+    /// stage).
+    pub mm: Option<Box<crate::model::qwen2_vl::MmPrompt>>,
 }
 
 impl Job {

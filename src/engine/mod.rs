@@ -34,10 +34,6 @@ use sequence::{SeqId, Sequence};
 use stats::EngineStats;
 use whisper::{AudioQueue, AudioSeq, Role, Start, StartInput, Unstarted};
 
-/// Merged patches (image tokens) of recent images whose vision-tower output the engine
-/// keeps: 8192 rows are ~25 MB for a 1536-wide model in bfloat16.
-const ENCODER_CACHE_ROWS: usize = 8192;
-
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub block_size: usize,
@@ -72,8 +68,6 @@ pub struct Engine {
     beam_of: std::collections::HashMap<SeqId, u64>,
     /// Whisper requests whose windows have not all started.
     audio: AudioQueue,
-    /// A vision model's recent image embeddings, by image hash.
-    encoder_cache: crate::model::qwen2_vl::EncoderCache,
 }
 
 impl Engine {
@@ -91,7 +85,6 @@ impl Engine {
             beams: Default::default(),
             beam_of: Default::default(),
             audio: AudioQueue::default(),
-            encoder_cache: crate::model::qwen2_vl::EncoderCache::new(ENCODER_CACHE_ROWS),
         }
     }
 
@@ -162,7 +155,7 @@ impl Engine {
             self.publish();
             return;
         }
-        let mm = match self.prepare_images(&job) {
+        let mm = match self.take_images(&mut job) {
             Ok(mm) => mm,
             Err(()) => {
                 job.client.send(EngineEvent::Failed(EngineError::StepFailed));
@@ -226,31 +219,19 @@ impl Engine {
         self.publish();
     }
 
-    /// A request's images run through the vision tower, with the prompt's M-RoPE positions.
-    /// Validation makes the placeholders fit the images; a request where they do not (or
-    /// with images for a model without a vision tower) is refused here and logged.
-    fn prepare_images(&mut self, job: &EngineRequest) -> Result<Option<Box<crate::model::qwen2_vl::MmPrompt>>, ()> {
-        if job.images.is_empty() {
-            return Ok(None);
-        }
-        let tower = match &self.model {
-            EngineModel::Decoder(d) => d.vision.as_ref(),
-            EngineModel::Whisper(_) => None,
+    /// A request's images, already encoded (the encode_images stage) with the prompt's
+    /// M-RoPE positions. A request whose images do not fit its prompt (or that has images
+    /// for a model without M-RoPE) is refused here and logged.
+    fn take_images(&mut self, job: &mut EngineRequest) -> Result<Option<Box<crate::model::qwen2_vl::MmPrompt>>, ()> {
+        let Some(mm) = job.mm.take() else { return Ok(None) };
+        let mrope = match &self.model {
+            EngineModel::Decoder(d) => d.cfg.mrope_section.is_some(),
+            EngineModel::Whisper(_) => false,
         };
-        let (Some(tower), [prompt]) = (tower, job.prompts.as_slice()) else {
-            tracing::error!("request {}: images for a model without a vision tower, or with several prompts", job.client.id());
-            return Err(());
-        };
-        let t0 = Instant::now();
-        let hits = self.encoder_cache.hits;
-        match crate::model::qwen2_vl::MmPrompt::new(tower, prompt, &job.images, Some(&mut self.encoder_cache)) {
-            Ok(mm) => {
-                let cached = self.encoder_cache.hits - hits;
-                tracing::debug!("request {}: {} images ({cached} cached) in {:?}", job.client.id(), job.images.len(), t0.elapsed());
-                Ok(Some(Box::new(mm)))
-            }
-            Err(e) => {
-                tracing::error!("request {}: {e}", job.client.id());
+        match job.prompts.as_slice() {
+            [prompt] if mrope && prompt.len() == mm.prompt_len() => Ok(Some(mm)),
+            _ => {
+                tracing::error!("request {}: images for a model without M-RoPE, or that do not fit the prompt", job.client.id());
                 Err(())
             }
         }

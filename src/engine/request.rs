@@ -38,9 +38,9 @@ pub struct EngineRequest {
     pub client: Arc<dyn Client>,
     /// An encoder-decoder model's encoder input (Whisper: one audio window per prompt).
     pub encoder: Option<EncoderInput>,
-    /// A vision model's images, in the order of their placeholders in the prompt (a
-    /// request with images has one prompt).
-    pub images: Vec<crate::model::qwen2_vl::ImageInput>,
+    /// A prompt with images (a request with images has one prompt): the images' embeddings,
+    /// already computed by the vision tower, where they go, and the M-RoPE positions.
+    pub mm: Option<Box<crate::model::qwen2_vl::MmPrompt>>,
 }
 
 /// The engine's view of a request's sender.

@@ -44,6 +44,8 @@ pub struct AppState {
     pub traced_stages: Option<Arc<[String]>>,
     /// Refuses new requests once shutdown begins, and counts those in flight.
     pub lifecycle: Arc<Lifecycle>,
+    /// Reads the images of `/tokenize` chats (a vision model only).
+    pub media: Option<Arc<crate::stages::media::Fetcher>>,
 }
 
 impl AppState {

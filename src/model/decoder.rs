@@ -79,6 +79,7 @@ pub struct Decoder {
     lm_head: Linear,
     ropes: Vec<RopeTables>,
     /// Qwen2-VL's vision tower, whose embeddings stand in for image placeholder tokens.
+    /// A server takes it out for its encode_images stage; the decoder pooler runs it.
     pub vision: Option<VisionTower>,
 }
 

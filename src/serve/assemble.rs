@@ -81,7 +81,12 @@ pub fn build(cfg: &ServeConfig, edge: Edge) -> Result<Server> {
         _ => pooling_model(cfg, catalog, t0, &control)?,
     };
     let pipeline = Pipeline::start_with_faults(&spec, &registry, &cfg.faults)?;
+    let media = match serving.vision {
+        Some(_) => Some(Arc::new(stages::media::Fetcher::new().map_err(|e| anyhow::anyhow!(e))?)),
+        None => None,
+    };
     let app = Arc::new(AppState {
+        media,
         serving,
         entry: pipeline.entry().clone(),
         api_key: cfg.http.api_key.clone(),
@@ -122,7 +127,7 @@ fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &Control
     let opts = LoadOptions { device: cfg.device, dtype: &cfg.dtype, max_model_len: cfg.max_model_len, quantization: cfg.quantization };
     let location = cfg.location.clone();
     let loaded = model::on_passing_thread(|| model::load(location, &opts))?;
-    let (decoder, info) = (loaded.decoder, loaded.info);
+    let (mut decoder, info) = (loaded.decoder, loaded.info);
     let c = &decoder.cfg;
     tracing::info!(
         "loaded in {:.1}s: {:?}, {} layers, hidden {}, {} heads ({} KV), vocab {}, dtype {:?}, device {:?}, context {}{}",
@@ -148,9 +153,11 @@ fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &Control
     }
     let serving = Arc::new(serving);
     let engine_cfg = super::kv::engine_config(&cfg.engine, &decoder.cfg, decoder.dtype, decoder.device, &info)?;
+    // The vision tower runs in the encode_images stage, apart from the engine.
+    let tower = decoder.vision.take();
     let engine = Engine::new(decoder, engine_cfg);
     let stats = engine.stats();
-    Ok((stages::registry(catalog, serving.clone(), engine, control), serving, stats))
+    Ok((stages::registry(catalog, serving.clone(), engine, tower, control), serving, stats))
 }
 
 /// An encoder (or a decoder used for pooling) behind the encode stage.

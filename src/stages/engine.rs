@@ -92,6 +92,10 @@ fn engine_request(ctx: Arc<RequestCtx>, job: Job, out: &Outlet<Item>, stage: usi
         ));
         return None;
     }
+    if !job.images.is_empty() {
+        ctx.fail(ApiError::invalid("messages", "Images need the `encode_images` stage before the engine in the pipeline file."));
+        return None;
+    }
     let Prompt::Tokens(prompts) = job.prompt else { unreachable!("the engine takes tokenized jobs") };
     let client = Arc::new(Admitted { ctx, out: out.clone(), stage, finished: AtomicUsize::new(0) });
     Some(EngineRequest {
@@ -105,7 +109,7 @@ fn engine_request(ctx: Arc<RequestCtx>, job: Job, out: &Outlet<Item>, stage: usi
         beam: job.beam,
         client,
         encoder: None,
-        images: job.images,
+        mm: job.mm,
     })
 }
 
@@ -124,7 +128,7 @@ fn audio_request(ctx: Arc<RequestCtx>, job: AudioJob, out: &Outlet<Item>, stage:
         beam: None,
         client,
         encoder: job.encoder,
-        images: Vec::new(),
+        mm: None,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod audio_decode;
 pub mod decode;
 pub mod detokenize;
 pub mod encode;
+pub mod encode_images;
 pub mod engine;
 pub mod gather;
 pub mod guide;
@@ -58,6 +59,10 @@ pub fn generation_catalog() -> Catalog {
         .kind("media", StageShape::new("prompts", "prompts"))
         .kind("tokenize", StageShape::new("prompts", "tokenized requests"))
         .kind("guide", StageShape::new("tokenized requests", "ready requests"))
+        .kind(
+            "encode_images",
+            StageShape::new("ready requests", "ready requests").single("the stage owns the vision tower and its encoder-output cache"),
+        )
         .kind("engine", StageShape::new("ready requests", "tokens").single("the engine owns the model and the KV cache"))
         .kind("detokenize", StageShape::new("tokens", "text").ordered())
         .kind("stream", StageShape::new("text", "nothing").ordered());
@@ -117,9 +122,15 @@ fn engine_and_detokenize(r: &mut Registry<Item>, engine: Engine, serving: &Servi
     r.make("detokenize", Box::new(move || boxed(detokenize::Detokenize { tokenizer: tok.clone() })));
 }
 
-/// The generation catalog's kinds, bound to the served model. The engine can be built
-/// once only.
-pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine, control: &Control) -> Registry<Item> {
+/// The generation catalog's kinds, bound to the served model: the engine holds the
+/// language model, `encode_images` a vision model's tower. Each can be built once only.
+pub fn registry(
+    catalog: Catalog,
+    serving: Arc<ServingContext>,
+    engine: Engine,
+    tower: Option<crate::model::qwen2_vl::VisionTower>,
+    control: &Control,
+) -> Registry<Item> {
     let mut r = Registry::with_catalog(catalog);
     let s = serving.clone();
     r.make("decode", Box::new(move || boxed(decode::Decode { serving: s.clone() })));
@@ -131,6 +142,15 @@ pub fn registry(catalog: Catalog, serving: Arc<ServingContext>, engine: Engine, 
     r.make("tokenize", Box::new(move || boxed(tokenize::Tokenize { serving: s.clone() })));
     let guides = Arc::new(crate::guided::Guides::new(serving.tokenizer.clone(), engine.cfg.eos_ids.clone()));
     r.make("guide", Box::new(move || boxed(guide::GuideStage { guides: guides.clone() })));
+    let tower = Mutex::new(Some(tower));
+    r.make(
+        "encode_images",
+        Box::new(move || {
+            let t = tower.lock().unwrap_or_else(|e| e.into_inner()).take();
+            t.map(|t| Arc::new(encode_images::EncodeImages::new(t)) as Arc<dyn Stage<Item>>)
+                .ok_or_else(|| "a pipeline can have only one encode_images stage".to_string())
+        }),
+    );
     let stats = engine.stats();
     engine_and_detokenize(&mut r, engine, &serving, control);
     let tok = serving.tokenizer.clone();

@@ -44,8 +44,6 @@ pub fn request_chat_template(f: &mut Fields, serving: &ServingContext) -> Result
 pub enum ImageParts<'a> {
     /// The served model takes no images: an image part is a 400 saying so.
     Refuse,
-    /// The model takes images, but not on this endpoint: a 400 saying that.
-    NotHere(&'static str),
     /// Kept in the message (the template places them) and their sources collected, in order.
     Collect(&'a mut Vec<media::ImageSource>),
 }
@@ -54,11 +52,6 @@ impl<'a> ImageParts<'a> {
     /// Image parts for the served model: collected into `sink` if it takes images.
     pub fn for_model(serving: &ServingContext, sink: &'a mut Vec<media::ImageSource>) -> Self {
         if serving.vision.is_some() { ImageParts::Collect(sink) } else { ImageParts::Refuse }
-    }
-
-    /// Image parts on an endpoint that does not take them (yet) for a model that does.
-    pub fn not_here(serving: &ServingContext, endpoint: &'static str) -> Self {
-        if serving.vision.is_some() { ImageParts::NotHere(endpoint) } else { ImageParts::Refuse }
     }
 }
 
@@ -116,15 +109,6 @@ pub fn chat_message(i: usize, m: Value, format: ContentFormat, images: &mut Imag
                                     format!(
                                         "The served model takes no images: `messages[{i}].content[{j}]` is an image_url \
                                          part; send only \"text\" parts to this model."
-                                    ),
-                                ));
-                            }
-                            ImageParts::NotHere(endpoint) => {
-                                return Err(ApiError::invalid(
-                                    part,
-                                    format!(
-                                        "{endpoint} does not take image parts yet: `messages[{i}].content[{j}]` is an \
-                                         image_url part; send it to /v1/chat/completions."
                                     ),
                                 ));
                             }

@@ -252,6 +252,7 @@ impl Common {
             media: Vec::new(),
             processor: self.processor,
             images: Vec::new(),
+            mm: None,
         }
     }
 }
