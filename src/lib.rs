@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod detok;
 pub mod device;
+pub mod dist;
 pub mod engine;
 pub mod guided;
 pub mod http;
