@@ -309,9 +309,17 @@ impl Decoder {
         // (against its heartbeat) until every collective of the step is done.
         if let Some((s, _)) = self.shard.as_ref().filter(|(s, _)| s.rank == 0) {
             let _turn = s.group.turn();
+            let t0 = Instant::now();
             let msg = super::tp::step_message(batch);
             s.group.send_message(&msg, None).unwrap_or_else(|e| panic!("tensor parallelism: sending the step: {e}"));
-            return self.forward_shard(batch, cache, times);
+            let sent = t0.elapsed();
+            let mut own = OpTimes::default();
+            let logits = self.forward_shard(batch, cache, &mut Some(&mut own));
+            s.stats.record(t0.elapsed(), sent + own.collectives);
+            if let Some(t) = times.as_deref_mut() {
+                t.add(&own);
+            }
+            return logits;
         }
         self.forward_shard(batch, cache, times)
     }
@@ -570,6 +578,22 @@ pub struct OpTimes {
 }
 
 impl OpTimes {
+    pub fn add(&mut self, o: &OpTimes) {
+        let OpTimes { setup, norm, qkv, rope_cache, attention, o_proj, gate_up, activation, experts, down, lm_head, collectives } = o;
+        self.setup += *setup;
+        self.norm += *norm;
+        self.qkv += *qkv;
+        self.rope_cache += *rope_cache;
+        self.attention += *attention;
+        self.o_proj += *o_proj;
+        self.gate_up += *gate_up;
+        self.activation += *activation;
+        self.experts += *experts;
+        self.down += *down;
+        self.lm_head += *lm_head;
+        self.collectives += *collectives;
+    }
+
     pub fn rows(&self) -> [(&'static str, Duration); 12] {
         [
             ("setup", self.setup),

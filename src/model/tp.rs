@@ -10,6 +10,7 @@
 //! all-gathered. Norms and the residual stream are replicated.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::batch::{SeqSpan, StepBatch};
@@ -22,12 +23,39 @@ pub struct Shard {
     pub group: Arc<Group>,
     pub rank: usize,
     pub world: usize,
+    /// Rank 0's steps: how many, their time, and the part of it spent communicating.
+    pub stats: Arc<TpStats>,
 }
 
 impl Shard {
     pub fn new(group: Arc<Group>) -> Self {
         let (rank, world) = (group.rank, group.world);
-        Shard { group, rank, world }
+        Shard { group, rank, world, stats: Arc::default() }
+    }
+}
+
+/// Rank 0's forward passes, summed: what the log reports when the server stops.
+#[derive(Debug, Default)]
+pub struct TpStats {
+    steps: AtomicU64,
+    step_ns: AtomicU64,
+    comm_ns: AtomicU64,
+}
+
+impl TpStats {
+    /// One step of `step` in all, `comm` of it sending the plan, all-reducing and gathering.
+    pub fn record(&self, step: Duration, comm: Duration) {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.step_ns.fetch_add(step.as_nanos() as u64, Ordering::Relaxed);
+        self.comm_ns.fetch_add(comm.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Steps, mean forward time per step, and the communication's share of it.
+    pub fn summary(&self) -> (u64, Duration, f64) {
+        let steps = self.steps.load(Ordering::Relaxed);
+        let (step, comm) = (self.step_ns.load(Ordering::Relaxed), self.comm_ns.load(Ordering::Relaxed));
+        let mean = Duration::from_nanos(step.checked_div(steps).unwrap_or(0));
+        (steps, mean, if step == 0 { 0.0 } else { comm as f64 / step as f64 })
     }
 }
 
