@@ -136,7 +136,8 @@ impl Decoder {
             let name = format!("{p}embed_tokens.weight");
             if let Some(s) = &split {
                 if let Some(t) = src.get(&name)? {
-                    let rows = place(t.narrow(0, s.vocab_first as i64, s.vocab_rows as i64));
+                    // A copy: the narrowed view would keep the whole table alive.
+                    let rows = place(t.narrow(0, s.vocab_first as i64, s.vocab_rows as i64)).copy();
                     found = Some((p.to_string(), Embedding::Dense(rows)));
                     break;
                 }
@@ -237,11 +238,18 @@ impl Decoder {
         let untied = !cfg.tie_word_embeddings && src.contains("lm_head.weight")?;
         let lm_head = match (&embed, &split) {
             // The vocabulary shard, padded with zero rows to the length every rank's has.
-            (_, Some(s)) => {
-                let full = if untied { get("lm_head.weight")? } else { get(&format!("{prefix}embed_tokens.weight"))? };
-                let mine = full.narrow(0, s.vocab_first as i64, s.vocab_rows as i64);
-                let pad = Tensor::zeros([(s.vocab_shard - s.vocab_rows) as i64, mine.size()[1]], (mine.kind(), mine.device()));
-                linear(Tensor::cat(&[mine, pad], 0), None)
+            (e, Some(s)) => {
+                let mine = match e {
+                    // Tied: the embedding's own shard.
+                    Embedding::Dense(t) if !untied => t.shallow_clone(),
+                    _ => place(get("lm_head.weight")?.narrow(0, s.vocab_first as i64, s.vocab_rows as i64)).copy(),
+                };
+                if s.vocab_rows < s.vocab_shard {
+                    let pad = Tensor::zeros([(s.vocab_shard - s.vocab_rows) as i64, mine.size()[1]], (mine.kind(), mine.device()));
+                    linear(Tensor::cat(&[mine, pad], 0), None)
+                } else {
+                    linear(mine, None)
+                }
             }
             _ if untied => stacked(&["lm_head.weight".to_string()], None)?,
             (Embedding::Quantized(q), None) => Linear::quantized(vec![q.shallow_clone()], None, dtype),
