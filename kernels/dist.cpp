@@ -60,24 +60,50 @@ int sluice_dist_available() {
 #endif
 }
 
-// Joins the group of `world` ranks whose store rank 0 serves at master_host:port. The
-// transport binds to `bind_host` (an address of this machine), or to the interface
-// `ifname`, or, both empty, to the address this machine's hostname resolves to.
-// `timeout_ms` bounds the rendezvous and every collective that is not given its own.
-const char* sluice_dist_init(const char* master_host, int port, int rank, int world, int64_t timeout_ms,
-                             const char* bind_host, const char* ifname, void** out) {
+// The rendezvous store of a group of `world` ranks: rank 0 serves it at master_host:port
+// (port 0: a free one, which `*port_out` then says), the others connect to it.
+const char* sluice_dist_store(const char* master_host, int port, int rank, int world, int64_t timeout_ms,
+                              void** out, int* port_out) {
   return sluice::guarded([&] {
 #ifdef SLUICE_HAVE_GLOO
     TORCH_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " is not in a group of ", world);
-    TORCH_CHECK(port > 0 && port < 65536, "port ", port, " is out of range");
-    auto timeout = std::chrono::milliseconds(timeout_ms);
+    TORCH_CHECK(port >= 0 && port < 65536 && (port > 0 || rank == 0), "port ", port, " is out of range");
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(port);
     so.isServer = rank == 0;
     so.numWorkers = world;
     so.waitWorkers = false;
-    so.timeout = timeout;
+    so.timeout = std::chrono::milliseconds(timeout_ms);
     auto store = c10::make_intrusive<c10d::TCPStore>(std::string(master_host), so);
+    *port_out = store->getPort();
+    *out = new c10::intrusive_ptr<c10d::Store>(store);
+#else
+    (void)master_host, (void)port, (void)rank, (void)world, (void)timeout_ms, (void)port_out;
+    *out = nullptr;
+    no_gloo();
+#endif
+  });
+}
+
+void sluice_dist_store_free(void* store) {
+#ifdef SLUICE_HAVE_GLOO
+  delete static_cast<c10::intrusive_ptr<c10d::Store>*>(store);
+#else
+  (void)store;
+#endif
+}
+
+// Joins the group through `store_handle` (from sluice_dist_store): returns once every rank
+// has. The transport binds to `bind_host` (an address of this machine), or to the
+// interface `ifname`, or, both empty, to the address this machine's hostname resolves to.
+// `timeout_ms` bounds the rendezvous and every collective that is not given its own.
+const char* sluice_dist_init(void* store_handle, int rank, int world, int64_t timeout_ms, const char* bind_host,
+                             const char* ifname, void** out) {
+  return sluice::guarded([&] {
+#ifdef SLUICE_HAVE_GLOO
+    TORCH_CHECK(store_handle != nullptr, "no store");
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    auto store = *static_cast<c10::intrusive_ptr<c10d::Store>*>(store_handle);
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     std::string bind(bind_host ? bind_host : ""), iface(ifname ? ifname : "");
     if (!iface.empty()) {
@@ -92,7 +118,7 @@ const char* sluice_dist_init(const char* master_host, int port, int rank, int wo
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, opts);
     *out = new Group{store, pg, timeout};
 #else
-    (void)master_host, (void)port, (void)rank, (void)world, (void)timeout_ms, (void)bind_host, (void)ifname;
+    (void)store_handle, (void)rank, (void)world, (void)timeout_ms, (void)bind_host, (void)ifname;
     *out = nullptr;
     no_gloo();
 #endif

@@ -16,10 +16,18 @@ use tch::{Kind, Tensor};
 
 unsafe extern "C" {
     fn sluice_dist_available() -> i32;
-    #[allow(clippy::too_many_arguments)]
-    fn sluice_dist_init(
+    fn sluice_dist_store(
         master_host: *const c_char,
         port: i32,
+        rank: i32,
+        world: i32,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+        port_out: *mut i32,
+    ) -> *const c_char;
+    fn sluice_dist_store_free(store: *mut c_void);
+    fn sluice_dist_init(
+        store: *mut c_void,
         rank: i32,
         world: i32,
         timeout_ms: i64,
@@ -60,6 +68,7 @@ pub fn available() -> bool {
 pub struct GroupSpec {
     /// The address rank 0's store listens on (and the others connect to).
     pub master_addr: String,
+    /// Its port; 0 on rank 0: a free one (`Store::port` says which).
     pub master_port: u16,
     pub rank: usize,
     pub world: usize,
@@ -88,19 +97,71 @@ pub struct Group {
 unsafe impl Send for Group {}
 unsafe impl Sync for Group {}
 
+fn c_string(s: &str) -> Result<CString, DistError> {
+    CString::new(s).map_err(|_| DistError(format!("{s:?} holds a NUL byte")))
+}
+
+/// The group's rendezvous store (c10d's TCPStore): served by rank 0, reached by the others.
+pub struct Store {
+    ptr: *mut c_void,
+    port: u16,
+}
+
+// SAFETY: c10d's TCPStore serializes its own calls; the handle is only freed in Drop.
+unsafe impl Send for Store {}
+unsafe impl Sync for Store {}
+
+impl Store {
+    /// Rank 0 starts serving the store (on a free port when `spec.master_port` is 0); the
+    /// others connect to it (within `spec.timeout`).
+    pub fn open(spec: &GroupSpec) -> Result<Store, DistError> {
+        let host = c_string(&spec.master_addr)?;
+        let (mut ptr, mut port): (*mut c_void, i32) = (std::ptr::null_mut(), 0);
+        // SAFETY: a NUL-terminated string alive for the call; outputs written on success.
+        let err = unsafe {
+            sluice_dist_store(
+                host.as_ptr(),
+                spec.master_port as i32,
+                spec.rank as i32,
+                spec.world as i32,
+                spec.timeout.as_millis() as i64,
+                &mut ptr,
+                &mut port,
+            )
+        };
+        check("the rendezvous store", err)?;
+        Ok(Store { ptr, port: port as u16 })
+    }
+
+    /// The port the store listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // SAFETY: made by sluice_dist_store, freed once (the group keeps its own reference).
+        unsafe { sluice_dist_store_free(self.ptr) }
+    }
+}
+
 impl Group {
     /// Joins the group: returns once every rank has joined, or errs after `spec.timeout`.
     pub fn join(spec: &GroupSpec) -> Result<Group, DistError> {
-        let c = |s: &str| CString::new(s).map_err(|_| DistError(format!("{s:?} holds a NUL byte")));
-        let host = c(&spec.master_addr)?;
-        let bind = c(spec.bind_addr.as_deref().unwrap_or(""))?;
-        let ifname = c(spec.ifname.as_deref().unwrap_or(""))?;
+        Self::join_through(&Store::open(spec)?, spec)
+    }
+
+    /// `join` through a store already open.
+    pub fn join_through(store: &Store, spec: &GroupSpec) -> Result<Group, DistError> {
+        let bind = c_string(spec.bind_addr.as_deref().unwrap_or(""))?;
+        let ifname = c_string(spec.ifname.as_deref().unwrap_or(""))?;
         let mut ptr: *mut c_void = std::ptr::null_mut();
-        // SAFETY: NUL-terminated strings alive for the call; `ptr` is written on success.
+        // SAFETY: a live store and NUL-terminated strings for the call; `ptr` is written on
+        // success.
         let err = unsafe {
             sluice_dist_init(
-                host.as_ptr(),
-                spec.master_port as i32,
+                store.ptr,
                 spec.rank as i32,
                 spec.world as i32,
                 spec.timeout.as_millis() as i64,
@@ -234,10 +295,6 @@ impl Drop for Group {
     }
 }
 
-/// A free TCP port on `addr` (for a group's store when none is given).
-pub fn free_port(addr: &str) -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind((addr, 0))?.local_addr()?.port())
-}
 
 #[cfg(test)]
 mod tests {
@@ -251,8 +308,7 @@ mod tests {
             eprintln!("skipped: this build has no Gloo");
             return;
         }
-        let port = free_port("127.0.0.1").unwrap();
-        let spec = |rank| GroupSpec {
+        let spec = |rank, port| GroupSpec {
             master_addr: "127.0.0.1".into(),
             master_port: port,
             rank,
@@ -261,8 +317,12 @@ mod tests {
             bind_addr: Some("127.0.0.1".into()),
             ifname: None,
         };
+        // Rank 0's store on a free port, which rank 1 is then given.
+        let store = Store::open(&spec(0, 0)).unwrap();
+        let port = store.port();
+        assert_ne!(port, 0);
         let run = |rank: usize| {
-            let g = Group::join(&spec(rank)).unwrap();
+            let g = if rank == 0 { Group::join_through(&store, &spec(0, port)).unwrap() } else { Group::join(&spec(1, port)).unwrap() };
             let r = rank as f64;
             let mut t = Tensor::from_slice(&[1.0f32 + r as f32, 10.0 * (r as f32 + 1.0)]);
             g.all_reduce_sum(&mut t).unwrap();
@@ -303,10 +363,9 @@ mod tests {
         if !available() {
             return;
         }
-        let port = free_port("127.0.0.1").unwrap();
         let spec = GroupSpec {
             master_addr: "127.0.0.1".into(),
-            master_port: port,
+            master_port: 0,
             rank: 0,
             world: 2,
             timeout: Duration::from_millis(1500),

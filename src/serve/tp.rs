@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::config::{PORT_VAR, Parallel, RANK_VAR, ServeConfig};
-use crate::dist::{Group, GroupSpec};
+use crate::dist::{Group, GroupSpec, Store};
 use crate::model::tp::Shard;
 use crate::model::{self, LoadOptions};
 
@@ -57,24 +57,23 @@ pub fn launch(cfg: &ServeConfig) -> Result<Option<Shard>> {
         return Ok(None);
     }
     model::tp::check(&cfg.location, p.size).map_err(anyhow::Error::msg)?;
-    let port = match p.master_port {
-        Some(port) => port,
-        None => crate::dist::free_port(&p.master_addr).with_context(|| format!("finding a free port on {}", p.master_addr))?,
-    };
-    if p.starts_others() {
-        start_ranks(p, port)?;
-    }
-    tracing::info!("tensor parallelism: rank {} of {} joining the group at {}:{port}", p.rank, p.size, p.master_addr);
-    let spec = GroupSpec {
+    let mut spec = GroupSpec {
         master_addr: p.master_addr.clone(),
-        master_port: port,
+        // Rank 0 without --master-port: the store takes a free port, then tells the others.
+        master_port: p.master_port.unwrap_or(0),
         rank: p.rank,
         world: p.size,
         timeout: TIMEOUT,
         bind_addr: p.bind_addr.clone(),
         ifname: p.ifname.clone(),
     };
-    let group = Arc::new(Group::join(&spec).map_err(|e| anyhow!("rank {}: {e}", p.rank))?);
+    let store = Store::open(&spec).map_err(|e| anyhow!("rank {}: {e}", p.rank))?;
+    spec.master_port = store.port();
+    if p.starts_others() {
+        start_ranks(p, spec.master_port)?;
+    }
+    tracing::info!("tensor parallelism: rank {} of {} joining the group at {}:{}", p.rank, p.size, p.master_addr, spec.master_port);
+    let group = Arc::new(Group::join_through(&store, &spec).map_err(|e| anyhow!("rank {}: {e}", p.rank))?);
     let _ = GROUP.set(group.clone());
     let shard = Shard::new(group);
     let _ = STATS.set(shard.stats.clone());
