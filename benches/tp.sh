@@ -28,7 +28,7 @@ run() {
   "$BIN" serve "$MODEL" --dtype bfloat16 --tensor-parallel-size "$tp" --threads "$threads" \
     --served-model-name m --port "$port" --kv-cache-memory 1GiB >"$LOG" 2>&1 &
   pid=$!
-  for _ in $(seq 600); do grep -q "on http://" "$LOG" && break; sleep 0.1; done
+  for _ in $(seq 3000); do grep -q "on http://" "$LOG" && break; sleep 0.1; done
   local load
   load="$(cut -d' ' -f1 /proc/loadavg)"
   local out
@@ -37,6 +37,10 @@ run() {
     --seed "$round$conc" --warmup 0 --json 2>/dev/null)"
   kill -TERM "$pid"
   wait "$pid" || true
+  # A run with errors keeps its server's log.
+  if python3 -c 'import json,sys; sys.exit(json.loads(sys.argv[1])["errors"] == 0)' "$out"; then
+    cp "$LOG" "tp-bench-failed-$tp-$conc-$round.log"
+  fi
   local split
   split="$(grep -o '[0-9.]* ms per forward pass on rank 0, [0-9.]*% of it in collectives' "$LOG" || echo '-')"
   python3 - "$tp" "$threads" "$conc" "$round" "$load" "$split" "$out" <<'PY'
