@@ -151,7 +151,7 @@ pub enum Command {
     /// The KV cache to allocate: `num_blocks` blocks of `block_size` tokens.
     Cache { num_blocks: usize, block_size: usize },
     /// Run one forward step.
-    Step(StepBatch),
+    Step(Box<StepBatch>),
     /// Rank 0 is stopping: end.
     Stop,
 }
@@ -183,7 +183,7 @@ impl Command {
                     let context_slots = r.list()?;
                     b.seqs.push(SeqSpan { row, len, context_len: context_slots.len(), context_slots, rope_len });
                 }
-                Command::Step(b)
+                Command::Step(Box::new(b))
             }
             3 => Command::Stop,
             t => return Err(format!("unknown command {t}")),
@@ -349,7 +349,7 @@ mod tests {
             SeqChunk { tokens: vec![9], cached: 17, block_table: vec![3, 4, 5], logits_for: vec![0], prompt_len: 10 },
         ];
         let b = StepBatch::new(&chunks, 16);
-        let Command::Step(back) = Command::decode(&Command::Step(StepBatch::new(&chunks, 16)).encode()).unwrap() else {
+        let Command::Step(back) = Command::decode(&Command::Step(Box::new(StepBatch::new(&chunks, 16))).encode()).unwrap() else {
             panic!("not a step")
         };
         assert_eq!((&back.tokens, &back.positions, &back.slots, &back.logits_rows), (&b.tokens, &b.positions, &b.slots, &b.logits_rows));
@@ -357,6 +357,6 @@ mod tests {
             assert_eq!((x.row, x.len, x.context_len, &x.context_slots, x.rope_len), (y.row, y.len, y.context_len, &y.context_slots, y.rope_len));
         }
         assert!(matches!(Command::decode(&Command::Cache { num_blocks: 7, block_size: 16 }.encode()), Ok(Command::Cache { num_blocks: 7, block_size: 16 })));
-        assert!(Command::decode(&Command::Step(b).encode()[..40]).is_err());
+        assert!(Command::decode(&Command::Step(Box::new(b)).encode()[..40]).is_err());
     }
 }
