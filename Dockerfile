@@ -29,9 +29,12 @@ WORKDIR /src
 ENV SLUICE_VENV=/opt/sluice/venv \
     CARGO_TARGET_DIR=/src/target
 # setup.sh alone first, so that the venv (torch: a few GB) is a layer of its own, rebuilt
-# only when the pins change.
+# only when the pins change. It fetches gloo's headers with `apt-get download` (tensor
+# parallelism), hence the package lists for its run.
 COPY scripts/setup.sh scripts/setup.sh
-RUN bash scripts/setup.sh
+RUN apt-get update \
+    && bash scripts/setup.sh \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN bash scripts/setup.sh \
     && cargo build --release --locked --bin sluice \

@@ -45,6 +45,7 @@ fn compile_kernels(lib: &str) {
         .file("kernels/rope.cpp")
         .file("kernels/quant.cpp")
         .compile("sluice_kernels");
+    compile_dist(&include);
     println!("cargo:rerun-if-changed=kernels/attention.cpp");
     println!("cargo:rerun-if-changed=kernels/norm.cpp");
     println!("cargo:rerun-if-changed=kernels/rope.cpp");
@@ -54,6 +55,35 @@ fn compile_kernels(lib: &str) {
     println!("cargo:rerun-if-changed=kernels/convert.h");
     println!("cargo:rerun-if-changed=kernels/entry.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+}
+
+/// kernels/dist.cpp (c10d's Gloo process group, for tensor parallelism): with
+/// `SLUICE_HAVE_GLOO` when gloo's headers are where scripts/setup.sh puts them (the venv's
+/// `gloo/usr/include`, or `SLUICE_GLOO_INCLUDE`), else without (every call then errs).
+fn compile_dist(include: &std::path::Path) {
+    let gloo = std::env::var("SLUICE_GLOO_INCLUDE").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/gloo/usr/include")
+    });
+    let mut b = cc::Build::new();
+    b.cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={}", std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into())))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .opt_level(2)
+        .file("kernels/dist.cpp");
+    if gloo.join("gloo/config.h").is_file() {
+        b.include(&gloo).define("USE_C10D_GLOO", None).define("SLUICE_HAVE_GLOO", None);
+    } else {
+        println!("cargo:warning=gloo headers not found at {}: building without tensor parallelism (run scripts/setup.sh)", gloo.display());
+    }
+    b.compile("sluice_dist");
+    println!("cargo:rerun-if-changed=kernels/dist.cpp");
+    println!("cargo:rerun-if-changed={}", gloo.join("gloo/config.h").display());
+    println!("cargo:rerun-if-env-changed=SLUICE_GLOO_INCLUDE");
 }
 
 fn real_dir(p: &str) -> String {

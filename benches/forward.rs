@@ -24,7 +24,7 @@ fn main() {
         .map(|w| {
             let quantization = model::Quantization::parse(Some(w)).unwrap();
             let loc = resolve::resolve(None).expect("default model");
-            model::load(loc, &LoadOptions { device: tch::Device::Cpu, dtype: &dtype, max_model_len: None, quantization }).unwrap().decoder
+            model::load(loc, &LoadOptions { device: tch::Device::Cpu, dtype: &dtype, max_model_len: None, quantization , shard: None }).unwrap().decoder
         })
         .collect();
     let c = &models[0].cfg;

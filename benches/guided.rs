@@ -35,7 +35,7 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 
 fn main() {
     let loc = resolve::resolve(None).expect("default model");
-    let m = model::load(loc, &LoadOptions { device: tch::Device::Cpu, dtype: "bfloat16", max_model_len: None, quantization: model::Quantization::Auto }).unwrap();
+    let m = model::load(loc, &LoadOptions { device: tch::Device::Cpu, dtype: "bfloat16", max_model_len: None, quantization: model::Quantization::Auto , shard: None }).unwrap();
     let tok = m.info.tokenizer.clone();
     let vocab = tok.vocab_size();
     println!("vocabulary {vocab}");

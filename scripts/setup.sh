@@ -77,6 +77,24 @@ if not os.path.isfile(joined) or os.path.getsize(joined) != size:
     os.replace(joined + ".tmp", joined)
 print(f"[setup] ok: torch {torch.__version__}, default models present")
 PY
+# gloo's headers, which torch's wheel leaves out although its c10d headers include them
+# (ProcessGroupGloo itself is inside libtorch_cpu). build.rs compiles kernels/dist.cpp
+# (tensor parallelism) against them when they are here; without them the build still
+# succeeds and `--tensor-parallel-size` above 1 answers that this build has no Gloo.
+# Debian's package of the gloo snapshot that matches torch's ABI, unpacked without root.
+GLOO_DEB="libgloo-dev=0.0~git20220518.5b14351-3"
+if [ ! -f "$VENV/gloo/usr/include/gloo/config.h" ]; then
+  TMP="$(mktemp -d)"
+  if command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
+      && (cd "$TMP" && apt-get download "$GLOO_DEB" >/dev/null 2>&1) \
+      && dpkg-deb -x "$TMP"/libgloo-dev_*.deb "$TMP/x"; then
+    rm -rf "$VENV/gloo" && mv "$TMP/x" "$VENV/gloo"
+    log "gloo headers in $VENV/gloo (tensor parallelism)"
+  else
+    log "warning: could not fetch $GLOO_DEB's headers (apt-get download); building without tensor parallelism"
+  fi
+  rm -rf "$TMP"
+fi
 ln -sfn "$VENV" "$ROOT/.venv"
 # A stable path to libtorch for the `tch` crate's build (see .cargo/config.toml).
 ln -sfn "$("$VENV/bin/python" -W ignore -c 'import torch, os; print(os.path.dirname(torch.__file__))')" "$VENV/libtorch"

@@ -17,6 +17,21 @@ pub struct Cli {
     pub log_level: LogLevel,
 }
 
+impl Cli {
+    /// Parses the command line, taking vLLM's two-letter single-dash flags (`-tp 2`,
+    /// `-pp=1`) as their long forms: clap's short flags are one letter.
+    pub fn parse_vllm() -> Self {
+        Cli::parse_from(std::env::args_os().map(|a| match a.to_str() {
+            Some(s) => match s.split_once('=').map_or((s, None), |(f, v)| (f, Some(v))) {
+                ("-tp", v) => format!("--tp{}", v.map(|v| format!("={v}")).unwrap_or_default()).into(),
+                ("-pp", v) => format!("--pp{}", v.map(|v| format!("={v}")).unwrap_or_default()).into(),
+                _ => a,
+            },
+            None => a,
+        }))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a model over the OpenAI API (a drop-in for `vllm serve`).
@@ -336,12 +351,33 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 20)]
     pub max_logprobs: usize,
 
-    /// vLLM's parallelism flags: sluice runs a model on one device, so only 1 is accepted.
+    /// Ranks (processes) the model is split over, Megatron-style: each holds 1/N of the
+    /// attention heads, of the MLP and of the vocabulary; they meet over libtorch's c10d
+    /// (Gloo, CPU tensors). This process is rank 0 and starts the others.
     #[arg(long, visible_alias = "tp", default_value_t = 1)]
     pub tensor_parallel_size: usize,
 
+    /// vLLM's pipeline parallelism: sluice does not split by layers, so only 1 is accepted.
     #[arg(long, visible_alias = "pp", default_value_t = 1)]
     pub pipeline_parallel_size: usize,
+
+    /// Machines the tensor-parallel ranks are spread over (vLLM's flag); each runs
+    /// `--tensor-parallel-size / --nnodes` of them. The other machines run the same
+    /// command with their `--node-rank`, and serve no HTTP.
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+
+    /// This machine's place among `--nnodes` (0 serves HTTP and holds rank 0).
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+
+    /// The address of node 0, where the ranks meet (its c10d TCPStore listens there).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub master_addr: String,
+
+    /// The port of that store; default: a free one (one machine only).
+    #[arg(long)]
+    pub master_port: Option<u16>,
 
     /// Accepted for vLLM command lines: model architectures are built into sluice, so no
     /// code from a model's repository ever runs, with or without it.

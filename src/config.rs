@@ -48,6 +48,39 @@ pub struct ServeConfig {
     pub shutdown_timeout: std::time::Duration,
     /// Faults to inject (`SLUICE_FAULTS`, for tests only); empty otherwise.
     pub faults: crate::pipeline::Faults,
+    /// Tensor parallelism: the ranks and where they meet.
+    pub parallel: Parallel,
+}
+
+/// `--tensor-parallel-size` and the multi-node flags, with this process's rank.
+#[derive(Debug, Clone)]
+pub struct Parallel {
+    /// Ranks in all (1: no tensor parallelism).
+    pub size: usize,
+    /// Ranks per machine (`size / --nnodes`).
+    pub per_node: usize,
+    pub node_rank: usize,
+    /// This process's rank: the node's first (`node_rank · per_node`), or the one a
+    /// node's first process gave a process it started (`RANK_VAR`).
+    pub rank: usize,
+    pub master_addr: String,
+    /// None: rank 0 picks a free port (one machine).
+    pub master_port: Option<u16>,
+    /// The address the ranks' transport binds to (loopback when the master is), or
+    /// torch's `GLOO_SOCKET_IFNAME` interface; neither: the hostname's address.
+    pub bind_addr: Option<String>,
+    pub ifname: Option<String>,
+}
+
+/// Set by a node's first process on the ranks it starts: their rank, and the store's port.
+pub const RANK_VAR: &str = "SLUICE_TP_RANK";
+pub const PORT_VAR: &str = "SLUICE_TP_MASTER_PORT";
+
+impl Parallel {
+    /// Whether this process starts the node's other ranks (it is the node's first).
+    pub fn starts_others(&self) -> bool {
+        self.size > 1 && self.rank == self.node_rank * self.per_node
+    }
 }
 
 /// The variable naming faults to inject (see `pipeline::faults`); for tests only.
@@ -283,6 +316,7 @@ impl ServeConfig {
             per_request_metrics: args.enable_per_request_metrics,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
             faults: faults()?,
+            parallel: parallel(args, task, device)?,
         })
     }
 }
@@ -370,13 +404,70 @@ fn engine_settings(args: &ServeArgs, device: Device) -> Result<EngineSettings> {
     })
 }
 
-/// vLLM flags accepted so that its command lines run unchanged: parallelism must be 1
-/// (one device), and the flags that are what sluice always does are noted in the log.
+/// `--tensor-parallel-size` with the multi-node flags; this process's rank.
+fn parallel(args: &ServeArgs, task: Task, device: Device) -> Result<Parallel> {
+    let size = args.tensor_parallel_size;
+    if size == 0 {
+        bail!("--tensor-parallel-size must be at least 1");
+    }
+    if args.nnodes == 0 || size % args.nnodes != 0 {
+        bail!("--nnodes {} must divide --tensor-parallel-size {size}", args.nnodes);
+    }
+    if args.node_rank >= args.nnodes {
+        bail!("--node-rank {} is not below --nnodes {}", args.node_rank, args.nnodes);
+    }
+    let per_node = size / args.nnodes;
+    let env_usize = |name: &str| -> Result<Option<usize>> {
+        match std::env::var(name) {
+            Ok(v) => v.parse().map(Some).map_err(|_| anyhow::anyhow!("{name}={v:?} is not a number")),
+            Err(_) => Ok(None),
+        }
+    };
+    let rank = env_usize(RANK_VAR)?.unwrap_or(args.node_rank * per_node);
+    let master_port = match env_usize(PORT_VAR)? {
+        Some(p) => Some(u16::try_from(p).map_err(|_| anyhow::anyhow!("{PORT_VAR}={p} is not a port"))?),
+        None => args.master_port,
+    };
+    let loopback = args.master_addr == "localhost" || args.master_addr.starts_with("127.");
+    if size > 1 {
+        if task != Task::Generate {
+            bail!("--tensor-parallel-size {size}: tensor parallelism serves generation models (--task generate), not --task {}", task.name());
+        }
+        if device != Device::Cpu {
+            bail!(
+                "--tensor-parallel-size {size}: tensor parallelism runs on the CPU (c10d's Gloo) in this build; NCCL for CUDA \
+                 devices is not wired yet"
+            );
+        }
+        if !crate::dist::available() {
+            bail!(
+                "--tensor-parallel-size {size}: this build has no Gloo (gloo's headers were missing when it was built: run \
+                 scripts/setup.sh, then build again)"
+            );
+        }
+        if args.nnodes > 1 && args.master_port.is_none() {
+            bail!("--nnodes {}: give every node the same --master-addr (node 0's address) and --master-port", args.nnodes);
+        }
+    }
+    Ok(Parallel {
+        size,
+        per_node,
+        node_rank: args.node_rank,
+        rank,
+        master_addr: args.master_addr.clone(),
+        master_port,
+        bind_addr: loopback.then(|| "127.0.0.1".to_string()),
+        ifname: std::env::var("GLOO_SOCKET_IFNAME").ok().filter(|s| !s.is_empty()),
+    })
+}
+
+/// vLLM flags accepted so that its command lines run unchanged: pipeline parallelism must
+/// be 1, and the flags that are what sluice always does are noted in the log.
 fn check_vllm_flags(args: &ServeArgs) -> Result<()> {
-    if args.tensor_parallel_size != 1 || args.pipeline_parallel_size != 1 {
+    if args.pipeline_parallel_size != 1 {
         bail!(
-            "--tensor-parallel-size {} --pipeline-parallel-size {}: sluice runs a model on one device; leave them at 1",
-            args.tensor_parallel_size,
+            "--pipeline-parallel-size {}: sluice does not split a model by layers; leave it at 1 (--tensor-parallel-size \
+             splits each layer)",
             args.pipeline_parallel_size
         );
     }

@@ -14,6 +14,7 @@
 //!   `audio`: audio files to Whisper's log-mel features. `vision`: image bytes to a vision
 //!   model's pixel patches.
 //! - `pipeline`: the generic staged-dataflow runtime (channels, wiring, metrics).
+//! - `dist`: collectives between processes over libtorch's c10d (tensor parallelism).
 
 pub mod api;
 pub mod audio;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod detok;
 pub mod device;
+pub mod dist;
 pub mod engine;
 pub mod guided;
 pub mod http;

@@ -1,8 +1,7 @@
-use clap::Parser;
 use sluice::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_vllm();
     // RUST_LOG, when set, says more precisely what to log than --log-level.
     tracing_subscriber::fmt()
         .with_env_filter(

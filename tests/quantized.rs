@@ -16,7 +16,7 @@ use tch::{Kind, Tensor};
 
 fn load(quantization: Quantization, dtype: &str) -> Decoder {
     let loc = resolve::resolve(None).expect("the default model");
-    let opts = LoadOptions { device: tch::Device::Cpu, dtype, max_model_len: None, quantization };
+    let opts = LoadOptions { device: tch::Device::Cpu, dtype, max_model_len: None, quantization , shard: None };
     model::load(loc, &opts).unwrap().decoder
 }
 

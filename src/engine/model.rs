@@ -28,10 +28,7 @@ impl EngineModel {
     /// A paged KV cache of this model's shape.
     pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> KvCache {
         match self {
-            EngineModel::Decoder(d) => {
-                let c = &d.cfg;
-                KvCache::new(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim, d.dtype, d.device)
-            }
+            EngineModel::Decoder(d) => d.new_cache(num_blocks, block_size),
             EngineModel::Whisper(w) => w.net.decoder.new_cache(num_blocks, block_size),
         }
     }

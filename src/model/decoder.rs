@@ -25,6 +25,7 @@ use super::moe::{Mlp, SparseMoe};
 use super::qwen2_vl::VisionTower;
 use super::quant::QuantTensor;
 use super::rope::RopeTables;
+use super::tp::{Shard, Split};
 use super::weights::WeightSource;
 
 struct Attention {
@@ -81,11 +82,33 @@ pub struct Decoder {
     /// Qwen2-VL's vision tower, whose embeddings stand in for image placeholder tokens.
     /// A server takes it out for its encode_images stage; the decoder pooler runs it.
     pub vision: Option<VisionTower>,
+    /// This rank's part of a model split over ranks (`model::tp`), when it is.
+    shard: Option<(Shard, Split)>,
 }
 
 impl Decoder {
     pub fn load(cfg: DecoderConfig, src: &dyn WeightSource, device: Device, dtype: Kind) -> Result<Self, LoadError> {
+        Self::load_shard(cfg, src, device, dtype, None)
+    }
+
+    /// `load`, keeping only `shard`'s part of each split weight when given (tensor
+    /// parallelism: see `model::tp`).
+    pub fn load_shard(
+        cfg: DecoderConfig,
+        src: &dyn WeightSource,
+        device: Device,
+        dtype: Kind,
+        shard: Option<Shard>,
+    ) -> Result<Self, LoadError> {
         let _guard = tch::no_grad_guard();
+        let part = match shard {
+            Some(s) => {
+                let p = super::tp::split(&cfg, s.rank, s.world).map_err(LoadError::Unsupported)?;
+                Some((s, p))
+            }
+            None => None,
+        };
+        let split = part.as_ref().map(|(_, p)| *p);
         let get = |name: &str| -> Result<Tensor, LoadError> {
             src.get(name)?.ok_or_else(|| LoadError::MissingTensor(name.to_string()))
         };
@@ -95,13 +118,13 @@ impl Decoder {
         // one of them quantized, else as floats.
         let stacked = |names: &[String], bias: Option<Tensor>| -> Result<Linear, LoadError> {
             let mut parts = Vec::with_capacity(names.len());
-            for n in names {
+            for n in names.iter().filter(|_| split.is_none()) {
                 match src.get_quantized(n)? {
                     Some(q) => parts.push(q),
                     None => break,
                 }
             }
-            if parts.len() == names.len() {
+            if split.is_none() && parts.len() == names.len() {
                 return Ok(Linear::quantized(parts, bias, dtype));
             }
             let ws = names.iter().map(|n| get(n)).collect::<Result<Vec<_>, _>>()?;
@@ -112,6 +135,15 @@ impl Decoder {
         let mut found = None;
         for p in [cfg.prefix.as_str(), "model.language_model.", "language_model.model."] {
             let name = format!("{p}embed_tokens.weight");
+            if let Some(s) = &split {
+                if let Some(t) = src.get(&name)? {
+                    // A copy: the narrowed view would keep the whole table alive.
+                    let rows = place(t.narrow(0, s.vocab_first as i64, s.vocab_rows as i64)).copy();
+                    found = Some((p.to_string(), Embedding::Dense(rows)));
+                    break;
+                }
+                continue;
+            }
             if let Some(q) = src.get_quantized(&name)? {
                 found = Some((p.to_string(), Embedding::Quantized(q)));
                 break;
@@ -128,7 +160,21 @@ impl Decoder {
             let w = |n: &str| get(&format!("{p}.{n}"));
             let opt = |n: &str| src.get(&format!("{p}.{n}"));
             let names = |ns: &[&str]| ns.iter().map(|n| format!("{p}.{n}.weight")).collect::<Vec<_>>();
-            let qkv = if cfg.fused_projections {
+            let d = cfg.head_dim as i64;
+            // This rank's rows (column-parallel) or columns (row-parallel) of a matrix.
+            let rows = |n: &str, first: usize, len: usize, unit: i64| -> Result<Tensor, LoadError> {
+                Ok(w(n)?.narrow(0, first as i64 * unit, len as i64 * unit))
+            };
+            let cols = |n: &str, first: usize, len: usize, unit: i64| -> Result<Tensor, LoadError> {
+                Ok(w(n)?.narrow(1, first as i64 * unit, len as i64 * unit))
+            };
+            let qkv = if let Some(s) = &split {
+                let q = |x: &str| rows(&format!("self_attn.q_proj.{x}"), s.q_first, s.q_heads, d);
+                let kv = |m: &str, x: &str| rows(&format!("self_attn.{m}_proj.{x}"), s.kv_first, s.kv_heads, d);
+                let bias =
+                    if cfg.qkv_bias { Some(Tensor::cat(&[q("bias")?, kv("k", "bias")?, kv("v", "bias")?], 0)) } else { None };
+                linear(Tensor::cat(&[q("weight")?, kv("k", "weight")?, kv("v", "weight")?], 0), bias)
+            } else if cfg.fused_projections {
                 stacked(&names(&["self_attn.qkv_proj"]), None)?
             } else {
                 let bias = if cfg.qkv_bias {
@@ -143,7 +189,15 @@ impl Decoder {
             } else {
                 None
             };
-            let attn = Attention { qkv, o: stacked(&names(&["self_attn.o_proj"]), opt("self_attn.o_proj.bias")?)?, qk_norm };
+            let o = match &part {
+                // The bias once, on rank 0: the all-reduce adds the ranks' partial sums.
+                Some((sh, s)) => linear(
+                    cols("self_attn.o_proj.weight", s.q_first, s.q_heads, d)?,
+                    if sh.rank == 0 { opt("self_attn.o_proj.bias")? } else { None },
+                ),
+                None => stacked(&names(&["self_attn.o_proj"]), opt("self_attn.o_proj.bias")?)?,
+            };
+            let attn = Attention { qkv, o, qk_norm };
             let (attn_post_norm, mlp_norm, mlp_post_norm) = if cfg.sandwich_norms {
                 (
                     Some(place(w("post_attention_layernorm.weight")?)),
@@ -155,6 +209,13 @@ impl Decoder {
             };
             let ffn = match (&cfg.moe, spec.moe) {
                 (Some(moe), true) => FeedForward::Sparse(load_moe(src, &p, moe, &cfg, device, dtype)?),
+                _ if split.is_some() => {
+                    let s = split.as_ref().expect("split");
+                    let gate = rows("mlp.gate_proj.weight", s.mlp_first, s.mlp_rows, 1)?;
+                    let up = rows("mlp.up_proj.weight", s.mlp_first, s.mlp_rows, 1)?;
+                    let down = cols("mlp.down_proj.weight", s.mlp_first, s.mlp_rows, 1)?;
+                    FeedForward::Dense(Mlp { gate_up: linear(Tensor::cat(&[gate, up], 0), None), down: linear(down, None), act: cfg.activation })
+                }
                 _ => {
                     let gate_up = if cfg.fused_projections {
                         stacked(&names(&["mlp.gate_up_proj"]), None)?
@@ -176,10 +237,24 @@ impl Decoder {
             });
         }
         let untied = !cfg.tie_word_embeddings && src.contains("lm_head.weight")?;
-        let lm_head = match &embed {
+        let lm_head = match (&embed, &split) {
+            // The vocabulary shard, padded with zero rows to the length every rank's has.
+            (e, Some(s)) => {
+                let mine = match e {
+                    // Tied: the embedding's own shard.
+                    Embedding::Dense(t) if !untied => t.shallow_clone(),
+                    _ => place(get("lm_head.weight")?.narrow(0, s.vocab_first as i64, s.vocab_rows as i64)).copy(),
+                };
+                if s.vocab_rows < s.vocab_shard {
+                    let pad = Tensor::zeros([(s.vocab_shard - s.vocab_rows) as i64, mine.size()[1]], (mine.kind(), mine.device()));
+                    linear(Tensor::cat(&[mine, pad], 0), None)
+                } else {
+                    linear(mine, None)
+                }
+            }
             _ if untied => stacked(&["lm_head.weight".to_string()], None)?,
-            Embedding::Quantized(q) => Linear::quantized(vec![q.shallow_clone()], None, dtype),
-            Embedding::Dense(t) => Linear::new(t.shallow_clone(), None, device, dtype),
+            (Embedding::Quantized(q), None) => Linear::quantized(vec![q.shallow_clone()], None, dtype),
+            (Embedding::Dense(t), None) => Linear::new(t.shallow_clone(), None, device, dtype),
         };
         let ropes = cfg.ropes.iter().map(|r| RopeTables::new(r, device)).collect();
         let norm = place(get(&format!("{prefix}norm.weight"))?);
@@ -187,7 +262,7 @@ impl Decoder {
             Some(v) => Some(VisionTower::load(v.clone(), src, device, dtype)?),
             None => None,
         };
-        Ok(Decoder { norm, cfg, device, dtype, embed, layers, lm_head, ropes, vision })
+        Ok(Decoder { norm, cfg, device, dtype, embed, layers, lm_head, ropes, vision, shard: part })
     }
 
     /// What the prefix cache keys a sequence's blocks with besides its tokens (0 for most
@@ -211,6 +286,25 @@ impl Decoder {
         self.lm_head.weight()
     }
 
+    /// This rank's place, when the model is split over ranks.
+    pub fn shard(&self) -> Option<&Shard> {
+        self.shard.as_ref().map(|(s, _)| s)
+    }
+
+    /// Query and KV heads this process holds (all of them unless split).
+    pub fn heads(&self) -> (usize, usize) {
+        match &self.shard {
+            Some((_, p)) => (p.q_heads, p.kv_heads),
+            None => (self.cfg.num_heads, self.cfg.num_kv_heads),
+        }
+    }
+
+    /// A paged KV cache for the heads this process holds.
+    pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> KvCache {
+        let c = &self.cfg;
+        KvCache::new(c.num_layers, num_blocks, block_size, self.heads().1, c.head_dim, self.dtype, self.device)
+    }
+
     /// Runs one step and returns f32 logits `[batch.logits_rows.len(), vocab]`.
     pub fn forward(&self, batch: &StepBatch, cache: &mut KvCache) -> Tensor {
         self.forward_timed(batch, cache, &mut None)
@@ -220,12 +314,40 @@ impl Decoder {
     /// (CPU operations are synchronous, so wall time per section is what it cost; on CUDA
     /// the figures only say where work was queued.)
     pub fn forward_timed(&self, batch: &StepBatch, cache: &mut KvCache, times: &mut Option<&mut OpTimes>) -> Tensor {
+        // Rank 0 of a split model sends the step to the others first, and holds the group
+        // (against its heartbeat) until every collective of the step is done.
+        if let Some((s, _)) = self.shard.as_ref().filter(|(s, _)| s.rank == 0) {
+            let _turn = s.group.turn();
+            let t0 = Instant::now();
+            let msg = super::tp::step_message(batch);
+            s.group.send_message(&msg, None).unwrap_or_else(|e| panic!("tensor parallelism: sending the step: {e}"));
+            let sent = t0.elapsed();
+            let mut own = OpTimes::default();
+            let logits = self.forward_shard(batch, cache, &mut Some(&mut own));
+            s.stats.record(t0.elapsed(), sent + own.collectives);
+            if let Some(t) = times.as_deref_mut() {
+                t.add(&own);
+            }
+            return logits;
+        }
+        self.forward_shard(batch, cache, times)
+    }
+
+    /// This process's part of a step (the whole step unless the model is split); ranks
+    /// other than 0 run it on the steps rank 0 sends them.
+    pub fn forward_shard(&self, batch: &StepBatch, cache: &mut KvCache, times: &mut Option<&mut OpTimes>) -> Tensor {
         let _guard = tch::no_grad_guard();
         let mut clock = Clock::new(times);
         let last = self.trunk(batch, cache, &mut clock);
         let mut logits = self.lm_head.forward(&last);
         if let Some(cap) = self.cfg.final_softcap {
             logits = (logits / cap).tanh() * cap;
+        }
+        if let Some((s, _)) = &self.shard {
+            clock.lap(|t| &mut t.lm_head);
+            let all = s.group.all_gather(&logits, 1).unwrap_or_else(|e| panic!("tensor parallelism: {e}"));
+            logits = all.narrow(1, 0, self.cfg.vocab_size as i64);
+            clock.lap(|t| &mut t.collectives);
         }
         let logits = logits.to_kind(Kind::Float);
         clock.lap(|t| &mut t.lm_head);
@@ -243,7 +365,8 @@ impl Decoder {
     fn trunk(&self, batch: &StepBatch, cache: &mut KvCache, clock: &mut Clock<'_, '_>) -> Tensor {
         let dev = self.device;
         let c = &self.cfg;
-        let (h, kvh, d) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let (h, kvh) = self.heads();
+        let (h, kvh, d) = (h as i64, kvh as i64, c.head_dim as i64);
         let n = batch.tokens.len() as i64;
 
         let tokens = Tensor::from_slice(&batch.tokens).to_device(dev);
@@ -266,7 +389,18 @@ impl Decoder {
         }
         let rule = ScoreRule { scale: c.attn_scale, softcap: c.attn_softcap };
 
-        let mut x = self.embed.lookup(&tokens, self.dtype); // [n, hidden]
+        let mut x = match &self.shard {
+            // This rank's vocabulary rows; zeros for the others' tokens, which the sum fills.
+            Some((_, p)) => {
+                let local = &tokens - p.vocab_first as i64;
+                let inside = local.ge(0).logical_and(&local.lt(p.vocab_rows as i64));
+                let rows = self.embed.lookup(&local.clamp(0, p.vocab_rows as i64 - 1), self.dtype);
+                let mut x = rows * inside.unsqueeze(1).to_kind(self.dtype);
+                self.reduce(&mut x, clock, |t| &mut t.setup);
+                x
+            }
+            None => self.embed.lookup(&tokens, self.dtype), // [n, hidden]
+        };
         if c.scale_embeddings {
             // transformers rounds √hidden to the model's dtype before the product.
             x = x * Tensor::from((c.hidden_size as f64).sqrt()).to_kind(Kind::Float).to_kind(self.dtype).to_device(dev);
@@ -301,6 +435,7 @@ impl Decoder {
             let attn = plan.attend(&q, cache.keys(li), cache.values(li), kvh, rule);
             clock.lap(|t| &mut t.attention);
             let mut o = layer.attn.o.forward(&attn.reshape([n, h * d]));
+            self.reduce(&mut o, clock, |t| &mut t.o_proj);
             if let Some(w) = &layer.attn_post_norm {
                 o = self.rms_norm(&o, w);
             }
@@ -314,7 +449,9 @@ impl Decoder {
                     clock.lap(|t| &mut t.gate_up);
                     let act = mlp.activate(&gu);
                     clock.lap(|t| &mut t.activation);
-                    mlp.down.forward(&act)
+                    let mut y = mlp.down.forward(&act);
+                    self.reduce(&mut y, clock, |t| &mut t.down);
+                    y
                 }
                 FeedForward::Sparse(moe) => {
                     let y = moe.forward(&hs);
@@ -332,6 +469,16 @@ impl Decoder {
         let last = self.rms_norm(&x.index_select(0, &rows), &self.norm);
         clock.lap(|t| &mut t.norm);
         last
+    }
+
+    /// Sums a row-parallel layer's partial output over the ranks (nothing unless split);
+    /// the time before it goes to `before`, the sum's to `collectives`.
+    fn reduce(&self, t: &mut Tensor, clock: &mut Clock<'_, '_>, before: impl FnOnce(&mut OpTimes) -> &mut Duration) {
+        if let Some((s, _)) = &self.shard {
+            clock.lap(before);
+            s.group.all_reduce_sum(t).unwrap_or_else(|e| panic!("tensor parallelism: {e}"));
+            clock.lap(|t| &mut t.collectives);
+        }
     }
 
     /// M-RoPE's cos and sin `[n, dim]`: each axis's (time, height, width) computed as one
@@ -372,7 +519,8 @@ impl Decoder {
     /// `qkv: [n, (H + 2·KVH)·D]` with every query and key head RMS-normalised.
     fn norm_heads(&self, qkv: &Tensor, qn: &Tensor, kn: &Tensor) -> Tensor {
         let c = &self.cfg;
-        let (n, h, kvh, d) = (qkv.size()[0], c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let (h, kvh) = self.heads();
+        let (n, h, kvh, d) = (qkv.size()[0], h as i64, kvh as i64, c.head_dim as i64);
         let parts = qkv.split_with_sizes([h * d, kvh * d, kvh * d], -1);
         let q = self.rms_norm(&parts[0].reshape([n * h, d]), qn).view([n, h * d]);
         let k = self.rms_norm(&parts[1].reshape([n * kvh, d]), kn).view([n, kvh * d]);
@@ -434,10 +582,28 @@ pub struct OpTimes {
     pub experts: Duration,
     pub down: Duration,
     pub lm_head: Duration,
+    /// Tensor parallelism's all-reduces and the logits' all-gather.
+    pub collectives: Duration,
 }
 
 impl OpTimes {
-    pub fn rows(&self) -> [(&'static str, Duration); 11] {
+    pub fn add(&mut self, o: &OpTimes) {
+        let OpTimes { setup, norm, qkv, rope_cache, attention, o_proj, gate_up, activation, experts, down, lm_head, collectives } = o;
+        self.setup += *setup;
+        self.norm += *norm;
+        self.qkv += *qkv;
+        self.rope_cache += *rope_cache;
+        self.attention += *attention;
+        self.o_proj += *o_proj;
+        self.gate_up += *gate_up;
+        self.activation += *activation;
+        self.experts += *experts;
+        self.down += *down;
+        self.lm_head += *lm_head;
+        self.collectives += *collectives;
+    }
+
+    pub fn rows(&self) -> [(&'static str, Duration); 12] {
         [
             ("setup", self.setup),
             ("rms_norm", self.norm),
@@ -450,6 +616,7 @@ impl OpTimes {
             ("experts (MoE)", self.experts),
             ("down_proj+residual", self.down),
             ("lm_head", self.lm_head),
+            ("all-reduce/gather (TP)", self.collectives),
         ]
     }
 }

@@ -30,6 +30,7 @@ pub mod resolve;
 pub mod rope;
 pub mod task;
 pub mod tokenizer;
+pub mod tp;
 pub mod weights;
 pub mod whisper;
 
@@ -114,6 +115,8 @@ pub struct LoadOptions<'a> {
     pub dtype: &'a str,
     pub max_model_len: Option<usize>,
     pub quantization: Quantization,
+    /// This rank's place when the model is split over ranks (`tp`); None: all of it.
+    pub shard: Option<tp::Shard>,
 }
 
 /// How a GGUF file's quantized matrices are run (`--quantization`).
@@ -199,7 +202,7 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
                 ));
             }
             let max_model_len = limit_len(&cfg, opts.max_model_len)?;
-            let decoder = Decoder::load(cfg, &src, opts.device, dtype)?;
+            let decoder = Decoder::load_shard(cfg, &src, opts.device, dtype, opts.shard.clone())?;
             Ok(LoadedModel {
                 decoder,
                 info: ModelInfo {
@@ -237,7 +240,7 @@ pub fn load(location: ModelLocation, opts: &LoadOptions) -> Result<LoadedModel, 
             let dtype = resolve_dtype(opts.dtype, &cfg, opts.device)?;
             let src = weights::SafetensorsWeights::open_as(&dir, dtype)?;
             let max_model_len = limit_len(&cfg, opts.max_model_len)?;
-            let decoder = Decoder::load(cfg, &src, opts.device, dtype)?;
+            let decoder = Decoder::load_shard(cfg, &src, opts.device, dtype, opts.shard.clone())?;
             Ok(LoadedModel {
                 decoder,
                 info: ModelInfo {

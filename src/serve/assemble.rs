@@ -54,6 +54,7 @@ impl Server {
         let Server { app, pipeline, .. } = self;
         drop(app);
         pipeline.shutdown();
+        super::tp::stop_ranks();
     }
 }
 
@@ -69,6 +70,16 @@ pub fn build(cfg: &ServeConfig, edge: Edge) -> Result<Server> {
     catalog.source(edge.source(), stages::SOURCE_OUTPUT);
     catalog.check(&spec)?;
     crate::pipeline::check_faults(&spec, &cfg.faults)?;
+    if cfg.parallel.rank != 0 {
+        // A rank other than 0 runs its shard of rank 0's steps, and nothing else.
+        match super::tp::follow(cfg) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                std::process::exit(1)
+            }
+        }
+    }
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t as i32);
     }
@@ -124,7 +135,14 @@ pub(super) type Assembled = (Registry<Item>, Arc<ServingContext>, Arc<EngineStat
 
 /// A causal LM behind the engine.
 fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &Control) -> Result<Assembled> {
-    let opts = LoadOptions { device: cfg.device, dtype: &cfg.dtype, max_model_len: cfg.max_model_len, quantization: cfg.quantization };
+    let shard = super::tp::launch(cfg)?;
+    let opts = LoadOptions {
+        device: cfg.device,
+        dtype: &cfg.dtype,
+        max_model_len: cfg.max_model_len,
+        quantization: cfg.quantization,
+        shard: shard.clone(),
+    };
     let location = cfg.location.clone();
     let loaded = model::on_passing_thread(|| model::load(location, &opts))?;
     let (mut decoder, info) = (loaded.decoder, loaded.info);
@@ -152,7 +170,12 @@ fn generator(cfg: &ServeConfig, catalog: Catalog, t0: Instant, control: &Control
         serving.vision = Some(Arc::new(vision_serving(cfg, &info, tower.cfg.image_token_id)?));
     }
     let serving = Arc::new(serving);
-    let engine_cfg = super::kv::engine_config(&cfg.engine, &decoder.cfg, decoder.dtype, decoder.device, &info)?;
+    let engine_cfg = super::kv::engine_config(&cfg.engine, &decoder.cfg, decoder.heads().1, decoder.dtype, decoder.device, &info)?;
+    if let Some(s) = &shard {
+        model::tp::announce_cache(s, engine_cfg.num_blocks, engine_cfg.block_size).map_err(anyhow::Error::msg)?;
+        model::tp::heartbeat(s, super::tp::fail);
+        tracing::info!("tensor parallelism: {} ranks, {} attention heads and {} KV heads on each", s.world, decoder.heads().0, decoder.heads().1);
+    }
     // The vision tower runs in the encode_images stage, apart from the engine.
     let tower = decoder.vision.take();
     let engine = Engine::new(decoder, engine_cfg);

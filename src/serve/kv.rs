@@ -55,10 +55,18 @@ fn gib(bytes: u64) -> f64 {
 
 /// The engine's configuration for a loaded model: its KV blocks, scheduler, context
 /// length and stop ids.
-pub fn engine_config(engine: &EngineSettings, cfg: &DecoderConfig, kind: Kind, device: Device, info: &ModelInfo) -> Result<EngineConfig> {
+/// `kv_heads`: the KV heads this process holds (fewer than the model's when it is split).
+pub fn engine_config(
+    engine: &EngineSettings,
+    cfg: &DecoderConfig,
+    kv_heads: usize,
+    kind: Kind,
+    device: Device,
+    info: &ModelInfo,
+) -> Result<EngineConfig> {
     let budget = budget_bytes(engine, cfg, kind, device)?;
     let block_size = engine.block_size;
-    let per_block = KvCache::bytes_per_block(cfg.num_layers, block_size, cfg.num_kv_heads, cfg.head_dim, kind);
+    let per_block = KvCache::bytes_per_block(cfg.num_layers, block_size, kv_heads, cfg.head_dim, kind);
     let num_blocks = (budget as usize) / per_block;
     let tokens = num_blocks.saturating_sub(1) * block_size; // block 0 is padding
     if tokens < info.max_model_len {

@@ -3,6 +3,7 @@
 mod assemble;
 mod kv;
 pub mod shutdown;
+pub mod tp;
 mod whisper;
 
 use std::future::IntoFuture;
@@ -64,6 +65,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             }
         }
     })?;
+    tp::stop_ranks();
     tracing::info!("stopped");
     Ok(())
 }
