@@ -338,22 +338,15 @@ fn a_text_model_refuses_audio() {
 #[test]
 fn run_batch_transcribes_data_url_lines() {
     use base64::Engine as _;
-    let dir = tempfile::tempdir().unwrap();
-    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
     let url = |bytes: &[u8]| format!("data:audio/wav;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes));
     let line = |id: &str, file: &[u8]| {
         serde_json::json!({"custom_id": id, "method": "POST", "url": "/v1/audio/transcriptions",
                            "body": {"model": WHISPER, "file_url": url(file)}})
-        .to_string()
     };
-    std::fs::write(&input, format!("{}\n{}\n", line("good", &clip("speech2")), line("bad", b"not audio at all"))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run-batch", "-i", input.to_str().unwrap(), "-o", output.to_str().unwrap(), WHISPER, "--dtype", "float32"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> =
-        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (lines, log) = common::run_batch_lines(
+        &[WHISPER, "--dtype", "float32"],
+        &[line("good", &clip("speech2")), line("bad", b"not audio at all")],
+    );
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["custom_id"], "good");
     assert_eq!(lines[0]["response"]["status_code"], 200, "{}", lines[0]);
@@ -363,7 +356,6 @@ fn run_batch_transcribes_data_url_lines() {
     assert_eq!(lines[1]["error"]["param"], "file", "{}", lines[1]);
     // The progress figures count the transcript's tokens (the good line's nine words and
     // marks, and its end), though a transcription's usage counts seconds.
-    let log = String::from_utf8_lossy(&out.stderr);
     let done = log.lines().find(|l| l.contains("done:")).unwrap_or_else(|| panic!("no summary line: {log}"));
     let tokens: u64 = done.split(" output tokens").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
     assert!(tokens >= 9, "{done}");

@@ -5,7 +5,6 @@
 #[macro_use]
 mod common;
 
-use std::process::Command;
 
 use common::{MODEL, Server, minilm_dir, read_stream_signalling_start};
 use serde_json::{Value, json};
@@ -173,24 +172,12 @@ fn embeddings_carry_metrics() {
 
 #[test]
 fn run_batch_answers_carry_metrics() {
-    let d = std::env::temp_dir().join(format!("sluice-request-metrics-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let (input, output) = (d.join("in.jsonl"), d.join("out.jsonl"));
     let line = json!({"custom_id": "a", "method": "POST", "url": "/v1/completions",
                       "body": {"model": MODEL, "prompt": "Hello", "max_tokens": 4, "temperature": 0}});
-    std::fs::write(&input, format!("{line}\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run-batch", "--dtype", "float32", "--enable-per-request-metrics", "-i"])
-        .arg(&input)
-        .arg("-o")
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let answer: Value = serde_json::from_str(std::fs::read_to_string(&output).unwrap().trim()).unwrap();
+    let (answers, _) = common::run_batch_lines(&["--dtype", "float32", "--enable-per-request-metrics"], &[line]);
+    let answer = &answers[0];
     // The batch pipeline names its stages as stages/batch.toml does: the same kinds.
     check(&answer["response"]["body"]["metrics"], &SERVE_STAGES, true);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// One sequence at a time under the priority policy: an urgent request preempts a running

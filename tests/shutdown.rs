@@ -116,7 +116,7 @@ fn with_a_drain_timeout_the_stream_completes_while_health_and_new_requests_get_5
     let ev = events(&text);
     assert_eq!(ev.last().map(String::as_str), Some("[DONE]"), "{text}");
     assert_eq!(finish_reason(&ev[ev.len() - 2]), "length", "the stream ran to its end: {text}\n{log}");
-    assert!(log.contains("1 requests in flight are given up to 600s to finish"), "{log}");
+    assert!(log.contains("1 requests in flight get up to 600s to finish"), "{log}");
     assert!(!log.contains("aborting"), "{log}");
 }
 

@@ -417,28 +417,17 @@ fn image_and_text_chats_batch_together() {
 /// `run-batch` takes image chats too (the media stage of stages/batch.toml).
 #[test]
 fn run_batch_answers_image_chats() {
-    let dir = std::env::temp_dir().join(format!("sluice-vision-batch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let c = case("one_image");
     let line = json!({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {
         "model": "tiny-vl", "messages": messages(&c, data_url), "temperature": 0, "max_tokens": 24,
         "logprobs": true, "return_tokens_as_token_ids": true}});
-    let (input, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
-    std::fs::write(&input, format!("{line}\n")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run-batch", "--model", MODEL_DIR, "--dtype", "float32", "--served-model-name", "tiny-vl", "-i"])
-        .arg(&input)
-        .arg("-o")
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let answer: Value = serde_json::from_str(std::fs::read_to_string(&output).unwrap().trim()).unwrap();
+    let (answers, _) =
+        common::run_batch_lines(&["--model", MODEL_DIR, "--dtype", "float32", "--served-model-name", "tiny-vl"], &[line]);
+    let answer = &answers[0];
     assert_eq!(answer["response"]["status_code"], 200, "{answer}");
     let got: Vec<(u32, f64, Vec<(u32, f64)>)> = common::greedy::parse_logprobs(&answer["response"]["body"]["choices"][0], true);
     let ids: Vec<Value> = got.iter().map(|t| json!(t.0)).collect();
     assert_eq!(Value::Array(ids), c["output_token_ids"], "{answer}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The vision tower runs in the encode_images stage: a pipeline file without it serves

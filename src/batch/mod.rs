@@ -24,7 +24,7 @@ use crate::cli::{BatchArgs, ServeArgs};
 use crate::stages::item::{Item, Payload, Reply, RequestCtx};
 use crate::pipeline::{FaultPoint, Lifecycle, SendError};
 use crate::config::ServeConfig;
-use crate::serve::shutdown::Signals;
+use crate::serve::shutdown::{self, Signals};
 use crate::serve::{Edge, Server, build};
 use input::{Line, SeenIds, parse_line};
 use output::{Answer, Previous, Writer, format_line, open_for_resume};
@@ -308,14 +308,10 @@ async fn collect(
                 interrupted = Some(name);
                 stop.store(true, Ordering::SeqCst);
                 lifecycle.drain();
-                let fate = if timeout.is_zero() {
-                    "are aborted (--shutdown-timeout 0)".to_string()
-                } else {
-                    format!("get up to {}s to finish (--shutdown-timeout)", timeout.as_secs())
-                };
                 tracing::info!(
-                    "{name} received: taking no more lines; the {} lines in flight {fate}; a second signal exits at once",
-                    running.len()
+                    "{name} received: taking no more lines; the {} lines in flight {}; a second signal exits at once",
+                    running.len(),
+                    shutdown::fate(timeout)
                 );
                 if let Some(s) = signals.take() {
                     s.exit_on_next();
@@ -358,11 +354,8 @@ async fn answer(
         format_line(&Answer { custom_id: Some(&custom_id), status, request_id: &ctx.id, body, error }, ctx.key)
     };
     match reply {
-        // The audio APIs' usage counts seconds, not tokens: their final stage records them.
-        Some(Reply::Body(json)) => {
-            let tokens = completion_tokens(&json).max(ctx.output_tokens());
-            (seq, line(200, Some(&json), None), true, tokens)
-        }
+        // The final stage records the generated tokens on the request (0 for pooling).
+        Some(Reply::Body(json)) => (seq, line(200, Some(&json), None), true, ctx.output_tokens()),
         // A text answer (the audio APIs' text, srt and vtt formats) is the body as a JSON string.
         Some(Reply::Text { body, .. }) => {
             let json = serde_json::to_string(&body).expect("a string serializes");
@@ -381,15 +374,3 @@ async fn answer(
     }
 }
 
-/// `usage.completion_tokens` of an answer, for the progress figures.
-fn completion_tokens(body: &str) -> u64 {
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        completion_tokens: Option<u64>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        usage: Option<Usage>,
-    }
-    serde_json::from_str::<Body>(body).ok().and_then(|b| b.usage).and_then(|u| u.completion_tokens).unwrap_or(0)
-}

@@ -70,17 +70,22 @@ pub async fn drain_on_signal(mut signals: Signals, lifecycle: Arc<Lifecycle>, ti
     if timeout.is_zero() {
         lifecycle.abort();
     }
-    let fate = if timeout.is_zero() {
-        "aborted now (--shutdown-timeout 0)".to_string()
-    } else {
-        format!("given up to {}s to finish (--shutdown-timeout)", timeout.as_secs())
-    };
     tracing::info!(
-        "{name} received: shutting down; /health and new requests answer 503; {in_flight} requests in flight are {fate}; \
-         a second signal exits at once"
+        "{name} received: shutting down; /health and new requests answer 503; {in_flight} requests in flight {}; \
+         a second signal exits at once",
+        fate(timeout)
     );
     signals.exit_on_next();
     drain(&lifecycle, timeout).await;
+}
+
+/// What happens to the requests in flight after a signal, for the log line that announces it.
+pub fn fate(timeout: Duration) -> String {
+    if timeout.is_zero() {
+        "are aborted now (--shutdown-timeout 0)".to_string()
+    } else {
+        format!("get up to {}s to finish (--shutdown-timeout)", timeout.as_secs())
+    }
 }
 
 /// Waits until no request is in flight, aborting them when `timeout` has passed.

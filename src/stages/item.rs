@@ -135,6 +135,8 @@ impl RequestCtx {
         self.answer_is_content.load(Ordering::Relaxed)
     }
 
+    /// The final stage of a generating pipeline records how many tokens the request
+    /// generated (a transcription's usage counts seconds, so its body does not say).
     pub fn record_output_tokens(&self, n: u64) {
         self.output_tokens.store(n, Ordering::Relaxed);
     }

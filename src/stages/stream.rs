@@ -99,9 +99,10 @@ fn stop_reason(f: &Option<Finish>) -> Option<Value> {
 }
 
 impl Stream {
-    /// Counts a complete request in the latency metrics; before its last reply, so that
-    /// whoever got the answer sees it counted.
+    /// Counts a complete request in the latency metrics and records its generated tokens on
+    /// the request; before its last reply, so that whoever got the answer sees it counted.
     fn finished(&self, ctx: &RequestCtx, p: &Pending) {
+        ctx.record_output_tokens(p.choices.iter().map(|c| c.completion_tokens as u64).sum());
         self.stats.latency.on_finished(&ctx.timeline, finished_reason(p), Instant::now());
     }
 

@@ -348,3 +348,30 @@ pub fn start_fails_with(args: &[&str], env: &[(&str, &str)]) -> String {
         }
     }
 }
+
+/// Runs `sluice run-batch ARGS` over `lines` (one JSON request each) in a fresh folder and
+/// returns the output lines and what the run logged; a run that fails fails the test.
+pub fn run_batch_lines(args: &[&str], lines: &[Value]) -> (Vec<Value>, String) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&input, text).expect("writes the input");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run-batch")
+        .args(args)
+        .arg("-i")
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("runs sluice run-batch");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "run-batch failed:\n{log}");
+    let answers = std::fs::read_to_string(&output)
+        .expect("the output file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an output line is JSON"))
+        .collect();
+    (answers, log)
+}
