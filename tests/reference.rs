@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::greedy::{check_model_item, generate, paired, reference_top};
+use common::greedy::{check_model_item, check_tokens, generate, paired, parse_logprobs, reference_top};
 use common::{MODEL, Server, fixture};
 use serde_json::{Value, json};
 
@@ -66,7 +66,9 @@ fn greedy_matches_transformers_concurrently() {
 }
 
 /// A KV cache too small for all prompts at once (sequences are preempted and recomputed)
-/// and prompts read 64 tokens per step: neither may change a greedy result.
+/// and prompts read 64 tokens per step: neither may change a greedy result. The ten prompts
+/// go as token ids in one completions request, so the engine takes them in together and
+/// the same schedule (and its preemptions) follows however fast the machine is.
 #[test]
 fn greedy_matches_transformers_under_preemption_and_chunked_prefill() {
     const TIGHT: &[&str] =
@@ -74,11 +76,38 @@ fn greedy_matches_transformers_under_preemption_and_chunked_prefill() {
     let server = Server::shared(TIGHT);
     let reference = reference();
     let prompts = prompts();
-    std::thread::scope(|s| {
-        for (prompt, item) in paired(&prompts, &reference) {
-            s.spawn(move || check_item(server, prompt, item, false));
-        }
+    let pairs = paired(&prompts, &reference);
+    let ids: Vec<Value> = pairs
+        .iter()
+        .map(|(prompt, item)| {
+            let mut body = prompt.as_object().unwrap().clone();
+            body.remove("id");
+            body.remove("prompt_logprobs");
+            body.insert("model".into(), json!(MODEL));
+            let (status, t) = server.post("/tokenize", &Value::Object(body));
+            assert_eq!(status, 200, "{t}");
+            assert_eq!(t["count"], item["num_prompt_tokens"], "{}: prompt tokens", item["id"]);
+            t["tokens"].clone()
+        })
+        .collect();
+    let total: usize = pairs.iter().map(|(_, item)| item["num_prompt_tokens"].as_u64().unwrap() as usize).sum();
+    let longest = pairs.iter().map(|(_, item)| item["output_token_ids"].as_array().unwrap().len()).max().unwrap();
+    assert!(total + longest * pairs.len() > 1000, "the prompts fill more than the cache holds");
+    let body = json!({
+        "model": MODEL, "prompt": ids, "max_tokens": longest, "temperature": 0,
+        "logprobs": 5, "return_tokens_as_token_ids": true,
     });
+    let (status, resp) = server.post("/v1/completions", &body);
+    assert_eq!(status, 200, "{resp}");
+    let choices = resp["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), pairs.len());
+    for (c, (_, item)) in choices.iter().zip(&pairs) {
+        let name = item["id"].as_str().unwrap();
+        if item["finish_reason"] == "stop" {
+            assert_eq!(c["finish_reason"], "stop", "{name}: finish reason");
+        }
+        check_tokens(name, &parse_logprobs(c, false), item, 2e-4);
+    }
     assert!(server.metric("vllm:num_preemptions_total") > 0.0, "the cache was big enough: nothing was preempted");
 }
 

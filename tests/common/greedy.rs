@@ -135,16 +135,31 @@ pub fn check_model_item(server: &Server, model: &str, prompt: &Value, item: &Val
     let want_ids: Vec<u32> = item["output_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     let Answer { text, finish, usage, tokens: got } = generate(server, model, prompt, name, want_ids.len(), stream);
 
-    let got_ids: Vec<u32> = got.iter().map(|t| t.0).collect();
-    assert_eq!(got_ids, want_ids, "{name}: token ids differ from transformers");
     if check_text {
         assert_eq!(text, item["output_text"].as_str().unwrap(), "{name}: text differs");
     }
     assert_eq!(finish, item["finish_reason"], "{name}: finish reason");
     assert_eq!(usage["prompt_tokens"], item["num_prompt_tokens"], "{name}: prompt tokens");
     assert_eq!(usage["completion_tokens"].as_u64().unwrap() as usize, want_ids.len(), "{name}: completion tokens");
+    check_tokens(name, &got, item, tol);
+}
+
+/// Compares generated (id, logprob, top-5) triples with a reference item's, token by
+/// token: ids equal, logprobs within `tol`, alternatives swapped only where they tie.
+/// `got` may run past the reference only where the reference stopped for length.
+pub fn check_tokens(name: &str, got: &[(u32, f64, Vec<(u32, f64)>)], item: &Value, tol: f64) {
+    let want_ids: Vec<u32> = item["output_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let n = want_ids.len();
+    if item["finish_reason"] == "length" {
+        assert!(got.len() >= n, "{name}: {} tokens, transformers made {n}", got.len());
+    } else {
+        assert_eq!(got.len(), n, "{name}: transformers stopped after {n} tokens");
+    }
+    let got = &got[..n];
+    let got_ids: Vec<u32> = got.iter().map(|t| t.0).collect();
+    assert_eq!(got_ids, want_ids, "{name}: token ids differ from transformers");
     let want_lp = item["output_logprobs"].as_array().unwrap();
-    assert_eq!(want_lp.len(), want_ids.len(), "{name}: one reference logprob per token");
+    assert_eq!(want_lp.len(), n, "{name}: one reference logprob per token");
     for (i, (_, lp, top)) in got.iter().enumerate() {
         let w = want_lp[i].as_f64().unwrap();
         assert!((lp - w).abs() < tol, "{name}: logprob {i}: {lp} vs {w}");
