@@ -171,19 +171,10 @@ struct Packed {
 
 /// The row count the dense operations of a batch of `tokens` tokens run on: `tokens`
 /// rounded up to a multiple of 16, or of a sixteenth of the power of two at or above it,
-/// whichever is larger (under 12.5% filler above 128 tokens).
-///
-/// Why: libtorch's oneDNN matrix products (bfloat16 and other reduced precisions on the
-/// CPU) keep a compiled kernel per distinct shape in a cache of up to 1,024 entries
-/// (`LRU_CACHE_CAPACITY`), each a few hundred KiB of code and buffers. With one row per
-/// real token, every new total length is four new kernels (one per weight shape of a
-/// layer), so a server fed varied inputs grew by about a megabyte a request until the cache
-/// was full (hundreds of MiB), and then churned. Rounding the rows leaves about eight
-/// shapes per doubling of the batch's tokens, so the cache holds every shape a server meets
-/// and its memory levels off after a short warm-up.
+/// whichever is larger (under 12.5% filler above 128 tokens), so that the server meets few
+/// matrix-product shapes (see `linear::round_rows` for why that bounds its memory).
 pub fn token_rows(tokens: usize) -> usize {
-    let step = (tokens.max(1).next_power_of_two() / 16).max(16);
-    tokens.div_ceil(step).max(1) * step
+    super::linear::round_rows(tokens, 16)
 }
 
 /// One input of a batch: token ids and their segment (token type) ids.

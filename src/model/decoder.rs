@@ -20,7 +20,7 @@ use super::batch::StepBatch;
 use super::config::{DecoderConfig, LayerSpec, MoeConfig};
 use super::kernels;
 use super::kv_cache::KvCache;
-use super::linear::Linear;
+use super::linear::{self, Linear};
 use super::moe::{Mlp, SparseMoe};
 use super::qwen2_vl::VisionTower;
 use super::quant::QuantTensor;
@@ -409,6 +409,11 @@ impl Decoder {
             let rows = Tensor::from_slice(&batch.image_rows).to_device(dev);
             x = x.index_copy(0, &rows, &Tensor::cat(&batch.image_embeds, 0).to_kind(self.dtype));
         }
+        // The residual stream runs on `rows` rows (the step's tokens, then zero filler rows
+        // up to a rounded count, see `linear::round_rows`), so that the projections meet few
+        // shapes without a copy each; attention reads and writes the real rows only.
+        let rows = linear::product_rows(n, dev, self.dtype);
+        x = linear::pad_rows(&x, rows);
         clock.lap(|t| &mut t.setup);
         for (li, layer) in self.layers.iter().enumerate() {
             let hs = self.rms_norm(&x, &layer.attn_norm);
@@ -421,9 +426,9 @@ impl Decoder {
             let (cos, sin) = &rotary[layer.spec.rope];
             let q = if dev == Device::Cpu {
                 let (kc, vc) = cache.layer_mut(li);
-                kernels::rope_and_cache(&qkv, cos, sin, &slots, kc, vc, h)
+                kernels::rope_and_cache(&qkv.narrow(0, 0, n), cos, sin, &slots, kc, vc, h)
             } else {
-                let parts = qkv.split_with_sizes([h * d, kvh * d, kvh * d], -1);
+                let parts = qkv.narrow(0, 0, n).split_with_sizes([h * d, kvh * d, kvh * d], -1);
                 let (cos, sin) = (cos.unsqueeze(1), sin.unsqueeze(1));
                 let q = apply_rope(&parts[0].view([n, h, d]), &cos, &sin);
                 let k = apply_rope(&parts[1].view([n, kvh, d]), &cos, &sin);
@@ -434,7 +439,7 @@ impl Decoder {
             let plan = &plans.iter().find(|(w, _)| *w == layer.spec.window).expect("a plan per window").1;
             let attn = plan.attend(&q, cache.keys(li), cache.values(li), kvh, rule);
             clock.lap(|t| &mut t.attention);
-            let mut o = layer.attn.o.forward(&attn.reshape([n, h * d]));
+            let mut o = layer.attn.o.forward(&linear::pad_rows(&attn.reshape([n, h * d]), rows));
             self.reduce(&mut o, clock, |t| &mut t.o_proj);
             if let Some(w) = &layer.attn_post_norm {
                 o = self.rms_norm(&o, w);
@@ -454,7 +459,8 @@ impl Decoder {
                     y
                 }
                 FeedForward::Sparse(moe) => {
-                    let y = moe.forward(&hs);
+                    // The router sends each row to experts: the real rows only.
+                    let y = linear::pad_rows(&moe.forward(&hs.narrow(0, 0, n)), rows);
                     clock.lap(|t| &mut t.experts);
                     y
                 }
