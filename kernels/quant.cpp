@@ -200,16 +200,21 @@ void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
 // vectorises (libtorch's own copy allocates a tensor and goes through its iterator: it was
 // the largest single cost of this path, above the dequantization, in a profile at batch 16).
 template <typename T>
-void narrow_floats(const float* in, T* out, int64_t n) {
+void round_floats(const float* in, T* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = sluice::from_float<T>(in[i]);
 }
-SLUICE_CLONES void narrow_bf16(const float* in, c10::BFloat16* out, int64_t n) { narrow_floats(in, out, n); }
-SLUICE_CLONES void narrow_f16(const float* in, c10::Half* out, int64_t n) { narrow_floats(in, out, n); }
+SLUICE_CLONES void round_bf16(const float* in, void* out, int64_t n) {
+  round_floats(in, static_cast<c10::BFloat16*>(out), n);
+}
+SLUICE_CLONES void round_f16(const float* in, void* out, int64_t n) {
+  round_floats(in, static_cast<c10::Half*>(out), n);
+}
 
 void tile_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
   const auto dtype = x.scalar_type();
   // AVX2 reads the groups on VNNI CPUs too (dequantizing takes no dot products).
   const bool simd = pick_isa(isa) <= 1;
+  const bool reduced = dtype == at::kBFloat16 || dtype == at::kHalf;
   const int64_t tile_values = kTileRows * w.cols;
   dispatch_type(w.type, [&](auto t) {
     constexpr int T = decltype(t)::value;
@@ -217,22 +222,17 @@ void tile_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
       // Written before read: no zeroing. The float tile, then (reduced dtypes) the same
       // values rounded to x's dtype, which the product reads.
       std::unique_ptr<float[]> buf(new float[tile_values]);
-      const bool reduced = dtype == at::kBFloat16 || dtype == at::kHalf;
-      std::unique_ptr<uint16_t[]> narrow(reduced ? new uint16_t[tile_values] : nullptr);
+      std::unique_ptr<uint16_t[]> rounded(reduced ? new uint16_t[tile_values] : nullptr);
       for (int64_t tile = t0; tile < t1; ++tile) {
         const int64_t r0 = tile * kTileRows, r1 = std::min(w.rows, r0 + kTileRows);
-        const int64_t n = (r1 - r0) * w.cols;
         if (simd)
           avx2::dequantize_rows<T>(w.data, w.row_bytes, w.cols, r0, r1, buf.get());
         else
           dequantize_rows<T>(w.data, w.row_bytes, w.cols, r0, r1, buf.get());
         at::Tensor wt;
-        if (dtype == at::kBFloat16) {
-          narrow_bf16(buf.get(), reinterpret_cast<c10::BFloat16*>(narrow.get()), n);
-          wt = at::from_blob(narrow.get(), {r1 - r0, w.cols}, x.options());
-        } else if (dtype == at::kHalf) {
-          narrow_f16(buf.get(), reinterpret_cast<c10::Half*>(narrow.get()), n);
-          wt = at::from_blob(narrow.get(), {r1 - r0, w.cols}, x.options());
+        if (reduced) {
+          (dtype == at::kBFloat16 ? round_bf16 : round_f16)(buf.get(), rounded.get(), (r1 - r0) * w.cols);
+          wt = at::from_blob(rounded.get(), {r1 - r0, w.cols}, x.options());
         } else {
           wt = at::from_blob(buf.get(), {r1 - r0, w.cols}, at::kFloat).to(dtype);  // float32: no copy
         }

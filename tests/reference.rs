@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::greedy::{check_model_item, check_tokens, generate, paired, parse_logprobs, reference_top};
+use common::greedy::{check_model_item, check_tokens, generate, paired, parse_logprobs, reference_ids, reference_top};
 use common::{MODEL, Server, fixture};
 use serde_json::{Value, json};
 
@@ -217,7 +217,7 @@ fn the_default_dtype_matches_transformers_in_bfloat16() {
     for ((prompt, item), f32_item) in paired(&prompts, &reference).into_iter().zip(f32_items) {
         assert_eq!(item["id"], f32_item["id"]);
         let name = item["id"].as_str().unwrap();
-        let want: Vec<u32> = item["output_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want = reference_ids(item);
         let margins = common::floats(&item["margins"]);
         let want_lp = common::floats(&item["output_logprobs"]);
         assert_eq!((margins.len(), want_lp.len()), (want.len(), want.len()), "{name}: the reference's lists");

@@ -83,7 +83,7 @@ fn check(server: &Server, case: &Value, msgs: Value, stream: bool) {
     if let Some(kw) = case.get("mm_processor_kwargs").filter(|v| !v.is_null()) {
         prompt["mm_processor_kwargs"] = kw.clone();
     }
-    let want: Vec<u32> = case["output_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let want = common::greedy::reference_ids(case);
     let got = generate_with(server, &prompt, name, want.len(), stream);
     let ids: Vec<u32> = got.tokens.iter().map(|t| t.0).collect();
     assert_eq!(ids, want, "{name}: token ids differ from transformers");

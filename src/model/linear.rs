@@ -80,26 +80,21 @@ impl Linear {
     /// the CPU runs on `round_rows` rows (filler rows are zeros whose outputs are dropped),
     /// so a server meets few product shapes.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        match &self.weight {
+        let size = x.size();
+        let cols = *size.last().expect("x has a last dimension");
+        let n: i64 = size[..size.len() - 1].iter().product();
+        let out = match &self.weight {
             Weight::Dense(w) => {
-                let size = x.size();
-                let cols = *size.last().expect("x has a last dimension");
-                let n: i64 = size[..size.len() - 1].iter().product();
                 let rows = product_rows(n, w.device(), w.kind());
                 if rows == n {
                     return x.linear(w, self.bias.as_ref());
                 }
-                let out = pad_rows(&x.reshape([n, cols]), rows).linear(w, self.bias.as_ref()).narrow(0, 0, n);
-                let mut shape = size[..size.len() - 1].to_vec();
-                shape.push(out.size()[1]);
-                out.view(shape.as_slice())
+                pad_rows(&x.reshape([n, cols]), rows).linear(w, self.bias.as_ref()).narrow(0, 0, n)
             }
             Weight::Quantized { parts, dtype } => {
-                let size = x.size();
-                let cols = *size.last().expect("x has a last dimension");
-                let flat = x.reshape([-1, cols]).to_kind(*dtype).contiguous();
+                let flat = x.reshape([n, cols]).to_kind(*dtype).contiguous();
                 let rows: usize = parts.iter().map(|p| p.rows).sum();
-                let mut out = Tensor::empty([flat.size()[0], rows as i64], (*dtype, Device::Cpu));
+                let mut out = Tensor::empty([n, rows as i64], (*dtype, Device::Cpu));
                 let mut col0 = 0;
                 for p in parts {
                     kernels::quant_linear_into(&mut out, &flat, p, col0, QuantPath::Auto, QuantIsa::Best);
@@ -108,11 +103,12 @@ impl Linear {
                 if let Some(b) = &self.bias {
                     out += b;
                 }
-                let mut shape = size[..size.len() - 1].to_vec();
-                shape.push(rows as i64);
-                out.view(shape.as_slice())
+                out
             }
-        }
+        };
+        let mut shape = size[..size.len() - 1].to_vec();
+        shape.push(out.size()[1]);
+        out.view(shape.as_slice())
     }
 
     /// The weight `[out, in]` (what an LM head's rows are read from), in the layer's dtype;

@@ -51,6 +51,11 @@ pub fn paired<'a>(prompts: &'a [Value], reference: &'a Value) -> Vec<(&'a Value,
     prompts.iter().zip(items).collect()
 }
 
+/// The token ids a reference item generated.
+pub fn reference_ids(item: &Value) -> Vec<u32> {
+    item["output_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
 /// A reference item's per-position list of (id, logprob) alternatives.
 pub fn reference_top(item: &Value, i: usize) -> Vec<(u32, f64)> {
     item["top_logprobs"][i]
@@ -132,7 +137,7 @@ pub fn generate(server: &Server, model: &str, prompt: &Value, name: &str, max_to
 /// (and the text, with `check_text`).
 pub fn check_model_item(server: &Server, model: &str, prompt: &Value, item: &Value, stream: bool, check_text: bool, tol: f64) {
     let name = item["id"].as_str().unwrap();
-    let want_ids: Vec<u32> = item["output_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let want_ids = reference_ids(item);
     let Answer { text, finish, usage, tokens: got } = generate(server, model, prompt, name, want_ids.len(), stream);
 
     if check_text {
@@ -148,7 +153,7 @@ pub fn check_model_item(server: &Server, model: &str, prompt: &Value, item: &Val
 /// token: ids equal, logprobs within `tol`, alternatives swapped only where they tie.
 /// `got` may run past the reference only where the reference stopped for length.
 pub fn check_tokens(name: &str, got: &[(u32, f64, Vec<(u32, f64)>)], item: &Value, tol: f64) {
-    let want_ids: Vec<u32> = item["output_token_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let want_ids = reference_ids(item);
     let n = want_ids.len();
     if item["finish_reason"] == "length" {
         assert!(got.len() >= n, "{name}: {} tokens, transformers made {n}", got.len());
