@@ -9,6 +9,14 @@
 // the first sum in int32 lanes (lanes 0–3 cover values 0–15, lanes 4–7 values 16–31, so the
 // per-half scale is a per-lane factor), the second from the activation's stored sums.
 
+// A float16 at p, converted by the F16C instruction (c10::Half converts in software unless
+// the whole file is built for F16C, and that conversion was a large part of a group's cost).
+inline float half_fast(const uint8_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  return _cvtsh_ss(bits);
+}
+
 // Group g of a row: the integers (one byte each, in value order) and the scales.
 // The 16 bytes at qs as 32 nibbles: low nibbles first, then high ones.
 inline __m256i nibbles(const uint8_t* qs) {
@@ -38,25 +46,25 @@ template <int T>
 inline __m256i load_group(const uint8_t* row, int64_t g, GroupScale* s) {
   if constexpr (T == Q4_0 || T == Q4_1) {
     const uint8_t* b = row + g * (T == Q4_0 ? 18 : 20);
-    const float d = half_at(b);
-    same_scale(s, d, T == Q4_0 ? -8.0f * d : half_at(b + 2));
+    const float d = half_fast(b);
+    same_scale(s, d, T == Q4_0 ? -8.0f * d : half_fast(b + 2));
     return nibbles(b + (T == Q4_0 ? 2 : 4));
   } else if constexpr (T == Q5_0 || T == Q5_1) {
     const uint8_t* b = row + g * (T == Q5_0 ? 22 : 24);
-    const float d = half_at(b);
-    same_scale(s, d, T == Q5_0 ? -16.0f * d : half_at(b + 2));
+    const float d = half_fast(b);
+    same_scale(s, d, T == Q5_0 ? -16.0f * d : half_fast(b + 2));
     const uint32_t qh = u32_at(b + (T == Q5_0 ? 2 : 4));
     return _mm256_or_si256(nibbles(b + (T == Q5_0 ? 6 : 8)), fifth_bits(qh));
   } else if constexpr (T == Q8_0) {
     const uint8_t* b = row + g * 34;
-    same_scale(s, half_at(b), 0.0f);
+    same_scale(s, half_fast(b), 0.0f);
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
   } else if constexpr (T == Q4_K) {
     const uint8_t* b = row + (g / 8) * 144;
     const int j = static_cast<int>(g % 8);
     int sc, mn;
     k4_scale_min(j, b + 4, &sc, &mn);
-    same_scale(s, half_at(b) * sc, -half_at(b + 2) * mn);
+    same_scale(s, half_fast(b) * sc, -half_fast(b + 2) * mn);
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16 + (j / 2) * 32));
     const __m256i shifted = (j & 1) ? _mm256_srli_epi16(v, 4) : v;
     return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f));
@@ -70,7 +78,7 @@ inline __m256i load_group(const uint8_t* row, int64_t g, GroupScale* s) {
     // Bits 2k, 2k + 1 of each qh byte, moved to bits 4, 5.
     const __m256i top = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), _mm256_set1_epi8(3));
     const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192 + h * 8);
-    const float d = half_at(b + 208);
+    const float d = half_fast(b + 208);
     for (int p = 0; p < 2; ++p) {
       s->d[p] = d * sc[2 * k + p];
       s->m[p] = -32.0f * s->d[p];
@@ -102,47 +110,81 @@ inline float sum_lanes(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// out[i·ldo + r] = row r · activation row i, for weight rows [r0, r1) and every activation
-// row (taken 8 at a time, each weight group read once per 8).
-template <int T>
-void dot_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r0, int64_t r1, float* out, int64_t ldo) {
-  constexpr int64_t kTile = 8;
+// out[i·ldo + r] = row r · activation row i for R weight rows from r and M activation rows
+// from i0: each weight group is read once for the M rows, and the R·M sums are independent
+// chains of additions (with one sum at a time, each group waited on the previous group's
+// addition).
+template <int T, int R, int M>
+inline void dot_block(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r, int64_t i0, float* out,
+                      int64_t ldo) {
   const int64_t groups = a.cols / 32;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w + r * row_bytes;
-    for (int64_t i0 = 0; i0 < a.n; i0 += kTile) {
-      const int64_t m = std::min(kTile, a.n - i0);
-      __m256 acc[kTile];
-      float off[kTile];
-      for (int64_t i = 0; i < m; ++i) {
-        acc[i] = _mm256_setzero_ps();
-        off[i] = 0.0f;
+  __m256 acc[R][M];
+  float off[R][M];
+  for (int k = 0; k < R; ++k)
+    for (int i = 0; i < M; ++i) {
+      acc[k][i] = _mm256_setzero_ps();
+      off[k][i] = 0.0f;
+    }
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i q[R];
+    __m256 dv[R];
+    GroupScale s[R];
+    for (int k = 0; k < R; ++k) {
+      q[k] = load_group<T>(w + (r + k) * row_bytes, g, &s[k]);
+      dv[k] = _mm256_set_m128(_mm_set1_ps(s[k].d[1]), _mm_set1_ps(s[k].d[0]));
+    }
+    for (int i = 0; i < M; ++i) {
+      const int64_t at = (i0 + i) * a.cols + g * 32;
+      const float* meta = a.meta + ((i0 + i) * groups + g) * 3;
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + at));
+      const __m256 dx = _mm256_set1_ps(meta[0]);
+      for (int k = 0; k < R; ++k) {
+        const __m256 p = _mm256_cvtepi32_ps(dot_group<T == Q8_0>(q[k], x));
+        acc[k][i] = _mm256_fmadd_ps(p, _mm256_mul_ps(dv[k], dx), acc[k][i]);
+        off[k][i] += s[k].m[0] * meta[1] + s[k].m[1] * meta[2];
       }
-      for (int64_t g = 0; g < groups; ++g) {
-        GroupScale s;
-        const __m256i q = load_group<T>(row, g, &s);
-        const __m256 dv = _mm256_set_m128(_mm_set1_ps(s.d[1]), _mm_set1_ps(s.d[0]));
-        for (int64_t i = 0; i < m; ++i) {
-          const int64_t at = (i0 + i) * a.cols + g * 32;
-          const float* meta = a.meta + ((i0 + i) * groups + g) * 3;
-          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + at));
-          const __m256 p = _mm256_cvtepi32_ps(dot_group<T == Q8_0>(q, x));
-          acc[i] = _mm256_fmadd_ps(p, _mm256_mul_ps(dv, _mm256_set1_ps(meta[0])), acc[i]);
-          off[i] += s.m[0] * meta[1] + s.m[1] * meta[2];
-        }
-      }
-      for (int64_t i = 0; i < m; ++i) out[(i0 + i) * ldo + r] = sum_lanes(acc[i]) + off[i];
     }
   }
+  for (int k = 0; k < R; ++k)
+    for (int i = 0; i < M; ++i) out[(i0 + i) * ldo + r + k] = sum_lanes(acc[k][i]) + off[k][i];
 }
 
-// Weight rows [r0, r1) as floats, [r1 - r0, cols] (the tiled path's dequantization).
+// out[i·ldo + r] = row r · activation row i, for weight rows [r0, r1) and every activation
+// row: blocks of 4 weight rows by 2 activation rows (the weights' groups stay in L1 cache
+// across the activation rows' blocks).
 template <int T>
-void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t r0, int64_t r1, float* out) {
+void dot_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r0, int64_t r1, float* out, int64_t ldo) {
+  constexpr int R = 4;
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) {
+    int64_t i = 0;
+    for (; i + 2 <= a.n; i += 2) dot_block<T, R, 2>(a, w, row_bytes, r, i, out, ldo);
+    if (i < a.n) dot_block<T, R, 1>(a, w, row_bytes, r, i, out, ldo);
+  }
+  for (; r < r1; ++r)
+    for (int64_t i = 0; i < a.n; ++i) dot_block<T, 1, 1>(a, w, row_bytes, r, i, out, ldo);
+}
+
+// 8 floats rounded to bfloat16 as 8 uint16s: to nearest, ties to even, as
+// sluice::from_float<c10::BFloat16> rounds.
+inline __m128i round_bf16x8(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+// What the tiled path's dequantization writes: floats, or values rounded to bfloat16 or
+// float16 (the product's dtype) in the same pass.
+enum Out : int { kOutF32 = 0, kOutBF16 = 1, kOutF16 = 2 };
+
+// Weight rows [r0, r1) as values of O, [r1 - r0, cols] (the tiled path's dequantization).
+template <int T, int O>
+void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t r0, int64_t r1, void* out) {
   const int64_t groups = cols / 32;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w + r * row_bytes;
-    float* o = out + (r - r0) * cols;
+    const int64_t at = (r - r0) * cols;
     for (int64_t g = 0; g < groups; ++g) {
       GroupScale s;
       const __m256i q = load_group<T>(row, g, &s);
@@ -153,7 +195,13 @@ void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t 
         const __m256i ints = (T == Q8_0) ? _mm256_cvtepi8_epi32(eight) : _mm256_cvtepu8_epi32(eight);
         const int h = part >> 1;
         const __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_set1_ps(s.d[h]), _mm256_set1_ps(s.m[h]));
-        _mm256_storeu_ps(o + g * 32 + part * 8, v);
+        const int64_t i = at + g * 32 + part * 8;
+        if constexpr (O == kOutF32) {
+          _mm256_storeu_ps(static_cast<float*>(out) + i, v);
+        } else {
+          const __m128i h16 = O == kOutBF16 ? round_bf16x8(v) : _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + i), h16);
+        }
       }
     }
   }

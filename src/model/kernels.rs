@@ -447,14 +447,14 @@ mod tests {
         tch::manual_seed(11);
         for (k, ty) in QUANT_TYPES.into_iter().enumerate() {
             let (elems, _) = ty.block();
-            // 261 rows: a whole 256-row tile and part of another, and no multiple of the
-            // thread split; widths of 3 blocks (or 2 super-blocks).
+            // 261 rows: tiles of different lengths, and no multiple of the int8 path's
+            // 4-row blocks; widths of 3 blocks (or 2 super-blocks).
             let (rows, cols) = (261usize, if elems == 32 { 96 } else { 512 });
             let w = random_blocks(ty, rows, cols, k as u64 + 1);
             let wf = w.dequantize().to_kind(Kind::Double);
             for n in [1i64, 3, 8, 13] {
                 let x32 = Tensor::randn([n, cols as i64], (Kind::Float, Device::Cpu));
-                for kind in [Kind::Float, Kind::BFloat16] {
+                for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
                     let x = x32.to_kind(kind);
                     let xd = x.to_kind(Kind::Double);
                     let want = xd.matmul(&wf.tr());
@@ -463,7 +463,8 @@ mod tests {
                     let slack = step.expand([n, cols as i64 / 32, 32], false).reshape([n, cols as i64]).matmul(&wf.abs().tr());
                     // Σ|x||w|: what float rounding in the sums is relative to.
                     let mag = xd.abs().matmul(&wf.abs().tr());
-                    let bf16 = kind == Kind::BFloat16;
+                    // Float16's rounding is finer than bfloat16's: bfloat16's room holds it.
+                    let bf16 = kind != Kind::Float;
                     let mut results = Vec::new();
                     for (path, isa) in [
                         (QuantPath::Dots, QuantIsa::Best),
