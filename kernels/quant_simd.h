@@ -130,6 +130,7 @@ inline void dot_block(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t
     __m256 dv[R];
     GroupScale s[R];
     for (int k = 0; k < R; ++k) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + (r + R + k) * row_bytes + g * row_bytes / groups), _MM_HINT_T0);
       q[k] = load_group<T>(w + (r + k) * row_bytes, g, &s[k]);
       dv[k] = _mm256_set_m128(_mm_set1_ps(s[k].d[1]), _mm_set1_ps(s[k].d[0]));
     }
@@ -186,6 +187,7 @@ void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t 
     const uint8_t* row = w + r * row_bytes;
     const int64_t at = (r - r0) * cols;
     for (int64_t g = 0; g < groups; ++g) {
+      _mm_prefetch(reinterpret_cast<const char*>(row + g * row_bytes / groups + 1024), _MM_HINT_T0);
       GroupScale s;
       const __m256i q = load_group<T>(row, g, &s);
       for (int part = 0; part < 4; ++part) {
