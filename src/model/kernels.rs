@@ -471,6 +471,7 @@ mod tests {
                         (QuantPath::Dots, QuantIsa::Avx2),
                         (QuantPath::Dots, QuantIsa::Portable),
                         (QuantPath::Tiles, QuantIsa::Best),
+                        (QuantPath::Tiles, QuantIsa::Avx2),
                         (QuantPath::Tiles, QuantIsa::Portable),
                     ] {
                         // Two spare columns each side: only the layer's columns are written.
