@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -70,10 +69,10 @@ void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t 
         const __m512i ints = (T == Q8_0) ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
         const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), _mm512_set1_ps(s.d[h]), _mm512_set1_ps(s.m[h]));
         const int64_t i = at + g * 32 + h * 16;
-        if constexpr (O == vnni::kOutF32) {
+        if constexpr (O == kOutF32) {
           _mm512_storeu_ps(static_cast<float*>(out) + i, v);
         } else {
-          const __m256i h16 = O == vnni::kOutBF16 ? reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v))
+          const __m256i h16 = O == kOutBF16 ? reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v))
                                                   : _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i), h16);
         }
@@ -261,9 +260,10 @@ void tile_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
   const auto dtype = x.scalar_type();
   // AVX-512 where the CPU has BF16 and `isa` allows the best, else AVX2 (dequantizing takes
   // no dot products: VNNI does not matter here).
-  const bool wide = pick_isa(isa) == 0 && has_avx512_bf16();
-  const bool simd = pick_isa(isa) <= 1;
-  const int kind = dtype == at::kBFloat16 ? avx2::kOutBF16 : dtype == at::kHalf ? avx2::kOutF16 : avx2::kOutF32;
+  const int chosen = pick_isa(isa);
+  const bool wide = chosen == 0 && has_avx512_bf16();
+  const bool simd = chosen <= 1;
+  const int kind = dtype == at::kBFloat16 ? kOutBF16 : dtype == at::kHalf ? kOutF16 : kOutF32;
   const int64_t per = tile_rows(w.rows, w.cols, x.element_size(), at::get_num_threads());
   const int64_t tile_values = per * w.cols;
   dispatch_type(w.type, [&](auto t) {
@@ -274,7 +274,7 @@ void tile_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
       thread_local std::vector<uint8_t> tile_buf;
       thread_local std::vector<float> float_buf;
       tile_buf.resize(std::max<size_t>(tile_buf.size(), tile_values * x.element_size()));
-      if (!simd && kind != avx2::kOutF32) float_buf.resize(std::max<size_t>(float_buf.size(), tile_values));
+      if (!simd && kind != kOutF32) float_buf.resize(std::max<size_t>(float_buf.size(), tile_values));
       uint8_t* tile = tile_buf.data();
       float* floats = float_buf.data();
       for (int64_t i = t0; i < t1; ++i) {
@@ -286,13 +286,13 @@ void tile_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
             (wide ? &avx512::dequantize_rows<T, O> : &avx2::dequantize_rows<T, O>)(w.data, w.row_bytes, w.cols, r0, r1,
                                                                                   tile);
           };
-          if (kind == avx2::kOutBF16)
-            vector(std::integral_constant<int, avx2::kOutBF16>{});
-          else if (kind == avx2::kOutF16)
-            vector(std::integral_constant<int, avx2::kOutF16>{});
+          if (kind == kOutBF16)
+            vector(std::integral_constant<int, kOutBF16>{});
+          else if (kind == kOutF16)
+            vector(std::integral_constant<int, kOutF16>{});
           else
-            vector(std::integral_constant<int, avx2::kOutF32>{});
-        } else if (kind == avx2::kOutF32) {
+            vector(std::integral_constant<int, kOutF32>{});
+        } else if (kind == kOutF32) {
           dequantize_rows<T>(w.data, w.row_bytes, w.cols, r0, r1, reinterpret_cast<float*>(tile));
         } else {
           dequantize_rows<T>(w.data, w.row_bytes, w.cols, r0, r1, floats);

@@ -163,6 +163,10 @@ bool dispatch_type(int type, F&& run) {
   }
 }
 
+// What the tiled path's dequantization writes: floats, or values rounded to bfloat16 or
+// float16 (the product's dtype) in the same pass.
+enum Out : int { kOutF32 = 0, kOutBF16 = 1, kOutF16 = 2 };
+
 // Activations quantized per 32 values: q = round(x / d), d = max|x| / 127; with each
 // group's d and d·Σq over each half (the offsets' share of a dot product).
 struct Act {

@@ -175,10 +175,6 @@ inline __m128i round_bf16x8(__m256 v) {
   return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
 }
 
-// What the tiled path's dequantization writes: floats, or values rounded to bfloat16 or
-// float16 (the product's dtype) in the same pass.
-enum Out : int { kOutF32 = 0, kOutBF16 = 1, kOutF16 = 2 };
-
 // Weight rows [r0, r1) as values of O, [r1 - r0, cols] (the tiled path's dequantization).
 template <int T, int O>
 void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t r0, int64_t r1, void* out) {
