@@ -22,7 +22,7 @@ fn main() {
     let models: Vec<_> = ways
         .iter()
         .map(|w| {
-            let quantization = model::Quantization::parse(Some(w)).unwrap();
+            let quantization = model::Quantization::parse(w).unwrap();
             let loc = resolve::resolve(None).expect("default model");
             model::load(loc, &LoadOptions { device: tch::Device::Cpu, dtype: &dtype, max_model_len: None, quantization , shard: None }).unwrap().decoder
         })
@@ -60,7 +60,7 @@ fn main() {
         let batch = StepBatch::new(&chunks, bs);
         let iters = if new > 1 { 3 } else { 20 };
         for (m, cache) in models.iter().zip(caches.iter_mut()) {
-            m.forward(&batch, cache);
+            let _ = m.forward(&batch, cache);
         }
         let mut times = vec![OpTimes::default(); models.len()];
         let mut per_round: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
@@ -68,7 +68,7 @@ fn main() {
             for (k, (m, cache)) in models.iter().zip(caches.iter_mut()).enumerate() {
                 let t0 = Instant::now();
                 for _ in 0..iters {
-                    m.forward_timed(&batch, cache, &mut Some(&mut times[k]));
+                    let _ = m.forward_timed(&batch, cache, &mut Some(&mut times[k]));
                 }
                 per_round[k].push(t0.elapsed().as_secs_f64() * 1e3 / iters as f64);
             }

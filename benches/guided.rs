@@ -35,7 +35,7 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 
 fn main() {
     let loc = resolve::resolve(None).expect("default model");
-    let m = model::load(loc, &LoadOptions { device: tch::Device::Cpu, dtype: "bfloat16", max_model_len: None, quantization: model::Quantization::Auto , shard: None }).unwrap();
+    let m = model::load(loc, &LoadOptions { device: tch::Device::Cpu, dtype: "bfloat16", max_model_len: None, quantization: model::Quantization::Dequantize, shard: None }).unwrap();
     let tok = m.info.tokenizer.clone();
     let vocab = tok.vocab_size();
     println!("vocabulary {vocab}");
@@ -75,7 +75,9 @@ fn main() {
                 let t = Instant::now();
                 let mask = state.mask().unwrap();
                 times.push(t.elapsed().as_secs_f64() * 1e6);
-                let allowed: Vec<u32> = mask.to_vec().into_iter().filter(|t| !m.info.eos_ids.contains(t)).collect();
+                // None: the constraint has not begun, every token is allowed.
+                let ids = mask.map_or_else(|| (0..vocab as u32).collect(), |m| m.to_vec());
+                let allowed: Vec<u32> = ids.into_iter().filter(|t| !m.info.eos_ids.contains(t)).collect();
                 if allowed.is_empty() || state.is_finished() {
                     break;
                 }
@@ -102,7 +104,7 @@ fn main() {
     // What the sampler adds per constrained row: -inf over the row's disallowed tokens,
     // written into the step's (already copied) logits.
     let logits = tch::Tensor::randn([16, vocab as i64], (tch::Kind::Float, tch::Device::Cpu));
-    let sparse = guides.compile(&kinds[1].1).unwrap().start().mask().unwrap();
+    let sparse = guides.compile(&kinds[1].1).unwrap().start().mask().unwrap().expect("a schema constrains the first token");
     // Inside a JSON string nearly every token is allowed: the bit-by-bit case.
     let dense_ids: Vec<u32> = (0..vocab as u32).filter(|t| t % 7 != 0).collect();
     let dense = sluice::guided::TokenMask::from_allowed(vocab, &dense_ids);
