@@ -235,7 +235,10 @@ void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
   std::vector<float> meta(n * (cols / 32) * 3);
   sluice::dispatch_float_types(x.scalar_type(), "quantized linear", [&](auto zero) {
     using T = decltype(zero);
-    quantize_rows<T>(x.data_ptr<T>(), n, cols, q.data(), meta.data());
+    // Rows apart on the threads once there are enough to be worth waking them.
+    at::parallel_for(0, n, 4, [&](int64_t i0, int64_t i1) {
+      quantize_rows<T>(x.data_ptr<T>() + i0 * cols, i1 - i0, cols, q.data() + i0 * cols, meta.data() + i0 * (cols / 32) * 3);
+    });
   });
   const Act act{q.data(), meta.data(), n, cols};
   std::vector<float> y(n * w.rows);
@@ -256,7 +259,11 @@ void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
   });
 }
 
-void tile_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
+void tile_path(at::Tensor& out, const at::Tensor& x_in, const Weights& w, int64_t col0, int isa) {
+  // Without AVX-512 BF16 libtorch's bfloat16 and float16 products are emulated (a batch-16
+  // step of the default model took 3x as long as in float32): the tiles are float32 there.
+  const bool native = x_in.scalar_type() == at::kFloat || has_avx512_bf16();
+  const at::Tensor x = native ? x_in : x_in.to(at::kFloat);
   const auto dtype = x.scalar_type();
   // AVX-512 where the CPU has BF16 and `isa` allows the best, else AVX2 (dequantizing takes
   // no dot products: VNNI does not matter here).
