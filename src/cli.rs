@@ -200,7 +200,8 @@ pub struct ServeArgs {
 
     /// How a GGUF file's quantized matrices run: `gguf` keeps them in their blocks and runs
     /// the linear layers on quantized kernels (CPU); `none` dequantizes them to --dtype when
-    /// loading. Default: none.
+    /// loading. Default: gguf for a GGUF generation model on the CPU, none under
+    /// --dtype float32 and everywhere else.
     #[arg(long, short = 'q', value_name = "METHOD")]
     pub quantization: Option<String>,
 

@@ -342,11 +342,20 @@ fn model_source(args: &ServeArgs) -> resolve::ModelSource<'_> {
     }
 }
 
-/// `--quantization`, checked against the model, its task and the device.
+/// `--quantization`, checked against the model, its task and the device. Absent, a GGUF
+/// file's blocks stay quantized wherever the kernels run them (a generation model on the
+/// CPU), except under `--dtype float32`: the kernels quantize activations to int8 for small
+/// batches, which a request for float32 precision does not ask for.
 fn quantization(args: &ServeArgs, location: &ModelLocation, task: Task, device: Device) -> Result<Quantization> {
-    let q = Quantization::parse(args.quantization.as_deref()).map_err(anyhow::Error::msg)?;
+    let gguf = matches!(location.format, resolve::Format::Gguf(_));
+    let Some(value) = args.quantization.as_deref() else {
+        let float32 = matches!(args.dtype.as_str(), "float32" | "float" | "fp32");
+        let keep = gguf && task == Task::Generate && device == Device::Cpu && !float32;
+        return Ok(if keep { Quantization::Gguf } else { Quantization::Dequantize });
+    };
+    let q = Quantization::parse(value).map_err(anyhow::Error::msg)?;
     if q.keeps_blocks() {
-        if !matches!(location.format, resolve::Format::Gguf(_)) {
+        if !gguf {
             bail!("--quantization gguf needs a GGUF file; {} is not one", location.path().display());
         }
         if task != Task::Generate {

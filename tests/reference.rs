@@ -197,23 +197,44 @@ fn prompt_logprobs_match_transformers() {
 /// to 1/8 of a nat, so the top two often tie or nearly tie, and transformers' own cached
 /// and uncached passes differ by up to 0.64 in a logprob — so a prompt's tokens must equal
 /// the reference's to the end, or up to a step where the reference's top two were within
-/// NEAR_TIE (there, another rounding may take the other one); up to that step every
-/// logprob within BF16_LOGPROB, and their mean within BF16_LOGPROB_MEAN.
-const NEAR_TIE: f64 = 0.25;
-/// Seen: 0.21 at most.
-const BF16_LOGPROB: f64 = 0.3;
-/// Seen: 0.02 to 0.04 per prompt.
-const BF16_LOGPROB_MEAN: f64 = 0.08;
+/// `near_tie` (there, another rounding may take the other one); up to that step every
+/// logprob within `logprob`, and their mean within `mean`.
+struct Bf16Bounds {
+    near_tie: f64,
+    logprob: f64,
+    mean: f64,
+}
+
+/// The file dequantized (`--quantization none`): bfloat16's rounding alone. Seen: logprobs
+/// 0.21 off at most, 0.02 to 0.05 on average per prompt.
+const DEQUANTIZED: Bf16Bounds = Bf16Bounds { near_tie: 0.25, logprob: 0.3, mean: 0.08 };
 
 #[test]
-fn the_default_dtype_matches_transformers_in_bfloat16() {
+fn the_dequantized_file_in_bfloat16_matches_transformers() {
+    bf16_against_transformers(Server::shared(&["--quantization", "none"]), DEQUANTIZED);
+}
+
+/// The default: the GGUF's blocks kept quantized, whose int8 activations move logprobs by
+/// up to ~0.4 on their own (tests/quantized.rs), so a greedy token may change at a wider
+/// margin. Seen (AVX2): logprobs 0.27 off at most, 0.065 on average per prompt at most, 200
+/// of 318 tokens compared, 4 prompts whole.
+const ON_BLOCKS: Bf16Bounds = Bf16Bounds { near_tie: 0.64, logprob: 0.6, mean: 0.12 };
+
+#[test]
+fn the_default_quantized_blocks_match_transformers_in_bfloat16() {
     let server = Server::shared(&[]);
+    assert!(server.wait_log("GGUF blocks kept quantized", std::time::Duration::from_secs(1)), "the default model runs on its blocks");
+    bf16_against_transformers(server, ON_BLOCKS);
+}
+
+fn bf16_against_transformers(server: &Server, bounds: Bf16Bounds) {
+    let Bf16Bounds { near_tie, logprob, mean: mean_bound } = bounds;
     let reference = load("smollm2_bf16_greedy.json");
     assert_eq!(reference["meta"]["dtype"], "bfloat16");
     let float32 = self::reference();
     let prompts = prompts();
     let f32_items = float32["items"].as_array().unwrap();
-    let (mut compared, mut whole, mut off_f32, mut vs_f32) = (0, 0, 0.0, 0);
+    let (mut compared, mut whole, mut off_f32, mut vs_f32, mut worst, mut worst_mean) = (0, 0, 0.0, 0, 0f64, 0f64);
     for ((prompt, item), f32_item) in paired(&prompts, &reference).into_iter().zip(f32_items) {
         assert_eq!(item["id"], f32_item["id"]);
         let name = item["id"].as_str().unwrap();
@@ -226,7 +247,7 @@ fn the_default_dtype_matches_transformers_in_bfloat16() {
         let same = got.tokens.iter().zip(&want).take_while(|(g, w)| g.0 == **w).count();
         if same < want.len() {
             assert!(
-                margins[same] <= NEAR_TIE,
+                margins[same] <= near_tie,
                 "{name}: token {same} is {:?}, transformers' is {} with a margin of {} over the next (not a near-tie)",
                 got.tokens.get(same).map(|t| t.0),
                 want[same],
@@ -239,18 +260,20 @@ fn the_default_dtype_matches_transformers_in_bfloat16() {
         }
         let mut sum = 0.0;
         for (i, t) in got.tokens[..same].iter().enumerate() {
-            assert!((t.1 - want_lp[i]).abs() < BF16_LOGPROB, "{name}: logprob {i}: {} vs {}", t.1, want_lp[i]);
+            assert!((t.1 - want_lp[i]).abs() < logprob, "{name}: logprob {i}: {} vs {}", t.1, want_lp[i]);
             sum += (t.1 - want_lp[i]).abs();
+            worst = worst.max((t.1 - want_lp[i]).abs());
             // The reference's best alternative is among ours, unless it was a near-tie.
             let alt = reference_top(item, i)[1];
             assert!(
-                margins[i] <= NEAR_TIE || t.2.iter().any(|a| a.0 == alt.0),
+                margins[i] <= near_tie || t.2.iter().any(|a| a.0 == alt.0),
                 "{name}: transformers' second choice {alt:?} at {i} is not in our top 5 {:?}",
                 t.2
             );
         }
         let mean = if same == 0 { 0.0 } else { sum / same as f64 };
-        assert!(mean < BF16_LOGPROB_MEAN, "{name}: mean logprob error {mean}");
+        assert!(mean < mean_bound, "{name}: mean logprob error {mean}");
+        worst_mean = worst_mean.max(mean);
         compared += same;
         // Where the float32 reference took the same tokens, its logprobs are float32's:
         // ours must be bfloat16's, further off than float32 noise (2e-4).
@@ -261,6 +284,7 @@ fn the_default_dtype_matches_transformers_in_bfloat16() {
             vs_f32 += 1;
         }
     }
+    println!("largest |Δ logprob| {worst:.3}, largest mean per prompt {worst_mean:.3}, {compared} tokens compared, {whole} prompts whole");
     let total: usize = reference["items"].as_array().unwrap().iter().map(|i| i["output_token_ids"].as_array().unwrap().len()).sum();
     // Seen: 232 of 318 tokens, 6 of 10 prompts whole.
     assert!(compared * 2 >= total, "only {compared} of {total} tokens compared before a near-tie");

@@ -183,7 +183,7 @@ pub fn load(
             (Head::None, Some(p))
         }
     };
-    let loaded = super::load(location, &LoadOptions { device, dtype, max_model_len, quantization: super::Quantization::Dequantize , shard: None })?;
+    let loaded = super::load(location, &LoadOptions { device, dtype, max_model_len, quantization: super::Quantization::Dequantize, shard: None })?;
     let (llama, mut info) = (loaded.decoder, loaded.info);
     let place = |t: Tensor| t.to_device(llama.device).to_kind(llama.dtype).contiguous();
     // As in vLLM, a classifier's score layer runs in float32 whatever the trunk's dtype.

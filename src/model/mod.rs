@@ -119,12 +119,9 @@ pub struct LoadOptions<'a> {
     pub shard: Option<tp::Shard>,
 }
 
-/// How a GGUF file's quantized matrices are run (`--quantization`).
+/// How a GGUF file's quantized matrices are run (`--quantization`, resolved in `config`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantization {
-    /// The default: `Dequantize`. (Keeping the blocks changes logits by what quantizing the
-    /// activations to int8 costs, more than the float32 reference tests allow.)
-    Auto,
     /// `gguf`, as vLLM names it: the matrices stay in their blocks and the linear layers run
     /// on the quantized kernels (CPU only).
     Gguf,
@@ -133,13 +130,12 @@ pub enum Quantization {
 }
 
 impl Quantization {
-    /// A `--quantization` value; None when absent.
-    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+    /// A `--quantization` value.
+    pub fn parse(value: &str) -> Result<Self, String> {
         match value {
-            None => Ok(Quantization::Auto),
-            Some("gguf") => Ok(Quantization::Gguf),
-            Some("none") => Ok(Quantization::Dequantize),
-            Some(other) => Err(format!(
+            "gguf" => Ok(Quantization::Gguf),
+            "none" => Ok(Quantization::Dequantize),
+            other => Err(format!(
                 "--quantization {other} is not supported: gguf (run a GGUF file's quantized matrices as they are) and none (dequantize them when loading) are"
             )),
         }
@@ -313,12 +309,11 @@ mod tests {
 
     #[test]
     fn quantization_values() {
-        assert_eq!(Quantization::parse(None), Ok(Quantization::Auto));
-        assert_eq!(Quantization::parse(Some("gguf")), Ok(Quantization::Gguf));
-        assert_eq!(Quantization::parse(Some("none")), Ok(Quantization::Dequantize));
-        let err = Quantization::parse(Some("awq")).unwrap_err();
+        assert_eq!(Quantization::parse("gguf"), Ok(Quantization::Gguf));
+        assert_eq!(Quantization::parse("none"), Ok(Quantization::Dequantize));
+        let err = Quantization::parse("awq").unwrap_err();
         assert!(err.contains("--quantization awq is not supported") && err.contains("gguf"), "{err}");
         assert!(Quantization::Gguf.keeps_blocks());
-        assert!(!Quantization::Auto.keeps_blocks() && !Quantization::Dequantize.keeps_blocks());
+        assert!(!Quantization::Dequantize.keeps_blocks());
     }
 }
