@@ -129,6 +129,10 @@ impl WeightSource for GgufWeights<'_> {
         }))
     }
 
+    fn contains(&self, name: &str) -> Result<bool, LoadError> {
+        Ok(gguf_name(name, self.arch).is_some_and(|g| self.file.tensor(&g).is_some()))
+    }
+
     fn get(&self, name: &str) -> Result<Option<Tensor>, LoadError> {
         let Some(gname) = gguf_name(name, self.arch) else { return Ok(None) };
         let Some(info) = self.file.tensor(&gname) else { return Ok(None) };
@@ -364,6 +368,9 @@ mod tests {
         std::fs::write(&path, b).unwrap();
         let g = GgufFile::open(&path).unwrap();
         let src = GgufWeights { file: &g, path: &path, arch: Arch::Llama, num_heads: 2, num_kv_heads: 1, keep_quantized: false };
+        // Presence is read off the header: the malformed tensor is there, unread.
+        assert!(src.contains("model.layers.0.self_attn.q_proj.weight").unwrap());
+        assert!(!src.contains("lm_head.weight").unwrap() && !src.contains("no.such.tensor").unwrap());
         let err = src.get("model.layers.0.self_attn.q_proj.weight").unwrap_err().to_string();
         assert!(err.contains("3 rows do not split into 2 heads"), "{err}");
         let ok = GgufWeights { num_heads: 3, ..src };
