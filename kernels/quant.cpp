@@ -142,31 +142,35 @@ int pick_isa(int asked) {
   return std::max(best, asked == kBest ? 0 : asked == kAvx2 ? 1 : 2);
 }
 
+// Rows of x quantized in blocks of `block` values (32, or 256 for the K-quants), as Act
+// describes.
 template <typename T>
-void quantize_rows(const T* x, int64_t n, int64_t cols, int8_t* q, float* meta) {
+void quantize_rows(const T* x, int64_t n, int64_t cols, int64_t block, int8_t* q, float* meta, int16_t* sums) {
   const int64_t groups = cols / 32;
+  std::vector<float> f(block);
   for (int64_t i = 0; i < n; ++i) {
-    for (int64_t g = 0; g < groups; ++g) {
-      const T* v = x + i * cols + g * 32;
-      float f[32];
+    for (int64_t b0 = 0; b0 < cols; b0 += block) {
+      const T* v = x + i * cols + b0;
       float amax = 0.0f;
-      for (int k = 0; k < 32; ++k) {
+      for (int64_t k = 0; k < block; ++k) {
         f[k] = to_float(v[k]);
         amax = std::max(amax, std::fabs(f[k]));
       }
       const float d = amax / 127.0f;
       const float inv = d > 0.0f ? 1.0f / d : 0.0f;
-      int8_t* o = q + i * cols + g * 32;
-      int32_t sum[2] = {0, 0};
-      for (int k = 0; k < 32; ++k) {
-        const int32_t r = static_cast<int32_t>(std::nearbyint(f[k] * inv));
-        o[k] = static_cast<int8_t>(r);
-        sum[k >> 4] += r;
+      int8_t* o = q + i * cols + b0;
+      for (int64_t h = 0; h < block / 16; ++h) {
+        int32_t sum = 0;
+        for (int64_t k = h * 16; k < h * 16 + 16; ++k) {
+          const int32_t r = static_cast<int32_t>(std::nearbyint(f[k] * inv));
+          o[k] = static_cast<int8_t>(r);
+          sum += r;
+        }
+        float* m = meta + (i * groups + (b0 + h * 16) / 32) * 3;
+        m[0] = d;
+        m[1 + h % 2] = d * sum;
+        if (sums) sums[(i * cols + b0) / 16 + h] = static_cast<int16_t>(sum);
       }
-      float* m = meta + (i * groups + g) * 3;
-      m[0] = d;
-      m[1] = d * sum[0];
-      m[2] = d * sum[1];
     }
   }
 }
@@ -231,16 +235,21 @@ Weights check_weights(const at::Tensor& w, int64_t type, int64_t rows, int64_t c
 
 void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
   const int64_t n = x.size(0), cols = w.cols;
+  // The K-quants' kernels take one activation scale per 256-value super-block.
+  const bool super = w.type == Q4_K || w.type == Q6_K;
+  const int64_t block = super ? 256 : 32;
   std::vector<int8_t> q(n * cols);
   std::vector<float> meta(n * (cols / 32) * 3);
+  std::vector<int16_t> sums(super ? n * cols / 16 : 0);
   sluice::dispatch_float_types(x.scalar_type(), "quantized linear", [&](auto zero) {
     using T = decltype(zero);
     // Rows apart on the threads once there are enough to be worth waking them.
     at::parallel_for(0, n, 4, [&](int64_t i0, int64_t i1) {
-      quantize_rows<T>(x.data_ptr<T>() + i0 * cols, i1 - i0, cols, q.data() + i0 * cols, meta.data() + i0 * (cols / 32) * 3);
+      quantize_rows<T>(x.data_ptr<T>() + i0 * cols, i1 - i0, cols, block, q.data() + i0 * cols,
+                       meta.data() + i0 * (cols / 32) * 3, super ? sums.data() + i0 * cols / 16 : nullptr);
     });
   });
-  const Act act{q.data(), meta.data(), n, cols};
+  const Act act{q.data(), meta.data(), super ? sums.data() : nullptr, n, cols};
   std::vector<float> y(n * w.rows);
   const int chosen = pick_isa(isa);
   dispatch_type(w.type, [&](auto t) {

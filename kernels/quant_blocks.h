@@ -167,11 +167,14 @@ bool dispatch_type(int type, F&& run) {
 // float16 (the product's dtype) in the same pass.
 enum Out : int { kOutF32 = 0, kOutBF16 = 1, kOutF16 = 2 };
 
-// Activations quantized per 32 values: q = round(x / d), d = max|x| / 127; with each
-// group's d and d·Σq over each half (the offsets' share of a dot product).
+// Activations quantized per block of 32 values, or of 256 for the K-quants' super-blocks:
+// q = round(x / d), d = max|x| / 127; with each 32-value group's d (its block's) and d·Σq
+// over each half (the offsets' share of a dot product). With 256-value blocks, `sums` holds
+// Σq over each 16 values as integers, for the super-block kernels.
 struct Act {
-  const int8_t* q;    // [n, cols]
-  const float* meta;  // [n, cols / 32, 3]: d, d·Σq[0..16), d·Σq[16..32)
+  const int8_t* q;       // [n, cols]
+  const float* meta;     // [n, cols / 32, 3]: d, d·Σq[0..16), d·Σq[16..32)
+  const int16_t* sums;   // [n, cols / 16] with 256-value blocks, else null
   int64_t n;
   int64_t cols;
 };

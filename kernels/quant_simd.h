@@ -150,20 +150,147 @@ inline void dot_block(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t
     for (int i = 0; i < M; ++i) out[(i0 + i) * ldo + r + k] = sum_lanes(acc[k][i]);
 }
 
-// out[i·ldo + r] = row r · activation row i, for weight rows [r0, r1) and every activation
-// row: blocks of 4 weight rows by 2 activation rows (the weights' groups stay in L1 cache
-// across the activation rows' blocks; 4 activation rows measured no faster with AVX2).
+// A K-quant super-block of one weight row, unpacked for dot_super: its 256 integers in
+// value order, and per 16 values a scale and a minimum, value = d·scale·q − dmin·min. The
+// scales are laid out for the byte products of 32 values: the low 128 bits of scales[c]
+// hold sub-block 2c's scale, the high ones 2c + 1's.
+struct SuperRow {
+  alignas(32) uint8_t q[256];
+  alignas(32) int16_t mins[16];
+  __m256i scales[8];
+  float d, dmin;
+};
+
 template <int T>
-void dot_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r0, int64_t r1, float* out, int64_t ldo) {
-  constexpr int R = 4;
+inline void read_super(const uint8_t* row, int64_t b, SuperRow* s) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  if constexpr (T == Q4_K) {
+    const uint8_t* blk = row + b * 144;
+    s->d = half_fast(blk);
+    s->dmin = half_fast(blk + 2);
+    // The 12 packed bytes as three words: sub-blocks 0–3 keep their 6 bits in the low bits of
+    // words 0 (scales) and 1 (minimums); 4–7 take 4 bits from word 2's nibbles and their top
+    // 2 bits from the top of words 0 and 1's bytes (k4_scale_min, four at a time).
+    const uint32_t w0 = u32_at(blk + 4), w1 = u32_at(blk + 8), w2 = u32_at(blk + 12);
+    constexpr uint32_t six = 0x3f3f3f3f, four = 0x0f0f0f0f, two = 0x03030303;
+    const uint32_t sc[2] = {w0 & six, (w2 & four) | (((w0 >> 6) & two) << 4)};
+    const uint32_t mn[2] = {w1 & six, ((w2 >> 4) & four) | (((w1 >> 6) & two) << 4)};
+    uint8_t scales[8];
+    std::memcpy(scales, sc, 8);
+    const __m128i mins8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(s->mins),
+                       _mm256_set_m128i(_mm_unpackhi_epi16(mins8, mins8), _mm_unpacklo_epi16(mins8, mins8)));
+    for (int c = 0; c < 8; ++c) s->scales[c] = _mm256_set1_epi16(scales[c]);
+    for (int p = 0; p < 4; ++p) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + p * 32));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(s->q + p * 64), _mm256_and_si256(v, low4));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(s->q + p * 64 + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+    }
+  } else {
+    static_assert(T == Q6_K, "a type without super-blocks");
+    // Values are q − 32: the minimum is 32 · scale at the same d. In half h, group k takes
+    // its low 4 bits from ql[h·64 + (k & 1)·32 ..] (low nibbles for k < 2) and its top 2 from
+    // qh[h·32 ..], bits 2k and 2k + 1 (load_group<Q6_K>, the 8 groups at once).
+    const uint8_t* blk = row + b * 210;
+    s->d = s->dmin = half_fast(blk + 208);
+    const int8_t* scales = reinterpret_cast<const int8_t*>(blk + 192);
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(s->mins), _mm256_slli_epi16(sc16, 5));
+    for (int c = 0; c < 8; ++c) s->scales[c] = _mm256_set_m128i(_mm_set1_epi16(scales[2 * c + 1]), _mm_set1_epi16(scales[2 * c]));
+    const __m256i top2 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + h * 64));
+      const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + h * 64 + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + h * 32));
+      const __m256i lows[4] = {_mm256_and_si256(ql0, low4), _mm256_and_si256(ql1, low4),
+                               _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                               _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4)};
+      const __m256i tops[4] = {_mm256_and_si256(qh, top2), _mm256_and_si256(_mm256_srli_epi16(qh, 2), top2),
+                               _mm256_and_si256(_mm256_srli_epi16(qh, 4), top2),
+                               _mm256_and_si256(_mm256_srli_epi16(qh, 6), top2)};
+      for (int k = 0; k < 4; ++k)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(s->q + (h * 4 + k) * 32),
+                           _mm256_or_si256(lows[k], _mm256_slli_epi16(tops[k], 4)));
+    }
+  }
+}
+
+// dot_block for the K-quants against activations quantized per super-block (Act::sums
+// set), as llama.cpp pairs Q4_K and Q6_K with Q8_K: the 16-value scales multiply the byte
+// products as 16-bit integers and the sums stay integers over the super-block, so floats
+// are touched once per 256 values instead of once per 32 (and the 6-bit scales are unpacked
+// once per super-block). The minimums' share comes from the activations' 16-value sums.
+template <int T, int R, int M>
+inline void dot_super_block(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r, int64_t i0, float* out,
+                            int64_t ldo) {
+  const int64_t supers = a.cols / 256, groups = a.cols / 32;
+  __m256 acc[R][M];
+  for (int k = 0; k < R; ++k)
+    for (int i = 0; i < M; ++i) acc[k][i] = _mm256_setzero_ps();
+  SuperRow s[R];
+  for (int64_t b = 0; b < supers; ++b) {
+    for (int k = 0; k < R; ++k) {
+      for (int64_t line = 0; line < row_bytes / supers; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(w + (r + R + k) * row_bytes + b * (row_bytes / supers) + line), _MM_HINT_T0);
+      read_super<T>(w + (r + k) * row_bytes, b, &s[k]);
+    }
+    for (int i = 0; i < M; ++i) {
+      const int8_t* xq = a.q + (i0 + i) * a.cols + b * 256;
+      const float dx = a.meta[((i0 + i) * groups + b * 8) * 3];
+      const __m256i xsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.sums + ((i0 + i) * a.cols + b * 256) / 16));
+      for (int k = 0; k < R; ++k) {
+        __m256i sum = _mm256_setzero_si256();
+        for (int c = 0; c < 8; ++c) {
+          const __m256i wq = _mm256_load_si256(reinterpret_cast<const __m256i*>(s[k].q + c * 32));
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c * 32));
+          // Pairs of products fit int16: at most 2·63·127.
+          sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(wq, x), s[k].scales[c]));
+        }
+        const __m256i mins = _mm256_load_si256(reinterpret_cast<const __m256i*>(s[k].mins));
+        acc[k][i] = _mm256_fmadd_ps(_mm256_set1_ps(s[k].d * dx), _mm256_cvtepi32_ps(sum), acc[k][i]);
+        acc[k][i] = _mm256_fnmadd_ps(_mm256_set1_ps(s[k].dmin * dx), _mm256_cvtepi32_ps(_mm256_madd_epi16(xsums, mins)), acc[k][i]);
+      }
+    }
+  }
+  for (int k = 0; k < R; ++k)
+    for (int i = 0; i < M; ++i) out[(i0 + i) * ldo + r + k] = sum_lanes(acc[k][i]);
+}
+
+// Weight rows [r0, r1) against every activation row in blocks of 4 weight rows by 2
+// activation rows (the weights' groups stay in L1 cache across the activation rows'
+// blocks; 4 activation rows measured no faster with AVX2): block(R, M, r, i) with R and M as
+// integral constants.
+template <typename F>
+inline void blocks_of_rows(const Act& a, int64_t r0, int64_t r1, F&& block) {
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  using Four = std::integral_constant<int, 4>;
   int64_t r = r0;
-  for (; r + R <= r1; r += R) {
+  for (; r + 4 <= r1; r += 4) {
     int64_t i = 0;
-    for (; i + 2 <= a.n; i += 2) dot_block<T, R, 2>(a, w, row_bytes, r, i, out, ldo);
-    if (i < a.n) dot_block<T, R, 1>(a, w, row_bytes, r, i, out, ldo);
+    for (; i + 2 <= a.n; i += 2) block(Four{}, Two{}, r, i);
+    if (i < a.n) block(Four{}, One{}, r, i);
   }
   for (; r < r1; ++r)
-    for (int64_t i = 0; i < a.n; ++i) dot_block<T, 1, 1>(a, w, row_bytes, r, i, out, ldo);
+    for (int64_t i = 0; i < a.n; ++i) block(One{}, One{}, r, i);
+}
+
+// out[i·ldo + r] = row r · activation row i, for weight rows [r0, r1) and every activation
+// row.
+template <int T>
+void dot_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r0, int64_t r1, float* out, int64_t ldo) {
+  constexpr bool super = T == Q4_K || T == Q6_K;
+  if constexpr (super) {
+    if (a.sums) {
+      blocks_of_rows(a, r0, r1, [&](auto rk, auto mi, int64_t r, int64_t i) {
+        dot_super_block<T, decltype(rk)::value, decltype(mi)::value>(a, w, row_bytes, r, i, out, ldo);
+      });
+      return;
+    }
+  }
+  blocks_of_rows(a, r0, r1, [&](auto rk, auto mi, int64_t r, int64_t i) {
+    dot_block<T, decltype(rk)::value, decltype(mi)::value>(a, w, row_bytes, r, i, out, ldo);
+  });
 }
 
 // 8 floats rounded to bfloat16 as 8 uint16s: to nearest, ties to even, as

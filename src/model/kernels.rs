@@ -458,9 +458,11 @@ mod tests {
                     let x = x32.to_kind(kind);
                     let xd = x.to_kind(Kind::Double);
                     let want = xd.matmul(&wf.tr());
-                    // The most quantizing x can move each output.
-                    let step = xd.view([n, -1, 32]).abs().amax([-1], true) / 254.0;
-                    let slack = step.expand([n, cols as i64 / 32, 32], false).reshape([n, cols as i64]).matmul(&wf.abs().tr());
+                    // The most quantizing x can move each output: activations are quantized
+                    // per 32 values, or per 256 against the K-quants' super-blocks.
+                    let block = if elems == 32 { 32 } else { 256 };
+                    let step = xd.view([n, -1, block]).abs().amax([-1], true) / 254.0;
+                    let slack = step.expand([n, cols as i64 / block, block], false).reshape([n, cols as i64]).matmul(&wf.abs().tr());
                     // Σ|x||w|: what float rounding in the sums is relative to.
                     let mag = xd.abs().matmul(&wf.abs().tr());
                     // Float16's rounding is finer than bfloat16's: bfloat16's room holds it.
