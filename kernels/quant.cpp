@@ -147,7 +147,7 @@ int pick_isa(int asked) {
 template <typename T>
 void quantize_rows(const T* x, int64_t n, int64_t cols, int64_t block, int8_t* q, float* meta, int16_t* sums) {
   const int64_t groups = cols / 32;
-  std::vector<float> f(block);
+  float f[256];
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t b0 = 0; b0 < cols; b0 += block) {
       const T* v = x + i * cols + b0;
@@ -167,7 +167,7 @@ void quantize_rows(const T* x, int64_t n, int64_t cols, int64_t block, int8_t* q
           sum += r;
         }
         float* m = meta + (i * groups + (b0 + h * 16) / 32) * 3;
-        m[0] = d;
+        m[0] = d;  // both halves of a group write the same d
         m[1 + h % 2] = d * sum;
         if (sums) sums[(i * cols + b0) / 16 + h] = static_cast<int16_t>(sum);
       }
@@ -236,7 +236,7 @@ Weights check_weights(const at::Tensor& w, int64_t type, int64_t rows, int64_t c
 void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
   const int64_t n = x.size(0), cols = w.cols;
   // The K-quants' kernels take one activation scale per 256-value super-block.
-  const bool super = w.type == Q4_K || w.type == Q6_K;
+  const bool super = has_super_blocks(w.type);
   const int64_t block = super ? 256 : 32;
   std::vector<int8_t> q(n * cols);
   std::vector<float> meta(n * (cols / 32) * 3);

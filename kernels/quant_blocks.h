@@ -30,6 +30,10 @@ enum Type : int {
   Q6_K = 14,
 };
 
+// Whether the type's blocks are 256-value super-blocks with 16-value scales (the K-quants):
+// the int8 path runs them a super-block at a time, against activations quantized per 256.
+constexpr bool has_super_blocks(int type) { return type == Q4_K || type == Q6_K; }
+
 // Values per block and bytes per block.
 inline bool block_shape(int type, int64_t* elems, int64_t* bytes) {
   switch (type) {

@@ -150,7 +150,7 @@ inline void dot_block(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t
     for (int i = 0; i < M; ++i) out[(i0 + i) * ldo + r + k] = sum_lanes(acc[k][i]);
 }
 
-// A K-quant super-block of one weight row, unpacked for dot_super: its 256 integers in
+// A K-quant super-block of one weight row, unpacked for dot_super_block: its 256 integers in
 // value order, and per 16 values a scale and a minimum, value = d·scale·q − dmin·min. The
 // scales are laid out for the byte products of 32 values: the low 128 bits of scales[c]
 // hold sub-block 2c's scale, the high ones 2c + 1's.
@@ -276,20 +276,14 @@ inline void blocks_of_rows(const Act& a, int64_t r0, int64_t r1, F&& block) {
 }
 
 // out[i·ldo + r] = row r · activation row i, for weight rows [r0, r1) and every activation
-// row.
+// row (the K-quants' activations come quantized per super-block, with Act::sums).
 template <int T>
 void dot_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r0, int64_t r1, float* out, int64_t ldo) {
-  constexpr bool super = T == Q4_K || T == Q6_K;
-  if constexpr (super) {
-    if (a.sums) {
-      blocks_of_rows(a, r0, r1, [&](auto rk, auto mi, int64_t r, int64_t i) {
-        dot_super_block<T, decltype(rk)::value, decltype(mi)::value>(a, w, row_bytes, r, i, out, ldo);
-      });
-      return;
-    }
-  }
   blocks_of_rows(a, r0, r1, [&](auto rk, auto mi, int64_t r, int64_t i) {
-    dot_block<T, decltype(rk)::value, decltype(mi)::value>(a, w, row_bytes, r, i, out, ldo);
+    if constexpr (has_super_blocks(T))
+      dot_super_block<T, decltype(rk)::value, decltype(mi)::value>(a, w, row_bytes, r, i, out, ldo);
+    else
+      dot_block<T, decltype(rk)::value, decltype(mi)::value>(a, w, row_bytes, r, i, out, ldo);
   });
 }
 

@@ -349,7 +349,7 @@ fn model_source(args: &ServeArgs) -> resolve::ModelSource<'_> {
 fn quantization(args: &ServeArgs, location: &ModelLocation, task: Task, device: Device) -> Result<Quantization> {
     let gguf = matches!(location.format, resolve::Format::Gguf(_));
     let Some(value) = args.quantization.as_deref() else {
-        let float32 = matches!(args.dtype.as_str(), "float32" | "float" | "fp32");
+        let float32 = crate::model::resolve_dtype_named(&args.dtype, None, device).is_ok_and(|k| k == tch::Kind::Float);
         let keep = gguf && task == Task::Generate && device == Device::Cpu && !float32;
         return Ok(if keep { Quantization::Gguf } else { Quantization::Dequantize });
     };
