@@ -9,7 +9,7 @@ fn main() {
         // pins file is written when a venv is made, so a new venv is newer than the last
         // build even though pip keeps the packaged files' own (old) times.
         println!("cargo:rerun-if-changed={lib}");
-        let pins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/.sluice-pins");
+        let pins = manifest_dir().join(".venv/.sluice-pins");
         println!("cargo:rerun-if-changed={}", pins.display());
         // The venv's site-packages holds the default-model packages too.
         let real = std::fs::canonicalize(&lib).unwrap_or_else(|_| lib.clone().into());
@@ -22,6 +22,13 @@ fn main() {
         compile_kernels(&lib);
     }
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// The checkout being built, read when the script runs: `env!` would keep the directory the
+/// script was first compiled in, and cargo reuses a compiled script for another checkout
+/// that shares its target directory.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR").into()
 }
 
 /// The CPU kernels in kernels/, against libtorch's headers. `-fopenmp` makes `at::parallel_for`
@@ -62,7 +69,7 @@ fn compile_kernels(lib: &str) {
 /// `gloo/usr/include`, or `SLUICE_GLOO_INCLUDE`), else without (every call then errs).
 fn compile_dist(include: &std::path::Path) {
     let gloo = std::env::var("SLUICE_GLOO_INCLUDE").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/gloo/usr/include")
+        manifest_dir().join(".venv/gloo/usr/include")
     });
     let mut b = cc::Build::new();
     b.cpp(true)
