@@ -30,6 +30,8 @@ pub struct AttnPlan {
 
 struct DecodeGroup {
     rows: Tensor,  // [b] rows of the flat batch
+    /// The rows are the whole batch, in order: the group's output is the step's.
+    whole: bool,
     slots: Tensor, // [b, lmax] cache slots (padding reads the zeroed pad slot)
     /// How the group is attended: on the CPU our kernel reads the cache in place.
     path: DecodePath,
@@ -79,12 +81,14 @@ impl AttnPlan {
                 gather[i * lmax..i * lmax + v.len()].copy_from_slice(v);
             }
             let rows: Vec<i64> = decoding.iter().map(|s| s.row as i64).collect();
+            let whole = b == batch.seqs.len() && rows.iter().enumerate().all(|(i, &r)| r == i as i64);
             let (b, lmax) = (b as i64, lmax as i64);
             let lens: Vec<i64> = visible.iter().map(|v| v.len() as i64).collect();
             let lens = Tensor::from_slice(&lens);
             let path = if dev == Device::Cpu { DecodePath::Kernel { lens } } else { DecodePath::gathered(&lens, lmax, dev) };
             DecodeGroup {
                 rows: Tensor::from_slice(&rows).to_device(dev),
+                whole,
                 slots: Tensor::from_slice(&gather).view([b, lmax]).to_device(dev),
                 path,
                 b,
@@ -152,6 +156,10 @@ impl AttnPlan {
     /// Attention output `[n, h, d]` for queries `q: [n, h, d]`.
     pub fn attend(&self, q: &Tensor, kc: &Tensor, vc: &Tensor, kvh: i64, rule: ScoreRule) -> Tensor {
         let (h, d) = (q.size()[1], q.size()[2]);
+        if let Some(DecodeGroup { whole: true, path: DecodePath::Kernel { lens }, slots, .. }) = &self.decode {
+            // Every row decodes: no gather of the queries, no scatter of the output.
+            return kernels::paged_decode_attention(&q.contiguous(), kc, vc, slots, lens, rule.scale, rule.softcap.unwrap_or(0.0));
+        }
         let mut out = q.zeros_like();
         if let Some(g) = &self.decode {
             let o = match &g.path {
@@ -236,6 +244,7 @@ mod tests {
         let lens = Tensor::from_slice(&[5i64, 2]);
         let g = DecodeGroup {
             rows: Tensor::from_slice(&[0i64, 1]),
+            whole: true,
             slots: slots.shallow_clone(),
             path: DecodePath::gathered(&lens, lmax, Device::Cpu),
             b: 2,
@@ -261,32 +270,37 @@ mod tests {
         let opts = (Kind::Float, Device::Cpu);
         let kc = Tensor::randn([64, kvh, d], opts);
         let vc = Tensor::randn([64, kvh, d], opts);
-        // A decoding sequence (context 9), a whole prompt (7) and a later chunk (5 of 11).
-        let chunks = vec![
-            SeqChunk { tokens: vec![1], cached: 8, block_table: vec![1, 2, 3], logits_for: vec![0], prompt_len: 0 },
+        // A decoding sequence (context 9), a whole prompt (7) and a later chunk (5 of 11);
+        // then a step where every sequence decodes (contexts 9 and 6).
+        let decoding = |cached: usize, block_table: Vec<u32>| SeqChunk { tokens: vec![1], cached, block_table, logits_for: vec![0], prompt_len: 0 };
+        let mixed = vec![
+            decoding(8, vec![1, 2, 3]),
             SeqChunk { tokens: vec![1; 7], cached: 0, block_table: vec![5, 6], logits_for: vec![6], prompt_len: 0 },
             SeqChunk { tokens: vec![1; 5], cached: 6, block_table: vec![8, 9, 10], logits_for: vec![4], prompt_len: 0 },
         ];
-        let batch = StepBatch::new(&chunks, bs);
-        let n = batch.tokens.len() as i64;
-        let q = Tensor::randn([n, h, d], opts) * 2.0;
-        for window in [None, Some(3), Some(6), Some(100)] {
-            for cap in [None, Some(1.5)] {
-                let rule = ScoreRule { scale: 0.3, softcap: cap };
-                let got = AttnPlan::new(&batch, Device::Cpu, window).attend(&q, &kc, &vc, kvh, rule);
-                for s in &batch.seqs {
-                    for i in 0..s.len {
-                        let pos = s.context_len - s.len + i;
-                        let from = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                        let idx = Tensor::from_slice(&s.context_slots[from..=pos]);
-                        let k = kc.index_select(0, &idx).repeat_interleave_self_int(h / kvh, 1, None); // [l, h, d]
-                        let v = vc.index_select(0, &idx).repeat_interleave_self_int(h / kvh, 1, None);
-                        let qi = q.get((s.row + i) as i64); // [h, d]
-                        let scores = softcap(qi.unsqueeze(1).matmul(&k.permute([1, 2, 0])).squeeze_dim(1) * 0.3, cap);
-                        let want = scores.softmax(-1, Kind::Float).unsqueeze(1).matmul(&v.transpose(0, 1)).squeeze_dim(1);
-                        let diff = (got.get((s.row + i) as i64) - want).abs().max().double_value(&[]);
-                        assert!(diff < 1e-5, "window {window:?} cap {cap:?} pos {pos}: {diff}");
-                    }
+        let all_decoding = vec![decoding(8, vec![1, 2, 3]), decoding(5, vec![12, 13])];
+        for (chunks, window, cap) in [mixed, all_decoding]
+            .iter()
+            .flat_map(|c| [None, Some(3), Some(6), Some(100)].map(|w| (c, w)))
+            .flat_map(|(c, w)| [None, Some(1.5)].map(|cap| (c, w, cap)))
+        {
+            let batch = StepBatch::new(chunks, bs);
+            let n = batch.tokens.len() as i64;
+            let q = Tensor::randn([n, h, d], opts) * 2.0;
+            let rule = ScoreRule { scale: 0.3, softcap: cap };
+            let got = AttnPlan::new(&batch, Device::Cpu, window).attend(&q, &kc, &vc, kvh, rule);
+            for s in &batch.seqs {
+                for i in 0..s.len {
+                    let pos = s.context_len - s.len + i;
+                    let from = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    let idx = Tensor::from_slice(&s.context_slots[from..=pos]);
+                    let k = kc.index_select(0, &idx).repeat_interleave_self_int(h / kvh, 1, None); // [l, h, d]
+                    let v = vc.index_select(0, &idx).repeat_interleave_self_int(h / kvh, 1, None);
+                    let qi = q.get((s.row + i) as i64); // [h, d]
+                    let scores = softcap(qi.unsqueeze(1).matmul(&k.permute([1, 2, 0])).squeeze_dim(1) * 0.3, cap);
+                    let want = scores.softmax(-1, Kind::Float).unsqueeze(1).matmul(&v.transpose(0, 1)).squeeze_dim(1);
+                    let diff = (got.get((s.row + i) as i64) - want).abs().max().double_value(&[]);
+                    assert!(diff < 1e-5, "window {window:?} cap {cap:?} pos {pos}: {diff}");
                 }
             }
         }

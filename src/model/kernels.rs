@@ -17,7 +17,7 @@ unsafe extern "C" {
         lens: *const c_void,
         scale: f64,
         softcap: f64,
-        allow_avx512: i32,
+        allow_simd: i32,
     ) -> *const c_char;
     fn sluice_rms_norm(out: *mut c_void, x: *const c_void, w: *const c_void, eps: f64, unit_offset: i32) -> *const c_char;
     fn sluice_rope_and_cache(
@@ -202,7 +202,8 @@ pub fn quant_isa() -> &'static str {
 /// Which of the kernel's code paths may run.
 #[derive(Clone, Copy, Debug)]
 enum Isa {
-    /// AVX-512 where the CPU has it (float32 and bfloat16), else the portable loops.
+    /// AVX2 where the CPU has it (float32 and bfloat16, head size a multiple of 8), else
+    /// the portable loops.
     Best,
     /// The portable loops only.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -290,10 +291,12 @@ mod tests {
 
     #[test]
     fn matches_plain_attention_in_every_path_and_dtype() {
-        // Grouped heads (SmolLM2: 9 over 3), plain multi-head, contexts of 1 to past 16-wide
-        // chunks, a head size the wide path does not take (48 is 3 chunks; 40 is none).
-        let shapes: [(i64, i64, i64); 4] = [(9, 3, 64), (4, 4, 32), (8, 2, 48), (6, 3, 40)];
-        let lens = [1usize, 7, 16, 17, 300];
+        // Groups of 3 query heads per KV head (SmolLM2), 1, 4, 2 and 8 (the AVX2 build takes
+        // heads 3 at a time), head sizes of 8, 6 and 5 vectors of 8 (it takes 4, 2, then 1 at
+        // a time) and one it does not take (36); contexts of 1 position to several chunks of
+        // 64, with and without a remainder of 4 positions.
+        let shapes: [(i64, i64, i64); 6] = [(9, 3, 64), (4, 4, 32), (8, 2, 48), (6, 3, 40), (16, 2, 64), (4, 2, 36)];
+        let lens = [1usize, 7, 16, 17, 64, 65, 300];
         for isa in [Isa::Best, Isa::Portable] {
             for (h, kvh, d) in shapes {
                 for cap in [0.0, 0.5] {
@@ -302,6 +305,37 @@ mod tests {
                     case(Kind::BFloat16, isa, h, kvh, d, &lens, cap, 1e-2);
                     case(Kind::Half, isa, h, kvh, d, &lens, cap, 2e-3);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_sequence_attends_alike_alone_and_in_a_batch() {
+        // Bit for bit: the work is split by each sequence's own chunks, never across them.
+        tch::manual_seed(11);
+        let (h, kvh, d, num_slots) = (9i64, 3i64, 64i64, 1024i64);
+        for isa in [Isa::Best, Isa::Portable] {
+            let kc = Tensor::randn([num_slots, kvh, d], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let vc = Tensor::randn([num_slots, kvh, d], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let lens = [300i64, 5, 130];
+            let lmax = 300;
+            let q = Tensor::randn([3, h, d], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let table: Vec<i64> = (0..3 * lmax).map(|i| (i * 7 + 3) % num_slots).collect();
+            let table = Tensor::from_slice(&table).view([3, lmax]);
+            let batch = decode_attention_with(&q, &kc, &vc, &table, &Tensor::from_slice(&lens), 0.125, 0.0, isa);
+            for (i, &len) in lens.iter().enumerate() {
+                let i = i as i64;
+                let alone = decode_attention_with(
+                    &q.narrow(0, i, 1).contiguous(),
+                    &kc,
+                    &vc,
+                    &table.narrow(0, i, 1).contiguous(),
+                    &Tensor::from_slice(&[len]),
+                    0.125,
+                    0.0,
+                    isa,
+                );
+                assert!(alone.equal(&batch.narrow(0, i, 1)), "{isa:?}: sequence {i} differs alone");
             }
         }
     }
