@@ -20,7 +20,7 @@
 // to the dtype before the softmax, the softmax runs in float32, and the probabilities are
 // rounded to the dtype before they weigh V. Sums are accumulated in float32.
 //
-// Two builds of phases 1 and 3: AVX2 intrinsics for float32 and bfloat16 with a head size
+// Two builds of phases 1 to 3: AVX2 intrinsics for float32 and bfloat16 with a head size
 // that is a multiple of 8 (at most 256), and portable loops (target clones) for the rest.
 
 #include <ATen/Parallel.h>
@@ -219,7 +219,7 @@ SLUICE_CLONED_RANGE(softmax_portable, softmax_items)
 SLUICE_CLONED_RANGE(values_portable, value_items)
 SLUICE_CLONED_RANGE(sums_portable, sum_items)
 
-// Phases 1 and 3 with AVX2 intrinsics, for float32 and bfloat16.
+// Phases 1 to 3 with AVX2 intrinsics, for float32 and bfloat16.
 #define SLUICE_AVX2 __attribute__((target("avx2,fma")))
 
 SLUICE_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -289,6 +289,87 @@ SLUICE_AVX2 void score_items_avx2(const Args<T>& a, int64_t begin, int64_t end) 
         s[r * len + j] = sum8(acc);
       }
     }
+  }
+}
+
+// Rounds each lane to the nearest bfloat16 (ties to even), kept widened as float32.
+SLUICE_AVX2 inline __m256 round_bf16(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
+  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+template <typename T>
+SLUICE_AVX2 inline __m256 round_lanes(__m256 v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return round_bf16(v);
+  return v;
+}
+
+// exp_nonpositive, 8 lanes at a time.
+SLUICE_AVX2 inline __m256 exp_nonpositive8(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723e-6f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+SLUICE_AVX2 inline float max8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// Phase 2 without soft-capping, 8 scores at a time (the last few as the portable loops do
+// them); with soft-capping, the portable loops (tanh per score).
+template <typename T>
+SLUICE_AVX2 void softmax_items_avx2(const Args<T>& a, int64_t begin, int64_t end) {
+  if (a.softcap > 0.0f) {
+    softmax_portable(a, begin, end);
+    return;
+  }
+  const __m256 scale = _mm256_set1_ps(a.scale);
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t seq = item / a.h, head = item % a.h;
+    const int64_t len = a.lens[seq], full = len / 8 * 8;
+    float* s = a.scores + a.score_at[seq] + head * len;
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < full; j += 8) {
+      const __m256 x = _mm256_mul_ps(round_lanes<T>(_mm256_loadu_ps(s + j)), scale);
+      _mm256_storeu_ps(s + j, x);
+      vmax = _mm256_max_ps(vmax, x);
+    }
+    float mx = max8(vmax);
+    for (int64_t j = full; j < len; ++j) {
+      s[j] = round_to<T>(s[j]) * a.scale;
+      mx = std::max(mx, s[j]);
+    }
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < full; j += 8) {
+      const __m256 e = exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
+      _mm256_storeu_ps(s + j, e);
+      vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = sum8(vsum);
+    for (int64_t j = full; j < len; ++j) {
+      s[j] = exp_nonpositive(s[j] - mx);
+      sum += s[j];
+    }
+    const float inv = 1.0f / sum;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (int64_t j = 0; j < full; j += 8) _mm256_storeu_ps(s + j, round_lanes<T>(_mm256_mul_ps(_mm256_loadu_ps(s + j), vinv)));
+    for (int64_t j = full; j < len; ++j) s[j] = round_to<T>(s[j] * inv);
   }
 }
 
@@ -374,15 +455,16 @@ void decode_attention(Args<T> a, bool allow_simd) {
 
   using Phase = void (*)(const Args<T>&, int64_t, int64_t);
   Phase score = [](const Args<T>& x, int64_t lo, int64_t hi) { scores_portable(x, lo, hi); };
+  Phase softmax = [](const Args<T>& x, int64_t lo, int64_t hi) { softmax_portable(x, lo, hi); };
   Phase value = [](const Args<T>& x, int64_t lo, int64_t hi) { values_portable(x, lo, hi); };
   constexpr bool wide_type = std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
   if constexpr (wide_type) {
     if (allow_simd && cpu_has_avx2() && a.d % 8 == 0 && a.d <= kMaxHead) {
       score = score_items_avx2<T>;
+      softmax = softmax_items_avx2<T>;
       value = value_items_avx2<T>;
     }
   }
-  const Phase softmax = [](const Args<T>& x, int64_t lo, int64_t hi) { softmax_portable(x, lo, hi); };
   const Phase sum = [](const Args<T>& x, int64_t lo, int64_t hi) { sums_portable(x, lo, hi); };
 
   const int64_t chunk_items = chunks * a.kvh, head_items = b * a.h;
