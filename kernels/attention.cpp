@@ -49,7 +49,7 @@ using sluice::to_float;
 constexpr int64_t kChunk = 64;  // context positions per work item of phases 1 and 3
 constexpr int64_t kMaxHead = 256;  // the widest head the AVX2 build takes
 
-// e^x for x <= 0, branch-free so that loops over it vectorise: x = n·ln2 + r with
+// e^x for x <= 0, branch-free: x = n·ln2 + r with
 // |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error below 2e-7), times 2^n built
 // in the exponent bits. Below -87 the result is flushed to e^-87 (~1.6e-38), which a
 // softmax cannot tell from zero.
