@@ -1,15 +1,18 @@
 // Linear layers on GGUF weights kept in their blocks: y = x · Wᵀ read straight from the
 // quantized rows, and rows of a quantized table (an embedding) read out as floats.
 //
-// Two ways to the product, per call:
-// - int8 dot products (few activation rows: decode): each row of x is quantized per 32
-//   values to int8 (one scale per group, as llama.cpp's Q8 activations), and each weight
+// Three ways to the product, per call:
+// - int8 dot products (one or two activation rows: decode): each row of x is quantized per
+//   32 values to int8 (one scale per group, as llama.cpp's Q8 activations), and each weight
 //   group meets it in one `vpdpbusd` (AVX-512 VNNI) or `vpmaddubsw` (AVX2) per 32 values, or
 //   in plain loops on other CPUs; which, the CPU decides at run time.
-// - tiles (many rows: prefill, big batches): a tile of weight rows is dequantized to x's
-//   dtype and multiplied by libtorch's matrix product; the tile stays in cache while it is
-//   used, and the weights are never held dequantized whole.
-// Either way the work is one parallel region over the weight rows.
+// - int8 tiles (more rows: big batches, prefill; AVX2): x quantized the same way, and 8
+//   weight rows at a time unpacked across the vector lanes, once for every activation row
+//   (kernels/quant_simd.h, panel_rows).
+// - float tiles (more rows, CPUs without AVX2; and for comparison): a tile of weight rows
+//   is dequantized to x's dtype and multiplied by libtorch's matrix product; the tile stays
+//   in cache while it is used, and the weights are never held dequantized whole.
+// Each way is one parallel region over the weight rows.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -175,6 +178,18 @@ void quantize_rows(const T* x, int64_t n, int64_t cols, int64_t block, int8_t* q
   }
 }
 
+// quantize_rows with the vector loops where `isa` (pick_isa's) allows them.
+template <typename X>
+void quantize_rows_with(int isa, const X* x, int64_t n, int64_t cols, int64_t block, int8_t* q, float* meta,
+                        int16_t* sums) {
+  if (isa == 0)
+    vnni::quantize_rows<X>(x, n, cols, block, q, meta, sums);
+  else if (isa == 1)
+    avx2::quantize_rows<X>(x, n, cols, block, q, meta, sums);
+  else
+    quantize_rows<X>(x, n, cols, block, q, meta, sums);
+}
+
 template <int T>
 void dot_rows_with(int isa, const Act& a, const uint8_t* w, int64_t row_bytes, int64_t r0, int64_t r1, float* out,
                    int64_t ldo) {
@@ -238,6 +253,7 @@ void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
   // The K-quants' kernels take one activation scale per 256-value super-block.
   const bool super = has_super_blocks(w.type);
   const int64_t block = super ? 256 : 32;
+  const int chosen = pick_isa(isa);
   std::vector<int8_t> q(n * cols);
   std::vector<float> meta(n * (cols / 32) * 3);
   std::vector<int16_t> sums(super ? n * cols / 16 : 0);
@@ -245,13 +261,12 @@ void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
     using T = decltype(zero);
     // Rows apart on the threads once there are enough to be worth waking them.
     at::parallel_for(0, n, 4, [&](int64_t i0, int64_t i1) {
-      quantize_rows<T>(x.data_ptr<T>() + i0 * cols, i1 - i0, cols, block, q.data() + i0 * cols,
-                       meta.data() + i0 * (cols / 32) * 3, super ? sums.data() + i0 * cols / 16 : nullptr);
+      quantize_rows_with<T>(chosen, x.data_ptr<T>() + i0 * cols, i1 - i0, cols, block, q.data() + i0 * cols,
+                            meta.data() + i0 * (cols / 32) * 3, super ? sums.data() + i0 * cols / 16 : nullptr);
     });
   });
   const Act act{q.data(), meta.data(), super ? sums.data() : nullptr, n, cols};
   std::vector<float> y(n * w.rows);
-  const int chosen = pick_isa(isa);
   dispatch_type(w.type, [&](auto t) {
     constexpr int T = decltype(t)::value;
     // Enough rows per task that each is worth a thread's wake-up.
@@ -265,6 +280,48 @@ void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
     const int64_t ldo = out.size(1);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t r = 0; r < w.rows; ++r) o[i * ldo + col0 + r] = sluice::from_float<T>(y[i * w.rows + r]);
+  });
+}
+
+// The int8 tile product (kernels/quant_simd.h, panel_rows): activations quantized per 32
+// values as on the int8 path, the weights 8 rows at a time across the vector lanes.
+// Needs AVX2 (the int8 path's portable loops run without it).
+void panel_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
+  const int chosen = pick_isa(isa);
+  if (chosen == kPortable) return int8_path(out, x, w, col0, isa);
+  const int64_t n = x.size(0), cols = w.cols;
+  std::vector<int8_t> q(n * cols);
+  std::vector<float> meta(n * (cols / 32) * 3);
+  sluice::dispatch_float_types(x.scalar_type(), "quantized linear", [&](auto zero) {
+    using T = decltype(zero);
+    at::parallel_for(0, n, 4, [&](int64_t i0, int64_t i1) {
+      quantize_rows_with<T>(chosen, x.data_ptr<T>() + i0 * cols, i1 - i0, cols, 32, q.data() + i0 * cols,
+                            meta.data() + i0 * (cols / 32) * 3, nullptr);
+    });
+  });
+  const Act act{q.data(), meta.data(), nullptr, n, cols};
+  const auto dtype = out.scalar_type();
+  const int kind = dtype == at::kBFloat16 ? kOutBF16 : dtype == at::kHalf ? kOutF16 : kOutF32;
+  void* o = static_cast<uint8_t*>(out.data_ptr()) + col0 * out.element_size();
+  const int64_t ldo = out.size(1), panels = (w.rows + avx2::kPanelRows - 1) / avx2::kPanelRows;
+  dispatch_type(w.type, [&](auto t) {
+    constexpr int T = decltype(t)::value;
+    auto run = [&](auto k) {
+      constexpr int O = decltype(k)::value;
+      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+        // One unpacked panel, kept by each worker between calls (32-byte aligned by hand:
+        // the vector's allocation is not).
+        thread_local std::vector<uint8_t> raw;
+        static_assert(sizeof(avx2::PanelGroup) == sizeof(vnni::PanelGroup), "one layout");
+        raw.resize(std::max<size_t>(raw.size(), (cols / 32) * sizeof(avx2::PanelGroup) + 32));
+        void* buf = raw.data() + (32 - reinterpret_cast<uintptr_t>(raw.data()) % 32) % 32;
+        if (chosen == 0)
+          vnni::panel_rows<T, O>(act, w.data, w.row_bytes, w.rows, p0, p1, o, ldo, static_cast<vnni::PanelGroup*>(buf));
+        else
+          avx2::panel_rows<T, O>(act, w.data, w.row_bytes, w.rows, p0, p1, o, ldo, static_cast<avx2::PanelGroup*>(buf));
+      });
+    };
+    dispatch_out(kind, run);
   });
 }
 
@@ -302,12 +359,7 @@ void tile_path(at::Tensor& out, const at::Tensor& x_in, const Weights& w, int64_
             (wide ? &avx512::dequantize_rows<T, O> : &avx2::dequantize_rows<T, O>)(w.data, w.row_bytes, w.cols, r0, r1,
                                                                                   tile);
           };
-          if (kind == kOutBF16)
-            vector(std::integral_constant<int, kOutBF16>{});
-          else if (kind == kOutF16)
-            vector(std::integral_constant<int, kOutF16>{});
-          else
-            vector(std::integral_constant<int, kOutF32>{});
+          dispatch_out(kind, vector);
         } else if (kind == kOutF32) {
           dequantize_rows<T>(w.data, w.row_bytes, w.cols, r0, r1, reinterpret_cast<float*>(tile));
         } else {
@@ -330,8 +382,9 @@ void tile_path(at::Tensor& out, const at::Tensor& x_in, const Weights& w, int64_
 // out[:, col0 .. col0 + rows) = x · Wᵀ, W the `rows` × `cols` matrix of ggml type `type`
 // stored as bytes in `w` (whole blocks, row after row). x: [n, cols], out: [n, ≥ col0 +
 // rows], one float dtype, contiguous, on the CPU. `path`: 0 picks by n, 1 int8 dot products,
-// 2 tiles. `isa`: 0 the best the CPU has, 1 at most AVX2, 2 portable loops (the int8 dot
-// products; the tiles' dequantization is AVX2 unless `isa` is 2).
+// 2 tiles, 3 int8 tiles. `isa`: 0 the best the CPU has, 1 at most AVX2, 2 portable loops
+// (the int8 dot products, which the int8 tiles fall back to; the tiles' dequantization is
+// AVX2 unless `isa` is 2).
 // Returns null, or a message saying what was wrong (valid until the next call on this
 // thread).
 extern "C" const char* sluice_quant_linear(at::Tensor* out, const at::Tensor* x, const at::Tensor* w, int64_t type,
@@ -345,11 +398,15 @@ extern "C" const char* sluice_quant_linear(at::Tensor* out, const at::Tensor* x,
     TORCH_CHECK(x->is_contiguous() && out->is_contiguous(), "x and out must be contiguous");
     TORCH_CHECK(out->scalar_type() == x->scalar_type(), "out must be of x's dtype");
     if (x->size(0) == 0) return;
-    // Up to 8 rows, the int8 path reads each weight group once for all of them; past that
-    // the tiles' matrix product wins (measured: benches/forward.rs).
-    const bool dots = path == 1 || (path == 0 && x->size(0) <= 8);
+    // Up to 2 rows the int8 dot products; past that the int8 tiles, which unpack the
+    // weights once for every row (benches/forward.rs, AVX2: at 4 rows a step took 0.6–0.9
+    // of the dot products' time, at 8 rows 0.6–0.65; at 2 rows the dot products were as
+    // fast or faster). Without AVX2, the float tiles.
+    const bool dots = path == 1 || (path == 0 && x->size(0) <= 2);
     if (dots)
       int8_path(*out, *x, wt, col0, isa);
+    else if (path == 3 || (path == 0 && pick_isa(isa) != kPortable))
+      panel_path(*out, *x, wt, col0, isa);
     else
       tile_path(*out, *x, wt, col0, isa);
   });

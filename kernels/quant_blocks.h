@@ -171,6 +171,17 @@ bool dispatch_type(int type, F&& run) {
 // float16 (the product's dtype) in the same pass.
 enum Out : int { kOutF32 = 0, kOutBF16 = 1, kOutF16 = 2 };
 
+// Calls run(std::integral_constant<int, O>{}) for an Out value.
+template <typename F>
+void dispatch_out(int kind, F&& run) {
+  if (kind == kOutBF16)
+    run(std::integral_constant<int, kOutBF16>{});
+  else if (kind == kOutF16)
+    run(std::integral_constant<int, kOutF16>{});
+  else
+    run(std::integral_constant<int, kOutF32>{});
+}
+
 // Activations quantized per block of 32 values, or of 256 for the K-quants' super-blocks:
 // q = round(x / d), d = max|x| / 127; with each 32-value group's d (its block's) and d·Σq
 // over each half (the offsets' share of a dot product). With 256-value blocks, `sums` holds

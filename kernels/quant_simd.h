@@ -325,3 +325,246 @@ void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t 
     }
   }
 }
+
+// The int8 tile product, for many activation rows (prefill, big batches). dot_block reads a
+// weight group once per two activation rows and converts every 32-value sum to float on its
+// own; past 8 rows that lost to dequantizing the weights for libtorch's float product. Here
+// 8 weight rows (a panel) are unpacked once for a chunk of activation rows and laid out
+// across the lanes: vector c of group g holds values 4c .. 4c + 3 of each of the 8 rows
+// (lane j: row j), so one `vpmaddubsw` against 4 activation values broadcast to every lane
+// gives the 8 rows' partial sums for one activation row. The sums of a group stay in 16-bit
+// lanes as long as they cannot overflow, and go to float once per group for 8 rows at once.
+constexpr int kPanelRows = 8;
+
+struct PanelGroup {
+  __m256i q[8];     // vector c: values 4c .. 4c + 3 of each row (Q8_0: signed)
+  __m256 d[2], m[2];  // per half: the rows' scales and offsets, lane j row j
+};
+
+// How many 4-value products of a group a 16-bit lane can sum without overflowing: each
+// `vpmaddubsw` lane is two products of at most qmax·127 (|x| ≤ 127 as quantize_rows writes
+// them), so 8 for 4-bit integers (8·2·15·127 = 30480), 4 for 5-bit, 2 for 6-bit, and 1 for
+// Q8_0 (its |q| ≤ 128).
+template <int T>
+constexpr int panel_span() {
+  return (T == Q4_0 || T == Q4_1 || T == Q4_K) ? 8 : (T == Q5_0 || T == Q5_1) ? 4 : T == Q6_K ? 2 : 1;
+}
+
+// Rows [r, r + rows) of the weights (rows ≤ 8; the last row again in the missing lanes,
+// which are never stored) into p[groups].
+template <int T>
+inline void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t r, int rows, PanelGroup* p) {
+  const uint8_t* row[8];
+  for (int j = 0; j < 8; ++j) row[j] = w + (r + std::min(j, rows - 1)) * row_bytes;
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i a[8];
+    // The scales as scalars put together in registers (through memory, 8 stores and one
+    // vector load stalled on store forwarding).
+    float d[2][8], m[2][8];
+    for (int j = 0; j < 8; ++j) {
+      GroupScale s;
+      a[j] = load_group<T>(row[j], g, &s);
+      for (int h = 0; h < 2; ++h) {
+        d[h][j] = s.d[h];
+        m[h][j] = s.m[h];
+      }
+    }
+    // 8 × 8 transpose of 4-byte words: row j's word c to vector c's lane j.
+    __m256i t[8], u[8];
+    for (int j = 0; j < 8; j += 2) {
+      t[j] = _mm256_unpacklo_epi32(a[j], a[j + 1]);
+      t[j + 1] = _mm256_unpackhi_epi32(a[j], a[j + 1]);
+    }
+    for (int j = 0; j < 8; j += 4) {
+      u[j] = _mm256_unpacklo_epi64(t[j], t[j + 2]);
+      u[j + 1] = _mm256_unpackhi_epi64(t[j], t[j + 2]);
+      u[j + 2] = _mm256_unpacklo_epi64(t[j + 1], t[j + 3]);
+      u[j + 3] = _mm256_unpackhi_epi64(t[j + 1], t[j + 3]);
+    }
+    // u[k] (k < 4) holds words k and k + 4 of rows 0–3, u[k + 4] the same of rows 4–7.
+    for (int k = 0; k < 4; ++k) {
+      p[g].q[k] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x20);
+      p[g].q[k + 4] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x31);
+    }
+    for (int h = 0; h < (T == Q6_K ? 2 : 1); ++h) {
+      p[g].d[h] = _mm256_setr_ps(d[h][0], d[h][1], d[h][2], d[h][3], d[h][4], d[h][5], d[h][6], d[h][7]);
+      p[g].m[h] = _mm256_setr_ps(m[h][0], m[h][1], m[h][2], m[h][3], m[h][4], m[h][5], m[h][6], m[h][7]);
+    }
+  }
+}
+
+// The 8 rows of a panel against activation rows i0 .. i0 + M: out[i] lane j = row j · row
+// i0 + i. The integer sums are exact; the float steps are the same for every row, so a
+// row's result does not depend on the rows beside it.
+template <int T, int M>
+inline void panel_block(const PanelGroup* p, const Act& a, int64_t i0, __m256* out) {
+  constexpr int span = panel_span<T>();
+  // Q6_K's halves have scales of their own; every other type's group has one.
+  constexpr bool halves = T == Q6_K;
+  const int64_t groups = a.cols / 32;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[M];
+  for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
+  const int8_t* xq = a.q + i0 * a.cols;
+  for (int64_t g = 0; g < groups; ++g) {
+    const PanelGroup& pg = p[g];
+    __m256i s32[M];
+    for (int i = 0; i < M; ++i) s32[i] = _mm256_setzero_si256();
+    for (int c0 = 0; c0 < 8; c0 += span) {
+      __m256i s16[M];
+      for (int c = c0; c < c0 + span; ++c) {
+        const __m256i w = pg.q[c];
+        const __m256i wu = T == Q8_0 ? _mm256_abs_epi8(w) : w;
+        for (int i = 0; i < M; ++i) {
+          int32_t four;
+          std::memcpy(&four, xq + i * a.cols + g * 32 + 4 * c, 4);
+          __m256i x = _mm256_set1_epi32(four);
+          // Q8_0's signed weights: |w| against x with w's sign, the same products.
+          if constexpr (T == Q8_0) x = _mm256_sign_epi8(x, w);
+          const __m256i prod = _mm256_maddubs_epi16(wu, x);
+          // The saturating add never saturates here (panel_span), but unlike the plain
+          // one the compiler does not reassociate it: with `vpaddw` it computed every
+          // product of the group first and spilled them to the stack.
+          s16[i] = c == c0 ? prod : _mm256_adds_epi16(s16[i], prod);
+        }
+      }
+      for (int i = 0; i < M; ++i) s32[i] = _mm256_add_epi32(s32[i], _mm256_madd_epi16(s16[i], ones));
+      if (halves && (c0 + span) % 4 == 0) {
+        const int h = (c0 + span) / 4 - 1;
+        for (int i = 0; i < M; ++i) {
+          const float* meta = a.meta + ((i0 + i) * groups + g) * 3;
+          const __m256 dwx = _mm256_mul_ps(pg.d[h], _mm256_set1_ps(meta[0]));
+          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), dwx, acc[i]);
+          acc[i] = _mm256_fmadd_ps(pg.m[h], _mm256_set1_ps(meta[1 + h]), acc[i]);
+          s32[i] = _mm256_setzero_si256();
+        }
+      }
+    }
+    if constexpr (!halves) {
+      for (int i = 0; i < M; ++i) {
+        const float* meta = a.meta + ((i0 + i) * groups + g) * 3;
+        const __m256 dwx = _mm256_mul_ps(pg.d[0], _mm256_set1_ps(meta[0]));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), dwx, acc[i]);
+        acc[i] = _mm256_fmadd_ps(pg.m[0], _mm256_set1_ps(meta[1] + meta[2]), acc[i]);
+      }
+    }
+  }
+  for (int i = 0; i < M; ++i) out[i] = acc[i];
+}
+
+// 8 sums (one per row of a panel) into `rows` values of O at o.
+template <int O>
+inline void store_panel_row(__m256 v, int rows, void* o) {
+  if (rows == kPanelRows) {
+    if constexpr (O == kOutF32)
+      _mm256_storeu_ps(static_cast<float*>(o), v);
+    else
+      _mm_storeu_si128(static_cast<__m128i*>(o), O == kOutBF16 ? round_bf16x8(v) : _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    return;
+  }
+  if constexpr (O == kOutF32) {
+    alignas(32) float f[8];
+    _mm256_store_ps(f, v);
+    std::memcpy(o, f, rows * sizeof(float));
+  } else {
+    alignas(16) uint16_t h[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(h), O == kOutBF16 ? round_bf16x8(v) : _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    std::memcpy(o, h, rows * sizeof(uint16_t));
+  }
+}
+
+// Activation rows a chunk takes: each panel is unpacked once per chunk, and the chunk's
+// int8 rows stay in L2 cache while every panel of the range passes over them.
+constexpr int64_t kPanelChunk = 128;
+
+// out[i·ldo + r] (values of O) = weight row r · activation row i, for the panels [p0, p1)
+// of 8 rows (the last may be short: `rows` in all) and every activation row; `buf` holds
+// one panel.
+template <int T, int O>
+void panel_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t p0, int64_t p1, void* out,
+                int64_t ldo, PanelGroup* buf) {
+  const int64_t groups = a.cols / 32;
+  using V = std::conditional_t<O == kOutF32, float, uint16_t>;
+  V* o = static_cast<V*>(out);
+  for (int64_t c0 = 0; c0 < a.n; c0 += kPanelChunk) {
+    const int64_t c1 = std::min(a.n, c0 + kPanelChunk);
+    for (int64_t pi = p0; pi < p1; ++pi) {
+      const int64_t r = pi * kPanelRows;
+      const int live = static_cast<int>(std::min<int64_t>(kPanelRows, rows - r));
+      unpack_panel<T>(w, row_bytes, groups, r, live, buf);
+      __m256 sums[4];
+      int64_t i = c0;
+      for (; i + 4 <= c1; i += 4) {
+        panel_block<T, 4>(buf, a, i, sums);
+        for (int k = 0; k < 4; ++k) store_panel_row<O>(sums[k], live, o + (i + k) * ldo + r);
+      }
+      // The last 1–3 rows in one block.
+      auto tail = [&](auto m) {
+        constexpr int M = decltype(m)::value;
+        panel_block<T, M>(buf, a, i, sums);
+        for (int k = 0; k < M; ++k) store_panel_row<O>(sums[k], live, o + (i + k) * ldo + r);
+      };
+      if (c1 - i == 3)
+        tail(std::integral_constant<int, 3>{});
+      else if (c1 - i == 2)
+        tail(std::integral_constant<int, 2>{});
+      else if (c1 - i == 1)
+        tail(std::integral_constant<int, 1>{});
+    }
+  }
+}
+
+// 8 values of X (float, bfloat16 or float16) at p as floats, exactly.
+template <typename X>
+inline __m256 load8_floats(const X* p) {
+  if constexpr (std::is_same_v<X, float>) {
+    return _mm256_loadu_ps(p);
+  } else {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (std::is_same_v<X, c10::BFloat16>)
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    else
+      return _mm256_cvtph_ps(h);
+  }
+}
+
+// quantize_rows (kernels/quant.cpp) 16 values at a time, with the same results: the same
+// float steps (|x|'s maximum, d = max / 127, x · (1 / d)), and `vcvtps2dq` rounds to
+// nearest even as std::nearbyint does in the default rounding mode. The scalar loop was
+// ~7% of a batch-64 step.
+template <typename X>
+void quantize_rows(const X* x, int64_t n, int64_t cols, int64_t block, int8_t* q, float* meta, int16_t* sums) {
+  const int64_t groups = cols / 32;
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t b0 = 0; b0 < cols; b0 += block) {
+      const X* v = x + i * cols + b0;
+      __m256 most = _mm256_setzero_ps();
+      for (int64_t k = 0; k < block; k += 8) most = _mm256_max_ps(most, _mm256_and_ps(load8_floats(v + k), abs_mask));
+      __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(most), _mm256_extractf128_ps(most, 1));
+      m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+      m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+      const float amax = _mm_cvtss_f32(m4);
+      const float d = amax / 127.0f;
+      const __m256 inv = _mm256_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
+      int8_t* o = q + i * cols + b0;
+      for (int64_t h = 0; h < block / 16; ++h) {
+        const __m256i r0 = _mm256_cvtps_epi32(_mm256_mul_ps(load8_floats(v + h * 16), inv));
+        const __m256i r1 = _mm256_cvtps_epi32(_mm256_mul_ps(load8_floats(v + h * 16 + 8), inv));
+        // 16 int16s in value order, then 16 int8s (|r| ≤ 127: no saturation).
+        const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(r0, r1), 0xd8);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + h * 16),
+                         _mm_packs_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1)));
+        const __m256i s8 = _mm256_madd_epi16(w16, _mm256_set1_epi16(1));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        const int32_t sum = _mm_cvtsi128_si32(s4);
+        float* m = meta + (i * groups + (b0 + h * 16) / 32) * 3;
+        m[0] = d;
+        m[1 + h % 2] = d * sum;
+        if (sums) sums[(i * cols + b0) / 16 + h] = static_cast<int16_t>(sum);
+      }
+    }
+  }
+}

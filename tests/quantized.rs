@@ -1,7 +1,7 @@
 //! The default model (SmolLM2, Q4_1 with a Q8_0 embedding table) run on its GGUF blocks
 //! (`--quantization gguf`) against the same file dequantized at load: the log-probabilities
 //! of transformers' greedy tokens on the reference prompts, fed one token a step (decode:
-//! the int8 dot products) and as one long prompt (prefill: the dequantized tiles).
+//! the int8 dot products) and as one long prompt (prefill: the int8 tiles).
 //! The largest |Δ logprob| is printed (run with --nocapture) and bounded.
 
 mod common;
@@ -81,13 +81,14 @@ fn reference_sequences() -> Vec<(String, Vec<u32>, usize)> {
 }
 
 /// Largest |Δ logprob| allowed, and the widest top-two margin of the dequantized run at
-/// which the greedy token may change. Measured on the reference prompts (first 16 tokens
-/// of each), AVX-512 VNNI: in float32 0.35 at most (0.03 to 0.18 on most prompts), greedy
-/// changes only at margins of 0.22 or less; in bfloat16, whose own logits move by tenths
-/// with the order of sums (transformers' cached and uncached passes differ by up to 0.64:
-/// tests/reference.rs), 0.38 at most, greedy changes at margins of 0.25 or less. AVX2:
-/// 0.41 in float32, 0.40 in bfloat16.
-const DECODE_BOUND: [(&str, f64, f64); 2] = [("float32", 0.5, 0.25), ("bfloat16", 0.8, 0.64)];
+/// which the greedy token may change. The prompt's step runs on int8 too (the int8 tiles
+/// past 2 rows). Measured on the reference prompts (first 16 tokens of each), AVX2: in
+/// float32 0.70 at most (0.18 to 0.31 on the plain prompts; 0.70 is the chat prompts'
+/// shared first token), greedy changes only at margins of 0.35 or less; in bfloat16, whose
+/// own logits move by tenths with the order of sums (transformers' cached and uncached
+/// passes differ by up to 0.64: tests/reference.rs), 0.66 at most, greedy changes at
+/// margins of 0.5 or less. (With the prompt on float tiles, AVX-512 VNNI: 0.35 and 0.38.)
+const DECODE_BOUND: [(&str, f64, f64); 2] = [("float32", 0.8, 0.4), ("bfloat16", 0.8, 0.64)];
 /// Output tokens of each reference sequence fed one a step.
 const DECODE_TOKENS: usize = 16;
 
@@ -98,7 +99,7 @@ fn decode_steps_on_blocks_stay_close_to_the_dequantized_model() {
         assert!(q.is_quantized() && !d.is_quantized());
         let mut worst = (0f64, String::new());
         for (name, tokens, prompt) in reference_sequences() {
-            // The prompt in one step (≤ 8 rows: int8 too), then one token a step.
+            // The prompt in one step (int8 tiles), then one token a step (int8 dot products).
             let run = |m: &Decoder| {
                 let first = logprobs(m, &tokens[..prompt], prompt);
                 let rest = logprobs_after(m, &tokens, prompt);
@@ -140,7 +141,7 @@ fn logprobs_after(m: &Decoder, tokens: &[u32], prompt: usize) -> Tensor {
 }
 
 /// Every reference sequence end to end as one prompt of a few hundred tokens: one
-/// prefill step, on the dequantized tiles, which round the weights as loading does.
+/// prefill step, on the int8 tiles.
 #[test]
 fn a_long_prefill_on_blocks_matches_the_dequantized_model() {
     for dtype in ["float32", "bfloat16"] {
@@ -150,12 +151,12 @@ fn a_long_prefill_on_blocks_matches_the_dequantized_model() {
         let (lq, ld) = (logprobs(&q, &tokens, tokens.len()), logprobs(&d, &tokens, tokens.len()));
         let (w, _) = compare(&ld, &lq, &tokens, 1);
         println!("{dtype}: largest |Δ logprob| over {} prompt tokens, prefill: {w:.5}", tokens.len());
-        // The same weights in the same dtype: only the order of the sums differs. In
-        // bfloat16 that alone moves logprobs by tenths (transformers' own cached and
-        // uncached passes differ by up to 0.64: tests/reference.rs). Where the CPU has no
-        // AVX-512 BF16 the tiles multiply in float32, the dequantized model in bfloat16
-        // (seen: 0.59).
-        let bound = if dtype == "float32" { 1e-3 } else { 0.75 };
+        // Activations quantized to int8 per 32 values, as in decode, over every position.
+        // Seen (AVX2): 0.67 in float32; 1.49 in bfloat16, whose order of sums alone moves
+        // logprobs by tenths (transformers' own cached and uncached passes differ by up to
+        // 0.64: tests/reference.rs; float32 tiles against the bfloat16 dequantized model
+        // gave 0.59).
+        let bound = if dtype == "float32" { 0.8 } else { 1.75 };
         assert!(w <= bound, "{dtype}: |Δ logprob| {w} > {bound}");
     }
 }

@@ -203,22 +203,28 @@ struct Bf16Bounds {
     near_tie: f64,
     logprob: f64,
     mean: f64,
+    /// At least this share of the reference's tokens compared before a near-tie, and this
+    /// many prompts equal to the end: a run cut short at every prompt proves little.
+    compared: f64,
+    whole: usize,
 }
 
 /// The file dequantized (`--quantization none`): bfloat16's rounding alone. Seen: logprobs
 /// 0.21 off at most, 0.02 to 0.05 on average per prompt.
-const DEQUANTIZED: Bf16Bounds = Bf16Bounds { near_tie: 0.25, logprob: 0.3, mean: 0.08 };
+/// Seen: 232 of 318 tokens compared, 6 of 10 prompts whole.
+const DEQUANTIZED: Bf16Bounds = Bf16Bounds { near_tie: 0.25, logprob: 0.3, mean: 0.08, compared: 0.5, whole: 3 };
 
 #[test]
 fn the_dequantized_file_in_bfloat16_matches_transformers() {
     bf16_against_transformers(Server::shared(&["--quantization", "none"]), DEQUANTIZED);
 }
 
-/// The default: the GGUF's blocks kept quantized, whose int8 activations move logprobs by
-/// up to ~0.4 on their own (tests/quantized.rs), so a greedy token may change at a wider
-/// margin. Seen (AVX2): logprobs 0.27 off at most, 0.065 on average per prompt at most, 200
-/// of 318 tokens compared, 4 prompts whole.
-const ON_BLOCKS: Bf16Bounds = Bf16Bounds { near_tie: 0.64, logprob: 0.6, mean: 0.12 };
+/// The default: the GGUF's blocks kept quantized, whose int8 activations (prompts included)
+/// move logprobs by up to ~0.7 on their own (tests/quantized.rs), so a greedy token may
+/// change at a wider margin, and the prompts leave the reference at a near-tie sooner.
+/// Seen (AVX2): logprobs 0.25 off at most, 0.066 on average per prompt at most, 116 of 308
+/// tokens compared, 2 prompts whole (with the prompts on float tiles: 200 and 4).
+const ON_BLOCKS: Bf16Bounds = Bf16Bounds { near_tie: 0.64, logprob: 0.6, mean: 0.12, compared: 0.33, whole: 2 };
 
 #[test]
 fn the_default_quantized_blocks_match_transformers_in_bfloat16() {
@@ -228,7 +234,7 @@ fn the_default_quantized_blocks_match_transformers_in_bfloat16() {
 }
 
 fn bf16_against_transformers(server: &Server, bounds: Bf16Bounds) {
-    let Bf16Bounds { near_tie, logprob, mean: mean_bound } = bounds;
+    let Bf16Bounds { near_tie, logprob, mean: mean_bound, compared: compared_share, whole: whole_floor } = bounds;
     let reference = load("smollm2_bf16_greedy.json");
     assert_eq!(reference["meta"]["dtype"], "bfloat16");
     let float32 = self::reference();
@@ -286,8 +292,7 @@ fn bf16_against_transformers(server: &Server, bounds: Bf16Bounds) {
     }
     println!("largest |Δ logprob| {worst:.3}, largest mean per prompt {worst_mean:.3}, {compared} tokens compared, {whole} prompts whole");
     let total: usize = reference["items"].as_array().unwrap().iter().map(|i| i["output_token_ids"].as_array().unwrap().len()).sum();
-    // Seen: 232 of 318 tokens, 6 of 10 prompts whole.
-    assert!(compared * 2 >= total, "only {compared} of {total} tokens compared before a near-tie");
-    assert!(whole >= 3, "only {whole} prompts agree to the end");
+    assert!(compared as f64 >= compared_share * total as f64, "only {compared} of {total} tokens compared before a near-tie");
+    assert!(whole >= whole_floor, "only {whole} prompts agree to the end");
     assert!(vs_f32 > 50 && off_f32 / vs_f32 as f64 > 5e-3, "served logprobs are float32's ({off_f32} over {vs_f32} tokens): --dtype auto should serve bfloat16");
 }

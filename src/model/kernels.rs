@@ -110,12 +110,17 @@ pub fn paged_decode_attention(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &Tens
 /// How a quantized product is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantPath {
-    /// By the number of rows: int8 dot products for a few, tiles for many.
+    /// By the number of rows: int8 dot products for a few, the int8 tile product for many
+    /// (the float tiles on CPUs without AVX2).
     Auto,
     /// Activations quantized per 32 values to int8; int8 dot products with the blocks.
     Dots,
     /// Tiles of the weights dequantized to x's dtype, then libtorch's matrix product.
     Tiles,
+    /// Activations quantized per 32 values to int8; 8 weight rows at a time unpacked across
+    /// the vector lanes and multiplied against every activation row (AVX2; the portable int8
+    /// dot products without it).
+    Int8Tiles,
 }
 
 /// Which instruction set the int8 dot products may use.
@@ -151,6 +156,7 @@ pub fn quant_linear_into(out: &mut Tensor, x: &Tensor, w: &QuantTensor, col0: us
         QuantPath::Auto => 0,
         QuantPath::Dots => 1,
         QuantPath::Tiles => 2,
+        QuantPath::Int8Tiles => 3,
     };
     let isa = match isa {
         QuantIsa::Best => 0,
@@ -486,7 +492,7 @@ mod tests {
             let (rows, cols) = (261usize, if elems == 32 { 96 } else { 512 });
             let w = random_blocks(ty, rows, cols, k as u64 + 1);
             let wf = w.dequantize().to_kind(Kind::Double);
-            for n in [1i64, 3, 8, 13] {
+            for n in [1i64, 3, 8, 13, 133] {
                 let x32 = Tensor::randn([n, cols as i64], (Kind::Float, Device::Cpu));
                 for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
                     let x = x32.to_kind(kind);
@@ -509,6 +515,8 @@ mod tests {
                         (QuantPath::Tiles, QuantIsa::Best),
                         (QuantPath::Tiles, QuantIsa::Avx2),
                         (QuantPath::Tiles, QuantIsa::Portable),
+                        (QuantPath::Int8Tiles, QuantIsa::Best),
+                        (QuantPath::Int8Tiles, QuantIsa::Avx2),
                     ] {
                         // Two spare columns each side: only the layer's columns are written.
                         let mut out = Tensor::full([n, rows as i64 + 4], 7.0, (kind, Device::Cpu));
@@ -520,16 +528,19 @@ mod tests {
                         // weights rounded to bfloat16 (the int8 path reads them exactly).
                         let per_term = if bf16 && path == QuantPath::Tiles { 2.5e-3 } else { 1e-5 };
                         let mut room = &mag * per_term + want.abs() * if bf16 { 4e-3 } else { 0.0 };
-                        if path == QuantPath::Dots {
+                        if path == QuantPath::Dots || path == QuantPath::Int8Tiles {
                             room += &slack * 1.01;
                         }
                         let excess = ((&got - &want).abs() - room).max().double_value(&[]);
                         assert!(excess <= 0.0, "{ty:?} n={n} {kind:?} {path:?} {isa:?}: off by {excess} more than allowed");
-                        if path == QuantPath::Dots {
+                        // The int8 tiles quantize per 32 values also against the
+                        // K-quants: the same int8 sums as the dot products' elsewhere.
+                        if path == QuantPath::Dots || (path == QuantPath::Int8Tiles && elems == 32) {
                             results.push(got);
                         }
                     }
-                    // The same int8 sums in every instruction set: only float rounding differs.
+                    // The same int8 sums in every instruction set and on both int8 paths: only float
+                    // rounding differs.
                     for r in &results[1..] {
                         let room = &mag * 1e-5 + results[0].abs() * if bf16 { 8e-3 } else { 0.0 };
                         let excess = ((r - &results[0]).abs() - room).max().double_value(&[]);
@@ -540,18 +551,20 @@ mod tests {
         }
     }
 
-    /// The automatic choice (int8 up to 8 rows, tiles past that) is one of the two paths.
+    /// The automatic choice (int8 dot products up to 2 rows, past that the int8 tiles, or the
+    /// float tiles without AVX2) is one of the paths.
     #[test]
     fn quantized_linear_picks_a_path_by_rows() {
         let w = random_blocks(GgmlType::Q4_1, 40, 64, 3);
-        for n in [2i64, 9] {
+        for n in [2i64, 3, 9] {
             let x = Tensor::randn([n, 64], (Kind::Float, Device::Cpu));
             let run = |path| {
                 let mut out = Tensor::zeros([n, 40], (Kind::Float, Device::Cpu));
                 quant_linear_into(&mut out, &x, &w, 0, path, QuantIsa::Best);
                 out
             };
-            let expected = if n <= 8 { run(QuantPath::Dots) } else { run(QuantPath::Tiles) };
+            let many = if quant_isa() == "portable" { QuantPath::Tiles } else { QuantPath::Int8Tiles };
+            let expected = if n <= 2 { run(QuantPath::Dots) } else { run(many) };
             assert_eq!(run(QuantPath::Auto), expected, "n={n}");
         }
     }
