@@ -9,9 +9,10 @@
 // - int8 tiles (more rows: big batches, prefill; AVX2): x quantized the same way, and 8
 //   weight rows at a time unpacked across the vector lanes, once for every activation row
 //   (kernels/quant_simd.h, panel_rows).
-// - float tiles (more rows, CPUs without AVX2; and for comparison): a tile of weight rows
-//   is dequantized to x's dtype and multiplied by libtorch's matrix product; the tile stays
-//   in cache while it is used, and the weights are never held dequantized whole.
+// - float tiles (more rows on CPUs with AVX-512 BF16 or without AVX2; and for comparison):
+//   a tile of weight rows is dequantized to x's dtype and multiplied by libtorch's matrix
+//   product; the tile stays in cache while it is used, and the weights are never held
+//   dequantized whole.
 // Each way is one parallel region over the weight rows.
 
 #include <ATen/ATen.h>
@@ -379,6 +380,21 @@ void tile_path(at::Tensor& out, const at::Tensor& x_in, const Weights& w, int64_
 
 }  // namespace
 
+// The path (1 int8 dot products, 2 float tiles, 3 int8 tiles) for a product of n rows.
+// - With AVX2 (and without AVX-512 BF16): up to 2 rows the dot products, past that the
+//   int8 tiles (benches/forward.rs, Zen 3: at 4 rows a step took 0.6–0.9 of the dot
+//   products' time, at 8 rows 0.6–0.65; at 2 rows the dot products were as fast or faster).
+// - With AVX-512 BF16, where libtorch's bfloat16 products are native (and run on AMX where
+//   there is one), up to 8 rows the dot products, past that the float tiles, as measured
+//   on such a CPU (BENCHMARKS.md run 5) before the int8 tiles existed; they are yet to be
+//   measured against each other there.
+// - Portable loops: up to 8 rows the dot products, past that the float tiles.
+int auto_path(int64_t n, int isa) {
+  const bool int8_tiles = pick_isa(isa) != kPortable && !has_avx512_bf16();
+  if (n <= (int8_tiles ? 2 : 8)) return 1;
+  return int8_tiles ? 3 : 2;
+}
+
 // out[:, col0 .. col0 + rows) = x · Wᵀ, W the `rows` × `cols` matrix of ggml type `type`
 // stored as bytes in `w` (whole blocks, row after row). x: [n, cols], out: [n, ≥ col0 +
 // rows], one float dtype, contiguous, on the CPU. `path`: 0 picks by n, 1 int8 dot products,
@@ -398,17 +414,11 @@ extern "C" const char* sluice_quant_linear(at::Tensor* out, const at::Tensor* x,
     TORCH_CHECK(x->is_contiguous() && out->is_contiguous(), "x and out must be contiguous");
     TORCH_CHECK(out->scalar_type() == x->scalar_type(), "out must be of x's dtype");
     if (x->size(0) == 0) return;
-    // Up to 2 rows the int8 dot products; past that the int8 tiles, which unpack the
-    // weights once for every row (benches/forward.rs, AVX2: at 4 rows a step took 0.6–0.9
-    // of the dot products' time, at 8 rows 0.6–0.65; at 2 rows the dot products were as
-    // fast or faster). Without AVX2, the float tiles.
-    const bool dots = path == 1 || (path == 0 && x->size(0) <= 2);
-    if (dots)
-      int8_path(*out, *x, wt, col0, isa);
-    else if (path == 3 || (path == 0 && pick_isa(isa) != kPortable))
-      panel_path(*out, *x, wt, col0, isa);
-    else
-      tile_path(*out, *x, wt, col0, isa);
+    switch (path == 0 ? auto_path(x->size(0), isa) : path) {
+      case 1: int8_path(*out, *x, wt, col0, isa); break;
+      case 3: panel_path(*out, *x, wt, col0, isa); break;
+      default: tile_path(*out, *x, wt, col0, isa);
+    }
   });
 }
 
@@ -441,3 +451,6 @@ extern "C" const char* sluice_quant_rows(at::Tensor* out, const at::Tensor* w, i
 
 // Which int8 path `isa` 0 takes on this CPU: 0 AVX-512 VNNI, 1 AVX2, 2 portable.
 extern "C" int sluice_quant_isa() { return best_isa(); }
+
+// The path `path` 0 takes for n rows on this CPU (auto_path): 1, 2 or 3.
+extern "C" int sluice_quant_auto_path(int64_t n) { return auto_path(n, kBest); }

@@ -81,8 +81,9 @@ fn reference_sequences() -> Vec<(String, Vec<u32>, usize)> {
 }
 
 /// Largest |Δ logprob| allowed, and the widest top-two margin of the dequantized run at
-/// which the greedy token may change. The prompt's step runs on int8 too (the int8 tiles
-/// past 2 rows). Measured on the reference prompts (first 16 tokens of each), AVX2: in
+/// which the greedy token may change. With AVX2 the prompt's step runs on int8 too (the
+/// int8 tiles past 2 rows; not on CPUs with AVX-512 BF16, which keep the float tiles past 8
+/// rows). Measured on the reference prompts (first 16 tokens of each), AVX2: in
 /// float32 0.70 at most (0.18 to 0.31 on the plain prompts; 0.70 is the chat prompts'
 /// shared first token), greedy changes only at margins of 0.35 or less; in bfloat16, whose
 /// own logits move by tenths with the order of sums (transformers' cached and uncached
@@ -99,7 +100,7 @@ fn decode_steps_on_blocks_stay_close_to_the_dequantized_model() {
         assert!(q.is_quantized() && !d.is_quantized());
         let mut worst = (0f64, String::new());
         for (name, tokens, prompt) in reference_sequences() {
-            // The prompt in one step (int8 tiles), then one token a step (int8 dot products).
+            // The prompt in one step (int8 or float tiles), then one token a step (int8 dot products).
             let run = |m: &Decoder| {
                 let first = logprobs(m, &tokens[..prompt], prompt);
                 let rest = logprobs_after(m, &tokens, prompt);
@@ -141,7 +142,7 @@ fn logprobs_after(m: &Decoder, tokens: &[u32], prompt: usize) -> Tensor {
 }
 
 /// Every reference sequence end to end as one prompt of a few hundred tokens: one
-/// prefill step, on the int8 tiles.
+/// prefill step, on the int8 tiles (the float tiles on CPUs with AVX-512 BF16).
 #[test]
 fn a_long_prefill_on_blocks_matches_the_dequantized_model() {
     for dtype in ["float32", "bfloat16"] {
@@ -151,8 +152,8 @@ fn a_long_prefill_on_blocks_matches_the_dequantized_model() {
         let (lq, ld) = (logprobs(&q, &tokens, tokens.len()), logprobs(&d, &tokens, tokens.len()));
         let (w, _) = compare(&ld, &lq, &tokens, 1);
         println!("{dtype}: largest |Δ logprob| over {} prompt tokens, prefill: {w:.5}", tokens.len());
-        // Activations quantized to int8 per 32 values, as in decode, over every position.
-        // Seen (AVX2): 0.67 in float32; 1.49 in bfloat16, whose order of sums alone moves
+        // On the int8 tiles, activations quantized to int8 per 32 values, as in decode, over
+        // every position. Seen (AVX2): 0.67 in float32; 1.49 in bfloat16, whose order of sums alone moves
         // logprobs by tenths (transformers' own cached and uncached passes differ by up to
         // 0.64: tests/reference.rs; float32 tiles against the bfloat16 dequantized model
         // gave 0.59).

@@ -43,6 +43,7 @@ unsafe extern "C" {
     ) -> *const c_char;
     fn sluice_quant_rows(out: *mut c_void, w: *const c_void, ty: i64, rows: i64, cols: i64, ids: *const c_void) -> *const c_char;
     fn sluice_quant_isa() -> i32;
+    fn sluice_quant_auto_path(n: i64) -> i32;
 }
 
 /// Turns a kernel's error message into a panic naming the kernel.
@@ -110,8 +111,9 @@ pub fn paged_decode_attention(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &Tens
 /// How a quantized product is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantPath {
-    /// By the number of rows: int8 dot products for a few, the int8 tile product for many
-    /// (the float tiles on CPUs without AVX2).
+    /// By the number of rows and the CPU (`quant_auto_path`): int8 dot products for a few;
+    /// for more the int8 tiles, or the float tiles on CPUs without AVX2 and on those with
+    /// AVX-512 BF16 (libtorch's bfloat16 products native there).
     Auto,
     /// Activations quantized per 32 values to int8; int8 dot products with the blocks.
     Dots,
@@ -202,6 +204,16 @@ pub fn quant_isa() -> &'static str {
         0 => "AVX-512 VNNI",
         1 => "AVX2",
         _ => "portable",
+    }
+}
+
+/// The path `QuantPath::Auto` takes for a product of `rows` rows on this CPU.
+pub fn quant_auto_path(rows: usize) -> QuantPath {
+    // SAFETY: a plain number in and out; reads the CPU's features once.
+    match unsafe { sluice_quant_auto_path(rows as i64) } {
+        1 => QuantPath::Dots,
+        3 => QuantPath::Int8Tiles,
+        _ => QuantPath::Tiles,
     }
 }
 
@@ -551,21 +563,27 @@ mod tests {
         }
     }
 
-    /// The automatic choice (int8 dot products up to 2 rows, past that the int8 tiles, or the
-    /// float tiles without AVX2) is one of the paths.
+    /// The automatic choice is the path `quant_auto_path` names: int8 dot products up to 2
+    /// rows and the int8 tiles past that with AVX2; up to 8 rows and the float tiles past
+    /// that on CPUs with AVX-512 BF16 or without AVX2.
     #[test]
     fn quantized_linear_picks_a_path_by_rows() {
         let w = random_blocks(GgmlType::Q4_1, 40, 64, 3);
-        for n in [2i64, 3, 9] {
+        let int8_tiles = quant_isa() != "portable" && !std::arch::is_x86_feature_detected!("avx512bf16");
+        for n in [2i64, 3, 8, 9, 64] {
             let x = Tensor::randn([n, 64], (Kind::Float, Device::Cpu));
             let run = |path| {
                 let mut out = Tensor::zeros([n, 40], (Kind::Float, Device::Cpu));
                 quant_linear_into(&mut out, &x, &w, 0, path, QuantIsa::Best);
                 out
             };
-            let many = if quant_isa() == "portable" { QuantPath::Tiles } else { QuantPath::Int8Tiles };
-            let expected = if n <= 2 { run(QuantPath::Dots) } else { run(many) };
-            assert_eq!(run(QuantPath::Auto), expected, "n={n}");
+            let want = match (int8_tiles, n) {
+                (_, ..=2) | (false, ..=8) => QuantPath::Dots,
+                (true, _) => QuantPath::Int8Tiles,
+                (false, _) => QuantPath::Tiles,
+            };
+            assert_eq!(quant_auto_path(n as usize), want, "n={n}");
+            assert_eq!(run(QuantPath::Auto), run(want), "n={n}");
         }
     }
 
