@@ -249,24 +249,42 @@ Weights check_weights(const at::Tensor& w, int64_t type, int64_t rows, int64_t c
   return Weights{w.data_ptr<uint8_t>(), static_cast<int>(type), rows, cols, row_bytes};
 }
 
+// The rows of x quantized to int8 in blocks of `block` values (Act), with the 16-value
+// sums the super-block kernels take when `with_sums`; `isa` as pick_isa returns it.
+struct QuantizedRows {
+  std::vector<int8_t> q;
+  std::vector<float> meta;
+  std::vector<int16_t> sums;
+  Act act;
+
+  QuantizedRows(const at::Tensor& x, int64_t block, bool with_sums, int isa) {
+    const int64_t n = x.size(0), cols = x.size(1);
+    q.resize(n * cols);
+    meta.resize(n * (cols / 32) * 3);
+    sums.resize(with_sums ? n * cols / 16 : 0);
+    sluice::dispatch_float_types(x.scalar_type(), "quantized linear", [&](auto zero) {
+      using T = decltype(zero);
+      // Rows apart on the threads once there are enough to be worth waking them.
+      at::parallel_for(0, n, 4, [&](int64_t i0, int64_t i1) {
+        quantize_rows_with<T>(isa, x.data_ptr<T>() + i0 * cols, i1 - i0, cols, block, q.data() + i0 * cols,
+                              meta.data() + i0 * (cols / 32) * 3, with_sums ? sums.data() + i0 * cols / 16 : nullptr);
+      });
+    });
+    act = Act{q.data(), meta.data(), with_sums ? sums.data() : nullptr, n, cols};
+  }
+  QuantizedRows(const QuantizedRows&) = delete;  // act points into the buffers
+};
+
+// The Out value of a float dtype.
+int out_kind(at::ScalarType dtype) { return dtype == at::kBFloat16 ? kOutBF16 : dtype == at::kHalf ? kOutF16 : kOutF32; }
+
 void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
-  const int64_t n = x.size(0), cols = w.cols;
+  const int64_t n = x.size(0);
   // The K-quants' kernels take one activation scale per 256-value super-block.
   const bool super = has_super_blocks(w.type);
-  const int64_t block = super ? 256 : 32;
   const int chosen = pick_isa(isa);
-  std::vector<int8_t> q(n * cols);
-  std::vector<float> meta(n * (cols / 32) * 3);
-  std::vector<int16_t> sums(super ? n * cols / 16 : 0);
-  sluice::dispatch_float_types(x.scalar_type(), "quantized linear", [&](auto zero) {
-    using T = decltype(zero);
-    // Rows apart on the threads once there are enough to be worth waking them.
-    at::parallel_for(0, n, 4, [&](int64_t i0, int64_t i1) {
-      quantize_rows_with<T>(chosen, x.data_ptr<T>() + i0 * cols, i1 - i0, cols, block, q.data() + i0 * cols,
-                            meta.data() + i0 * (cols / 32) * 3, super ? sums.data() + i0 * cols / 16 : nullptr);
-    });
-  });
-  const Act act{q.data(), meta.data(), super ? sums.data() : nullptr, n, cols};
+  const QuantizedRows rows(x, super ? 256 : 32, super, chosen);
+  const Act& act = rows.act;
   std::vector<float> y(n * w.rows);
   dispatch_type(w.type, [&](auto t) {
     constexpr int T = decltype(t)::value;
@@ -290,21 +308,12 @@ void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
 void panel_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
   const int chosen = pick_isa(isa);
   if (chosen == kPortable) return int8_path(out, x, w, col0, isa);
-  const int64_t n = x.size(0), cols = w.cols;
-  std::vector<int8_t> q(n * cols);
-  std::vector<float> meta(n * (cols / 32) * 3);
-  sluice::dispatch_float_types(x.scalar_type(), "quantized linear", [&](auto zero) {
-    using T = decltype(zero);
-    at::parallel_for(0, n, 4, [&](int64_t i0, int64_t i1) {
-      quantize_rows_with<T>(chosen, x.data_ptr<T>() + i0 * cols, i1 - i0, cols, 32, q.data() + i0 * cols,
-                            meta.data() + i0 * (cols / 32) * 3, nullptr);
-    });
-  });
-  const Act act{q.data(), meta.data(), nullptr, n, cols};
-  const auto dtype = out.scalar_type();
-  const int kind = dtype == at::kBFloat16 ? kOutBF16 : dtype == at::kHalf ? kOutF16 : kOutF32;
+  const int64_t cols = w.cols;
+  const QuantizedRows rows(x, 32, false, chosen);
+  const Act& act = rows.act;
   void* o = static_cast<uint8_t*>(out.data_ptr()) + col0 * out.element_size();
   const int64_t ldo = out.size(1), panels = (w.rows + avx2::kPanelRows - 1) / avx2::kPanelRows;
+  static_assert(sizeof(avx2::PanelGroup) == sizeof(vnni::PanelGroup), "one layout");
   dispatch_type(w.type, [&](auto t) {
     constexpr int T = decltype(t)::value;
     auto run = [&](auto k) {
@@ -313,7 +322,6 @@ void panel_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t 
         // One unpacked panel, kept by each worker between calls (32-byte aligned by hand:
         // the vector's allocation is not).
         thread_local std::vector<uint8_t> raw;
-        static_assert(sizeof(avx2::PanelGroup) == sizeof(vnni::PanelGroup), "one layout");
         raw.resize(std::max<size_t>(raw.size(), (cols / 32) * sizeof(avx2::PanelGroup) + 32));
         void* buf = raw.data() + (32 - reinterpret_cast<uintptr_t>(raw.data()) % 32) % 32;
         if (chosen == 0)
@@ -322,7 +330,7 @@ void panel_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t 
           avx2::panel_rows<T, O>(act, w.data, w.row_bytes, w.rows, p0, p1, o, ldo, static_cast<avx2::PanelGroup*>(buf));
       });
     };
-    dispatch_out(kind, run);
+    dispatch_out(out_kind(out.scalar_type()), run);
   });
 }
 
@@ -337,7 +345,7 @@ void tile_path(at::Tensor& out, const at::Tensor& x_in, const Weights& w, int64_
   const int chosen = pick_isa(isa);
   const bool wide = chosen == 0 && has_avx512_bf16();
   const bool simd = chosen <= 1;
-  const int kind = dtype == at::kBFloat16 ? kOutBF16 : dtype == at::kHalf ? kOutF16 : kOutF32;
+  const int kind = out_kind(dtype);
   const int64_t per = tile_rows(w.rows, w.cols, x.element_size(), at::get_num_threads());
   const int64_t tile_values = per * w.cols;
   dispatch_type(w.type, [&](auto t) {

@@ -296,6 +296,15 @@ inline __m128i round_bf16x8(__m256 v) {
   return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
 }
 
+// 8 floats as 8 values of O (kOutBF16 or kOutF16), rounded to nearest even.
+template <int O>
+inline __m128i round_16bit8(__m256 v) {
+  if constexpr (O == kOutBF16)
+    return round_bf16x8(v);
+  else
+    return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+}
+
 // Weight rows [r0, r1) as values of O, [r1 - r0, cols] (the tiled path's dequantization).
 template <int T, int O>
 void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t r0, int64_t r1, void* out) {
@@ -318,8 +327,7 @@ void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t 
         if constexpr (O == kOutF32) {
           _mm256_storeu_ps(static_cast<float*>(out) + i, v);
         } else {
-          const __m128i h16 = O == kOutBF16 ? round_bf16x8(v) : _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + i), h16);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + i), round_16bit8<O>(v));
         }
       }
     }
@@ -404,12 +412,14 @@ inline void panel_block(const PanelGroup* p, const Act& a, int64_t i0, __m256* o
   const int64_t groups = a.cols / 32;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[M];
-  for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
+  __m256i s32[M];  // back to zero each time it goes into acc
+  for (int i = 0; i < M; ++i) {
+    acc[i] = _mm256_setzero_ps();
+    s32[i] = _mm256_setzero_si256();
+  }
   const int8_t* xq = a.q + i0 * a.cols;
   for (int64_t g = 0; g < groups; ++g) {
     const PanelGroup& pg = p[g];
-    __m256i s32[M];
-    for (int i = 0; i < M; ++i) s32[i] = _mm256_setzero_si256();
     for (int c0 = 0; c0 < 8; c0 += span) {
       __m256i s16[M];
       for (int c = c0; c < c0 + span; ++c) {
@@ -429,23 +439,19 @@ inline void panel_block(const PanelGroup* p, const Act& a, int64_t i0, __m256* o
         }
       }
       for (int i = 0; i < M; ++i) s32[i] = _mm256_add_epi32(s32[i], _mm256_madd_epi16(s16[i], ones));
-      if (halves && (c0 + span) % 4 == 0) {
-        const int h = (c0 + span) / 4 - 1;
+      // The sums so far into floats: at the end of each half for Q6_K, else of the group
+      // (its offsets' share from both halves' activation sums).
+      const bool half_done = halves && (c0 + span) % 4 == 0;
+      if (half_done || c0 + span == 8) {
+        const int h = halves ? (c0 + span) / 4 - 1 : 0;
         for (int i = 0; i < M; ++i) {
           const float* meta = a.meta + ((i0 + i) * groups + g) * 3;
+          const float sx = halves ? meta[1 + h] : meta[1] + meta[2];
           const __m256 dwx = _mm256_mul_ps(pg.d[h], _mm256_set1_ps(meta[0]));
           acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), dwx, acc[i]);
-          acc[i] = _mm256_fmadd_ps(pg.m[h], _mm256_set1_ps(meta[1 + h]), acc[i]);
+          acc[i] = _mm256_fmadd_ps(pg.m[h], _mm256_set1_ps(sx), acc[i]);
           s32[i] = _mm256_setzero_si256();
         }
-      }
-    }
-    if constexpr (!halves) {
-      for (int i = 0; i < M; ++i) {
-        const float* meta = a.meta + ((i0 + i) * groups + g) * 3;
-        const __m256 dwx = _mm256_mul_ps(pg.d[0], _mm256_set1_ps(meta[0]));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), dwx, acc[i]);
-        acc[i] = _mm256_fmadd_ps(pg.m[0], _mm256_set1_ps(meta[1] + meta[2]), acc[i]);
       }
     }
   }
@@ -459,7 +465,7 @@ inline void store_panel_row(__m256 v, int rows, void* o) {
     if constexpr (O == kOutF32)
       _mm256_storeu_ps(static_cast<float*>(o), v);
     else
-      _mm_storeu_si128(static_cast<__m128i*>(o), O == kOutBF16 ? round_bf16x8(v) : _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+      _mm_storeu_si128(static_cast<__m128i*>(o), round_16bit8<O>(v));
     return;
   }
   if constexpr (O == kOutF32) {
@@ -468,7 +474,7 @@ inline void store_panel_row(__m256 v, int rows, void* o) {
     std::memcpy(o, f, rows * sizeof(float));
   } else {
     alignas(16) uint16_t h[8];
-    _mm_store_si128(reinterpret_cast<__m128i*>(h), O == kOutBF16 ? round_bf16x8(v) : _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    _mm_store_si128(reinterpret_cast<__m128i*>(h), round_16bit8<O>(v));
     std::memcpy(o, h, rows * sizeof(uint16_t));
   }
 }
@@ -492,24 +498,23 @@ void panel_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t rows,
       const int64_t r = pi * kPanelRows;
       const int live = static_cast<int>(std::min<int64_t>(kPanelRows, rows - r));
       unpack_panel<T>(w, row_bytes, groups, r, live, buf);
-      __m256 sums[4];
       int64_t i = c0;
-      for (; i + 4 <= c1; i += 4) {
-        panel_block<T, 4>(buf, a, i, sums);
-        for (int k = 0; k < 4; ++k) store_panel_row<O>(sums[k], live, o + (i + k) * ldo + r);
-      }
-      // The last 1–3 rows in one block.
-      auto tail = [&](auto m) {
+      // M activation rows from i, then i moves past them.
+      auto block = [&](auto m) {
         constexpr int M = decltype(m)::value;
+        __m256 sums[M];
         panel_block<T, M>(buf, a, i, sums);
         for (int k = 0; k < M; ++k) store_panel_row<O>(sums[k], live, o + (i + k) * ldo + r);
+        i += M;
       };
+      while (c1 - i >= 4) block(std::integral_constant<int, 4>{});
+      // The last 1–3 rows in one block.
       if (c1 - i == 3)
-        tail(std::integral_constant<int, 3>{});
+        block(std::integral_constant<int, 3>{});
       else if (c1 - i == 2)
-        tail(std::integral_constant<int, 2>{});
+        block(std::integral_constant<int, 2>{});
       else if (c1 - i == 1)
-        tail(std::integral_constant<int, 1>{});
+        block(std::integral_constant<int, 1>{});
     }
   }
 }
