@@ -48,12 +48,15 @@ fn compile_kernels(lib: &str) {
         .flag("-fopenmp")
         .opt_level(3)
         .file("kernels/attention.cpp")
+        .file("kernels/prefill_attention.cpp")
         .file("kernels/norm.cpp")
         .file("kernels/rope.cpp")
         .file("kernels/quant.cpp")
         .compile("sluice_kernels");
     compile_dist(&include);
     println!("cargo:rerun-if-changed=kernels/attention.cpp");
+    println!("cargo:rerun-if-changed=kernels/prefill_attention.cpp");
+    println!("cargo:rerun-if-changed=kernels/simd_math.h");
     println!("cargo:rerun-if-changed=kernels/norm.cpp");
     println!("cargo:rerun-if-changed=kernels/rope.cpp");
     println!("cargo:rerun-if-changed=kernels/quant.cpp");

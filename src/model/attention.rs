@@ -5,6 +5,11 @@
 //! `q - w < k <= q`, as transformers' sliding-window mask does: decoding sequences simply
 //! read the last `w` slots of their context, and prompt chunks gather only the keys any of
 //! their queries can see, with a mask for the rest.
+//!
+//! On the CPU both kinds read the cache in place, on kernels of ours: decoding sequences
+//! always, prompt chunks where the only cut is the causal one and scores are not
+//! soft-capped (flash attention's tiles; the rest take libtorch's fused attention, or
+//! transformers' eager attention for soft-capped scores).
 
 use tch::{Device, Kind, Tensor};
 
@@ -61,9 +66,28 @@ struct PrefillSeq {
     len: i64,
     gather: Tensor, // [ctx] cache slots of the keys the chunk's queries may see
     ctx: i64,
-    /// True where a query may see a key; None for plain causal attention over the whole
-    /// context.
+    /// True where a query may see a key; None for a whole prompt, and on the CPU wherever
+    /// the only cut is the causal one (query `i` sees the keys up to position `ctx - len +
+    /// i`).
     mask: Option<Tensor>,
+}
+
+impl PrefillSeq {
+    /// The mask for tensor operations: `mask`, or the causal one where the chunk follows
+    /// earlier context (libtorch's `is_causal` aligns the corners the other way); None for a
+    /// whole prompt.
+    fn visible(&self, dev: Device) -> Option<Tensor> {
+        match &self.mask {
+            Some(m) => Some(m.shallow_clone()),
+            None => (self.len != self.ctx).then(|| causal_mask(self.len, self.ctx, dev)),
+        }
+    }
+}
+
+/// `[1, 1, len, ctx]`: true where query `i` (at position `ctx - len + i`) may see a key.
+fn causal_mask(len: i64, ctx: i64, dev: Device) -> Tensor {
+    let qpos = Tensor::arange_start(ctx - len, ctx, (Kind::Int64, dev)).unsqueeze(1);
+    Tensor::arange(ctx, (Kind::Int64, dev)).unsqueeze(0).le_tensor(&qpos).view([1, 1, len, ctx])
 }
 
 impl AttnPlan {
@@ -104,7 +128,8 @@ impl AttnPlan {
                 let start = first_visible(q0);
                 let (len, ctx) = (s.len as i64, (s.context_len - start) as i64);
                 let windowed = window.is_some_and(|w| w < s.context_len);
-                let mask = (start > 0 || len != ctx || windowed).then(|| {
+                // On the CPU the kernel needs none for the causal cut alone.
+                let mask = (start > 0 || windowed || (len != ctx && dev != Device::Cpu)).then(|| {
                     // Query i is at position q0 + i; key j at start + j.
                     let qpos = Tensor::arange_start(q0 as i64, s.context_len as i64, (Kind::Int64, dev)).unsqueeze(1);
                     let kpos = Tensor::arange_start(start as i64, s.context_len as i64, (Kind::Int64, dev)).unsqueeze(0);
@@ -172,21 +197,28 @@ impl AttnPlan {
             let _ = out.index_copy_(0, &g.rows, &o);
         }
         for p in &self.prefill {
-            let qp = q.narrow(0, p.row, p.len).transpose(0, 1).unsqueeze(0); // [1, h, len, d]
+            let qp = q.narrow(0, p.row, p.len);
+            if q.device() == Device::Cpu && p.mask.is_none() && rule.softcap.is_none() {
+                // Our tiled kernel reads the cache in place.
+                out.narrow(0, p.row, p.len).copy_(&kernels::paged_prefill_attention(&qp, kc, vc, &p.gather, rule.scale));
+                continue;
+            }
+            let qp = qp.transpose(0, 1).unsqueeze(0); // [1, h, len, d]
             let kp = kc.index_select(0, &p.gather).view([p.ctx, kvh, d]).transpose(0, 1).unsqueeze(0);
             let vp = vc.index_select(0, &p.gather).view([p.ctx, kvh, d]).transpose(0, 1).unsqueeze(0);
+            let visible = p.visible(q.device());
             let o = match rule.softcap {
                 None => Tensor::scaled_dot_product_attention(
                     &qp,
                     &kp,
                     &vp,
-                    p.mask.as_ref(),
+                    visible.as_ref(),
                     0.0,
-                    p.mask.is_none(),
+                    visible.is_none(),
                     rule.scale,
                     true,
                 ),
-                Some(_) => eager_prefill(&qp, &kp, &vp, p, h / kvh, rule),
+                Some(_) => eager_prefill(&qp, &kp, &vp, p, visible, h / kvh, rule),
             };
             out.narrow(0, p.row, p.len).copy_(&o.squeeze_dim(0).transpose(0, 1));
         }
@@ -195,19 +227,13 @@ impl AttnPlan {
 }
 
 /// transformers' eager attention (what it runs for soft-capped scores, which libtorch's
-/// fused attention cannot do): `[1, h, len, d]` queries over `[1, kvh, ctx, d]` keys.
-fn eager_prefill(q: &Tensor, k: &Tensor, v: &Tensor, p: &PrefillSeq, group: i64, rule: ScoreRule) -> Tensor {
+/// fused attention cannot do): `[1, h, len, d]` queries over `[1, kvh, ctx, d]` keys, with
+/// the chunk's `visible` mask (None: a whole prompt, causal).
+fn eager_prefill(q: &Tensor, k: &Tensor, v: &Tensor, p: &PrefillSeq, visible: Option<Tensor>, group: i64, rule: ScoreRule) -> Tensor {
     let k = k.repeat_interleave_self_int(group, 1, None);
     let v = v.repeat_interleave_self_int(group, 1, None);
     let scores = softcap(q.matmul(&k.transpose(2, 3)) * rule.scale, rule.softcap);
-    let visible = match &p.mask {
-        Some(m) => m.shallow_clone(),
-        None => {
-            let dev = q.device();
-            let qpos = Tensor::arange(p.len, (Kind::Int64, dev)).unsqueeze(1);
-            Tensor::arange(p.ctx, (Kind::Int64, dev)).unsqueeze(0).le_tensor(&qpos).view([1, 1, p.len, p.ctx])
-        }
-    };
+    let visible = visible.unwrap_or_else(|| causal_mask(p.len, p.ctx, q.device()));
     let scores = scores.to_kind(Kind::Float).masked_fill(&visible.logical_not(), f64::NEG_INFINITY);
     scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
 }
