@@ -34,12 +34,13 @@ fn main() {
     let rounds: usize = std::env::var("ROUNDS").ok().map_or(if models.len() > 1 { 5 } else { 1 }, |r| r.parse().unwrap());
     println!("dtype {dtype}, threads {}, quantization {ways:?}, int8 path {}", tch::get_num_threads(), sluice::model::kernels::quant_isa());
     // (label, sequences, new tokens each, cached context each)
-    let shapes: [(&str, usize, usize, usize); 8] = [
+    let shapes: [(&str, usize, usize, usize); 9] = [
         ("decode b=1 ctx=300", 1, 1, 300),
         ("decode b=2 ctx=300", 2, 1, 300),
         ("decode b=4 ctx=300", 4, 1, 300),
         ("decode b=8 ctx=300", 8, 1, 300),
         ("decode b=16 ctx=300", 16, 1, 300),
+        ("decode b=32 ctx=300", 32, 1, 300),
         ("decode b=64 ctx=300", 64, 1, 300),
         ("prefill 1x512", 1, 512, 0),
         ("prefill 1x1500", 1, 1500, 0),

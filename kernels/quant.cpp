@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -388,19 +389,34 @@ void tile_path(at::Tensor& out, const at::Tensor& x_in, const Weights& w, int64_
 
 }  // namespace
 
+// Whether the CPU has AMX's bfloat16 tiles (CPUID leaf 7: EDX bit 22), which libtorch's
+// bfloat16 products run on.
+bool has_amx_bf16() {
+  static const bool yes = [] {
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 22) & 1u);
+  }();
+  return yes;
+}
+
 // The path (1 int8 dot products, 2 float tiles, 3 int8 tiles) for a product of n rows.
 // - With AVX2 (and without AVX-512 BF16): up to 2 rows the dot products, past that the
 //   int8 tiles (benches/forward.rs, Zen 3: at 4 rows a step took 0.6–0.9 of the dot
 //   products' time, at 8 rows 0.6–0.65; at 2 rows the dot products were as fast or faster).
-// - With AVX-512 BF16, where libtorch's bfloat16 products are native (and run on AMX where
-//   there is one), up to 8 rows the dot products, past that the float tiles, as measured
-//   on such a CPU (BENCHMARKS.md run 5) before the int8 tiles existed; they are yet to be
-//   measured against each other there.
+// - With AVX-512 BF16 but no AMX: up to 2 rows the dot products, up to 16 the int8 tiles,
+//   past that the float tiles in bfloat16 (BENCHMARKS.md run 9, Zen 5: at 4 and 8 rows
+//   the int8 tiles took 0.6–0.95 of the dot products' time; at 16 rows they tied with the
+//   bfloat16 tiles, at 32 and 64 they took 1.1–1.4 of their time, and 1.4–1.7 for prompts).
+// - With AVX-512 BF16 and AMX, where the bfloat16 tiles run on AMX: up to 8 rows the dot
+//   products, past that the float tiles (run 5, before the int8 tiles existed; they are yet
+//   to be measured against each other there).
 // - Portable loops: up to 8 rows the dot products, past that the float tiles.
 int auto_path(int64_t n, int isa) {
-  const bool int8_tiles = pick_isa(isa) != kPortable && !has_avx512_bf16();
-  if (n <= (int8_tiles ? 2 : 8)) return 1;
-  return int8_tiles ? 3 : 2;
+  const bool simd = pick_isa(isa) != kPortable;
+  if (!simd || (has_avx512_bf16() && has_amx_bf16())) return n <= 8 ? 1 : 2;
+  if (n <= 2) return 1;
+  if (has_avx512_bf16()) return n <= 16 ? 3 : 2;
+  return 3;
 }
 
 // out[:, col0 .. col0 + rows) = x · Wᵀ, W the `rows` × `cols` matrix of ggml type `type`

@@ -151,8 +151,9 @@ fn prefill_attention_with(q: &Tensor, kc: &Tensor, vc: &Tensor, slots: &Tensor, 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantPath {
     /// By the number of rows and the CPU (`quant_auto_path`): int8 dot products for a few;
-    /// for more the int8 tiles, or the float tiles on CPUs without AVX2 and on those with
-    /// AVX-512 BF16 (libtorch's bfloat16 products native there).
+    /// for more the int8 tiles, or the float tiles on CPUs without AVX2, on those with
+    /// AVX-512 BF16 past 16 rows (libtorch's bfloat16 products native there), and on those
+    /// with AMX past 8.
     Auto,
     /// Activations quantized per 32 values to int8; int8 dot products with the blocks.
     Dots,
@@ -677,18 +678,25 @@ mod tests {
     #[test]
     fn quantized_linear_picks_a_path_by_rows() {
         let w = random_blocks(GgmlType::Q4_1, 40, 64, 3);
-        let int8_tiles = quant_isa() != "portable" && !std::arch::is_x86_feature_detected!("avx512bf16");
-        for n in [2i64, 3, 8, 9, 64] {
+        let simd = quant_isa() != "portable";
+        let bf16 = std::arch::is_x86_feature_detected!("avx512bf16");
+        // SAFETY: CPUID leaf 7 exists on every CPU with AVX2 (checked before it is read).
+        let amx = simd && (unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx >> 22) & 1 == 1;
+        for n in [2i64, 3, 8, 9, 16, 17, 64] {
             let x = Tensor::randn([n, 64], (Kind::Float, Device::Cpu));
             let run = |path| {
                 let mut out = Tensor::zeros([n, 40], (Kind::Float, Device::Cpu));
                 quant_linear_into(&mut out, &x, &w, 0, path, QuantIsa::Best);
                 out
             };
-            let want = match (int8_tiles, n) {
-                (_, ..=2) | (false, ..=8) => QuantPath::Dots,
-                (true, _) => QuantPath::Int8Tiles,
-                (false, _) => QuantPath::Tiles,
+            let want = if !simd || (bf16 && amx) {
+                if n <= 8 { QuantPath::Dots } else { QuantPath::Tiles }
+            } else if n <= 2 {
+                QuantPath::Dots
+            } else if bf16 && n > 16 {
+                QuantPath::Tiles
+            } else {
+                QuantPath::Int8Tiles
             };
             assert_eq!(quant_auto_path(n as usize), want, "n={n}");
             assert_eq!(run(QuantPath::Auto), run(want), "n={n}");
