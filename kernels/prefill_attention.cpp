@@ -164,34 +164,38 @@ SLUICE_CLONES void values_portable(const float* p, const float* v, float* o, int
 
 // --- AVX2 steps (d a multiple of 8) -------------------------------------------------------
 
-// R rows × C vectors of 8 keys, accumulated in registers over d.
-template <int R, int C>
-SLUICE_AVX2 inline void score_block(const float* q, const float* kt, float* s, int64_t d) {
+// out[r][8c .. 8c + 8) (+)= Σ_t a[r·lda + t] · b[t·ldb + 8c .. 8c + 8) for R rows and C
+// vectors, accumulated in registers over t < n: the scores (a the queries, b the keys
+// transposed) and the values' weighted sums (a the probabilities, b the values) alike.
+// The unroll pragmas matter: without them GCC kept `acc` on the stack, a store per FMA.
+template <int R, int C, bool kAccumulate>
+SLUICE_AVX2 inline void product_block(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t n, float* out,
+                                      int64_t ldo) {
   __m256 acc[R][C];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  for (int64_t t = 0; t < d; ++t) {
-    __m256 k[C];
+    for (int c = 0; c < C; ++c) acc[r][c] = kAccumulate ? _mm256_loadu_ps(out + r * ldo + 8 * c) : _mm256_setzero_ps();
+  for (int64_t t = 0; t < n; ++t) {
+    __m256 x[C];
 #pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) k[c] = _mm256_loadu_ps(kt + t * kKeys + 8 * c);
+    for (int c = 0; c < C; ++c) x[c] = _mm256_loadu_ps(b + t * ldb + 8 * c);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const __m256 x = _mm256_broadcast_ss(q + r * d + t);
+      const __m256 y = _mm256_broadcast_ss(a + r * lda + t);
 #pragma GCC unroll 16
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(x, k[c], acc[r][c]);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(y, x[c], acc[r][c]);
     }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) _mm256_storeu_ps(s + r * kKeys + 8 * c, acc[r][c]);
+    for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + r * ldo + 8 * c, acc[r][c]);
 }
 
 template <int R>
 SLUICE_AVX2 inline void score_rows(const float* q, const float* kt, float* s, int64_t d) {
-  for (int64_t c = 0; c < kKeys / 8; c += 2) score_block<R, 2>(q, kt + 8 * c, s + 8 * c, d);
+  for (int64_t c = 0; c < kKeys / 8; c += 2) product_block<R, 2, false>(q, d, kt + 8 * c, kKeys, d, s + 8 * c, kKeys);
 }
 
 // 6 rows × 2 vectors: 12 accumulators, 2 key vectors and a broadcast in AVX2's 16 registers.
@@ -244,38 +248,13 @@ SLUICE_AVX2 void softmax_avx2(float* s, const int64_t* lim, float* m, float* l, 
   }
 }
 
-// R rows × C vectors of 8 output values, accumulated in registers over the keys.
-template <int R, int C>
-SLUICE_AVX2 inline void value_block(const float* p, const float* v, float* o, int64_t d, int64_t keys) {
-  __m256 acc[R][C];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_loadu_ps(o + r * d + 8 * c);
-  for (int64_t j = 0; j < keys; ++j) {
-    __m256 x[C];
-#pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) x[c] = _mm256_loadu_ps(v + j * d + 8 * c);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const __m256 pr = _mm256_broadcast_ss(p + r * kKeys + j);
-#pragma GCC unroll 16
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(pr, x[c], acc[r][c]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int c = 0; c < C; ++c) _mm256_storeu_ps(o + r * d + 8 * c, acc[r][c]);
-}
-
 // R rows over every vector of the output: 4 at a time, then 2, then 1.
 template <int R>
 SLUICE_AVX2 inline void value_rows(const float* p, const float* v, float* o, int64_t d, int64_t keys) {
   int64_t c = 0;
-  for (; c + 4 <= d / 8; c += 4) value_block<R, 4>(p, v + 8 * c, o + 8 * c, d, keys);
-  for (; c + 2 <= d / 8; c += 2) value_block<R, 2>(p, v + 8 * c, o + 8 * c, d, keys);
-  for (; c < d / 8; ++c) value_block<R, 1>(p, v + 8 * c, o + 8 * c, d, keys);
+  for (; c + 4 <= d / 8; c += 4) product_block<R, 4, true>(p, kKeys, v + 8 * c, d, keys, o + 8 * c, d);
+  for (; c + 2 <= d / 8; c += 2) product_block<R, 2, true>(p, kKeys, v + 8 * c, d, keys, o + 8 * c, d);
+  for (; c < d / 8; ++c) product_block<R, 1, true>(p, kKeys, v + 8 * c, d, keys, o + 8 * c, d);
 }
 
 // 3 rows × 4 vectors: 12 accumulators, 4 value vectors and a broadcast.
