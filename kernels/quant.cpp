@@ -404,9 +404,10 @@ bool has_amx_bf16() {
 //   int8 tiles (benches/forward.rs, Zen 3: at 4 rows a step took 0.6–0.9 of the dot
 //   products' time, at 8 rows 0.6–0.65; at 2 rows the dot products were as fast or faster).
 // - With AVX-512 BF16 but no AMX: up to 2 rows the dot products, up to 16 the int8 tiles,
-//   past that the float tiles in bfloat16 (BENCHMARKS.md run 9, Zen 5: at 4 and 8 rows
-//   the int8 tiles took 0.6–0.95 of the dot products' time; at 16 rows they tied with the
-//   bfloat16 tiles, at 32 and 64 they took 1.1–1.4 of their time, and 1.4–1.7 for prompts).
+//   past that the float tiles in bfloat16 (BENCHMARKS.md run 9, Zen 5, three rounds: at 4
+//   rows the int8 tiles took 0.67, 1.21 and 0.87 of the dot products' time, at 8 rows 0.62,
+//   0.95 and 0.84; at 16 rows they tied with the bfloat16 tiles (0.81–1.16), at 32 and 64
+//   they took 0.96–1.44 of their time, and 1.16–1.68 for prompts).
 // - With AVX-512 BF16 and AMX, where the bfloat16 tiles run on AMX: up to 8 rows the dot
 //   products, past that the float tiles (run 5, before the int8 tiles existed; they are yet
 //   to be measured against each other there).

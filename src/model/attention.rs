@@ -200,7 +200,7 @@ impl AttnPlan {
             let qp = q.narrow(0, p.row, p.len);
             if q.device() == Device::Cpu && p.mask.is_none() && rule.softcap.is_none() {
                 // Our tiled kernel reads the cache in place.
-                out.narrow(0, p.row, p.len).copy_(&kernels::paged_prefill_attention(&qp, kc, vc, &p.gather, rule.scale));
+                out.narrow(0, p.row, p.len).copy_(&kernels::paged_prefill_attention(&qp.contiguous(), kc, vc, &p.gather, rule.scale));
                 continue;
             }
             let qp = qp.transpose(0, 1).unsqueeze(0); // [1, h, len, d]
