@@ -436,10 +436,12 @@ mod tests {
                         let got = prefill_attention_with(&q, &kc, &vc, &Tensor::from_slice(&slots), scale, isa);
                         let want = prefill_reference(&q, &kc, &vc, &slots, scale);
                         let err = (got.to_kind(Kind::Double) - &want).abs().max().double_value(&[]);
-                        // Float32 to the end: only the output is rounded to the dtype.
+                        // Float32 but for the probabilities and the output, each rounded to
+                        // the dtype once: up to ~2⁻⁹ (bfloat16) or ~2⁻¹¹ (float16) of
+                        // outputs of a few units, each way.
                         let tol = match kind {
-                            Kind::BFloat16 => 1e-2,
-                            Kind::Half => 2e-3,
+                            Kind::BFloat16 => 3e-2,
+                            Kind::Half => 5e-3,
                             _ => 1e-5,
                         };
                         assert!(err <= tol, "{kind:?} {isa:?} h={h} kvh={kvh} d={d} n={n} ctx={ctx}: max error {err} > {tol}");
@@ -680,8 +682,8 @@ mod tests {
         let w = random_blocks(GgmlType::Q4_1, 40, 64, 3);
         let simd = quant_isa() != "portable";
         let bf16 = std::arch::is_x86_feature_detected!("avx512bf16");
-        // SAFETY: CPUID leaf 7 exists on every CPU with AVX2 (checked before it is read).
-        let amx = simd && (unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx >> 22) & 1 == 1;
+        // CPUID leaf 7 exists on every CPU with AVX2 (checked before it is read).
+        let amx = simd && (std::arch::x86_64::__cpuid_count(7, 0).edx >> 22) & 1 == 1;
         for n in [2i64, 3, 8, 9, 16, 17, 64] {
             let x = Tensor::randn([n, 64], (Kind::Float, Device::Cpu));
             let run = |path| {
