@@ -44,6 +44,7 @@
 
 namespace {
 
+using sluice::cpu_has_avx2;
 using sluice::exp_nonpositive;
 using sluice::exp_nonpositive8;
 using sluice::load8;
@@ -355,11 +356,6 @@ SLUICE_AVX2 void value_items_avx2(const Args<T>& a, int64_t begin, int64_t end) 
     if (group - r == 2) value_heads<2>(v, stride, slots, c.j0, c.j1, p + r * len, len, out + r * d, d);
     if (group - r == 1) value_heads<1>(v, stride, slots, c.j0, c.j1, p + r * len, len, out + r * d, d);
   }
-}
-
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
 }
 
 template <typename T>

@@ -45,6 +45,7 @@
 
 namespace {
 
+using sluice::cpu_has_avx2;
 using sluice::exp_nonpositive;
 using sluice::exp_nonpositive8;
 using sluice::max8;
@@ -277,17 +278,17 @@ struct Args {
   int64_t n, ctx, h, kvh, d;
   float scale;
   // Laid out by the driver, float32, for each KV head and tile of 64 keys (zeros past ctx):
-  float* kt;  // [kvh, tiles, d, 64]: the keys transposed
-  float* v;   // [kvh, tiles, 64, d]: the values
+  int64_t key_tiles;
+  float* kt;  // [kvh, key_tiles, d, 64]: the keys transposed
+  float* v;   // [kvh, key_tiles, 64, d]: the values
 };
 
 // The keys and values of one KV head's tile, widened and laid out for the tile steps.
 template <typename T>
 void pack_tile(const Args<T>& a, int64_t g, int64_t tile) {
   const int64_t d = a.d, k0 = tile * kKeys, keys = std::min(kKeys, a.ctx - k0);
-  const int64_t tiles = (a.ctx + kKeys - 1) / kKeys;
-  float* kt = a.kt + (g * tiles + tile) * d * kKeys;
-  float* v = a.v + (g * tiles + tile) * kKeys * d;
+  float* kt = a.kt + (g * a.key_tiles + tile) * d * kKeys;
+  float* v = a.v + (g * a.key_tiles + tile) * kKeys * d;
   for (int64_t j = 0; j < keys; ++j) {
     const int64_t at = (a.slots[k0 + j] * a.kvh + g) * d;
     for (int64_t t = 0; t < d; ++t) {
@@ -315,10 +316,9 @@ void attend_item(const Args<T>& a, const TileSteps& steps, int64_t tile, int64_t
   std::fill(w.m.begin(), w.m.begin() + rows, -INFINITY);
   std::fill(w.l.begin(), w.l.begin() + rows, 0.0f);
   const int64_t seen = first_pos + queries;  // keys any of the item's queries may see
-  const int64_t tiles = (a.ctx + kKeys - 1) / kKeys;
   for (int64_t k0 = 0; k0 < seen; k0 += kKeys) {
     const int64_t keys = std::min(kKeys, seen - k0);
-    const int64_t at = g * tiles + k0 / kKeys;
+    const int64_t at = g * a.key_tiles + k0 / kKeys;
     for (int64_t r = 0; r < rows; ++r) w.lim[r] = std::clamp<int64_t>(first_pos + r / group + 1 - k0, 0, keys);
     steps.scores(w.q.data(), a.kt + at * d * kKeys, w.s.data(), rows, d);
     steps.softmax(w.s.data(), w.lim.data(), w.m.data(), w.l.data(), w.o.data(), rows, d, rounding_of<T>());
@@ -331,11 +331,6 @@ void attend_item(const Args<T>& a, const TileSteps& steps, int64_t tile, int64_t
   }
 }
 
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-
 template <typename T>
 void prefill_attention(Args<T> a, bool allow_simd) {
   TileSteps steps{scores_portable, softmax_portable, values_portable};
@@ -344,6 +339,7 @@ void prefill_attention(Args<T> a, bool allow_simd) {
   const int64_t key_tiles = (a.ctx + kKeys - 1) / kKeys;
   thread_local std::vector<float> packed;
   packed.resize(std::max<size_t>(packed.size(), 2 * a.kvh * key_tiles * kKeys * a.d));
+  a.key_tiles = key_tiles;
   a.kt = packed.data();
   a.v = packed.data() + a.kvh * key_tiles * kKeys * a.d;
   const int64_t tiles = (a.n + kQueries - 1) / kQueries, items = tiles * a.kvh;
@@ -355,7 +351,7 @@ void prefill_attention(Args<T> a, bool allow_simd) {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < a.kvh * key_tiles; ++i) pack_tile(a, i / key_tiles, i % key_tiles);
     // 2. The query tiles, longest first.
-    Scratch w;
+    thread_local Scratch w;  // on libtorch's pool threads, kept from call to call
     w.size(rows, a.d);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) attend_item(a, steps, tiles - 1 - item / a.kvh, item % a.kvh, w);
@@ -392,7 +388,7 @@ extern "C" const char* sluice_paged_prefill_attention(at::Tensor* out, const at:
     auto run = [&](auto zero) {
       using T = decltype(zero);
       const Args<T> args{out->data_ptr<T>(), q->data_ptr<T>(), kc->data_ptr<T>(), vc->data_ptr<T>(), sp,
-                         n, ctx, h, kvh, d, static_cast<float>(scale), nullptr, nullptr};
+                         n, ctx, h, kvh, d, static_cast<float>(scale), 0, nullptr, nullptr};
       prefill_attention<T>(args, allow_simd != 0);
     };
     sluice::dispatch_float_types(q->scalar_type(), "prefill attention", run);

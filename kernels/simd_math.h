@@ -15,6 +15,12 @@
 
 namespace sluice {
 
+// Whether the CPU runs the SLUICE_AVX2 builds (AVX2 and FMA), read once.
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
 // e^x for x <= 0, branch-free: x = n·ln2 + r with
 // |r| <= ln2/2, e^r by its Taylor series to r^7 (relative error below 2e-7), times 2^n built
 // in the exponent bits. Below -87 the result is flushed to e^-87 (~1.6e-38), which a
