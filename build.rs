@@ -62,6 +62,7 @@ fn compile_kernels(lib: &str) {
     println!("cargo:rerun-if-changed=kernels/quant.cpp");
     println!("cargo:rerun-if-changed=kernels/quant_blocks.h");
     println!("cargo:rerun-if-changed=kernels/quant_simd.h");
+    println!("cargo:rerun-if-changed=kernels/quant_panel512.h");
     println!("cargo:rerun-if-changed=kernels/convert.h");
     println!("cargo:rerun-if-changed=kernels/entry.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");

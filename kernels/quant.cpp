@@ -7,8 +7,8 @@
 //   group meets it in one `vpdpbusd` (AVX-512 VNNI) or `vpmaddubsw` (AVX2) per 32 values, or
 //   in plain loops on other CPUs; which, the CPU decides at run time.
 // - int8 tiles (more rows: big batches, prefill; AVX2): x quantized the same way, and 8
-//   weight rows at a time unpacked across the vector lanes, once for every activation row
-//   (kernels/quant_simd.h, panel_rows).
+//   weight rows at a time (32 with AVX-512 VNNI) unpacked across the vector lanes, once for
+//   every activation row (kernels/quant_simd.h and kernels/quant_panel512.h, panel_rows).
 // - float tiles (more rows on CPUs with AVX-512 BF16 or without AVX2; and for comparison):
 //   a tile of weight rows is dequantized to x's dtype and multiplied by libtorch's matrix
 //   product; the tile stays in cache while it is used, and the weights are never held
@@ -50,6 +50,13 @@ namespace vnni {
 #include "quant_simd.h"
 #undef SLUICE_VNNI
 }  // namespace vnni
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+namespace vnni512 {
+#include "quant_panel512.h"
+}  // namespace vnni512
 #pragma GCC pop_options
 
 // The tiled path's dequantization 16 values an instruction, with bfloat16 rounding in one
@@ -304,8 +311,9 @@ void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
 }
 
 // The int8 tile product (kernels/quant_simd.h, panel_rows): activations quantized per 32
-// values as on the int8 path, the weights 8 rows at a time across the vector lanes.
-// Needs AVX2 (the int8 path's portable loops run without it).
+// values as on the int8 path, the weights 8 rows at a time across the vector lanes (AVX2),
+// or 32 as two 16-lane parts with AVX-512 VNNI (kernels/quant_panel512.h). Needs AVX2 (the
+// int8 path's portable loops run without it).
 void panel_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
   const int chosen = pick_isa(isa);
   if (chosen == kPortable) return int8_path(out, x, w, col0, isa);
@@ -313,20 +321,23 @@ void panel_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t 
   const QuantizedRows rows(x, 32, false, chosen);
   const Act& act = rows.act;
   void* o = static_cast<uint8_t*>(out.data_ptr()) + col0 * out.element_size();
-  const int64_t ldo = out.size(1), panels = (w.rows + avx2::kPanelRows - 1) / avx2::kPanelRows;
-  static_assert(sizeof(avx2::PanelGroup) == sizeof(vnni::PanelGroup), "one layout");
+  const int64_t ldo = out.size(1);
+  const bool wide = chosen == 0;
+  const int64_t per_task = wide ? vnni512::kTaskRows : avx2::kPanelRows;
+  const int64_t tasks = (w.rows + per_task - 1) / per_task;
+  const size_t panel_bytes = (cols / 32) * (wide ? 2 * sizeof(vnni512::PanelGroup) : sizeof(avx2::PanelGroup));
   dispatch_type(w.type, [&](auto t) {
     constexpr int T = decltype(t)::value;
     auto run = [&](auto k) {
       constexpr int O = decltype(k)::value;
-      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-        // One unpacked panel, kept by each worker between calls (32-byte aligned by hand:
-        // the vector's allocation is not).
+      at::parallel_for(0, tasks, 1, [&](int64_t p0, int64_t p1) {
+        // One task's unpacked panel, kept by each worker between calls (64-byte aligned by
+        // hand: the vector's allocation is not).
         thread_local std::vector<uint8_t> raw;
-        raw.resize(std::max<size_t>(raw.size(), (cols / 32) * sizeof(avx2::PanelGroup) + 32));
-        void* buf = raw.data() + (32 - reinterpret_cast<uintptr_t>(raw.data()) % 32) % 32;
-        if (chosen == 0)
-          vnni::panel_rows<T, O>(act, w.data, w.row_bytes, w.rows, p0, p1, o, ldo, static_cast<vnni::PanelGroup*>(buf));
+        raw.resize(std::max(raw.size(), panel_bytes + 64));
+        void* buf = raw.data() + (64 - reinterpret_cast<uintptr_t>(raw.data()) % 64) % 64;
+        if (wide)
+          vnni512::panel_rows<T, O>(act, w.data, w.row_bytes, w.rows, p0, p1, o, ldo, static_cast<vnni512::PanelGroup*>(buf));
         else
           avx2::panel_rows<T, O>(act, w.data, w.row_bytes, w.rows, p0, p1, o, ldo, static_cast<avx2::PanelGroup*>(buf));
       });
@@ -411,6 +422,8 @@ bool has_amx_bf16() {
 // - With AVX-512 BF16 and AMX, where the bfloat16 tiles run on AMX: up to 8 rows the dot
 //   products, past that the float tiles (run 5, before the int8 tiles existed; they are yet
 //   to be measured against each other there).
+// - The int8 tiles are the 512-bit build on every CPU with AVX-512 VNNI (run 10); the BF16
+//   rules above were measured against the 256-bit build.
 // - Portable loops: up to 8 rows the dot products, past that the float tiles.
 int auto_path(int64_t n, int isa) {
   const bool simd = pick_isa(isa) != kPortable;

@@ -631,6 +631,7 @@ mod tests {
                     // Float16's rounding is finer than bfloat16's: bfloat16's room holds it.
                     let bf16 = kind != Kind::Float;
                     let mut results = Vec::new();
+                    let mut int8_tiles = Vec::new();
                     for (path, isa) in [
                         (QuantPath::Dots, QuantIsa::Best),
                         (QuantPath::Dots, QuantIsa::Avx2),
@@ -656,12 +657,18 @@ mod tests {
                         }
                         let excess = ((&got - &want).abs() - room).max().double_value(&[]);
                         assert!(excess <= 0.0, "{ty:?} n={n} {kind:?} {path:?} {isa:?}: off by {excess} more than allowed");
+                        if path == QuantPath::Int8Tiles {
+                            int8_tiles.push(got.shallow_clone());
+                        }
                         // The int8 tiles quantize per 32 values also against the
                         // K-quants: the same int8 sums as the dot products' elsewhere.
                         if path == QuantPath::Dots || (path == QuantPath::Int8Tiles && elems == 32) {
                             results.push(got);
                         }
                     }
+                    // The int8 tiles take the same float steps in 256-bit (8 rows a panel) and
+                    // 512-bit registers (16 rows, with AVX-512 VNNI): the same results.
+                    assert_eq!(int8_tiles[0], int8_tiles[1], "{ty:?} n={n} {kind:?}: the int8 tiles' builds differ");
                     // The same int8 sums in every instruction set and on both int8 paths: only float
                     // rounding differs.
                     for r in &results[1..] {
