@@ -24,10 +24,78 @@ struct PanelGroup {
 
 // Rows [r, r + rows) of the weights (rows ≤ 16; the last row again in the missing lanes,
 // which are never stored) into p[groups].
+// The 16-byte runs at row[0..16) + at, word c of each run to lane j of vector c:
+// out[c] lane j = bytes 4c .. 4c + 3 of row j's run. Four runs a register (one per 128-bit
+// lane), each register's 4 × 4 words transposed by one permute, then the 128-bit lanes of
+// the four registers transposed.
+inline void transpose_runs(const uint8_t* const* row, int64_t at, __m512i* out) {
+  const __m512i words = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  __m512i t[4];
+  for (int k = 0; k < 4; ++k) {
+    __m512i a = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row[4 * k] + at)));
+    a = _mm512_inserti32x4(a, _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[4 * k + 1] + at)), 1);
+    a = _mm512_inserti32x4(a, _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[4 * k + 2] + at)), 2);
+    a = _mm512_inserti32x4(a, _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[4 * k + 3] + at)), 3);
+    // Lane l of t[k] holds word l of rows 4k .. 4k + 3.
+    t[k] = _mm512_permutexvar_epi32(words, a);
+  }
+  const __m512i u0 = _mm512_shuffle_i32x4(t[0], t[1], 0x44), u1 = _mm512_shuffle_i32x4(t[0], t[1], 0xee);
+  const __m512i u2 = _mm512_shuffle_i32x4(t[2], t[3], 0x44), u3 = _mm512_shuffle_i32x4(t[2], t[3], 0xee);
+  out[0] = _mm512_shuffle_i32x4(u0, u2, 0x88);
+  out[1] = _mm512_shuffle_i32x4(u0, u2, 0xdd);
+  out[2] = _mm512_shuffle_i32x4(u1, u3, 0x88);
+  out[3] = _mm512_shuffle_i32x4(u1, u3, 0xdd);
+}
+
+// unpack_panel for Q4_0, Q4_1 and Q8_0, whose groups are one block each (a float16 scale,
+// Q4_1's float16 offset, then the integers): the 16 rows' integers transposed in registers
+// and their scales gathered, 16 at once. The same values as the row-by-row reading.
+template <int T>
+inline void unpack_blocks(const uint8_t* const* row, int64_t groups, PanelGroup* p) {
+  constexpr int64_t bytes = T == Q4_0 ? 18 : T == Q4_1 ? 20 : 34;
+  constexpr int64_t qs = T == Q4_1 ? 4 : 2;
+  alignas(64) int32_t off[16];
+  for (int j = 0; j < 16; ++j) off[j] = static_cast<int32_t>(row[j] - row[0]);
+  const __m512i offsets = _mm512_load_si512(off);
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  for (int64_t g = 0; g < groups; ++g) {
+    // Each row's first 4 bytes of the block: the scale, and Q4_1's offset above it.
+    const __m512i head = _mm512_i32gather_epi32(offsets, row[0] + g * bytes, 1);
+    const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head));
+    p[g].d[0] = d;
+    if constexpr (T == Q4_1)
+      p[g].m[0] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(head, 16)));
+    else
+      p[g].m[0] = T == Q4_0 ? _mm512_mul_ps(_mm512_set1_ps(-8.0f), d) : _mm512_setzero_ps();
+    __m512i v[4];
+    transpose_runs(row, g * bytes + qs, v);
+    if constexpr (T == Q8_0) {
+      __m512i v2[4];
+      transpose_runs(row, g * bytes + qs + 16, v2);
+      for (int c = 0; c < 8; ++c) {
+        const __m512i q = c < 4 ? v[c] : v2[c - 4];
+        p[g].neg[c] = _mm512_movepi8_mask(q);
+        p[g].q[c] = _mm512_abs_epi8(q);
+      }
+    } else {
+      // Values 4c .. 4c + 3 are the low nibbles of the run's bytes 4c .. 4c + 3, values
+      // 16 + 4c .. the high ones.
+      for (int c = 0; c < 4; ++c) {
+        p[g].q[c] = _mm512_and_si512(v[c], low4);
+        p[g].q[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v[c], 4), low4);
+      }
+    }
+  }
+}
+
 template <int T>
 inline void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t r, int rows, PanelGroup* p) {
   const uint8_t* row[16];
   for (int j = 0; j < 16; ++j) row[j] = w + (r + std::min(j, rows - 1)) * row_bytes;
+  if constexpr (T == Q4_0 || T == Q4_1 || T == Q8_0) {
+    unpack_blocks<T>(row, groups, p);
+    return;
+  }
   for (int64_t g = 0; g < groups; ++g) {
     float d[2][16], m[2][16];
     __m256i half[2][8];  // rows 0–7, then 8–15: vector c's words in lanes 0–7
