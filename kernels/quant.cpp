@@ -318,11 +318,12 @@ void panel_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t 
   const int chosen = pick_isa(isa);
   if (chosen == kPortable) return int8_path(out, x, w, col0, isa);
   const int64_t cols = w.cols;
-  const QuantizedRows rows(x, 32, false, chosen);
+  const bool wide = chosen == 0;
+  // The 512-bit build takes Q8_0's weights as q + 128 and the activations' sums back off.
+  const QuantizedRows rows(x, 32, wide && w.type == Q8_0, chosen);
   const Act& act = rows.act;
   void* o = static_cast<uint8_t*>(out.data_ptr()) + col0 * out.element_size();
   const int64_t ldo = out.size(1);
-  const bool wide = chosen == 0;
   const int64_t per_task = wide ? vnni512::kTaskRows : avx2::kPanelRows;
   const int64_t tasks = (w.rows + per_task - 1) / per_task;
   const size_t panel_bytes = (cols / 32) * (wide ? 2 * sizeof(vnni512::PanelGroup) : sizeof(avx2::PanelGroup));

@@ -17,9 +17,8 @@
 constexpr int kPanelRows = 16;
 
 struct PanelGroup {
-  __m512i q[8];       // vector c: values 4c .. 4c + 3 of each row (Q8_0: |q|)
+  __m512i q[8];       // vector c: values 4c .. 4c + 3 of each row (Q8_0: q + 128)
   __m512 d[2], m[2];  // per half: the rows' scales and offsets, lane j row j
-  __mmask64 neg[8];   // Q8_0: the bytes of q[c] whose weight is negative
 };
 
 // Rows [r, r + rows) of the weights (rows ≤ 16; the last row again in the missing lanes,
@@ -72,11 +71,8 @@ inline void unpack_blocks(const uint8_t* const* row, int64_t groups, PanelGroup*
     if constexpr (T == Q8_0) {
       __m512i v2[4];
       transpose_runs(row, g * bytes + qs + 16, v2);
-      for (int c = 0; c < 8; ++c) {
-        const __m512i q = c < 4 ? v[c] : v2[c - 4];
-        p[g].neg[c] = _mm512_movepi8_mask(q);
-        p[g].q[c] = _mm512_abs_epi8(q);
-      }
+      // q + 128 as unsigned bytes (panel_block takes 128 · Σx back off).
+      for (int c = 0; c < 8; ++c) p[g].q[c] = _mm512_xor_si512(c < 4 ? v[c] : v2[c - 4], _mm512_set1_epi8(-128));
     } else {
       // Values 4c .. 4c + 3 are the low nibbles of the run's bytes 4c .. 4c + 3, values
       // 16 + 4c .. the high ones.
@@ -88,12 +84,64 @@ inline void unpack_blocks(const uint8_t* const* row, int64_t groups, PanelGroup*
   }
 }
 
+// unpack_panel for Q4_K: per 256-value super-block the 16 rows' float16 scale and minimum
+// and their 12 bytes of 6-bit group scales and minimums are gathered (k4_scale_min for 16
+// rows at once), and each 32-byte run of integers is transposed once for its two groups
+// (low nibbles, then high). The same values as the row-by-row reading.
+inline void unpack_q4k(const uint8_t* const* row, int64_t groups, PanelGroup* p) {
+  alignas(64) int32_t off[16];
+  for (int j = 0; j < 16; ++j) off[j] = static_cast<int32_t>(row[j] - row[0]);
+  const __m512i offsets = _mm512_load_si512(off);
+  const __m512i low4 = _mm512_set1_epi8(0x0f), six = _mm512_set1_epi32(63), four = _mm512_set1_epi32(15);
+  const __m512i two = _mm512_set1_epi32(3), sign = _mm512_set1_epi32(static_cast<int32_t>(0x80000000u));
+  for (int64_t b = 0; b < groups / 8; ++b) {
+    const uint8_t* base = row[0] + b * 144;
+    const __m512i head = _mm512_i32gather_epi32(offsets, base, 1);
+    const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head));
+    const __m512 dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(head, 16)));
+    const __m512 neg_dmin = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dmin), sign));
+    // The 12 scale bytes as three words a row: bytes 0–3 (w0), 4–7 (w1), 8–11 (w2).
+    const __m512i w0 = _mm512_i32gather_epi32(offsets, base + 4, 1);
+    const __m512i w1 = _mm512_i32gather_epi32(offsets, base + 8, 1);
+    const __m512i w2 = _mm512_i32gather_epi32(offsets, base + 12, 1);
+    for (int j = 0; j < 8; ++j) {
+      const int k = (j % 4) * 8;  // the byte of the words that group j reads
+      __m512i sc, mn;
+      if (j < 4) {
+        sc = _mm512_and_si512(_mm512_srli_epi32(w0, k), six);
+        mn = _mm512_and_si512(_mm512_srli_epi32(w1, k), six);
+      } else {
+        const __m512i top_sc = _mm512_and_si512(_mm512_srli_epi32(w0, k + 6), two);
+        const __m512i top_mn = _mm512_and_si512(_mm512_srli_epi32(w1, k + 6), two);
+        sc = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, k), four), _mm512_slli_epi32(top_sc, 4));
+        mn = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, k + 4), four), _mm512_slli_epi32(top_mn, 4));
+      }
+      PanelGroup& pg = p[b * 8 + j];
+      pg.d[0] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+      pg.m[0] = _mm512_mul_ps(neg_dmin, _mm512_cvtepi32_ps(mn));
+    }
+    for (int run = 0; run < 4; ++run) {
+      __m512i v[8];
+      transpose_runs(row, b * 144 + 16 + run * 32, v);
+      transpose_runs(row, b * 144 + 16 + run * 32 + 16, v + 4);
+      for (int c = 0; c < 8; ++c) {
+        p[b * 8 + 2 * run].q[c] = _mm512_and_si512(v[c], low4);
+        p[b * 8 + 2 * run + 1].q[c] = _mm512_and_si512(_mm512_srli_epi16(v[c], 4), low4);
+      }
+    }
+  }
+}
+
 template <int T>
 inline void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t r, int rows, PanelGroup* p) {
   const uint8_t* row[16];
   for (int j = 0; j < 16; ++j) row[j] = w + (r + std::min(j, rows - 1)) * row_bytes;
   if constexpr (T == Q4_0 || T == Q4_1 || T == Q8_0) {
     unpack_blocks<T>(row, groups, p);
+    return;
+  }
+  if constexpr (T == Q4_K) {
+    unpack_q4k(row, groups, p);
     return;
   }
   for (int64_t g = 0; g < groups; ++g) {
@@ -128,13 +176,8 @@ inline void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, in
     }
     for (int c = 0; c < 8; ++c) {
       const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(half[0][c]), half[1][c], 1);
-      if constexpr (T == Q8_0) {
-        // |q| as unsigned bytes (|-128| is 128), its sign moved to the activations.
-        p[g].neg[c] = _mm512_movepi8_mask(q);
-        p[g].q[c] = _mm512_abs_epi8(q);
-      } else {
-        p[g].q[c] = q;
-      }
+      // Q8_0: q + 128 as unsigned bytes, as unpack_blocks writes it.
+      p[g].q[c] = T == Q8_0 ? _mm512_xor_si512(q, _mm512_set1_epi8(-128)) : q;
     }
     // The scales put together from scalars (a vector load of the 16 just stored waits for
     // the stores to drain: store forwarding takes one store).
@@ -179,9 +222,7 @@ inline void panel_block(const PanelGroup* const* p, const Act& a, int64_t i0, __
         const __m512i x = _mm512_set1_epi32(four);
 #pragma GCC unroll 2
         for (int v = 0; v < V; ++v) {
-          // Q8_0's signed weights: |w| against x with w's sign, the same products.
-          const __m512i xs = T == Q8_0 ? _mm512_mask_sub_epi8(x, p[v][g].neg[c], _mm512_setzero_si512(), x) : x;
-          s32[v][i] = _mm512_dpbusd_epi32(s32[v][i], w[v], xs);
+          s32[v][i] = _mm512_dpbusd_epi32(s32[v][i], w[v], x);
         }
       }
       // The sums so far into floats: at the end of each half for Q6_K, else of the group
@@ -191,12 +232,20 @@ inline void panel_block(const PanelGroup* const* p, const Act& a, int64_t i0, __
 #pragma GCC unroll 8
         for (int i = 0; i < M; ++i) {
           const float* meta = a.meta + ((i0 + i) * groups + g) * 3;
+          // Q8_0's weights went in as q + 128: Σ (q + 128)·x − 128·Σx, exact in int32, with
+          // Σx from the activations' 16-value sums.
+          __m512i bias = _mm512_setzero_si512();
+          if constexpr (T == Q8_0) {
+            const int16_t* sx16 = a.sums + ((i0 + i) * a.cols) / 16 + 2 * g;
+            bias = _mm512_set1_epi32(128 * (sx16[0] + sx16[1]));
+          }
           const __m512 dx = _mm512_set1_ps(meta[0]);
           const __m512 sx = _mm512_set1_ps(halves ? meta[1 + h] : meta[1] + meta[2]);
 #pragma GCC unroll 2
           for (int v = 0; v < V; ++v) {
             const PanelGroup& pg = p[v][g];
-            acc[v][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32[v][i]), _mm512_mul_ps(pg.d[h], dx), acc[v][i]);
+            const __m512i sum = T == Q8_0 ? _mm512_sub_epi32(s32[v][i], bias) : s32[v][i];
+            acc[v][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(pg.d[h], dx), acc[v][i]);
             acc[v][i] = _mm512_fmadd_ps(pg.m[h], sx, acc[v][i]);
             s32[v][i] = _mm512_setzero_si512();
           }
