@@ -132,6 +132,50 @@ inline void unpack_q4k(const uint8_t* const* row, int64_t groups, PanelGroup* p)
   }
 }
 
+// unpack_panel for Q6_K: per half of a 256-value super-block, its three 32-byte runs (low
+// bits of groups 0 and 2, of groups 1 and 3, and the top 2 bits of all four) transposed
+// once, and the 16 rows' float16 scale and 8-bit sub-block scales gathered. The same
+// values as the row-by-row reading.
+inline void unpack_q6k(const uint8_t* const* row, int64_t groups, PanelGroup* p) {
+  alignas(64) int32_t off[16];
+  for (int j = 0; j < 16; ++j) off[j] = static_cast<int32_t>(row[j] - row[0]);
+  const __m512i offsets = _mm512_load_si512(off);
+  const __m512i low4 = _mm512_set1_epi8(0x0f), top2 = _mm512_set1_epi8(3);
+  for (int64_t b = 0; b < groups / 8; ++b) {
+    const uint8_t* base = row[0] + b * 210;
+    // Bytes 206–209: the float16 scale is the high half (a word at 208 would read past the
+    // block, and past the matrix at its last row).
+    const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_i32gather_epi32(offsets, base + 206, 1), 16)));
+    for (int h = 0; h < 2; ++h) {
+      // The half's 8 signed sub-block scales, 4 a word.
+      const __m512i sw[2] = {_mm512_i32gather_epi32(offsets, base + 192 + h * 8, 1),
+                             _mm512_i32gather_epi32(offsets, base + 196 + h * 8, 1)};
+      __m512i lo[2][8], hi[8];
+      transpose_runs(row, b * 210 + h * 64, lo[0]);
+      transpose_runs(row, b * 210 + h * 64 + 16, lo[0] + 4);
+      transpose_runs(row, b * 210 + h * 64 + 32, lo[1]);
+      transpose_runs(row, b * 210 + h * 64 + 48, lo[1] + 4);
+      transpose_runs(row, b * 210 + 128 + h * 32, hi);
+      transpose_runs(row, b * 210 + 128 + h * 32 + 16, hi + 4);
+      for (int k = 0; k < 4; ++k) {
+        PanelGroup& pg = p[b * 8 + h * 4 + k];
+        for (int c = 0; c < 8; ++c) {
+          const __m512i l = _mm512_and_si512(_mm512_srli_epi16(lo[k & 1][c], (k >> 1) * 4), low4);
+          const __m512i t = _mm512_and_si512(_mm512_srli_epi16(hi[c], 2 * k), top2);
+          pg.q[c] = _mm512_or_si512(l, _mm512_slli_epi16(t, 4));
+        }
+        for (int q = 0; q < 2; ++q) {
+          // Sub-block 2k + q: byte (2k + q) % 4 of word (2k + q) / 4, sign-extended.
+          const int at = 2 * k + q;
+          const __m512i sc = _mm512_srai_epi32(_mm512_slli_epi32(sw[at / 4], 24 - 8 * (at % 4)), 24);
+          pg.d[q] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+          pg.m[q] = _mm512_mul_ps(_mm512_set1_ps(-32.0f), pg.d[q]);
+        }
+      }
+    }
+  }
+}
+
 template <int T>
 inline void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t r, int rows, PanelGroup* p) {
   const uint8_t* row[16];
@@ -142,6 +186,10 @@ inline void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, in
   }
   if constexpr (T == Q4_K) {
     unpack_q4k(row, groups, p);
+    return;
+  }
+  if constexpr (T == Q6_K) {
+    unpack_q6k(row, groups, p);
     return;
   }
   for (int64_t g = 0; g < groups; ++g) {
