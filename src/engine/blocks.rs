@@ -6,7 +6,11 @@
 //! Prefix caching: a full block can be registered under the hash of its tokens and of
 //! every token before it (`prefix::block_hash`). Freed blocks keep their content and their
 //! registration until they are handed out again, least recently freed first, so a later
-//! request with the same prefix takes them back instead of recomputing them.
+//! request with the same prefix takes them back instead of recomputing them. A freed block
+//! that is not registered (a sequence's partly filled last block, or every block with
+//! prefix caching off) holds nothing worth keeping: it is handed out again first, before
+//! the blocks no sequence has used yet, whose pages the CPU cache pool has not touched
+//! (the pool is allocated without being written, and only what is used becomes resident).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -102,7 +106,11 @@ impl BlockManager {
             assert!(*r > 0, "double free of block {b}");
             *r -= 1;
             if *r == 0 {
-                self.free.push_back(b);
+                if self.hash[b as usize].is_some() {
+                    self.free.push_back(b);
+                } else {
+                    self.free.push_front(b);
+                }
                 self.num_free += 1;
             }
         }
@@ -166,6 +174,25 @@ mod tests {
         let mut c = vec![1];
         m.release(&mut c);
         assert_eq!(m.num_free(), 4);
+    }
+
+    /// Blocks without a registration come back first; registered ones wait their turn
+    /// behind the blocks never handed out.
+    #[test]
+    fn unregistered_blocks_are_handed_out_again_first() {
+        let mut m = BlockManager::new(8, 2); // blocks 1..=7
+        let mut a = Vec::new();
+        assert!(m.grow(&mut a, 6));
+        assert_eq!(a, [1, 2, 3]);
+        m.register(a[0], 10);
+        m.release(&mut a);
+        let mut b = Vec::new();
+        assert!(m.grow(&mut b, 4));
+        assert_eq!(b, [2, 3], "the unregistered blocks, before the untouched 4..=7");
+        let mut c = Vec::new();
+        assert!(m.grow(&mut c, 2));
+        assert_eq!(c, [4], "an untouched block before the cached one");
+        assert_eq!(m.take_cached(10), Some(1));
     }
 
     #[test]
