@@ -17,15 +17,9 @@ fn env(name: &str, default: usize) -> usize {
 /// Random bytes with float16 scales of a trained model's size at the places `ty` keeps them
 /// (speed does not depend on the values, but NaN scales would make the floats slow).
 fn random_blocks(ty: GgmlType, rows: usize, cols: usize) -> QuantTensor {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
     let (elems, bytes) = ty.block();
-    let mut data: Vec<u8> = (0..rows * cols / elems * bytes).map(|_| next() as u8).collect();
+    let random = Tensor::randint(256, [(rows * cols / elems * bytes) as i64], (Kind::Uint8, Device::Cpu));
+    let mut data = Vec::<u8>::try_from(&random).unwrap();
     let scale = half::f16::from_f32(0.01).to_le_bytes();
     for b in data.chunks_exact_mut(bytes) {
         match ty {

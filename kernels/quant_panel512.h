@@ -21,8 +21,34 @@ struct PanelGroup {
   __m512 d[2], m[2];  // per half: the rows' scales and offsets, lane j row j
 };
 
-// Rows [r, r + rows) of the weights (rows ≤ 16; the last row again in the missing lanes,
-// which are never stored) into p[groups].
+// unpack_panel for the rest (Q5_0, Q5_1): group by group, row by row.
+template <int T>
+inline void unpack_rows(const uint8_t* const* row, int64_t groups, PanelGroup* p) {
+  static_assert(T == Q5_0 || T == Q5_1, "a type whose groups share one scale and offset");
+  for (int64_t g = 0; g < groups; ++g) {
+    float d[16], m[16];
+    __m256i half[2][8];  // rows 0–7, then 8–15: vector c's words in lanes 0–7
+    for (int b = 0; b < 2; ++b) {
+      __m256i a[8];
+      for (int j = 0; j < 8; ++j) {
+        GroupScale s;
+        a[j] = vnni::load_group<T>(row[b * 8 + j], g, &s);
+        d[b * 8 + j] = s.d[0];  // both halves share them in these types
+        m[b * 8 + j] = s.m[0];
+      }
+      // Row j's word c to vector c's lane j.
+      vnni::transpose_words(a, half[b]);
+    }
+    for (int c = 0; c < 8; ++c) p[g].q[c] = _mm512_inserti64x4(_mm512_castsi256_si512(half[0][c]), half[1][c], 1);
+    // The scales put together from scalars (a vector load of the 16 just stored waits for
+    // the stores to drain: store forwarding takes one store).
+    p[g].d[0] = _mm512_setr_ps(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13],
+                               d[14], d[15]);
+    p[g].m[0] = _mm512_setr_ps(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11], m[12], m[13],
+                               m[14], m[15]);
+  }
+}
+
 // The 16-byte runs at row[0..16) + at, word c of each run to lane j of vector c:
 // out[c] lane j = bytes 4c .. 4c + 3 of row j's run. Four runs a register (one per 128-bit
 // lane), each register's 4 × 4 words transposed by one permute, then the 128-bit lanes of
@@ -176,66 +202,20 @@ inline void unpack_q6k(const uint8_t* const* row, int64_t groups, PanelGroup* p)
   }
 }
 
+// Rows [r, r + rows) of the weights (rows ≤ 16; the last row again in the missing lanes,
+// which are never stored) into p[groups].
 template <int T>
 inline void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, int64_t r, int rows, PanelGroup* p) {
   const uint8_t* row[16];
   for (int j = 0; j < 16; ++j) row[j] = w + (r + std::min(j, rows - 1)) * row_bytes;
-  if constexpr (T == Q4_0 || T == Q4_1 || T == Q8_0) {
+  if constexpr (T == Q4_0 || T == Q4_1 || T == Q8_0)
     unpack_blocks<T>(row, groups, p);
-    return;
-  }
-  if constexpr (T == Q4_K) {
+  else if constexpr (T == Q4_K)
     unpack_q4k(row, groups, p);
-    return;
-  }
-  if constexpr (T == Q6_K) {
+  else if constexpr (T == Q6_K)
     unpack_q6k(row, groups, p);
-    return;
-  }
-  for (int64_t g = 0; g < groups; ++g) {
-    float d[2][16], m[2][16];
-    __m256i half[2][8];  // rows 0–7, then 8–15: vector c's words in lanes 0–7
-    for (int b = 0; b < 2; ++b) {
-      __m256i a[8];
-      for (int j = 0; j < 8; ++j) {
-        GroupScale s;
-        a[j] = vnni::load_group<T>(row[b * 8 + j], g, &s);
-        for (int h = 0; h < 2; ++h) {
-          d[h][b * 8 + j] = s.d[h];
-          m[h][b * 8 + j] = s.m[h];
-        }
-      }
-      // 8 × 8 transpose of 4-byte words: row j's word c to vector c's lane j.
-      __m256i t[8], u[8];
-      for (int j = 0; j < 8; j += 2) {
-        t[j] = _mm256_unpacklo_epi32(a[j], a[j + 1]);
-        t[j + 1] = _mm256_unpackhi_epi32(a[j], a[j + 1]);
-      }
-      for (int j = 0; j < 8; j += 4) {
-        u[j] = _mm256_unpacklo_epi64(t[j], t[j + 2]);
-        u[j + 1] = _mm256_unpackhi_epi64(t[j], t[j + 2]);
-        u[j + 2] = _mm256_unpacklo_epi64(t[j + 1], t[j + 3]);
-        u[j + 3] = _mm256_unpackhi_epi64(t[j + 1], t[j + 3]);
-      }
-      for (int k = 0; k < 4; ++k) {
-        half[b][k] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x20);
-        half[b][k + 4] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x31);
-      }
-    }
-    for (int c = 0; c < 8; ++c) {
-      const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(half[0][c]), half[1][c], 1);
-      // Q8_0: q + 128 as unsigned bytes, as unpack_blocks writes it.
-      p[g].q[c] = T == Q8_0 ? _mm512_xor_si512(q, _mm512_set1_epi8(-128)) : q;
-    }
-    // The scales put together from scalars (a vector load of the 16 just stored waits for
-    // the stores to drain: store forwarding takes one store).
-    for (int h = 0; h < (T == Q6_K ? 2 : 1); ++h) {
-      p[g].d[h] = _mm512_setr_ps(d[h][0], d[h][1], d[h][2], d[h][3], d[h][4], d[h][5], d[h][6], d[h][7], d[h][8],
-                                 d[h][9], d[h][10], d[h][11], d[h][12], d[h][13], d[h][14], d[h][15]);
-      p[g].m[h] = _mm512_setr_ps(m[h][0], m[h][1], m[h][2], m[h][3], m[h][4], m[h][5], m[h][6], m[h][7], m[h][8],
-                                 m[h][9], m[h][10], m[h][11], m[h][12], m[h][13], m[h][14], m[h][15]);
-    }
-  }
+  else
+    unpack_rows<T>(row, groups, p);
 }
 
 // V 16-row parts of a panel (p[v]: part v's groups) against activation rows i0 .. i0 + M:

@@ -358,6 +358,26 @@ constexpr int panel_span() {
   return (T == Q4_0 || T == Q4_1 || T == Q4_K) ? 8 : (T == Q5_0 || T == Q5_1) ? 4 : T == Q6_K ? 2 : 1;
 }
 
+// 8 × 8 transpose of 4-byte words: word c of a[j] to lane j of q[c].
+inline void transpose_words(const __m256i* a, __m256i* q) {
+  __m256i t[8], u[8];
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = _mm256_unpacklo_epi32(a[j], a[j + 1]);
+    t[j + 1] = _mm256_unpackhi_epi32(a[j], a[j + 1]);
+  }
+  for (int j = 0; j < 8; j += 4) {
+    u[j] = _mm256_unpacklo_epi64(t[j], t[j + 2]);
+    u[j + 1] = _mm256_unpackhi_epi64(t[j], t[j + 2]);
+    u[j + 2] = _mm256_unpacklo_epi64(t[j + 1], t[j + 3]);
+    u[j + 3] = _mm256_unpackhi_epi64(t[j + 1], t[j + 3]);
+  }
+  // u[k] (k < 4) holds words k and k + 4 of rows 0–3, u[k + 4] the same of rows 4–7.
+  for (int k = 0; k < 4; ++k) {
+    q[k] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x20);
+    q[k + 4] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x31);
+  }
+}
+
 // Rows [r, r + rows) of the weights (rows ≤ 8; the last row again in the missing lanes,
 // which are never stored) into p[groups].
 template <int T>
@@ -377,23 +397,8 @@ inline void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, in
         m[h][j] = s.m[h];
       }
     }
-    // 8 × 8 transpose of 4-byte words: row j's word c to vector c's lane j.
-    __m256i t[8], u[8];
-    for (int j = 0; j < 8; j += 2) {
-      t[j] = _mm256_unpacklo_epi32(a[j], a[j + 1]);
-      t[j + 1] = _mm256_unpackhi_epi32(a[j], a[j + 1]);
-    }
-    for (int j = 0; j < 8; j += 4) {
-      u[j] = _mm256_unpacklo_epi64(t[j], t[j + 2]);
-      u[j + 1] = _mm256_unpackhi_epi64(t[j], t[j + 2]);
-      u[j + 2] = _mm256_unpacklo_epi64(t[j + 1], t[j + 3]);
-      u[j + 3] = _mm256_unpackhi_epi64(t[j + 1], t[j + 3]);
-    }
-    // u[k] (k < 4) holds words k and k + 4 of rows 0–3, u[k + 4] the same of rows 4–7.
-    for (int k = 0; k < 4; ++k) {
-      p[g].q[k] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x20);
-      p[g].q[k + 4] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x31);
-    }
+    // Row j's word c to vector c's lane j.
+    transpose_words(a, p[g].q);
     for (int h = 0; h < (T == Q6_K ? 2 : 1); ++h) {
       p[g].d[h] = _mm256_setr_ps(d[h][0], d[h][1], d[h][2], d[h][3], d[h][4], d[h][5], d[h][6], d[h][7]);
       p[g].m[h] = _mm256_setr_ps(m[h][0], m[h][1], m[h][2], m[h][3], m[h][4], m[h][5], m[h][6], m[h][7]);
