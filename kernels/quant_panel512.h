@@ -2,17 +2,19 @@
 // AVX-512 VNNI: a panel part holds 16 weight rows, one per 32-bit lane, and `vpdpbusd` sums
 // the 4 byte products of a lane straight into int32, so a group's 8 vectors need no 16-bit
 // steps and no spans. A task takes 32 rows as two parts, so that each broadcast of 4
-// activation values feeds two products. Included once by kernels/quant.cpp inside
-// `namespace vnni512` and a `#pragma GCC target` region with AVX-512 VNNI; it reads groups
-// with vnni::load_group.
+// activation values feeds two products. Q4_0, Q4_1, Q8_0, Q4_K and Q6_K panels are
+// unpacked in registers (transposed runs of integers, gathered scales); Q5_0 and Q5_1
+// group by group with vnni::load_group. Included once by kernels/quant.cpp inside
+// `namespace vnni512` and a `#pragma GCC target` region with AVX-512 VNNI.
 //
 // The float steps per group and row are the 256-bit build's, in the same order (the
 // integer sums are exact either way), so both give the same results bit for bit.
 //
 // Forward bench, SmolLM2 Q4_1, 2 threads, a Xeon with AVX-512 VNNI (no BF16), step time
-// against the 256-bit build's in two interleaved rounds: batch 16 0.74 and 0.82, batch 64
-// 0.66 and 0.66, a 512-token prompt 0.56 and 0.58 (with one part a task: 0.76 and 0.84,
-// 0.70 and 0.70, 0.61 and 0.62).
+// against the 256-bit build's in two interleaved rounds, before the unpacking in registers:
+// batch 16 0.74 and 0.82, batch 64 0.66 and 0.66, a 512-token prompt 0.56 and 0.58 (with
+// one part a task: 0.76 and 0.84, 0.70 and 0.70, 0.61 and 0.62). BENCHMARKS.md run 10 has
+// the rest.
 
 constexpr int kPanelRows = 16;
 
