@@ -319,8 +319,7 @@ void panel_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t 
   if (chosen == kPortable) return int8_path(out, x, w, col0, isa);
   const int64_t cols = w.cols;
   const bool wide = chosen == 0;
-  // The 512-bit build takes Q8_0's weights as q + 128 and the activations' sums back off.
-  const QuantizedRows rows(x, 32, wide && w.type == Q8_0, chosen);
+  const QuantizedRows rows(x, 32, wide && vnni512::takes_sums(w.type), chosen);
   const Act& act = rows.act;
   void* o = static_cast<uint8_t*>(out.data_ptr()) + col0 * out.element_size();
   const int64_t ldo = out.size(1);

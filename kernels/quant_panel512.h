@@ -18,6 +18,10 @@
 
 constexpr int kPanelRows = 16;
 
+// Whether panel_rows needs the activations' 16-value sums (Act::sums) for a type: Q8_0,
+// whose weights go in as q + 128.
+constexpr bool takes_sums(int type) { return type == Q8_0; }
+
 struct PanelGroup {
   __m512i q[8];       // vector c: values 4c .. 4c + 3 of each row (Q8_0: q + 128)
   __m512 d[2], m[2];  // per half: the rows' scales and offsets, lane j row j
@@ -74,6 +78,13 @@ inline void transpose_runs(const uint8_t* const* row, int64_t at, __m512i* out) 
   out[3] = _mm512_shuffle_i32x4(u1, u3, 0xdd);
 }
 
+// Where each of the 16 rows begins, in bytes past row 0: the gathers' indices.
+inline __m512i row_offsets(const uint8_t* const* row) {
+  alignas(64) int32_t off[16];
+  for (int j = 0; j < 16; ++j) off[j] = static_cast<int32_t>(row[j] - row[0]);
+  return _mm512_load_si512(off);
+}
+
 // unpack_panel for Q4_0, Q4_1 and Q8_0, whose groups are one block each (a float16 scale,
 // Q4_1's float16 offset, then the integers): the 16 rows' integers transposed in registers
 // and their scales gathered, 16 at once. The same values as the row-by-row reading.
@@ -81,9 +92,7 @@ template <int T>
 inline void unpack_blocks(const uint8_t* const* row, int64_t groups, PanelGroup* p) {
   constexpr int64_t bytes = T == Q4_0 ? 18 : T == Q4_1 ? 20 : 34;
   constexpr int64_t qs = T == Q4_1 ? 4 : 2;
-  alignas(64) int32_t off[16];
-  for (int j = 0; j < 16; ++j) off[j] = static_cast<int32_t>(row[j] - row[0]);
-  const __m512i offsets = _mm512_load_si512(off);
+  const __m512i offsets = row_offsets(row);
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   for (int64_t g = 0; g < groups; ++g) {
     // Each row's first 4 bytes of the block: the scale, and Q4_1's offset above it.
@@ -117,9 +126,7 @@ inline void unpack_blocks(const uint8_t* const* row, int64_t groups, PanelGroup*
 // rows at once), and each 32-byte run of integers is transposed once for its two groups
 // (low nibbles, then high). The same values as the row-by-row reading.
 inline void unpack_q4k(const uint8_t* const* row, int64_t groups, PanelGroup* p) {
-  alignas(64) int32_t off[16];
-  for (int j = 0; j < 16; ++j) off[j] = static_cast<int32_t>(row[j] - row[0]);
-  const __m512i offsets = _mm512_load_si512(off);
+  const __m512i offsets = row_offsets(row);
   const __m512i low4 = _mm512_set1_epi8(0x0f), six = _mm512_set1_epi32(63), four = _mm512_set1_epi32(15);
   const __m512i two = _mm512_set1_epi32(3), sign = _mm512_set1_epi32(static_cast<int32_t>(0x80000000u));
   for (int64_t b = 0; b < groups / 8; ++b) {
@@ -165,9 +172,7 @@ inline void unpack_q4k(const uint8_t* const* row, int64_t groups, PanelGroup* p)
 // once, and the 16 rows' float16 scale and 8-bit sub-block scales gathered. The same
 // values as the row-by-row reading.
 inline void unpack_q6k(const uint8_t* const* row, int64_t groups, PanelGroup* p) {
-  alignas(64) int32_t off[16];
-  for (int j = 0; j < 16; ++j) off[j] = static_cast<int32_t>(row[j] - row[0]);
-  const __m512i offsets = _mm512_load_si512(off);
+  const __m512i offsets = row_offsets(row);
   const __m512i low4 = _mm512_set1_epi8(0x0f), top2 = _mm512_set1_epi8(3);
   for (int64_t b = 0; b < groups / 8; ++b) {
     const uint8_t* base = row[0] + b * 210;
@@ -265,7 +270,7 @@ inline void panel_block(const PanelGroup* const* p, const Act& a, int64_t i0, __
           // Q8_0's weights went in as q + 128: Σ (q + 128)·x − 128·Σx, exact in int32, with
           // Σx from the activations' 16-value sums.
           __m512i bias = _mm512_setzero_si512();
-          if constexpr (T == Q8_0) {
+          if constexpr (takes_sums(T)) {
             const int16_t* sx16 = a.sums + ((i0 + i) * a.cols) / 16 + 2 * g;
             bias = _mm512_set1_epi32(128 * (sx16[0] + sx16[1]));
           }
@@ -274,7 +279,7 @@ inline void panel_block(const PanelGroup* const* p, const Act& a, int64_t i0, __
 #pragma GCC unroll 2
           for (int v = 0; v < V; ++v) {
             const PanelGroup& pg = p[v][g];
-            const __m512i sum = T == Q8_0 ? _mm512_sub_epi32(s32[v][i], bias) : s32[v][i];
+            const __m512i sum = takes_sums(T) ? _mm512_sub_epi32(s32[v][i], bias) : s32[v][i];
             acc[v][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(pg.d[h], dx), acc[v][i]);
             acc[v][i] = _mm512_fmadd_ps(pg.m[h], sx, acc[v][i]);
             s32[v][i] = _mm512_setzero_si512();
@@ -298,9 +303,6 @@ inline void store_panel_row(__m512 v, int rows, void* o) {
     vnni::store_panel_row<O>(_mm512_extractf32x8_ps(v, 1), rows - 8, static_cast<uint8_t*>(o) + 8 * elem);
 }
 
-// Activation rows a chunk takes (as in quant_simd.h): each panel is unpacked once per chunk.
-constexpr int64_t kPanelChunk = 128;
-
 // Weight rows a task of panel_rows takes: two parts of 16, one broadcast of activations
 // for both.
 constexpr int64_t kTaskRows = 32;
@@ -315,8 +317,9 @@ void panel_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t rows,
   using V = std::conditional_t<O == kOutF32, float, uint16_t>;
   V* o = static_cast<V*>(out);
   const PanelGroup* parts[2] = {buf, buf + groups};
-  for (int64_t c0 = 0; c0 < a.n; c0 += kPanelChunk) {
-    const int64_t c1 = std::min(a.n, c0 + kPanelChunk);
+  // Chunks of activation rows as the 256-bit build takes them.
+  for (int64_t c0 = 0; c0 < a.n; c0 += vnni::kPanelChunk) {
+    const int64_t c1 = std::min(a.n, c0 + vnni::kPanelChunk);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r = t * kTaskRows;
       const int live[2] = {static_cast<int>(std::min<int64_t>(kPanelRows, rows - r)),
