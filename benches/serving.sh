@@ -7,7 +7,8 @@
 # llama-server runs twice: with one slot of 2048 tokens (its best single stream; only
 # concurrency 1 and the long prompt) and with 64 slots of 2048. It is not part of this
 # project: build it from llama.cpp's source (PyPI's llama-cpp-python source package carries
-# it). Leave LLAMA_SERVER unset to skip it.
+# it). Leave LLAMA_SERVER unset to skip it. SINGLE=1 gives every server the one-slot
+# work only (concurrency 1 and the long prompt): peak memory for the same work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${CARGO_TARGET_DIR:-target}/release/sluice"
@@ -36,13 +37,14 @@ llama() { # slots label [single]
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+SINGLE="${SINGLE:-}"
 if [ -n "${LLAMA_SERVER:-}" ]; then
   llama 1 "1 slot of 2048 tokens" single
-  llama 64 "64 slots of 2048 tokens"
+  [ -n "$SINGLE" ] || llama 64 "64 slots of 2048 tokens"
 fi
 
 "$BIN" serve --port 8094 --threads "$THREADS" "$@" >/dev/null 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 wait_up http://127.0.0.1:8094/health
-run_all http://127.0.0.1:8094 "$pid" "sluice $*"
+run_all http://127.0.0.1:8094 "$pid" "sluice $*" "$SINGLE"

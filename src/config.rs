@@ -98,8 +98,11 @@ pub struct EngineSettings {
 /// How much memory the KV cache gets.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum KvBudget {
-    /// Exactly this many bytes (`--kv-cache-memory`, or the CPU default).
+    /// Exactly this many bytes (`--kv-cache-memory`): the prefix cache may fill them.
     Bytes(u64),
+    /// On the CPU without `--kv-cache-memory`: a pool of `CPU_KV_CACHE_BYTES`, of which
+    /// only what the load has held at once becomes resident (`engine::BlockReuse`).
+    CpuDefault,
     /// On CUDA: this share of the device's memory for the whole server
     /// (`--gpu-memory-utilization`), less what is in use once the weights are loaded.
     GpuShare(f64),
@@ -398,7 +401,7 @@ fn engine_settings(args: &ServeArgs, device: Device) -> Result<EngineSettings> {
         block_size: args.block_size,
         kv_cache: match (args.kv_cache_memory, device) {
             (Some(bytes), _) => KvBudget::Bytes(bytes),
-            (None, Device::Cpu) => KvBudget::Bytes(CPU_KV_CACHE_BYTES),
+            (None, Device::Cpu) => KvBudget::CpuDefault,
             (None, _) => KvBudget::GpuShare(util),
         },
         scheduler: SchedulerConfig {

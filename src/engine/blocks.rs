@@ -8,19 +8,38 @@
 //! registration until they are handed out again, least recently freed first, so a later
 //! request with the same prefix takes them back instead of recomputing them. A freed block
 //! that is not registered (a sequence's partly filled last block, or every block with
-//! prefix caching off) holds nothing worth keeping: it is handed out again first, before
-//! the blocks no sequence has used yet, whose pages the CPU cache pool has not touched
-//! (the pool is allocated without being written, and only what is used becomes resident).
+//! prefix caching off) holds nothing worth keeping: it is handed out again first.
+//!
+//! Blocks no sequence has used yet are handed out in order, after the freed blocks the
+//! `BlockReuse` says come first. On the CPU the pool is allocated without being written, so
+//! only the blocks used become resident.
 
 use std::collections::{HashMap, VecDeque};
+
+/// Where a new block comes from when the freed blocks left are all in the prefix cache:
+/// one of them (the least recently freed), or a block no sequence has used yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockReuse {
+    /// Evict a cached block before using a new one: the pool's resident part never grows
+    /// past the most blocks held at once, and the prefix cache lives in that part. For the
+    /// CPU's default pool, which is sized for the worst case, not chosen by the user.
+    ResidentFollowsLoad,
+    /// Use every new block before evicting a cached one: the prefix cache fills the pool.
+    /// For a pool of a size the user gave, and for CUDA's, which is resident anyway.
+    CacheFillsPool,
+}
 
 #[derive(Debug)]
 pub struct BlockManager {
     pub block_size: usize,
+    reuse: BlockReuse,
     refs: Vec<u32>,
-    /// Free blocks, least recently freed first. An entry whose block was taken back
-    /// (through the prefix cache) or freed again later is stale and skipped.
+    /// Freed blocks, least recently freed first, unregistered ones put in front. An entry
+    /// whose block was taken back (through the prefix cache) or freed again later is stale
+    /// and skipped.
     free: VecDeque<u32>,
+    /// The first of the blocks no sequence has used yet (they run to the end of the pool).
+    unused: u32,
     num_free: usize,
     /// The prefix-cache key of each registered block.
     hash: Vec<Option<u64>>,
@@ -28,13 +47,15 @@ pub struct BlockManager {
 }
 
 impl BlockManager {
-    pub fn new(num_blocks: usize, block_size: usize) -> Self {
+    pub fn new(num_blocks: usize, block_size: usize, reuse: BlockReuse) -> Self {
         assert!(block_size > 0 && num_blocks > 1);
         let mut refs = vec![0; num_blocks];
         refs[0] = 1; // the padding block
         BlockManager {
             block_size,
-            free: (1..num_blocks as u32).collect(),
+            reuse,
+            free: VecDeque::new(),
+            unused: 1,
             num_free: num_blocks - 1,
             refs,
             hash: vec![None; num_blocks],
@@ -83,10 +104,22 @@ impl BlockManager {
     }
 
     fn pop_free(&mut self) -> u32 {
-        loop {
-            let b = self.free.pop_front().expect("num_free counts a free block");
-            if self.refs[b as usize] == 0 {
-                return b;
+        while self.free.front().is_some_and(|&b| self.refs[b as usize] != 0) {
+            self.free.pop_front();
+        }
+        let unused_left = (self.unused as usize) < self.refs.len();
+        let evict = self.reuse == BlockReuse::ResidentFollowsLoad;
+        match self.free.front() {
+            // An unregistered block first; a cached one before an unused one only where
+            // the resident part follows the load.
+            Some(&b) if !unused_left || evict || self.hash[b as usize].is_none() => {
+                self.free.pop_front();
+                b
+            }
+            _ => {
+                assert!(unused_left, "num_free counts a free block");
+                self.unused += 1;
+                self.unused - 1
             }
         }
     }
@@ -159,7 +192,7 @@ mod tests {
 
     #[test]
     fn grow_and_release_balance() {
-        let mut m = BlockManager::new(5, 16);
+        let mut m = BlockManager::new(5, 16, BlockReuse::CacheFillsPool);
         let mut a = Vec::new();
         assert!(m.grow(&mut a, 17));
         assert_eq!(a.len(), 2);
@@ -180,7 +213,7 @@ mod tests {
     /// behind the blocks never handed out.
     #[test]
     fn unregistered_blocks_are_handed_out_again_first() {
-        let mut m = BlockManager::new(8, 2); // blocks 1..=7
+        let mut m = BlockManager::new(8, 2, BlockReuse::CacheFillsPool); // blocks 1..=7
         let mut a = Vec::new();
         assert!(m.grow(&mut a, 6));
         assert_eq!(a, [1, 2, 3]);
@@ -195,9 +228,32 @@ mod tests {
         assert_eq!(m.take_cached(10), Some(1));
     }
 
+    /// With the resident part following the load, a cached block is evicted before a
+    /// block no sequence has used is touched; the blocks held at once set what is touched.
+    #[test]
+    fn resident_blocks_follow_the_load() {
+        let mut m = BlockManager::new(8, 2, BlockReuse::ResidentFollowsLoad); // blocks 1..=7
+        let mut a = Vec::new();
+        assert!(m.grow(&mut a, 6));
+        assert_eq!(a, [1, 2, 3]);
+        for (k, &b) in a.iter().enumerate() {
+            m.register(b, 10 + k as u64);
+        }
+        m.release(&mut a);
+        let mut b = Vec::new();
+        assert!(m.grow(&mut b, 4));
+        assert_eq!(b, [3, 2], "the cached blocks, the sequence's last first, before the unused 4..=7");
+        assert_eq!(m.take_cached(10), Some(1), "the prefix's first block is still cached");
+        assert_eq!(m.take_cached(11), None, "evicted");
+        let mut c = Vec::new();
+        assert!(m.grow(&mut c, 4));
+        assert_eq!(c, [4, 5], "nothing freed is left: the load grew, and so does the resident part");
+        assert_eq!(m.num_free(), 2);
+    }
+
     #[test]
     fn cached_blocks_come_back_until_handed_out_again() {
-        let mut m = BlockManager::new(4, 2); // blocks 1..=3
+        let mut m = BlockManager::new(4, 2, BlockReuse::CacheFillsPool); // blocks 1..=3
         let mut a = Vec::new();
         assert!(m.grow(&mut a, 4));
         m.register(a[0], 10);
@@ -263,8 +319,9 @@ mod properties {
 
     proptest! {
         #[test]
-        fn blocks_are_never_lost_or_freed_twice(ops in proptest::collection::vec(op(), 1..60)) {
-            let mut m = BlockManager::new(9, 16);
+        fn blocks_are_never_lost_or_freed_twice(ops in proptest::collection::vec(op(), 1..60), follows_load: bool) {
+            let reuse = if follows_load { BlockReuse::ResidentFollowsLoad } else { BlockReuse::CacheFillsPool };
+            let mut m = BlockManager::new(9, 16, reuse);
             let mut tables: Vec<Vec<u32>> = vec![Vec::new(); 4];
             for op in ops {
                 match op {

@@ -27,6 +27,7 @@ use crate::model::whisper::decoder::CrossKv;
 use crate::sampling::processors::{self, RowContext};
 use crate::sampling::{self, SampleRow};
 use blocks::BlockManager;
+pub use blocks::BlockReuse;
 use model::EngineModel;
 pub use request::{Client, EncoderInput, EngineError, EngineEvent, EngineRequest, Finish, StopReason, TokenEvent};
 use scheduler::{Scheduler, SchedulerConfig};
@@ -38,6 +39,7 @@ use whisper::{AudioQueue, AudioSeq, Role, Start, StartInput, Unstarted};
 pub struct EngineConfig {
     pub block_size: usize,
     pub num_blocks: usize,
+    pub block_reuse: BlockReuse,
     pub scheduler: SchedulerConfig,
     pub max_model_len: usize,
     pub eos_ids: Vec<u32>,
@@ -75,7 +77,7 @@ impl Engine {
         let model = model.into();
         let cache = model.new_cache(cfg.num_blocks, cfg.block_size);
         Engine {
-            blocks: BlockManager::new(cfg.num_blocks, cfg.block_size),
+            blocks: BlockManager::new(cfg.num_blocks, cfg.block_size, cfg.block_reuse),
             cache,
             model,
             sched: Scheduler::default(),

@@ -4,8 +4,8 @@
 use anyhow::{Result, bail};
 use tch::{Device, Kind};
 
-use crate::config::{EngineSettings, KvBudget};
-use crate::engine::EngineConfig;
+use crate::config::{CPU_KV_CACHE_BYTES, EngineSettings, KvBudget};
+use crate::engine::{BlockReuse, EngineConfig};
 use crate::model::ModelInfo;
 use crate::model::config::DecoderConfig;
 use crate::model::kv_cache::KvCache;
@@ -16,6 +16,7 @@ use crate::model::kv_cache::KvCache;
 fn budget_bytes(engine: &EngineSettings, cfg: &DecoderConfig, kind: Kind, device: Device) -> Result<u64> {
     let util = match engine.kv_cache {
         KvBudget::Bytes(bytes) => return Ok(bytes),
+        KvBudget::CpuDefault => return Ok(CPU_KV_CACHE_BYTES),
         KvBudget::GpuShare(util) => util,
     };
     if device == Device::Cpu {
@@ -49,6 +50,16 @@ fn budget_bytes(engine: &EngineSettings, cfg: &DecoderConfig, kind: Kind, device
     Ok(budget)
 }
 
+/// How freed KV blocks are reused for a budget: the CPU's default pool is sized for the
+/// worst case, so its resident part follows the load; a size the user gave, or CUDA's
+/// resident pool, is the prefix cache's to fill.
+pub fn block_reuse(budget: KvBudget) -> BlockReuse {
+    match budget {
+        KvBudget::CpuDefault => BlockReuse::ResidentFollowsLoad,
+        KvBudget::Bytes(_) | KvBudget::GpuShare(_) => BlockReuse::CacheFillsPool,
+    }
+}
+
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
@@ -80,6 +91,7 @@ pub fn engine_config(
     Ok(EngineConfig {
         block_size,
         num_blocks,
+        block_reuse: block_reuse(engine.kv_cache),
         scheduler: engine.scheduler.clone(),
         max_model_len: info.max_model_len,
         eos_ids: info.eos_ids.clone(),

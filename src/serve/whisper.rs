@@ -18,7 +18,7 @@ use tch::Device;
 
 use crate::api::context::ServingContext;
 use crate::audio::features::FeatureExtractor;
-use crate::config::{KvBudget, ServeConfig};
+use crate::config::{CPU_KV_CACHE_BYTES, KvBudget, ServeConfig};
 use crate::engine::whisper::WhisperEngine;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::{self, ModelInfo, whisper};
@@ -98,7 +98,8 @@ fn engine_config(cfg: &ServeConfig, w: &WhisperEngine, max_model_len: usize) -> 
     );
     let scheduler = crate::engine::scheduler::SchedulerConfig { prefix_caching: false, ..sched.clone() };
     let eos_ids = vec![w.tokens.eot];
-    Ok((EngineConfig { block_size, num_blocks, scheduler, max_model_len, eos_ids }, windows))
+    let block_reuse = super::kv::block_reuse(cfg.engine.kv_cache);
+    Ok((EngineConfig { block_size, num_blocks, block_reuse, scheduler, max_model_len, eos_ids }, windows))
 }
 
 /// Bytes for windows: `--kv-cache-memory`; on CUDA without it, the share of the device
@@ -107,6 +108,7 @@ fn engine_config(cfg: &ServeConfig, w: &WhisperEngine, max_model_len: usize) -> 
 fn budget_bytes(cfg: &ServeConfig, w: &WhisperEngine) -> Result<u64> {
     match cfg.engine.kv_cache {
         KvBudget::Bytes(b) => Ok(b),
+        KvBudget::CpuDefault => Ok(CPU_KV_CACHE_BYTES),
         KvBudget::GpuShare(util) => {
             if cfg.device == Device::Cpu {
                 bail!("a share of GPU memory cannot size a KV cache on the CPU: give --kv-cache-memory");
