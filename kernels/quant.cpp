@@ -6,7 +6,7 @@
 //   32 values to int8 (one scale per group, as llama.cpp's Q8 activations), and each weight
 //   group meets it in one `vpdpbusd` (AVX-512 VNNI) or `vpmaddubsw` (AVX2) per 32 values, or
 //   in plain loops on other CPUs; which, the CPU decides at run time.
-// - int8 tiles (more rows: big batches, prefill; AVX2): x quantized the same way, and 8
+// - int8 tiles (more rows: big batches, prefill; AVX2): x quantized the same way, and 16
 //   weight rows at a time (32 with AVX-512 VNNI) unpacked across the vector lanes, once for
 //   every activation row (kernels/quant_simd.h and kernels/quant_panel512.h, panel_rows).
 // - float tiles (more rows on CPUs with AVX-512 BF16 or without AVX2; and for comparison):
@@ -311,8 +311,8 @@ void int8_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t c
 }
 
 // The int8 tile product (kernels/quant_simd.h, panel_rows): activations quantized per 32
-// values as on the int8 path, the weights 8 rows at a time across the vector lanes (AVX2),
-// or 32 as two 16-lane parts with AVX-512 VNNI (kernels/quant_panel512.h). Needs AVX2 (the
+// values as on the int8 path, the weights 16 rows at a time as two 8-lane panels (AVX2), or
+// 32 as two 16-lane parts with AVX-512 VNNI (kernels/quant_panel512.h). Needs AVX2 (the
 // int8 path's portable loops run without it).
 void panel_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t col0, int isa) {
   const int chosen = pick_isa(isa);
@@ -323,16 +323,16 @@ void panel_path(at::Tensor& out, const at::Tensor& x, const Weights& w, int64_t 
   const Act& act = rows.act;
   void* o = static_cast<uint8_t*>(out.data_ptr()) + col0 * out.element_size();
   const int64_t ldo = out.size(1);
-  const int64_t per_task = wide ? vnni512::kTaskRows : avx2::kPanelRows;
+  const int64_t per_task = wide ? vnni512::kTaskRows : avx2::kTaskRows;
   const int64_t tasks = (w.rows + per_task - 1) / per_task;
-  const size_t panel_bytes = (cols / 32) * (wide ? 2 * sizeof(vnni512::PanelGroup) : sizeof(avx2::PanelGroup));
+  const size_t panel_bytes = (cols / 32) * 2 * (wide ? sizeof(vnni512::PanelGroup) : sizeof(avx2::PanelGroup));
   dispatch_type(w.type, [&](auto t) {
     constexpr int T = decltype(t)::value;
     auto run = [&](auto k) {
       constexpr int O = decltype(k)::value;
       at::parallel_for(0, tasks, 1, [&](int64_t p0, int64_t p1) {
-        // One task's unpacked panel, kept by each worker between calls (64-byte aligned by
-        // hand: the vector's allocation is not).
+        // One task's two unpacked panels, kept by each worker between calls (64-byte aligned
+        // by hand: the vector's allocation is not).
         thread_local std::vector<uint8_t> raw;
         raw.resize(std::max(raw.size(), panel_bytes + 64));
         void* buf = raw.data() + (64 - reinterpret_cast<uintptr_t>(raw.data()) % 64) % 64;

@@ -342,6 +342,9 @@ void dequantize_rows(const uint8_t* w, int64_t row_bytes, int64_t cols, int64_t 
 // (lane j: row j), so one `vpmaddubsw` against 4 activation values broadcast to every lane
 // gives the 8 rows' partial sums for one activation row. The sums of a group stay in 16-bit
 // lanes as long as they cannot overflow, and go to float once per group for 8 rows at once.
+// A task takes two panels; for Q6_K each broadcast serves both panels' products (its
+// 16-bit sums span only two products, and the loop was bounded by the broadcasts and
+// additions around them, not by the products).
 constexpr int kPanelRows = 8;
 
 struct PanelGroup {
@@ -406,61 +409,89 @@ inline void unpack_panel(const uint8_t* w, int64_t row_bytes, int64_t groups, in
   }
 }
 
-// The 8 rows of a panel against activation rows i0 .. i0 + M: out[i] lane j = row j · row
-// i0 + i. The integer sums are exact; the float steps are the same for every row, so a
-// row's result does not depend on the rows beside it.
-template <int T, int M>
-inline void panel_block(const PanelGroup* p, const Act& a, int64_t i0, __m256* out) {
+// V panels of 8 rows (p[v]: panel v's groups) against activation rows i0 .. i0 + M:
+// out[v][i] lane j = row 8v + j · row i0 + i. Each broadcast of 4 activation values serves
+// the V panels' products. The integer sums are exact; the float steps are the same for
+// every row, so a row's result does not depend on the rows beside it.
+template <int T, int M, int V>
+inline void panel_block(const PanelGroup* const* p, const Act& a, int64_t i0, __m256 (*out)[M]) {
   constexpr int span = panel_span<T>();
   // Q6_K's halves have scales of their own; every other type's group has one.
   constexpr bool halves = T == Q6_K;
+  // 4-bit types sum a whole group in 16-bit lanes: no int32 running sum.
+  constexpr bool whole = span == 8;
   const int64_t groups = a.cols / 32;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[M];
-  __m256i s32[M];  // back to zero each time it goes into acc
-  for (int i = 0; i < M; ++i) {
-    acc[i] = _mm256_setzero_ps();
-    s32[i] = _mm256_setzero_si256();
-  }
+  __m256 acc[V][M];
+  __m256i s32[V][M];  // back to zero each time it goes into acc
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v)
+#pragma GCC unroll 4
+    for (int i = 0; i < M; ++i) {
+      acc[v][i] = _mm256_setzero_ps();
+      s32[v][i] = _mm256_setzero_si256();
+    }
   const int8_t* xq = a.q + i0 * a.cols;
   for (int64_t g = 0; g < groups; ++g) {
-    const PanelGroup& pg = p[g];
+#pragma GCC unroll 8
     for (int c0 = 0; c0 < 8; c0 += span) {
-      __m256i s16[M];
+      __m256i s16[V][M];
+#pragma GCC unroll 8
       for (int c = c0; c < c0 + span; ++c) {
-        const __m256i w = pg.q[c];
-        const __m256i wu = T == Q8_0 ? _mm256_abs_epi8(w) : w;
+        __m256i w[V], wu[V];
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) {
+          w[v] = p[v][g].q[c];
+          wu[v] = T == Q8_0 ? _mm256_abs_epi8(w[v]) : w[v];
+        }
+#pragma GCC unroll 4
         for (int i = 0; i < M; ++i) {
           int32_t four;
           std::memcpy(&four, xq + i * a.cols + g * 32 + 4 * c, 4);
-          __m256i x = _mm256_set1_epi32(four);
-          // Q8_0's signed weights: |w| against x with w's sign, the same products.
-          if constexpr (T == Q8_0) x = _mm256_sign_epi8(x, w);
-          const __m256i prod = _mm256_maddubs_epi16(wu, x);
-          // The saturating add never saturates here (panel_span), but unlike the plain
-          // one the compiler does not reassociate it: with `vpaddw` it computed every
-          // product of the group first and spilled them to the stack.
-          s16[i] = c == c0 ? prod : _mm256_adds_epi16(s16[i], prod);
+          const __m256i x = _mm256_set1_epi32(four);
+#pragma GCC unroll 2
+          for (int v = 0; v < V; ++v) {
+            // Q8_0's signed weights: |w| against x with w's sign, the same products.
+            const __m256i prod = _mm256_maddubs_epi16(wu[v], T == Q8_0 ? _mm256_sign_epi8(x, w[v]) : x);
+            // The saturating add never saturates here (panel_span), but unlike the plain
+            // one the compiler does not reassociate it: with `vpaddw` it computed every
+            // product of the group first and spilled them to the stack.
+            s16[v][i] = c == c0 ? prod : _mm256_adds_epi16(s16[v][i], prod);
+          }
         }
       }
-      for (int i = 0; i < M; ++i) s32[i] = _mm256_add_epi32(s32[i], _mm256_madd_epi16(s16[i], ones));
+#pragma GCC unroll 2
+      for (int v = 0; v < V; ++v)
+#pragma GCC unroll 4
+        for (int i = 0; i < M; ++i) {
+          const __m256i sum = _mm256_madd_epi16(s16[v][i], ones);
+          s32[v][i] = whole ? sum : _mm256_add_epi32(s32[v][i], sum);
+        }
       // The sums so far into floats: at the end of each half for Q6_K, else of the group
       // (its offsets' share from both halves' activation sums).
       const bool half_done = halves && (c0 + span) % 4 == 0;
       if (half_done || c0 + span == 8) {
         const int h = halves ? (c0 + span) / 4 - 1 : 0;
+#pragma GCC unroll 4
         for (int i = 0; i < M; ++i) {
           const float* meta = a.meta + ((i0 + i) * groups + g) * 3;
-          const float sx = halves ? meta[1 + h] : meta[1] + meta[2];
-          const __m256 dwx = _mm256_mul_ps(pg.d[h], _mm256_set1_ps(meta[0]));
-          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[i]), dwx, acc[i]);
-          acc[i] = _mm256_fmadd_ps(pg.m[h], _mm256_set1_ps(sx), acc[i]);
-          s32[i] = _mm256_setzero_si256();
+          const __m256 dx = _mm256_set1_ps(meta[0]);
+          const __m256 sx = _mm256_set1_ps(halves ? meta[1 + h] : meta[1] + meta[2]);
+#pragma GCC unroll 2
+          for (int v = 0; v < V; ++v) {
+            const PanelGroup& pg = p[v][g];
+            acc[v][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[v][i]), _mm256_mul_ps(pg.d[h], dx), acc[v][i]);
+            acc[v][i] = _mm256_fmadd_ps(pg.m[h], sx, acc[v][i]);
+            s32[v][i] = _mm256_setzero_si256();
+          }
         }
       }
     }
   }
-  for (int i = 0; i < M; ++i) out[i] = acc[i];
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v)
+#pragma GCC unroll 4
+    for (int i = 0; i < M; ++i) out[v][i] = acc[v][i];
 }
 
 // 8 sums (one per row of a panel) into `rows` values of O at o.
@@ -488,38 +519,66 @@ inline void store_panel_row(__m256 v, int rows, void* o) {
 // int8 rows stay in L2 cache while every panel of the range passes over them.
 constexpr int64_t kPanelChunk = 128;
 
-// out[i·ldo + r] (values of O) = weight row r · activation row i, for the panels [p0, p1)
-// of 8 rows (the last may be short: `rows` in all) and every activation row; `buf` holds
-// one panel.
+// Weight rows a task of panel_rows takes: two panels (one broadcast of activations for both
+// where panel_rows takes them at once).
+constexpr int64_t kTaskRows = 16;
+
+// out[i·ldo + r] (values of O) = weight row r · activation row i, for the weight rows
+// [16·t0, 16·t1) (the last panel may be short: `rows` in all) and every activation row;
+// `buf` holds two panels.
 template <int T, int O>
-void panel_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t p0, int64_t p1, void* out,
+void panel_rows(const Act& a, const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t t0, int64_t t1, void* out,
                 int64_t ldo, PanelGroup* buf) {
   const int64_t groups = a.cols / 32;
   using V = std::conditional_t<O == kOutF32, float, uint16_t>;
   V* o = static_cast<V*>(out);
+  const PanelGroup* panels[2] = {buf, buf + groups};
   for (int64_t c0 = 0; c0 < a.n; c0 += kPanelChunk) {
     const int64_t c1 = std::min(a.n, c0 + kPanelChunk);
-    for (int64_t pi = p0; pi < p1; ++pi) {
-      const int64_t r = pi * kPanelRows;
-      const int live = static_cast<int>(std::min<int64_t>(kPanelRows, rows - r));
-      unpack_panel<T>(w, row_bytes, groups, r, live, buf);
-      int64_t i = c0;
-      // M activation rows from i, then i moves past them.
-      auto block = [&](auto m) {
-        constexpr int M = decltype(m)::value;
-        __m256 sums[M];
-        panel_block<T, M>(buf, a, i, sums);
-        for (int k = 0; k < M; ++k) store_panel_row<O>(sums[k], live, o + (i + k) * ldo + r);
-        i += M;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r = t * kTaskRows;
+      const int live[2] = {static_cast<int>(std::min<int64_t>(kPanelRows, rows - r)),
+                           static_cast<int>(std::min<int64_t>(kPanelRows, rows - r - kPanelRows))};
+      unpack_panel<T>(w, row_bytes, groups, r, live[0], buf);
+      // Every activation row of the chunk against NV panels from `first`, in blocks of M
+      // rows.
+      auto sweep = [&](auto nv, int first) {
+        constexpr int NV = decltype(nv)::value;
+        const PanelGroup* ps[NV];
+        for (int pv = 0; pv < NV; ++pv) ps[pv] = panels[first + pv];
+        int64_t i = c0;
+        auto block = [&](auto m) {
+          constexpr int M = decltype(m)::value;
+          __m256 sums[NV][M];
+          panel_block<T, M, NV>(ps, a, i, sums);
+          for (int pv = 0; pv < NV; ++pv)
+            for (int k = 0; k < M; ++k)
+              store_panel_row<O>(sums[pv][k], live[first + pv], o + (i + k) * ldo + r + (first + pv) * kPanelRows);
+          i += M;
+        };
+        // As many rows as the registers hold: 4 with one panel, 2 with two (their 16-bit
+        // and 32-bit sums and float accumulators, 6 registers a row).
+        constexpr int most = NV == 1 ? 4 : 2;
+        while (c1 - i >= most) block(std::integral_constant<int, most>{});
+        if constexpr (most == 4) {
+          if (c1 - i == 3) block(std::integral_constant<int, 3>{});
+          if (c1 - i == 2) block(std::integral_constant<int, 2>{});
+        }
+        if (c1 - i == 1) block(std::integral_constant<int, 1>{});
       };
-      while (c1 - i >= 4) block(std::integral_constant<int, 4>{});
-      // The last 1–3 rows in one block.
-      if (c1 - i == 3)
-        block(std::integral_constant<int, 3>{});
-      else if (c1 - i == 2)
-        block(std::integral_constant<int, 2>{});
-      else if (c1 - i == 1)
-        block(std::integral_constant<int, 1>{});
+      // Both panels at once for Q6_K past 4 rows; one at a time otherwise: for the other
+      // types two panels measured no faster (and slower for Q5_0 and Q8_0, whose blocks
+      // then take 2 rows, not 4), and up to 4 rows are one block either way.
+      if (T == Q6_K && live[1] > 0 && c1 - c0 > 4) {
+        unpack_panel<T>(w, row_bytes, groups, r + kPanelRows, live[1], buf + groups);
+        sweep(std::integral_constant<int, 2>{}, 0);
+      } else {
+        sweep(std::integral_constant<int, 1>{}, 0);
+        if (live[1] > 0) {
+          unpack_panel<T>(w, row_bytes, groups, r + kPanelRows, live[1], buf + groups);
+          sweep(std::integral_constant<int, 1>{}, 1);
+        }
+      }
     }
   }
 }
