@@ -153,11 +153,13 @@ fn a_long_prefill_on_blocks_matches_the_dequantized_model() {
         let (w, _) = compare(&ld, &lq, &tokens, 1);
         println!("{dtype}: largest |Δ logprob| over {} prompt tokens, prefill: {w:.5}", tokens.len());
         // On the int8 tiles, activations quantized to int8 per 32 values, as in decode, over
-        // every position. Seen (AVX2): 0.67 in float32; 1.49 in bfloat16, whose order of sums alone moves
+        // every position. Seen (AVX2): 0.67 in float32 with libtorch's prompt attention, 0.88
+        // with the tiled prompt attention (the same kernel in both models; on AVX-512 CPUs
+        // it stayed under 0.8); 1.49 in bfloat16, whose order of sums alone moves
         // logprobs by tenths (transformers' own cached and uncached passes differ by up to
         // 0.64: tests/reference.rs; float32 tiles against the bfloat16 dequantized model
         // gave 0.59).
-        let bound = if dtype == "float32" { 0.8 } else { 1.75 };
+        let bound = if dtype == "float32" { 1.0 } else { 1.75 };
         assert!(w <= bound, "{dtype}: |Δ logprob| {w} > {bound}");
     }
 }
